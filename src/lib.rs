@@ -1,30 +1,38 @@
-use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
-use spin_sdk::http::{IntoResponse, Request};
+//! A per-user rate-limited task API for Spin (SPEC: 1 task/s and 20 tasks per rolling
+//! minute per user; over-limit tasks are queued durably and run at the earliest instant both
+//! limits allow).
+//!
+//! # Layout
+//! - `slot`: the schedule rule, pure (no I/O, no clock).
+//! - `keys`: every key the app writes; user ids encoded so they cannot collide.
+//! - `config`: Spin variables read into one typed `Config`.
+//! - `ledger`: per-user accounting in Spin's key-value store with compare-and-swap.
+//! - `queue`: the queue, the executor and the log on Redis, each step one atomic script.
+//! - `api`: routing, request validation, responses and rate-limit headers.
+//! - `problem`: RFC 9457 problem responses.
+//! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
+//!
+//! One `.wasm` exports both entry points; spin.toml declares two components from it (`api`
+//! for HTTP, `drainer` for Redis messages), each with its own trigger and permissions.
 
+pub mod api;
+pub mod config;
+pub mod drainer;
+
+pub mod keys;
+pub mod ledger;
+pub mod problem;
+pub mod queue;
+pub mod slot;
+
+/// The HTTP component: `/api/v1/task`, `/api/v1/task/{id}`, `/api/v1/log`, `/healthz`.
 #[spin_sdk::http_service]
-async fn handle(_req: Request) -> impl IntoResponse {
-    let addr = spin_sdk::variables::get("redis_address").await.unwrap_or_default();
-    let conn = spin_sdk::redis::Connection::open(&addr).await.ok();
-    if let Some(c) = conn {
-        let _ = c.execute("TIME", []).await;
-        let _ = c.publish("x", b"y").await;
-    }
-    let b = store::open("default").ok();
-    if let Some(b) = b {
-        let _ = b.get("k");
-        if let Ok(cas) = atomics::Cas::new(&b, "k") {
-            let _ = cas.current();
-            let _ = atomics::swap(cas, b"v");
-        }
-    }
-    let _ = spin_sdk::wasip3::random::random::get_random_u64();
-    spin_sdk::time::sleep(std::time::Duration::from_millis(1)).await;
-    println!("hello");
-    "ok"
+async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
+    api::handle(request).await
 }
 
+/// The drainer component: a tick or a lease-expiry notification wakes it.
 #[spin_sdk::redis_subscriber]
-async fn on_message(_msg: Vec<u8>) -> anyhow::Result<()> {
-    println!("msg");
-    Ok(())
+async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
+    drainer::on_message(message).await
 }

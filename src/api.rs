@@ -1,0 +1,403 @@
+//! Routing, request validation and responses (SPEC §2).
+
+use crate::config::Config;
+use crate::drainer::print_log;
+use crate::keys::{UserKey, is_task_id, new_task_id};
+use crate::ledger::{self, LedgerError};
+use crate::problem::{self, HttpResponse};
+use crate::queue::{Admitted, Placement, Queue, StoreError};
+use crate::slot;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Value, json};
+use spin_sdk::http::Request;
+use std::time::Duration;
+
+/// Largest accepted request body (SPEC §2: 413 above it).
+pub const MAX_BODY: usize = 4 * 1024;
+/// Longest user id, in characters.
+pub const MAX_USER_ID_CHARS: usize = 128;
+/// Log page size: default and most.
+const LOG_PAGE_DEFAULT: u32 = 1_000;
+const LOG_PAGE_MAX: u32 = 10_000;
+/// When a task's slot has come but the user's previous task ran a few ms late, admission
+/// waits for it rather than answering 202 for a task that will run almost at once.
+const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
+const INLINE_WAIT_STEPS: u32 = 10;
+
+pub async fn handle(request: Request) -> HttpResponse {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    let is_get = method == Method::GET || method == Method::HEAD;
+    match path.as_str() {
+        "/api/v1/task" if method == Method::POST => create_task(request).await,
+        "/api/v1/task" => problem::method_not_allowed("POST"),
+        "/api/v1/log" if is_get => read_log(request.headers(), request.uri().query()).await,
+        "/healthz" if is_get => health().await,
+        "/api/v1/log" | "/healthz" => problem::method_not_allowed("GET, HEAD"),
+        _ => match path.strip_prefix("/api/v1/task/") {
+            Some(id) if is_get => get_task(id).await,
+            Some(_) => problem::method_not_allowed("GET, HEAD"),
+            None => problem::not_found(format!("no route for {path}")),
+        },
+    }
+}
+
+async fn create_task(request: Request) -> HttpResponse {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !is_json_media_type(text) {
+            return problem::unsupported_media_type(text);
+        }
+    }
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > MAX_BODY as u64) {
+        return problem::too_large(MAX_BODY);
+    }
+    // Read at most MAX_BODY bytes, whatever the client declared or streams.
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return problem::too_large(MAX_BODY),
+        Err(e) => return problem::bad_request(format!("could not read the body: {e}")),
+    };
+    let user_id = match parse_user_id(&body) {
+        Ok(id) => id,
+        Err(detail) => return problem::bad_request(detail),
+    };
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    match admit(&config, &user_id).await {
+        Ok(response) => response,
+        Err(AdmitError::Store(StoreError::Unavailable(e))) | Err(AdmitError::Ledger(LedgerError::Unavailable(e))) => {
+            problem::unavailable(format!("{e}; the task was not stored"))
+        }
+        Err(AdmitError::Ledger(LedgerError::Contended)) => {
+            problem::unavailable("too many concurrent requests for this user; the task was not stored")
+        }
+        Err(AdmitError::Store(StoreError::Unexpected(e))) | Err(AdmitError::Ledger(LedgerError::Corrupt(e))) => {
+            problem::internal(e)
+        }
+    }
+}
+
+enum AdmitError {
+    Store(StoreError),
+    Ledger(LedgerError),
+}
+
+impl From<StoreError> for AdmitError {
+    fn from(e: StoreError) -> Self {
+        AdmitError::Store(e)
+    }
+}
+
+impl From<LedgerError> for AdmitError {
+    fn from(e: LedgerError) -> Self {
+        AdmitError::Ledger(e)
+    }
+}
+
+/// Admission: clock, backlog check, ledger commit (key-value CAS), then file and maybe run
+/// the task (one Redis script).
+async fn admit(config: &Config, user_id: &str) -> Result<HttpResponse, AdmitError> {
+    let queue = Queue::connect(config).await?;
+    let user = UserKey::new(user_id);
+    let (arrival, backlog) = queue.prepare(&user).await?;
+    if config.max_backlog > 0 && backlog as u64 >= config.max_backlog {
+        return Ok(problem::backlog_full(config.max_backlog, 1));
+    }
+    let task_id = new_task_id();
+    let ledger_key = config.keys.ledger(&user);
+    // A 48-bit prefix of the task id tags our ledger entry; it only has to differ from the
+    // writers racing us for the same sequence number.
+    let commit = ledger::admit(&ledger_key, config.limits, arrival, &task_id[..12]).await?;
+    let mut admitted = queue.admit(&user, user_id, &task_id, commit.slot, &ledger_key).await?;
+    print_log(&admitted.ran);
+    let mut waits = 0;
+    while let Placement::Queued { .. } = admitted.placement {
+        if commit.slot > admitted.now || waits == INLINE_WAIT_STEPS {
+            break;
+        }
+        spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
+        waits += 1;
+        let poked = queue.poke(&user, &task_id).await?;
+        print_log(&poked.ran);
+        admitted = Admitted {
+            placement: match poked.placement {
+                Placement::Queued { .. } => admitted.placement,
+                done => done,
+            },
+            ..poked
+        };
+    }
+    if admitted.kick {
+        // Best effort: if the tick is lost, the next admission or /healthz kicks again.
+        let _ = queue.publish_tick("").await;
+    }
+    let mut headers = rate_limit_headers(config.limits, &commit.recent, admitted.now);
+    let (status, body) = match admitted.placement {
+        Placement::Completed { completed_at } => (
+            StatusCode::OK,
+            json!({"task_id": task_id, "user_id": user_id, "status": "completed",
+                   "slot": commit.slot, "completed_at": completed_at}),
+        ),
+        Placement::Queued { position } => {
+            let retry_after = ((commit.slot - admitted.now + 999) / 1000).max(1);
+            insert(&mut headers, header::LOCATION, &format!("/api/v1/task/{task_id}"));
+            insert(&mut headers, header::RETRY_AFTER, &retry_after.to_string());
+            (
+                StatusCode::ACCEPTED,
+                json!({"task_id": task_id, "user_id": user_id, "status": "queued",
+                       "slot": commit.slot, "queue_position": position}),
+            )
+        }
+    };
+    Ok(json_response(status, &body, headers))
+}
+
+/// `user_id` from the body: a string of 1–128 characters, or a JSON integer taken as its
+/// decimal string. Any other shape is an error message for the 400.
+pub fn parse_user_id(body: &[u8]) -> Result<String, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let Value::Object(fields) = value else {
+        return Err(r#"the body must be a JSON object such as {"user_id": "alice"}"#.to_string());
+    };
+    let user_id = match fields.get("user_id") {
+        None => return Err("user_id is missing".to_string()),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(other) => return Err(format!("user_id must be a string or an integer, not {}", kind(other))),
+    };
+    if user_id.is_empty() {
+        return Err("user_id must not be empty".to_string());
+    }
+    if user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(format!("user_id must be at most {MAX_USER_ID_CHARS} characters"));
+    }
+    Ok(user_id)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a non-integer number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `application/json`, or any `+json` type, with or without parameters.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// IETF draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of each window.
+fn rate_limit_headers(limits: slot::Limits, recent: &[i64], now: i64) -> HeaderMap {
+    let windows = slot::remaining(limits, recent, now);
+    let policy: Vec<String> =
+        windows.iter().map(|(name, quota, _, _)| format!("\"{name}\";q={quota};w={}", window_seconds(limits, name))).collect();
+    let left: Vec<String> = windows.iter().map(|(name, _, r, t)| format!("\"{name}\";r={r};t={t}")).collect();
+    let mut headers = HeaderMap::new();
+    if !windows.is_empty() {
+        insert(&mut headers, header::HeaderName::from_static("ratelimit-policy"), &policy.join(", "));
+        insert(&mut headers, header::HeaderName::from_static("ratelimit"), &left.join(", "));
+    }
+    headers
+}
+
+fn window_seconds(limits: slot::Limits, name: &str) -> i64 {
+    limits.windows().iter().find(|(n, _, _)| *n == name).map(|(_, _, w)| w / 1000).unwrap_or(0)
+}
+
+async fn get_task(id: &str) -> HttpResponse {
+    if !is_task_id(id) {
+        return problem::not_found(format!("no task {id:?}"));
+    }
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    let record = match Queue::connect(&config).await {
+        Ok(queue) => queue.task(id).await,
+        Err(e) => Err(e),
+    };
+    match record {
+        Ok(Some(task)) => {
+            let mut body = json!({"task_id": id, "user_id": task.user_id, "slot": task.slot,
+                                  "status": if task.completed_at.is_some() { "completed" } else { "queued" }});
+            if let Some(at) = task.completed_at {
+                body["completed_at"] = json!(at);
+            }
+            json_response(StatusCode::OK, &body, HeaderMap::new())
+        }
+        Ok(None) => problem::not_found(format!("no task {id}")),
+        Err(e) => store_problem(e),
+    }
+}
+
+async fn read_log(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    if !authorized(&config, headers) {
+        return problem::unauthorized();
+    }
+    let mut after = None;
+    let mut limit = LOG_PAGE_DEFAULT;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "after" if is_stream_id(value) => after = Some(value.to_string()),
+            "after" => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=LOG_PAGE_MAX).contains(&n) => limit = n,
+                _ => return problem::bad_request(format!("limit must be a whole number from 1 to {LOG_PAGE_MAX}")),
+            },
+            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use after and limit")),
+        }
+    }
+    let page = match Queue::connect(&config).await {
+        Ok(queue) => queue.log_page(after.as_deref(), limit).await,
+        Err(e) => Err(e),
+    };
+    let page = match page {
+        Ok(page) => page,
+        Err(e) => return store_problem(e),
+    };
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let mut body = String::new();
+    for (_, completion) in &page {
+        if ndjson {
+            body.push_str(&serde_json::to_string(completion).unwrap_or_default());
+        } else {
+            body.push_str(&completion.line());
+        }
+        body.push('\n');
+    }
+    let mut response = Response::new(body);
+    let content_type = if ndjson { "application/x-ndjson" } else { "text/plain; charset=utf-8" };
+    insert(response.headers_mut(), header::CONTENT_TYPE, content_type);
+    // The cursor for the next page: the last entry's id, or the one given if the page is empty.
+    if let Some(cursor) = page.last().map(|(id, _)| id.clone()).or(after) {
+        insert(response.headers_mut(), header::HeaderName::from_static("next-cursor"), &cursor);
+    }
+    response
+}
+
+/// A Redis stream id: `<ms>-<seq>`.
+fn is_stream_id(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let digits = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// Admin routes are open when no token is configured; otherwise the bearer token must
+/// match, compared in constant time.
+fn authorized(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(token) = &config.admin_token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn health() -> HttpResponse {
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    let queue = match Queue::connect(&config).await {
+        Ok(queue) => queue,
+        Err(e) => return store_problem(e),
+    };
+    if let Err(e) = queue.ping().await {
+        return store_problem(e);
+    }
+    // A probe doubles as the sweep that restarts draining after every drainer was down.
+    if let Ok(true) = queue.sweep().await {
+        let _ = queue.publish_tick("").await;
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())
+}
+
+fn store_problem(e: StoreError) -> HttpResponse {
+    match e {
+        StoreError::Unavailable(detail) => problem::unavailable(detail),
+        StoreError::Unexpected(detail) => problem::internal(detail),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value, headers: HeaderMap) -> HttpResponse {
+    let mut response = Response::new(body.to_string());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    insert(response.headers_mut(), header::CONTENT_TYPE, "application/json");
+    response
+}
+
+fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_of_every_accepted_shape() {
+        assert_eq!(parse_user_id(br#"{"user_id":"123"}"#), Ok("123".to_string()));
+        assert_eq!(parse_user_id(br#"{"user_id":123}"#), Ok("123".to_string()));
+        assert_eq!(parse_user_id(br#"{"user_id":-5,"extra":true}"#), Ok("-5".to_string()));
+        let emoji = "😀".repeat(128);
+        assert_eq!(parse_user_id(format!(r#"{{"user_id":"{emoji}"}}"#).as_bytes()), Ok(emoji));
+        assert_eq!(parse_user_id(br#"{"user_id":"a\u0000b\n"}"#), Ok("a\0b\n".to_string()));
+    }
+
+    #[test]
+    fn every_wrong_shape_is_an_error() {
+        let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
+        for body in [
+            &b""[..], b"not json", b"[]", b"\"user\"", b"null", b"{}", br#"{"user_id":""}"#,
+            br#"{"user_id":null}"#, br#"{"user_id":1.5}"#, br#"{"user_id":true}"#,
+            br#"{"user_id":["a"]}"#, br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"",
+        ] {
+            assert!(parse_user_id(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_media_type("application/problem+json"));
+        assert!(!is_json_media_type("text/plain"));
+        assert!(!is_json_media_type("application/x-www-form-urlencoded"));
+        assert!(!is_json_media_type(""));
+    }
+
+    #[test]
+    fn stream_ids() {
+        assert!(is_stream_id("1700000000000-0"));
+        assert!(!is_stream_id("1700000000000"));
+        assert!(!is_stream_id("-"));
+        assert!(!is_stream_id("1-2-3"));
+        assert!(!is_stream_id("abc-1"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The Redis-triggered drainer: runs queued tasks at their slots.
+//!
+//! Spin has no timer trigger and its Redis trigger is plain pub/sub: every replica gets
+//! every message, one message at a time, and a message nobody hears is gone (SPIN-NOTES).
+//! So the drainers pass a baton:
+//!
+//! - One handler at a time holds the **lease** (a Redis key with a TTL) and *leads* for about
+//!   a second: it runs what is due, sleeps until the next slot (at most `POLL`, so a task
+//!   queued meanwhile with an earlier slot is seen), then publishes a **tick** carrying its
+//!   token and returns. The first replica to handle that tick takes the lease over.
+//! - Every other replica handles the same tick as a **standby**: it watches the lease until
+//!   the next leader takes it (then returns, and will see the next tick), or until the lease
+//!   expires because its holder died; then it takes over itself. Failover therefore needs no
+//!   HTTP traffic and takes at most `LEASE_TTL` + `STANDBY_POLL`.
+//! - With nothing queued the leader drops the lease and the chain stops; the next admission
+//!   (or `/healthz`) that finds tasks waiting and no lease publishes a tick to restart it.
+//!   Redis's keyspace notification for the lease expiring is a second wake-up path (spin.toml).
+//!
+//! Running a task is atomic in Redis (`queue.rs`), so two leaders at once (one stalled past
+//! its TTL) cost only work, never a doubled task.
+
+use crate::config::Config;
+use crate::keys::{is_task_id, new_task_id};
+use crate::queue::{Completion, Drained, Queue, StoreError};
+use std::time::{Duration, Instant};
+
+/// How long one handler leads before handing over: short, because a Redis handler blocks
+/// every later message on its replica.
+const WINDOW: Duration = Duration::from_millis(1_000);
+/// Longest sleep while leading: bounds how late a newly queued, earlier task can start.
+const POLL_MS: i64 = 10;
+/// Lease lifetime; the leader renews it on every call (every `POLL_MS` at most).
+const LEASE_TTL_MS: i64 = 2_000;
+/// How often a standby looks at the lease.
+const STANDBY_POLL: Duration = Duration::from_millis(200);
+/// A standby gives up after this long, so a handler never runs for long.
+const STANDBY_MAX: Duration = Duration::from_millis(LEASE_TTL_MS as u64 + 1_500);
+/// Users run per script call: bounds how long one call holds Redis.
+const BATCH: i64 = 256;
+
+/// Handles one tick (or lease-expiry notification).
+pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
+    let config = Config::load().await?;
+    let queue = Queue::connect(&config).await.map_err(store_error)?;
+    let token = new_task_id();
+    // A tick carries the token of the leader that sent it; anything else (the keyspace
+    // notification says "expired") hands over nothing.
+    let handoff = std::str::from_utf8(&message).ok().filter(|m| is_task_id(m)).unwrap_or("");
+    let started = Instant::now();
+    let mut watched_holder: Option<String> = None;
+    loop {
+        match queue.drain(&token, handoff, LEASE_TTL_MS, BATCH).await.map_err(store_error)? {
+            Drained::Busy { holder } => {
+                match &watched_holder {
+                    Some(seen) if *seen != holder => return Ok(()), // a new leader: it will tick
+                    Some(_) => {}
+                    None => watched_holder = Some(holder),
+                }
+                if started.elapsed() > STANDBY_MAX {
+                    return Ok(());
+                }
+                spin_sdk::time::sleep(STANDBY_POLL).await;
+            }
+            Drained::Idle { ran } => {
+                print_log(&ran);
+                return Ok(());
+            }
+            Drained::Active { next_due_in_ms, more_due_now, ran } => {
+                print_log(&ran);
+                if more_due_now {
+                    continue;
+                }
+                let elapsed = started.elapsed();
+                if elapsed >= WINDOW {
+                    queue.publish_tick(&token).await.map_err(store_error)?;
+                    return Ok(());
+                }
+                let left_ms = (WINDOW - elapsed).as_millis() as i64;
+                let wait_ms = next_due_in_ms.min(POLL_MS).min(left_ms).max(0) as u64;
+                if wait_ms > 0 {
+                    spin_sdk::time::sleep(Duration::from_millis(wait_ms)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Each completion's seed-format line on stdout (Spin keeps it under `.spin/logs/`).
+pub fn print_log(ran: &[Completion]) {
+    for completion in ran {
+        println!("{}", completion.line());
+    }
+}
+
+fn store_error(e: StoreError) -> anyhow::Error {
+    anyhow::anyhow!("drainer: {e:?}")
+}

@@ -1,0 +1,101 @@
+//! RFC 9457 problem responses (`application/problem+json`), one constructor per case of
+//! SPEC §2, so that every 4xx/5xx says what is wrong in the same shape.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+pub type HttpResponse = Response<String>;
+
+fn problem(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> HttpResponse {
+    let body = json!({
+        "type": format!("urn:task-api:problem:{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    let mut response = Response::new(body.to_string());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+fn with_header(mut response: HttpResponse, name: header::HeaderName, value: &str) -> HttpResponse {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+pub fn bad_request(detail: impl Into<String>) -> HttpResponse {
+    problem(StatusCode::BAD_REQUEST, "invalid-request", "The request is not valid", detail)
+}
+
+pub fn not_found(detail: impl Into<String>) -> HttpResponse {
+    problem(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+}
+
+pub fn method_not_allowed(allow: &str) -> HttpResponse {
+    let response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("this resource allows {allow}"),
+    );
+    with_header(response, header::ALLOW, allow)
+}
+
+pub fn too_large(limit: usize) -> HttpResponse {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Request body too large",
+        format!("the body must be at most {limit} bytes"),
+    )
+}
+
+pub fn unsupported_media_type(got: &str) -> HttpResponse {
+    problem(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "Unsupported media type",
+        format!("send application/json, not {got:?}"),
+    )
+}
+
+pub fn unauthorized() -> HttpResponse {
+    let response = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Admin token required",
+        "send Authorization: Bearer <admin_token>",
+    );
+    with_header(response, header::WWW_AUTHENTICATE, "Bearer")
+}
+
+pub fn backlog_full(max_backlog: u64, retry_after_s: i64) -> HttpResponse {
+    let response = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "backlog-full",
+        "Too many queued tasks for this user",
+        format!("this user already has {max_backlog} tasks queued; retry when some have run"),
+    );
+    with_header(response, header::RETRY_AFTER, &retry_after_s.max(1).to_string())
+}
+
+/// The shared state could not be reached or did not answer in time; nothing was stored.
+pub fn unavailable(detail: impl Into<String>) -> HttpResponse {
+    let response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Shared state unavailable",
+        detail,
+    );
+    with_header(response, header::RETRY_AFTER, "1")
+}
+
+/// A fault of this service (misconfiguration or a bug); never caused by the request.
+pub fn internal(detail: impl Into<String>) -> HttpResponse {
+    problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
+}
