@@ -1,0 +1,78 @@
+//! Checks a task log against the schedule rule (SPEC §1) and reports lateness.
+//!
+//! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [LOG_FILE]`
+//! LOG_FILE (default: standard input) holds seed-format lines
+//! (`<user_id>-task completed at-<epoch ms>`, as in task_log.txt or `GET /api/v1/log`) or
+//! NDJSON lines (`GET /api/v1/log` with `Accept: application/x-ndjson`); other lines are
+//! skipped. IDS_FILE lists acknowledged task ids, one a line: each must appear exactly once
+//! (NDJSON only). Exit status: 0 clean, 1 rule broken, 2 usage or I/O error.
+
+use runtime_tests::check::{Rule, check, parse_line};
+use std::io::Read;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("check_log: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let mut rule = Rule::default();
+    let mut expect_file = None;
+    let mut log_file = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<usize, String> {
+            args.next().and_then(|v| v.parse().ok()).ok_or(format!("{name} takes a whole number"))
+        };
+        match arg.as_str() {
+            "--per-second" => rule.per_second = number("--per-second")?,
+            "--per-minute" => rule.per_minute = number("--per-minute")?,
+            "--expect" => expect_file = Some(args.next().ok_or("--expect takes a file")?),
+            "-h" | "--help" => {
+                println!("usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [LOG_FILE]");
+                return Ok(true);
+            }
+            _ if log_file.is_none() && !arg.starts_with("--") => log_file = Some(arg),
+            _ => return Err(format!("unexpected argument {arg:?} (see --help)")),
+        }
+    }
+    let mut text = String::new();
+    match &log_file {
+        Some(path) => text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?,
+        None => {
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
+        }
+    }
+    let entries: Vec<_> = text.lines().filter_map(parse_line).collect();
+    let expected: Option<Vec<String>> = match &expect_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{path}: {e}"))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        None => None,
+    };
+    let report = check(&entries, rule, expected.as_deref());
+    for v in report.violations.iter().chain(&report.early) {
+        println!("violation: {v}");
+    }
+    for id in &report.duplicated {
+        println!("duplicated: {id}");
+    }
+    for id in &report.missing {
+        println!("missing: {id}");
+    }
+    println!("{}", report.summary());
+    Ok(report.is_clean())
+}

@@ -1,0 +1,170 @@
+//! SPEC §2 end to end: one test per behaviour of the status table, against a real
+//! redis-server and the real app in `spin-host`, over loopback HTTP.
+
+mod support;
+
+use std::time::Duration;
+use support::{Host, HostOptions, Redis, request};
+
+const POLICY: &str = r#""burst";q=1;w=1, "minute";q=20;w=60"#;
+
+fn start() -> (Redis, Host) {
+    let redis = Redis::start();
+    let host = Host::start(&redis, &HostOptions::default());
+    (redis, host)
+}
+
+/// The seed's `curl -X POST -H "Content-Type: application/json" -d '{"user_id":"123"}'`: the
+/// task runs inline, the answer says so, and the log line appears on stdout and in the log.
+#[test]
+fn the_seed_curl_runs_the_task_inline_and_logs_it() {
+    let (_redis, host) = start();
+    let reply = host.post_task(r#"{"user_id":"123"}"#);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("ratelimit-policy"), Some(POLICY));
+    assert_eq!(reply.header("ratelimit"), Some(r#""burst";r=0;t=1, "minute";r=19;t=0"#));
+    let body = reply.json();
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["user_id"], "123");
+    let slot = body["slot"].as_i64().unwrap_or(-1);
+    let completed_at = body["completed_at"].as_i64().unwrap_or(-1);
+    assert!(completed_at >= slot && slot > 0, "slot {slot} completed_at {completed_at}");
+
+    let line = format!("123-task completed at-{completed_at}");
+    let seen = host.wait_for_lines(1, Duration::from_secs(10), |l| l == line);
+    assert_eq!(seen, 1, "stdout lacks {line:?}");
+    let log = host.get("/api/v1/log");
+    assert_eq!(log.status, 200);
+    assert_eq!(log.body, format!("{line}\n"));
+
+    let task_id = body["task_id"].as_str().unwrap_or_default();
+    let status = host.get(&format!("/api/v1/task/{task_id}")).json();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["completed_at"], completed_at);
+}
+
+/// A second task within the same second is queued for exactly one second after the first,
+/// answered 202 with where to look and when, and then runs at that slot, not before.
+#[test]
+fn a_second_task_within_the_second_is_queued_and_runs_at_its_slot() {
+    let (_redis, host) = start();
+    let first = host.post_task(r#"{"user_id":"alice"}"#).json();
+    let reply = host.post_task(r#"{"user_id":"alice"}"#);
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let second = reply.json();
+    let slot = second["slot"].as_i64().unwrap_or(-1);
+    assert_eq!(slot, first["slot"].as_i64().unwrap_or(-2) + 1_000);
+    assert_eq!(second["status"], "queued");
+    assert_eq!(second["queue_position"], 1);
+    let task_id = second["task_id"].as_str().unwrap_or_default().to_string();
+    let location = format!("/api/v1/task/{task_id}");
+    assert_eq!(reply.header("location"), Some(location.as_str()));
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("ratelimit-policy"), Some(POLICY));
+    assert_eq!(host.get(&location).json()["status"], "queued");
+
+    // Wait for the drainer to run it: its line appears on stdout.
+    let seen = host.wait_for_lines(2, Duration::from_secs(10), |l| l.starts_with("alice-task completed at-"));
+    assert_eq!(seen, 2, "stderr:\n{}", host.stderr_text());
+    let done = host.get(&location).json();
+    assert_eq!(done["status"], "completed");
+    let completed_at = done["completed_at"].as_i64().unwrap_or(-1);
+    assert!(completed_at >= slot, "ran at {completed_at}, before its slot {slot}");
+    assert!(completed_at - slot < 1_000, "ran {} ms late", completed_at - slot);
+}
+
+/// Every row of bad input in SPEC §2 gets its 4xx as an RFC 9457 problem, and nothing is
+/// written to Redis.
+#[test]
+fn every_bad_input_gets_a_problem_and_stores_nothing() {
+    let (redis, host) = start();
+    let json = [("Content-Type", "application/json")];
+    let long_id = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
+    let big = format!(r#"{{"user_id":"a","pad":"{}"}}"#, "x".repeat(5_000));
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, String, u16)> = vec![
+        ("POST", "/api/v1/task", json.to_vec(), "not json".into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), "".into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), "[1,2]".into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), "{}".into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":""}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), long_id, 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":1.5}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":null}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":true}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":["a"]}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), r#"{"user_id":{"a":1}}"#.into(), 400),
+        ("POST", "/api/v1/task", json.to_vec(), big, 413),
+        ("POST", "/api/v1/task", vec![("Content-Type", "text/plain")], r#"{"user_id":"a"}"#.into(), 415),
+        ("POST", "/api/v1/task", vec![("Content-Type", "application/x-www-form-urlencoded")], "user_id=a".into(), 415),
+        ("GET", "/api/v1/task", vec![], "".into(), 405),
+        ("PUT", "/api/v1/task", json.to_vec(), r#"{"user_id":"a"}"#.into(), 405),
+        ("DELETE", "/api/v1/task", vec![], "".into(), 405),
+        ("POST", "/api/v1/log", json.to_vec(), "{}".into(), 405),
+        ("GET", "/nowhere", vec![], "".into(), 404),
+        ("GET", "/api/v1/task/not-a-task", vec![], "".into(), 404),
+        ("GET", "/api/v1/task/0123456789abcdef01234567", vec![], "".into(), 404),
+        ("GET", "/api/v1/log?limit=0", vec![], "".into(), 400),
+        ("GET", "/api/v1/log?after=nonsense", vec![], "".into(), 400),
+    ];
+    for (method, path, headers, body, status) in cases {
+        let reply = request(&host.addr, method, path, &headers, body.as_bytes());
+        let what = format!("{method} {path} {:?}", &body[..body.len().min(40)]);
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert_eq!(reply.header("content-type"), Some("application/problem+json"), "{what}");
+        let problem = reply.json();
+        assert_eq!(problem["status"], status, "{what}");
+        for field in ["type", "title", "detail"] {
+            assert!(problem[field].as_str().is_some_and(|s| !s.is_empty()), "{what}: no {field}");
+        }
+        if status == 405 {
+            assert!(reply.header("allow").is_some(), "{what}: no Allow header");
+        }
+    }
+    // A chunked body that never declares its length is cut off at 4 KiB too.
+    let chunk = "x".repeat(5_000);
+    let raw = format!(
+        "POST /api/v1/task HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    assert_eq!(support::raw_request(&host.addr, raw.as_bytes()).status, 413);
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "bad input reached Redis");
+}
+
+/// Redis that cannot answer (paused with SIGSTOP) gets a 503 with Retry-After within 2 s,
+/// and no task is stored; service resumes when Redis does.
+#[test]
+fn redis_that_cannot_answer_gets_503_and_nothing_is_stored() {
+    let (redis, host) = start();
+    redis.signal("-STOP");
+    let reply = host.post_task(r#"{"user_id":"bob"}"#);
+    let health = host.get("/healthz");
+    redis.signal("-CONT");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.elapsed < Duration::from_millis(2_500), "503 took {:?}", reply.elapsed);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("content-type"), Some("application/problem+json"));
+    assert_eq!(health.status, 503);
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "a failed admission left state behind");
+
+    assert_eq!(host.get("/healthz").status, 200);
+    assert_eq!(host.post_task(r#"{"user_id":"bob"}"#).status, 200);
+}
+
+/// A JSON integer user id is taken as its decimal string, and user ids that look like the
+/// app's own keys stay separate users.
+#[test]
+fn integer_and_hostile_user_ids_are_separate_users() {
+    let (_redis, host) = start();
+    let numeric = host.post_task(r#"{"user_id":42}"#).json();
+    assert_eq!(numeric["user_id"], "42");
+    // Each of these is a first task for its own user, so each runs inline.
+    for id in ["42 ", "taskq:q:42", "t:abc", "*", "{42}", "a\nb", "a\u{0}b", "ünïcødé"] {
+        let body = serde_json::json!({ "user_id": id }).to_string();
+        let reply = host.post_task(&body);
+        assert_eq!(reply.status, 200, "{id:?}: {}", reply.body);
+        assert_eq!(reply.json()["user_id"], id);
+    }
+    let again = host.post_task(r#"{"user_id":"42"}"#);
+    assert_eq!(again.status, 202, "\"42\" and 42 are the same user");
+}

@@ -1,0 +1,350 @@
+//! Real parts for end-to-end tests: a `redis-server` on a free loopback port, and `spin-host`
+//! replicas running the built app from the repo's own spin.toml. Processes are killed on drop;
+//! their output is kept so that a failing test can show it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use runtime_tests::check;
+
+/// The workspace root (spin.toml lives there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Fails with a clear message when the component has not been built: the test command in the
+/// README builds it first (a nested cargo build here would wait on cargo's own lock).
+pub fn require_wasm() {
+    let wasm = repo_root().join("target/wasm32-wasip2/release/task_api.wasm");
+    assert!(wasm.exists(), "{} is missing: run `cargo build --target wasm32-wasip2 --release` first", wasm.display());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A private redis-server.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// `extra` redis-server arguments, such as `["--appendonly", "yes"]`.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let child = Self::spawn(port, &dir, extra);
+        let redis = Redis { child, port, dir };
+        redis.wait_ready();
+        redis
+    }
+
+    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
+        let port_text = port.to_string();
+        let mut args = vec!["--port", &port_text, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        args.extend_from_slice(extra);
+        Command::new("redis-server")
+            .args(&args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"))
+    }
+
+    /// Waits until the server answers PING (bounded).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer within 10 s", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command through redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Options for one host replica.
+#[derive(Clone, Default)]
+pub struct HostOptions {
+    pub lossy_cas: bool,
+    /// Extra `SPIN_VARIABLE_*` settings, as (name, value).
+    pub variables: Vec<(String, String)>,
+}
+
+/// One `spin-host` replica serving the app.
+pub struct Host {
+    child: Child,
+    pub addr: String,
+    /// Every stdout line so far (the app's seed-format log lines among them).
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// New stdout lines, as they come.
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _config_dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Host {
+    pub fn start(redis: &Redis, options: &HostOptions) -> Host {
+        require_wasm();
+        let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::create_dir_all(&config_dir);
+        let runtime_config = config_dir.join("runtime-config.toml");
+        let written = std::fs::write(
+            &runtime_config,
+            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
+        );
+        assert!(written.is_ok(), "cannot write {}", runtime_config.display());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spin-host"));
+        command
+            .current_dir(repo_root())
+            .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
+            .arg(&runtime_config)
+            .args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }])
+            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in &options.variables {
+            command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start spin-host: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut lines) = sink.lock() {
+                        lines.push(line);
+                    }
+                }
+            });
+        }
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        if let Some(out) = child.stdout.take() {
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(mut all) = sink.lock() {
+                        all.push(line.clone());
+                    }
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut host = Host { child, addr: String::new(), stdout, lines, stderr, _config_dir: TempDir(config_dir) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match host.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("Serving http://") {
+                        host.addr = addr.trim().to_string();
+                        return host;
+                    }
+                }
+                Err(_) => panic!("spin-host did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
+            }
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until `count` stdout lines satisfying `pred` have arrived since start (bounded).
+    pub fn wait_for_lines(&self, count: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.stdout.lock().map(|l| l.iter().filter(|s| pred(s)).count()).unwrap_or(0);
+            if seen >= count {
+                return seen;
+            }
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return seen,
+            }
+        }
+    }
+
+    /// Kills the replica at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn post_task(&self, body: &str) -> Reply {
+        request(&self.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json")], body.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A plain HTTP/1.1 request over loopback (`Connection: close`), written by hand so that tests
+/// can also send what well-behaved clients never would.
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_request(addr, &bytes)
+}
+
+/// Sends raw bytes and parses the response (the body is read to EOF; chunked bodies are
+/// decoded).
+pub fn raw_request(addr: &str, bytes: &[u8]) -> Reply {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.write_all(bytes);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    parse_response(&response, started.elapsed())
+}
+
+fn parse_response(response: &[u8], elapsed: Duration) -> Reply {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Reply { status, headers, body, elapsed }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
+}
+
+/// The whole task log as NDJSON entries, read through the API (paged).
+pub fn read_log(host: &Host) -> Vec<check::Entry> {
+    let mut entries = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(c) => format!("/api/v1/log?limit=1000&after={c}"),
+            None => "/api/v1/log?limit=1000".to_string(),
+        };
+        let reply = request(&host.addr, "GET", &path, &[("Accept", "application/x-ndjson")], b"");
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        let page: Vec<check::Entry> = reply.body.lines().filter_map(check::parse_line).collect();
+        let done = page.len() < 1000;
+        entries.extend(page);
+        after = reply.header("next-cursor").map(str::to_string);
+        if done || after.is_none() {
+            return entries;
+        }
+    }
+}
+
+/// Nearest-rank percentile of durations, in milliseconds.
+pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil().max(1.0) as usize;
+    samples[rank.min(samples.len()) - 1].as_secs_f64() * 1000.0
+}
