@@ -5,13 +5,13 @@ use crate::drainer::print_log;
 use crate::keys::{UserKey, is_task_id, new_task_id};
 use crate::ledger::{self, LedgerError};
 use crate::problem::{self, HttpResponse};
-use crate::queue::{Admitted, Placement, Queue, StoreError};
+use crate::queue::{Admitted, Earlier, Placement, Prepared, Queue, StoreError};
 use crate::slot;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use spin_sdk::http::Request;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest accepted request body (SPEC §2: 413 above it).
 pub const MAX_BODY: usize = 4 * 1024;
@@ -24,6 +24,9 @@ const LOG_PAGE_MAX: u32 = 10_000;
 /// waits for it rather than answering 202 for a task that will run almost at once.
 const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
 const INLINE_WAIT_STEPS: u32 = 10;
+/// How long a request waits for a concurrent one with the same Idempotency-Key.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 pub async fn handle(request: Request) -> HttpResponse {
     let path = request.uri().path().to_string();
@@ -58,11 +61,17 @@ async fn create_task(request: Request) -> HttpResponse {
     if declared_length.is_some_and(|n| n > MAX_BODY as u64) {
         return problem::too_large(MAX_BODY);
     }
+    let (parts, body) = request.into_parts();
+    let request_headers = &parts.headers;
     // Read at most MAX_BODY bytes, whatever the client declared or streams.
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+    let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return problem::too_large(MAX_BODY),
         Err(e) => return problem::bad_request(format!("could not read the body: {e}")),
+    };
+    let idempotency_key = match idempotency_key(request_headers) {
+        Ok(key) => key,
+        Err(detail) => return problem::bad_request(detail),
     };
     let user_id = match parse_user_id(&body) {
         Ok(id) => id,
@@ -72,7 +81,7 @@ async fn create_task(request: Request) -> HttpResponse {
         Ok(config) => config,
         Err(e) => return problem::internal(format!("configuration: {e}")),
     };
-    match admit(&config, &user_id).await {
+    match admit(&config, &user_id, idempotency_key.as_deref()).await {
         Ok(response) => response,
         Err(AdmitError::Store(StoreError::Unavailable(e))) | Err(AdmitError::Ledger(LedgerError::Unavailable(e))) => {
             problem::unavailable(format!("{e}; the task was not stored"))
@@ -105,19 +114,50 @@ impl From<LedgerError> for AdmitError {
 
 /// Admission: clock, backlog check, ledger commit (key-value CAS), then file and maybe run
 /// the task (one Redis script).
-async fn admit(config: &Config, user_id: &str) -> Result<HttpResponse, AdmitError> {
+async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>) -> Result<HttpResponse, AdmitError> {
     let queue = Queue::connect(config).await?;
     let user = UserKey::new(user_id);
-    let (arrival, backlog) = queue.prepare(&user).await?;
-    if config.max_backlog > 0 && backlog as u64 >= config.max_backlog {
-        return Ok(problem::backlog_full(config.max_backlog, 1));
+    let idem = idempotency_key.map(|k| config.keys.idempotency(&user, k));
+    let started = Instant::now();
+    let prepared = loop {
+        let prepared = queue.prepare(&user, idem.as_deref()).await?;
+        match &prepared.earlier {
+            Earlier::None => break prepared,
+            Earlier::Task(task_id) => return replay(config, &queue, &user, task_id).await,
+            // A concurrent request with the same key is being admitted: wait for its task.
+            Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
+            Earlier::Pending => return Ok(problem::conflict("a request with this Idempotency-Key is still being admitted; retry")),
+        }
+    };
+    let result = commit(config, &queue, &user, user_id, idem.as_deref(), prepared).await;
+    if let (Err(_) | Ok(None), Some(idem)) = (&result, &idem) {
+        // Nothing was stored under the key: let a retry with it start afresh.
+        let _ = queue.release(idem).await;
+    }
+    match result? {
+        Some(response) => Ok(response),
+        None => Ok(problem::backlog_full(config.max_backlog, 1)),
+    }
+}
+
+/// The part of admission after `prepare`; `None` when the user's backlog is full.
+async fn commit(
+    config: &Config,
+    queue: &Queue<'_>,
+    user: &UserKey,
+    user_id: &str,
+    idem: Option<&str>,
+    prepared: Prepared,
+) -> Result<Option<HttpResponse>, AdmitError> {
+    if config.max_backlog > 0 && prepared.backlog as u64 >= config.max_backlog {
+        return Ok(None);
     }
     let task_id = new_task_id();
-    let ledger_key = config.keys.ledger(&user);
+    let ledger_key = config.keys.ledger(user);
     // A 48-bit prefix of the task id tags our ledger entry; it only has to differ from the
     // writers racing us for the same sequence number.
-    let commit = ledger::admit(&ledger_key, config.limits, arrival, &task_id[..12]).await?;
-    let mut admitted = queue.admit(&user, user_id, &task_id, commit.slot, &ledger_key).await?;
+    let commit = ledger::admit(&ledger_key, config.limits, prepared.now, &task_id[..12]).await?;
+    let mut admitted = queue.admit(user, user_id, &task_id, commit.slot, &ledger_key, idem).await?;
     print_log(&admitted.ran);
     let mut waits = 0;
     while let Placement::Queued { .. } = admitted.placement {
@@ -126,7 +166,7 @@ async fn admit(config: &Config, user_id: &str) -> Result<HttpResponse, AdmitErro
         }
         spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
         waits += 1;
-        let poked = queue.poke(&user, &task_id).await?;
+        let poked = queue.poke(user, &task_id).await?;
         print_log(&poked.ran);
         admitted = Admitted {
             placement: match poked.placement {
@@ -140,25 +180,57 @@ async fn admit(config: &Config, user_id: &str) -> Result<HttpResponse, AdmitErro
         // Best effort: if the tick is lost, the next admission or /healthz kicks again.
         let _ = queue.publish_tick("").await;
     }
-    let mut headers = rate_limit_headers(config.limits, &commit.recent, admitted.now);
-    let (status, body) = match admitted.placement {
+    let headers = rate_limit_headers(config.limits, &commit.recent, admitted.now);
+    Ok(Some(task_response(&task_id, user_id, commit.slot, admitted.placement, admitted.now, headers)))
+}
+
+/// The answer to a repeated request with the same Idempotency-Key: the original task as it
+/// is now, with no new task created.
+async fn replay(config: &Config, queue: &Queue<'_>, user: &UserKey, task_id: &str) -> Result<HttpResponse, AdmitError> {
+    let Some(task) = queue.task(task_id).await? else {
+        return Err(AdmitError::Store(StoreError::Unexpected(format!("idempotency key names unknown task {task_id}"))));
+    };
+    let placement = match task.completed_at {
+        Some(completed_at) => Placement::Completed { completed_at },
+        None => Placement::Queued { position: queue.position(user, task_id).await? },
+    };
+    let now = queue.prepare(user, None).await?.now;
+    let recent = ledger::recent(&config.keys.ledger(user))?;
+    let mut headers = rate_limit_headers(config.limits, &recent, now);
+    insert(&mut headers, header::HeaderName::from_static("idempotency-replayed"), "true");
+    Ok(task_response(task_id, &task.user_id, task.slot, placement, now, headers))
+}
+
+/// 200 for a completed task, 202 (with `Location` and `Retry-After`) for a queued one.
+fn task_response(task_id: &str, user_id: &str, slot: i64, placement: Placement, now: i64, mut headers: HeaderMap) -> HttpResponse {
+    let (status, body) = match placement {
         Placement::Completed { completed_at } => (
             StatusCode::OK,
             json!({"task_id": task_id, "user_id": user_id, "status": "completed",
-                   "slot": commit.slot, "completed_at": completed_at}),
+                   "slot": slot, "completed_at": completed_at}),
         ),
         Placement::Queued { position } => {
-            let retry_after = ((commit.slot - admitted.now + 999) / 1000).max(1);
+            let retry_after = ((slot - now + 999) / 1000).max(1);
             insert(&mut headers, header::LOCATION, &format!("/api/v1/task/{task_id}"));
             insert(&mut headers, header::RETRY_AFTER, &retry_after.to_string());
             (
                 StatusCode::ACCEPTED,
                 json!({"task_id": task_id, "user_id": user_id, "status": "queued",
-                       "slot": commit.slot, "queue_position": position}),
+                       "slot": slot, "queue_position": position}),
             )
         }
     };
-    Ok(json_response(status, &body, headers))
+    json_response(status, &body, headers)
+}
+
+/// The Idempotency-Key header: absent, or 1–128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// `user_id` from the body: a string of 1–128 characters, or a JSON integer taken as its

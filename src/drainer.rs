@@ -48,6 +48,7 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     let handoff = std::str::from_utf8(&message).ok().filter(|m| is_task_id(m)).unwrap_or("");
     let started = Instant::now();
     let mut watched_holder: Option<String> = None;
+    let mut leading = false;
     loop {
         match queue.drain(&token, handoff, LEASE_TTL_MS, BATCH).await.map_err(store_error)? {
             Drained::Busy { holder } => {
@@ -67,6 +68,11 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
             }
             Drained::Active { next_due_in_ms, more_due_now, ran } => {
                 print_log(&ran);
+                if !leading {
+                    leading = true;
+                    // Once per window is plenty; a refusal only removes the backup path.
+                    let _ = queue.enable_expiry_events().await;
+                }
                 if more_due_now {
                     continue;
                 }

@@ -89,6 +89,13 @@ pub async fn admit(key: &str, limits: Limits, arrival: i64, commit_id: &str) -> 
     }
 }
 
+/// The user's recent slots as stored now (for the rate-limit headers of a replayed request).
+pub fn recent(key: &str) -> Result<Vec<i64>, LedgerError> {
+    let bucket = store::open("default").map_err(store_error)?;
+    let value = bucket.get(key).map_err(store_error)?;
+    Ok(Ledger::decode(value.as_deref())?.slots())
+}
+
 fn store_error(e: store::Error) -> LedgerError {
     LedgerError::Unavailable(format!("key-value store: {e:?}"))
 }

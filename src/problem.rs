@@ -74,6 +74,10 @@ pub fn unauthorized() -> HttpResponse {
     with_header(response, header::WWW_AUTHENTICATE, "Bearer")
 }
 
+pub fn conflict(detail: impl Into<String>) -> HttpResponse {
+    with_header(problem(StatusCode::CONFLICT, "conflict", "Conflict", detail), header::RETRY_AFTER, "1")
+}
+
 pub fn backlog_full(max_backlog: u64, retry_after_s: i64) -> HttpResponse {
     let response = problem(
         StatusCode::TOO_MANY_REQUESTS,

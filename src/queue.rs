@@ -102,15 +102,17 @@ local function append(result, out)
 end
 "#;
 
-/// ARGV[8..]: member, user id, task id, slot, ledger key, ledger expiry (epoch ms).
+/// ARGV[8..]: member, user id, task id, slot, ledger key, ledger expiry (epoch ms),
+/// idempotency key ('' for none; it then names this task for a day).
 /// Files the task in slot order (admissions can reach here in another order than they
 /// committed), runs it if it is the head and may start now, and lets the ledger expire a
 /// minute after its last slot (SET by a later commit clears the TTL, so only extend it).
 /// Returns `[status, completed_at | queue position, kick, now, completions…]`.
 const ADMIT: &str = r#"
 local member, user, id, slot_s = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local ledger_key, ledger_expire_at = ARGV[12], tonumber(ARGV[13])
+local ledger_key, ledger_expire_at, idem = ARGV[12], tonumber(ARGV[13]), ARGV[14]
 local slot = tonumber(slot_s)
+if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
 local now = now_ms()
 local q = prefix .. 'q:' .. member
 local task = prefix .. 't:' .. id
@@ -182,9 +184,37 @@ return append({'active', math.max(0, tonumber(nxt[2]) - now), more}, out)
 /// Answers 1 when the drainer should be woken (tasks wait, nobody holds the lease).
 const SWEEP: &str = "return kick_needed()";
 
-/// ARGV[8]: member. The clock reading that admission starts from, and the user's backlog.
+/// ARGV[8..]: member, idempotency key ('' for none).
+/// The clock reading that admission starts from, the user's backlog, and what an earlier
+/// request with the same Idempotency-Key left: its task id, or 'pending' while that request
+/// is still being admitted ('' when there was none; we then reserve the key for a while).
 const PREPARE: &str = r#"
-return {now_ms(), redis.call('LLEN', prefix .. 'q:' .. ARGV[8])}
+local member, idem = ARGV[8], ARGV[9]
+local now = now_ms()
+local backlog = redis.call('LLEN', prefix .. 'q:' .. member)
+local earlier = ''
+if idem ~= '' then
+  earlier = redis.call('GET', idem) or ''
+  if earlier == '' then redis.call('SET', idem, 'pending', 'PX', 5000) end
+end
+return {now, backlog, earlier}
+"#;
+
+/// ARGV[8]: idempotency key. Drops it if it is still only a reservation.
+const RELEASE: &str = r#"
+if redis.call('GET', ARGV[8]) == 'pending' then redis.call('DEL', ARGV[8]) end
+return 0
+"#;
+
+/// ARGV[8..]: member, task id. A task's position in its user's queue (1-based; 0 when it is
+/// no longer queued), for answering a repeated request.
+const POSITION: &str = r#"
+local q = prefix .. 'q:' .. ARGV[8]
+local slot = redis.call('HGET', prefix .. 't:' .. ARGV[9], 's')
+if not slot then return 0 end
+local index = redis.call('LPOS', q, slot .. ':' .. ARGV[9])
+if not index then return 0 end
+return index + 1
 "#;
 
 #[derive(Debug)]
@@ -213,6 +243,21 @@ impl Completion {
         }).collect();
         format!("{user}-task completed at-{}", self.completed_at)
     }
+}
+
+/// What `prepare` found.
+pub struct Prepared {
+    pub now: i64,
+    pub backlog: i64,
+    pub earlier: Earlier,
+}
+
+/// What an earlier request with the same Idempotency-Key left.
+pub enum Earlier {
+    None,
+    /// That request is still being admitted.
+    Pending,
+    Task(String),
 }
 
 /// What became of an admitted task.
@@ -258,10 +303,27 @@ impl<'a> Queue<'a> {
         Ok(Queue { conn, config })
     }
 
-    /// The Redis clock (epoch ms) and the user's current backlog.
-    pub async fn prepare(&self, user: &UserKey) -> Result<(i64, i64), StoreError> {
-        let reply = self.eval(PREPARE, &[&user.0]).await?;
-        Ok((int_at(&reply, 0)?, int_at(&reply, 1)?))
+    /// The Redis clock (epoch ms), the user's current backlog, and what an earlier request
+    /// with the same idempotency key (`idem`, a key from `Keys::idempotency`) left.
+    pub async fn prepare(&self, user: &UserKey, idem: Option<&str>) -> Result<Prepared, StoreError> {
+        let reply = self.eval(PREPARE, &[&user.0, idem.unwrap_or("")]).await?;
+        let earlier = match text_at(&reply, 2)?.as_str() {
+            "" => Earlier::None,
+            "pending" => Earlier::Pending,
+            task_id => Earlier::Task(task_id.to_string()),
+        };
+        Ok(Prepared { now: int_at(&reply, 0)?, backlog: int_at(&reply, 1)?, earlier })
+    }
+
+    /// Drops an idempotency reservation when admission did not get as far as storing a task.
+    pub async fn release(&self, idem: &str) -> Result<(), StoreError> {
+        self.eval(RELEASE, &[idem]).await.map(|_| ())
+    }
+
+    /// The task's 1-based place in its user's queue, 0 if it is not queued.
+    pub async fn position(&self, user: &UserKey, task_id: &str) -> Result<i64, StoreError> {
+        let reply = self.eval(POSITION, &[&user.0, task_id]).await?;
+        int_at(&reply, 0)
     }
 
     pub async fn admit(
@@ -271,11 +333,13 @@ impl<'a> Queue<'a> {
         task_id: &str,
         slot: i64,
         ledger_key: &str,
+        idem: Option<&str>,
     ) -> Result<Admitted, StoreError> {
         // Once the last slot is a minute old the ledger no longer constrains anything.
         let expire_at = (slot + MINUTE_MS + SECOND_MS).to_string();
         let slot = slot.to_string();
-        let reply = self.eval(ADMIT, &[&user.0, user_id, task_id, &slot, ledger_key, &expire_at]).await?;
+        let idem = idem.unwrap_or("");
+        let reply = self.eval(ADMIT, &[&user.0, user_id, task_id, &slot, ledger_key, &expire_at, idem]).await?;
         admitted(&reply)
     }
 
@@ -350,6 +414,26 @@ impl<'a> Queue<'a> {
             ));
         }
         Ok(page)
+    }
+
+    /// Switches on the keyspace notification the drainer's second trigger listens to (the
+    /// lease expiring), keeping whatever flags are already set. Managed Redis services may
+    /// refuse CONFIG; the drainer then relies on standbys and `/healthz` alone.
+    pub async fn enable_expiry_events(&self) -> Result<(), StoreError> {
+        let reply = self.execute("CONFIG", &["GET", "notify-keyspace-events"]).await?;
+        let mut flags = text_at(&reply, 1)?;
+        let missing_keyspace = !flags.contains('K');
+        let missing_expired = !(flags.contains('x') || flags.contains('A'));
+        if missing_keyspace || missing_expired {
+            if missing_keyspace {
+                flags.push('K');
+            }
+            if missing_expired {
+                flags.push('x');
+            }
+            self.execute("CONFIG", &["SET", "notify-keyspace-events", &flags]).await?;
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
