@@ -168,3 +168,73 @@ fn integer_and_hostile_user_ids_are_separate_users() {
     let again = host.post_task(r#"{"user_id":"42"}"#);
     assert_eq!(again.status, 202, "\"42\" and 42 are the same user");
 }
+
+fn post_with_key(host: &Host, user: &str, key: &str) -> support::Reply {
+    let body = format!(r#"{{"user_id":"{user}"}}"#);
+    request(&host.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json"), ("Idempotency-Key", key)], body.as_bytes())
+}
+
+/// A retried POST with the same Idempotency-Key returns the original task and creates none;
+/// the same key for another user is another task.
+#[test]
+fn a_repeated_idempotency_key_returns_the_original_task() {
+    let (redis, host) = start();
+    let first = post_with_key(&host, "carol", "order-1");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = post_with_key(&host, "carol", "order-1");
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["task_id"], first.json()["task_id"]);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(again.header("ratelimit-policy"), Some(POLICY));
+    let other_user = post_with_key(&host, "dave", "order-1");
+    assert_eq!(other_user.status, 200);
+    assert_ne!(other_user.json()["task_id"], first.json()["task_id"]);
+    assert_eq!(redis.cli(&["XLEN", "task_log"]).trim(), "2");
+
+    for bad in ["", &"k".repeat(129), "two words"] {
+        assert_eq!(post_with_key(&host, "carol", bad).status, 400, "key {bad:?}");
+    }
+}
+
+/// Concurrent duplicates (same user, same key) create exactly one task.
+#[test]
+fn concurrent_duplicates_create_one_task() {
+    let (redis, host) = start();
+    let host = std::sync::Arc::new(host);
+    // A first task so that the duplicates are queued (202), not run inline.
+    assert_eq!(host.post_task(r#"{"user_id":"erin"}"#).status, 200);
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let host = host.clone();
+            std::thread::spawn(move || post_with_key(&host, "erin", "same-key"))
+        })
+        .collect();
+    let ids: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().ok())
+        .map(|reply| {
+            assert_eq!(reply.status, 202, "{}", reply.body);
+            reply.json()["task_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 10);
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(redis.cli(&["LLEN", "taskq:q:erin"]).trim(), "1");
+}
+
+/// With `max_backlog` = 2, a third queued task for the same user is refused with 429 and
+/// Retry-After; other users are unaffected.
+#[test]
+fn a_full_backlog_answers_429() {
+    let redis = Redis::start();
+    let options = HostOptions { variables: vec![("max_backlog".into(), "2".into())], ..HostOptions::default() };
+    let host = Host::start(&redis, &options);
+    let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"frank"}"#).status).collect();
+    assert_eq!(statuses, vec![200, 202, 202]);
+    let refused = host.post_task(r#"{"user_id":"frank"}"#);
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(refused.json()["status"], 429);
+    assert_eq!(redis.cli(&["LLEN", "taskq:q:frank"]).trim(), "2");
+    assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200);
+}

@@ -1,0 +1,77 @@
+//! The Spin interfaces the app imports, one file each, wired here: the single `bindgen!`
+//! (an inline world over `runtime-tests/wit/`), the per-instance state `Ctx`, and the
+//! linker with WASI (p2 for Rust's std, p3 for the SDK), wasi:http and our interfaces.
+
+pub mod key_value;
+pub mod redis;
+pub mod variables;
+
+use crate::manifest::ComponentConfig;
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::p3::{WasiHttpCtxView, WasiHttpView};
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "spin-host:host/spin-app",
+    imports: {
+        // Synchronous in WIT, but they talk to Redis: the guest blocks, the host awaits.
+        "wasi:keyvalue/store": async | trappable,
+        "wasi:keyvalue/atomics": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async | store },
+    with: {
+        "spin:redis/redis.connection": redis::Connection,
+        "wasi:keyvalue/store.bucket": key_value::Bucket,
+        "wasi:keyvalue/atomics.cas": key_value::CasHandle,
+    },
+});
+
+/// What one instance (one request or one message) sees.
+pub struct Ctx {
+    pub table: ResourceTable,
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    /// The component's manifest settings and the process-wide shared services.
+    pub component: Arc<ComponentConfig>,
+    pub services: Arc<crate::Services>,
+}
+
+impl Ctx {
+    pub fn new(component: Arc<ComponentConfig>, services: Arc<crate::Services>) -> Ctx {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build();
+        Ctx { table: ResourceTable::new(), wasi, http: WasiHttpCtx::new(), component, services }
+    }
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Ctx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: wasmtime_wasi_http::p3::default_hooks(),
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+/// A linker with everything the app may import.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Ctx>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    spin::redis::redis::add_to_linker::<_, HasSelf<Ctx>>(&mut linker, |ctx| ctx)?;
+    spin::variables::variables::add_to_linker::<_, HasSelf<Ctx>>(&mut linker, |ctx| ctx)?;
+    wasi::keyvalue::store::add_to_linker::<_, HasSelf<Ctx>>(&mut linker, |ctx| ctx)?;
+    wasi::keyvalue::atomics::add_to_linker::<_, HasSelf<Ctx>>(&mut linker, |ctx| ctx)?;
+    Ok(linker)
+}

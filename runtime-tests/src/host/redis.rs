@@ -1,0 +1,194 @@
+//! `spin:redis@3.0.0` outbound: the allowed-host check, one shared connection per address,
+//! and Redis replies converted to `redis-result`s in one place (`flatten`).
+
+use super::Ctx;
+use super::spin::redis::redis::{self, Error, RedisParameter, RedisResult};
+use crate::Services;
+use ::redis::aio::ConnectionManager;
+use std::sync::Arc;
+use wasmtime::component::{Accessor, HasSelf, Resource};
+
+/// An open connection as the guest holds it: a handle on the process-wide connection.
+pub struct Connection {
+    conn: ConnectionManager,
+}
+
+impl redis::Host for Ctx {}
+
+impl redis::HostConnection for Ctx {
+    fn drop(&mut self, rep: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// Copies the connection out of the table so that the call can await outside `with`.
+fn conn<U>(accessor: &Accessor<U, HasSelf<Ctx>>, rep: &Resource<Connection>) -> wasmtime::Result<ConnectionManager> {
+    accessor.with(|mut view| Ok(view.get().table.get(rep)?.conn.clone()))
+}
+
+async fn run(mut conn: ConnectionManager, cmd: ::redis::Cmd) -> Result<::redis::Value, Error> {
+    cmd.query_async::<::redis::Value>(&mut conn).await.map_err(other_error)
+}
+
+fn other_error(e: ::redis::RedisError) -> Error {
+    Error::Other(e.to_string())
+}
+
+impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
+    async fn open(accessor: &Accessor<U, Self>, address: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        let (allowed, services): (bool, Arc<Services>) = accessor.with(|mut view| {
+            let ctx = view.get();
+            (crate::allowed_host(&ctx.component.allowed_outbound_hosts, &address), ctx.services.clone())
+        });
+        if !allowed {
+            eprintln!("spin-host: component may not connect to {address:?} (allowed_outbound_hosts)");
+            return Ok(Err(Error::InvalidAddress));
+        }
+        let conn = match services.redis(&address).await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(e)),
+        };
+        let rep = accessor.with(|mut view| view.get().table.push(Connection { conn }))?;
+        Ok(Ok(rep))
+    }
+
+    async fn publish(accessor: &Accessor<U, Self>, self_: Resource<Connection>, channel: String, payload: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(run(conn, ::redis::cmd("PUBLISH").arg(channel).arg(payload).clone()).await.map(|_| ()))
+    }
+
+    async fn get(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(match run(conn, ::redis::cmd("GET").arg(key).clone()).await {
+            Ok(::redis::Value::Nil) => Ok(None),
+            Ok(::redis::Value::BulkString(b)) => Ok(Some(b)),
+            Ok(_) => Err(Error::TypeError),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn set(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(run(conn, ::redis::cmd("SET").arg(key).arg(value).clone()).await.map(|_| ()))
+    }
+
+    async fn incr(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<i64, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(int_reply(run(conn, ::redis::cmd("INCR").arg(key).clone()).await))
+    }
+
+    async fn del(accessor: &Accessor<U, Self>, self_: Resource<Connection>, keys: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(int_reply(run(conn, ::redis::cmd("DEL").arg(keys).clone()).await).map(|n| n as u32))
+    }
+
+    async fn sadd(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(int_reply(run(conn, ::redis::cmd("SADD").arg(key).arg(values).clone()).await).map(|n| n as u32))
+    }
+
+    async fn smembers(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(run(conn, ::redis::cmd("SMEMBERS").arg(key).clone()).await.map(|v| {
+            flatten(v)
+                .into_iter()
+                .filter_map(|r| match r {
+                    RedisResult::Binary(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    RedisResult::Status(s) => Some(s),
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
+    async fn srem(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = conn(accessor, &self_)?;
+        Ok(int_reply(run(conn, ::redis::cmd("SREM").arg(key).arg(values).clone()).await).map(|n| n as u32))
+    }
+
+    async fn execute(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        command: String,
+        arguments: Vec<RedisParameter>,
+    ) -> wasmtime::Result<Result<Vec<RedisResult>, Error>> {
+        let conn = conn(accessor, &self_)?;
+        let mut cmd = ::redis::cmd(&command);
+        for argument in arguments {
+            match argument {
+                RedisParameter::Int64(n) => cmd.arg(n),
+                RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        Ok(run(conn, cmd).await.and_then(|v| {
+            if let ::redis::Value::Map(_) = v {
+                // What Spin does with RESP3 maps.
+                return Err(Error::Other("unsupported RESP3 map reply".to_string()));
+            }
+            Ok(flatten(v))
+        }))
+    }
+}
+
+fn int_reply(reply: Result<::redis::Value, Error>) -> Result<i64, Error> {
+    match reply? {
+        ::redis::Value::Int(n) => Ok(n),
+        _ => Err(Error::TypeError),
+    }
+}
+
+/// A Redis reply as Spin hands it to the guest: scalars map one to one, and arrays are
+/// flattened (nested ones too) into one list.
+pub fn flatten(value: ::redis::Value) -> Vec<RedisResult> {
+    let mut out = Vec::new();
+    push_flat(value, &mut out);
+    out
+}
+
+fn push_flat(value: ::redis::Value, out: &mut Vec<RedisResult>) {
+    use ::redis::Value as V;
+    match value {
+        V::Nil => out.push(RedisResult::Nil),
+        V::Int(n) => out.push(RedisResult::Int64(n)),
+        V::BulkString(b) => out.push(RedisResult::Binary(b)),
+        V::SimpleString(s) => out.push(RedisResult::Status(s)),
+        V::Okay => out.push(RedisResult::Status("OK".to_string())),
+        V::Array(items) | V::Set(items) => items.into_iter().for_each(|v| push_flat(v, out)),
+        V::Double(d) => out.push(RedisResult::Binary(d.to_string().into_bytes())),
+        V::Boolean(b) => out.push(RedisResult::Int64(b as i64)),
+        V::BigNumber(n) => out.push(RedisResult::Binary(n.to_string().into_bytes())),
+        V::VerbatimString { text, .. } => out.push(RedisResult::Binary(text.into_bytes())),
+        V::Map(pairs) => pairs.into_iter().for_each(|(k, v)| {
+            push_flat(k, out);
+            push_flat(v, out)
+        }),
+        V::Attribute { data, .. } => push_flat(*data, out),
+        V::Push { data, .. } => data.into_iter().for_each(|v| push_flat(v, out)),
+        V::ServerError(e) => out.push(RedisResult::Status(format!("{e:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::redis::Value as V;
+
+    #[test]
+    fn nested_arrays_are_flattened_in_order() {
+        let reply = V::Array(vec![
+            V::BulkString(b"1-0".to_vec()),
+            V::Array(vec![V::BulkString(b"f".to_vec()), V::BulkString(b"v".to_vec())]),
+            V::Int(7),
+            V::Nil,
+            V::Okay,
+        ]);
+        let flat = flatten(reply);
+        assert_eq!(flat.len(), 6);
+        assert!(matches!(&flat[0], RedisResult::Binary(b) if b == b"1-0"));
+        assert!(matches!(&flat[2], RedisResult::Binary(b) if b == b"v"));
+        assert!(matches!(flat[3], RedisResult::Int64(7)));
+        assert!(matches!(flat[4], RedisResult::Nil));
+        assert!(matches!(&flat[5], RedisResult::Status(s) if s == "OK"));
+    }
+}
