@@ -121,7 +121,7 @@ pub struct Host {
     /// Every stdout line so far (the app's seed-format log lines among them).
     pub stdout: Arc<Mutex<Vec<String>>>,
     /// New stdout lines, as they come.
-    lines: Receiver<String>,
+    lines: Mutex<Receiver<String>>,
     stderr: Arc<Mutex<Vec<String>>>,
     _config_dir: TempDir,
 }
@@ -184,17 +184,21 @@ impl Host {
                 }
             });
         }
-        let mut host = Host { child, addr: String::new(), stdout, lines, stderr, _config_dir: TempDir(config_dir) };
+        let mut host = Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: TempDir(config_dir) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match host.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
+            let next = match host.lines.lock() {
+                Ok(lines) => lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok(),
+                Err(_) => None,
+            };
+            match next {
+                Some(line) => {
                     if let Some(addr) = line.strip_prefix("Serving http://") {
                         host.addr = addr.trim().to_string();
                         return host;
                     }
                 }
-                Err(_) => panic!("spin-host did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
+                None => panic!("spin-host did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
             }
         }
     }
@@ -211,7 +215,8 @@ impl Host {
             if seen >= count {
                 return seen;
             }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let Ok(lines) = self.lines.lock() else { return seen };
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return seen,
             }
