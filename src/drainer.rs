@@ -31,7 +31,10 @@ const WINDOW: Duration = Duration::from_millis(1_000);
 const POLL_MS: i64 = 10;
 /// How early the leader wakes before a slot; it then polls until the task runs, so that a
 /// slot's task completes within its own millisecond whenever the machine allows.
-const WAKE_EARLY_MS: i64 = 2;
+const WAKE_EARLY_MS: i64 = 3;
+/// A leader past its window hands over only if the next slot is at least this far away
+/// (or once it has led for two windows).
+const HANDOFF_CLEARANCE_MS: i64 = 50;
 /// Lease lifetime; the leader renews it on every call (every `POLL_MS` at most).
 const LEASE_TTL_MS: i64 = 2_000;
 /// How often a standby looks at the lease.
@@ -79,15 +82,17 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
                 if more_due_now {
                     continue;
                 }
+                // Hand over only when no slot is near: the next leader needs a few ms to
+                // start, and a task due meanwhile would run late by as much.
                 let elapsed = started.elapsed();
-                if elapsed >= WINDOW {
+                if elapsed >= WINDOW && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW) {
                     queue.publish_tick(&token).await.map_err(store_error)?;
                     return Ok(());
                 }
                 // Sleep until just before the next slot, then ask again at once: a task that
                 // runs late pushes the user's next task back by as much (the rule holds on
                 // completion times), so waking late would add up along a user's backlog.
-                let left_ms = (WINDOW - elapsed).as_millis() as i64;
+                let left_ms = (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64;
                 let wait_ms = (next_due_in_ms - WAKE_EARLY_MS).min(POLL_MS).min(left_ms);
                 if wait_ms > 0 {
                     spin_sdk::time::sleep(Duration::from_millis(wait_ms as u64)).await;

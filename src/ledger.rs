@@ -42,7 +42,8 @@ pub struct Admission {
     pub recent: Vec<i64>,
 }
 
-/// Commits one slot for `commit_id` in the ledger at `key`, arriving at `arrival`.
+/// Commits one slot for `commit_id` in the ledger at `key`; `arrival` is the Redis clock
+/// when admission began.
 pub async fn admit(key: &str, limits: Limits, arrival: i64, commit_id: &str) -> Result<Admission, LedgerError> {
     let bucket = store::open("default").map_err(store_error)?;
     let keep = limits.history().max(MIN_KEPT);
@@ -57,6 +58,11 @@ pub async fn admit(key: &str, limits: Limits, arrival: i64, commit_id: &str) -> 
         };
         let current = cas.current().map_err(store_error)?;
         let mut ledger = Ledger::decode(current.as_deref())?;
+        // The task arrives when its admission commits: the Redis clock reading taken before
+        // the loop, advanced by the time spent here (a duration, so no second clock enters).
+        // Otherwise a contended first task would start "late" by its own retries, and hold
+        // every later task of the user back by as much.
+        let arrival = arrival + started.elapsed().as_millis() as i64;
         let slot = slot::next_slot(limits, &ledger.slots(), arrival);
         let seq = ledger.push(slot, commit_id, keep);
         let stored_after = match atomics::swap(cas, &ledger.encode()) {
