@@ -36,11 +36,13 @@ const WAKE_EARLY_MS: i64 = 3;
 /// (or once it has led for two windows).
 const HANDOFF_CLEARANCE_MS: i64 = 50;
 /// Lease lifetime; the leader renews it on every call (every `POLL_MS` at most).
-const LEASE_TTL_MS: i64 = 2_000;
+const LEASE_TTL_MS: i64 = 1_000;
 /// How often a standby looks at the lease.
-const STANDBY_POLL: Duration = Duration::from_millis(200);
-/// A standby gives up after this long, so a handler never runs for long.
-const STANDBY_MAX: Duration = Duration::from_millis(LEASE_TTL_MS as u64 + 1_500);
+const STANDBY_POLL: Duration = Duration::from_millis(100);
+/// A standby gives up after this long. A live leader hands over within two windows, and a
+/// dead one's lease lapses within `LEASE_TTL_MS`, so by then the standby has seen one or the
+/// other; the bound only keeps a handler from running on if something else went wrong.
+const STANDBY_MAX: Duration = Duration::from_millis(2 * WINDOW.as_millis() as u64 + LEASE_TTL_MS as u64 + 1_000);
 /// Users run per script call: bounds how long one call holds Redis.
 const BATCH: i64 = 256;
 

@@ -34,6 +34,7 @@ pub struct Redis {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -47,9 +48,25 @@ impl Redis {
         let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let child = Self::spawn(port, &dir, extra);
-        let redis = Redis { child, port, dir };
+        let redis = Redis { child, port, dir, args: extra.iter().map(|a| a.to_string()).collect() };
         redis.wait_ready();
         redis
+    }
+
+    /// Kills the server at once (SIGKILL): what it had not persisted is gone.
+    pub fn kill(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and directory (an append-only file there is
+    /// loaded back), and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = Self::spawn(self.port, &self.dir, &args);
+        self.wait_ready();
     }
 
     fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
@@ -93,7 +110,10 @@ impl Redis {
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -271,6 +291,10 @@ impl Reply {
 /// A plain HTTP/1.1 request over loopback (`Connection: close`), written by hand so that tests
 /// can also send what well-behaved clients never would.
 pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    raw_request(addr, &request_bytes(addr, method, path, headers, body))
+}
+
+fn request_bytes(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {value}\r\n"));
@@ -281,19 +305,36 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     raw.push_str("\r\n");
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
-    raw_request(addr, &bytes)
+    bytes
+}
+
+/// A POST of a task that may fail at the connection (the replica was killed).
+pub fn try_post_task(addr: &str, user: &str, idempotency_key: &str) -> std::io::Result<Reply> {
+    let body = serde_json::json!({ "user_id": user }).to_string();
+    let headers = [("Content-Type", "application/json"), ("Idempotency-Key", idempotency_key)];
+    try_raw_request(addr, &request_bytes(addr, "POST", "/api/v1/task", &headers, body.as_bytes()))
 }
 
 /// Sends raw bytes and parses the response (the body is read to EOF; chunked bodies are
 /// decoded).
 pub fn raw_request(addr: &str, bytes: &[u8]) -> Reply {
+    try_raw_request(addr, bytes).unwrap_or_else(|e| panic!("request to {addr}: {e}"))
+}
+
+/// Like `raw_request`, but a refused or broken connection is an error, not a panic (for
+/// tests that kill servers on purpose).
+pub fn try_raw_request(addr: &str, bytes: &[u8]) -> std::io::Result<Reply> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = stream.write_all(bytes);
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(bytes)?;
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    parse_response(&response, started.elapsed())
+    stream.read_to_end(&mut response)?;
+    let reply = parse_response(&response, started.elapsed());
+    if reply.status == 0 {
+        return Err(std::io::Error::other("no HTTP response"));
+    }
+    Ok(reply)
 }
 
 fn parse_response(response: &[u8], elapsed: Duration) -> Reply {

@@ -1,0 +1,217 @@
+//! SPEC §5 end to end: replicas killed with SIGKILL, Redis killed and restarted with an
+//! append-only file, and a chaos run doing both under load. Nothing acknowledged may be lost
+//! or run twice, and the log must keep the rule.
+//!
+//! The chaos run is short by default (CI); `CHAOS=full` runs the long one:
+//! `CHAOS=full cargo test -p runtime-tests --test failures chaos -- --nocapture`.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Host, HostOptions, Redis, check, read_log, try_post_task};
+
+/// Waits (bounded) until Redis's log stream holds `count` entries, waking on host output.
+fn wait_for_log(redis: &Redis, hosts: &[&Host], count: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let len: usize = redis.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0);
+        if len >= count || Instant::now() > deadline {
+            return len;
+        }
+        if let Some(host) = hosts.first() {
+            host.wait_for_lines(usize::MAX, Duration::from_millis(200), |l| l.contains("-task completed at-"));
+        }
+    }
+}
+
+/// The replica that printed the most recent completion: the drainer's current leader.
+fn latest_runner(hosts: &[Host], alive: &[usize]) -> usize {
+    let last_time = |h: &Host| -> i64 {
+        h.stdout
+            .lock()
+            .ok()
+            .and_then(|lines| lines.iter().rev().find_map(|l| check::parse_line(l)).map(|e| e.completed_at))
+            .unwrap_or(0)
+    };
+    alive.iter().copied().max_by_key(|&i| last_time(&hosts[i])).unwrap_or(alive[0])
+}
+
+/// Kill two of three replicas, each time the one currently running tasks; the last one
+/// finishes the queue with no HTTP traffic at all.
+#[test]
+fn killed_replicas_lose_nothing_and_the_survivor_keeps_draining() {
+    let redis = Redis::start();
+    // One task per second per user and no minute window, so the queue drains in seconds.
+    let options = HostOptions { variables: vec![("per_minute".into(), "0".into())], ..HostOptions::default() };
+    let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&redis, &options)).collect();
+    let (users, per_user) = (6, 8);
+    let mut acknowledged = Vec::new();
+    for round in 0..per_user {
+        for u in 0..users {
+            let reply = hosts[(round * users + u) % 3].post_task(&format!(r#"{{"user_id":"u{u}"}}"#));
+            assert!(reply.status == 200 || reply.status == 202, "{}", reply.body);
+            acknowledged.push(reply.json()["task_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let total = users * per_user;
+    let mut alive = vec![0, 1, 2];
+    for victims_left in [2, 1] {
+        let done_so_far: usize = redis.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0);
+        let refs: Vec<&Host> = alive.iter().map(|&i| &hosts[i]).collect();
+        wait_for_log(&redis, &refs, done_so_far + users, Duration::from_secs(30));
+        let victim = latest_runner(&hosts, &alive);
+        hosts[victim].kill();
+        alive.retain(|&i| i != victim);
+        assert_eq!(alive.len(), victims_left);
+    }
+    let survivor = &hosts[alive[0]];
+    let done = wait_for_log(&redis, &[survivor], total, Duration::from_secs(60));
+    assert_eq!(done, total, "survivor stderr:\n{}", survivor.stderr_text());
+
+    let entries = read_log(survivor);
+    let report = check::check(&entries, check::Rule { per_second: 1, per_minute: 0 }, Some(&acknowledged));
+    assert!(report.is_clean(), "{}\n{:?}", report.summary(), report.violations);
+    assert_eq!(entries.len(), total);
+    println!("replica loss: {}", report.summary());
+}
+
+struct Scale {
+    users: usize,
+    tasks_per_user: usize,
+    /// Seconds between SIGKILLs of a random replica.
+    kill_every: Duration,
+    kills: usize,
+}
+
+impl Scale {
+    fn from_env() -> Scale {
+        match std::env::var("CHAOS").as_deref() {
+            Ok("full") => Scale { users: 300, tasks_per_user: 10, kill_every: Duration::from_secs(3), kills: 8 },
+            _ => Scale { users: 40, tasks_per_user: 4, kill_every: Duration::from_secs(2), kills: 3 },
+        }
+    }
+}
+
+/// 3 replicas, tasks submitted by several clients (retrying with an Idempotency-Key on
+/// refused connections and 503s), random SIGKILLs of replicas (restarted as a supervisor
+/// would), and one SIGKILL of Redis running with `appendfsync always` (replicas exit when
+/// their subscription drops, and are restarted once Redis is back). Then the whole log is
+/// checked: every acknowledged task exactly once, zero rule violations.
+#[test]
+fn chaos() {
+    let scale = Scale::from_env();
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let options = HostOptions::default();
+    let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&redis, &options)).collect();
+    let addrs = Arc::new(Mutex::new(hosts.iter().map(|h| h.addr.clone()).collect::<Vec<_>>()));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let outage_503s = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+
+    let jobs: Vec<(String, String)> = (0..scale.tasks_per_user)
+        .flat_map(|k| (0..scale.users).map(move |u| (format!("user-{u}"), format!("job-{u}-{k}"))))
+        .collect();
+    let clients: Vec<_> = jobs
+        .chunks(jobs.len().div_ceil(4))
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            let (addrs, acknowledged, outage_503s) = (addrs.clone(), acknowledged.clone(), outage_503s.clone());
+            std::thread::spawn(move || {
+                for (i, (user, key)) in chunk.iter().enumerate() {
+                    for attempt in 0..200 {
+                        let addr = addrs.lock().ok().and_then(|a| a.get((i + attempt) % a.len().max(1)).cloned());
+                        let Some(addr) = addr else { continue };
+                        match try_post_task(&addr, user, key) {
+                            Ok(reply) if reply.status == 200 || reply.status == 202 => {
+                                let id = reply.json()["task_id"].as_str().unwrap_or_default().to_string();
+                                if let Ok(mut ack) = acknowledged.lock() {
+                                    ack.push(id);
+                                }
+                                break;
+                            }
+                            Ok(reply) if reply.status == 503 => {
+                                if let Ok(mut times) = outage_503s.lock() {
+                                    times.push(reply.elapsed);
+                                }
+                            }
+                            Ok(reply) => assert!(reply.status == 409, "{} {}", reply.status, reply.body),
+                            Err(_) => {}
+                        }
+                        // Client back-off before retrying, as a real client would.
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    // Spread the load over time so that the failures hit admission too.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect();
+
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for kill in 0..scale.kills {
+        std::thread::sleep(scale.kill_every);
+        if kill == scale.kills / 2 {
+            // Redis dies: every replica exits as Spin does; the supervisor restarts them.
+            redis.kill();
+            for host in &mut hosts {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while host.exited().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                assert!(host.exited().is_some_and(|s| !s.success()), "a replica kept running without its subscription");
+            }
+            redis.restart();
+            hosts = (0..3).map(|_| Host::start(&redis, &options)).collect();
+        } else {
+            let victim = (next() % hosts.len() as u64) as usize;
+            hosts[victim].kill();
+            hosts[victim] = Host::start(&redis, &options);
+        }
+        if let Ok(mut a) = addrs.lock() {
+            *a = hosts.iter().map(|h| h.addr.clone()).collect();
+        }
+        // The liveness probe a supervisor runs; it also sweeps up stranded tasks.
+        assert_eq!(hosts[0].get("/healthz").status, 200);
+    }
+    for client in clients {
+        assert!(client.join().is_ok(), "a client thread panicked");
+    }
+    let acknowledged = acknowledged.lock().map(|a| a.clone()).unwrap_or_default();
+    assert_eq!(acknowledged.len(), jobs.len(), "some jobs were never acknowledged");
+    let distinct: HashSet<&String> = acknowledged.iter().collect();
+    assert_eq!(distinct.len(), acknowledged.len(), "an Idempotency-Key retry created a second task");
+
+    // Every acknowledged task must now run, without further requests.
+    let deadline = Instant::now() + Duration::from_secs(120 + 3 * scale.tasks_per_user as u64);
+    let entries = loop {
+        let entries = read_log(&hosts[0]);
+        let done: HashSet<&str> = entries.iter().filter_map(|e| e.task_id.as_deref()).collect();
+        if acknowledged.iter().all(|id| done.contains(id.as_str())) || Instant::now() > deadline {
+            break entries;
+        }
+        hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(500), |l| l.contains("-task completed at-"));
+    };
+    let report = check::check(&entries, check::Rule::default(), Some(&acknowledged));
+    let mut waits = outage_503s.lock().map(|t| t.clone()).unwrap_or_default();
+    println!(
+        "chaos: {} users x {} tasks, {} kills incl. one Redis restart, {:.0} s; acknowledged={} logged={} 503s={} (slowest {:.0} ms); {}",
+        scale.users,
+        scale.tasks_per_user,
+        scale.kills,
+        started.elapsed().as_secs_f64(),
+        acknowledged.len(),
+        entries.len(),
+        waits.len(),
+        support::percentile_ms(&mut waits, 100.0),
+        report.summary()
+    );
+    assert!(report.is_clean(), "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}", report.summary(), report.violations, report.missing, report.duplicated);
+}
