@@ -12,8 +12,10 @@
 //! - `trigger::redis`: subscribes to the manifest's channels; one message at a time per
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
 //! - `check`: the SPEC §1 log checker shared by the `check_log` binary and the tests.
+//! - `cluster`: redis-server and host processes plus an HTTP client, for tests and bench.
 
 pub mod check;
+pub mod cluster;
 pub mod host;
 pub mod manifest;
 pub mod trigger;

@@ -123,7 +123,7 @@ fn chaos() {
                     for attempt in 0..200 {
                         let addr = addrs.lock().ok().and_then(|a| a.get((i + attempt) % a.len().max(1)).cloned());
                         let Some(addr) = addr else { continue };
-                        match try_post_task(&addr, user, key) {
+                        match try_post_task(&addr, user, Some(key)) {
                             Ok(reply) if reply.status == 200 || reply.status == 202 => {
                                 let id = reply.json()["task_id"].as_str().unwrap_or_default().to_string();
                                 if let Ok(mut ack) = acknowledged.lock() {

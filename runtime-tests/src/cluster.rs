@@ -1,0 +1,410 @@
+//! Real parts for the end-to-end tests and the benchmark: a `redis-server` on a free loopback
+//! port, `spin-host` replicas running the built app from the repo's own spin.toml, and a
+//! plain HTTP/1.1 client. Processes are killed on drop; their output is kept so that a
+//! failing test can show it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::check;
+
+/// The workspace root (spin.toml lives there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Fails with a clear message when the component has not been built: the test command in the
+/// README builds it first (a nested cargo build here would wait on cargo's own lock).
+pub fn require_wasm() {
+    let wasm = repo_root().join("target/wasm32-wasip2/release/task_api.wasm");
+    assert!(wasm.exists(), "{} is missing: run `cargo build --target wasm32-wasip2 --release` first", wasm.display());
+}
+
+/// The `spin-host` binary built next to the running one (a test binary lives one level
+/// down, in `deps/`).
+pub fn host_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("spin-host")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A private redis-server.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// `extra` redis-server arguments, such as `["--appendonly", "yes"]`.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let child = Self::spawn(port, &dir, extra);
+        let redis = Redis { child, port, dir, args: extra.iter().map(|a| a.to_string()).collect() };
+        redis.wait_ready();
+        redis
+    }
+
+    /// Kills the server at once (SIGKILL): what it had not persisted is gone.
+    pub fn kill(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and directory (an append-only file there is
+    /// loaded back), and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = Self::spawn(self.port, &self.dir, &args);
+        self.wait_ready();
+    }
+
+    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
+        let port_text = port.to_string();
+        let mut args = vec!["--port", &port_text, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        args.extend_from_slice(extra);
+        Command::new("redis-server")
+            .args(&args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"))
+    }
+
+    /// Waits until the server answers PING (bounded).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer within 10 s", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command through redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Options for one host replica.
+#[derive(Clone, Default)]
+pub struct HostOptions {
+    pub lossy_cas: bool,
+    /// Extra `SPIN_VARIABLE_*` settings, as (name, value).
+    pub variables: Vec<(String, String)>,
+}
+
+/// One `spin-host` replica serving the app.
+pub struct Host {
+    child: Child,
+    pub addr: String,
+    /// Every stdout line so far (the app's seed-format log lines among them).
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// New stdout lines, as they come.
+    lines: Mutex<Receiver<String>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _config_dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Host {
+    pub fn start(redis: &Redis, options: &HostOptions) -> Host {
+        require_wasm();
+        let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::create_dir_all(&config_dir);
+        let runtime_config = config_dir.join("runtime-config.toml");
+        let written = std::fs::write(
+            &runtime_config,
+            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
+        );
+        assert!(written.is_ok(), "cannot write {}", runtime_config.display());
+        let mut command = Command::new(host_binary());
+        command
+            .current_dir(repo_root())
+            .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
+            .arg(&runtime_config)
+            .args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }])
+            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in &options.variables {
+            command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start spin-host: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut lines) = sink.lock() {
+                        lines.push(line);
+                    }
+                }
+            });
+        }
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        if let Some(out) = child.stdout.take() {
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(mut all) = sink.lock() {
+                        all.push(line.clone());
+                    }
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut host = Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: TempDir(config_dir) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let next = match host.lines.lock() {
+                Ok(lines) => lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok(),
+                Err(_) => None,
+            };
+            match next {
+                Some(line) => {
+                    if let Some(addr) = line.strip_prefix("Serving http://") {
+                        host.addr = addr.trim().to_string();
+                        return host;
+                    }
+                }
+                None => panic!("spin-host did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
+            }
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until `count` stdout lines satisfying `pred` have arrived since start (bounded).
+    pub fn wait_for_lines(&self, count: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.stdout.lock().map(|l| l.iter().filter(|s| pred(s)).count()).unwrap_or(0);
+            if seen >= count {
+                return seen;
+            }
+            let Ok(lines) = self.lines.lock() else { return seen };
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return seen,
+            }
+        }
+    }
+
+    /// Kills the replica at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn post_task(&self, body: &str) -> Reply {
+        request(&self.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json")], body.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A plain HTTP/1.1 request over loopback (`Connection: close`), written by hand so that tests
+/// can also send what well-behaved clients never would.
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    raw_request(addr, &request_bytes(addr, method, path, headers, body))
+}
+
+fn request_bytes(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A POST of a task that may fail at the connection (the replica was killed).
+pub fn try_post_task(addr: &str, user: &str, idempotency_key: Option<&str>) -> std::io::Result<Reply> {
+    let body = serde_json::json!({ "user_id": user }).to_string();
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(key) = idempotency_key {
+        headers.push(("Idempotency-Key", key));
+    }
+    try_raw_request(addr, &request_bytes(addr, "POST", "/api/v1/task", &headers, body.as_bytes()))
+}
+
+/// Sends raw bytes and parses the response (the body is read to EOF; chunked bodies are
+/// decoded).
+pub fn raw_request(addr: &str, bytes: &[u8]) -> Reply {
+    try_raw_request(addr, bytes).unwrap_or_else(|e| panic!("request to {addr}: {e}"))
+}
+
+/// Like `raw_request`, but a refused or broken connection is an error, not a panic (for
+/// tests that kill servers on purpose).
+pub fn try_raw_request(addr: &str, bytes: &[u8]) -> std::io::Result<Reply> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(bytes)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let reply = parse_response(&response, started.elapsed());
+    if reply.status == 0 {
+        return Err(std::io::Error::other("no HTTP response"));
+    }
+    Ok(reply)
+}
+
+fn parse_response(response: &[u8], elapsed: Duration) -> Reply {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Reply { status, headers, body, elapsed }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
+}
+
+/// The whole task log as NDJSON entries, read through the API (paged).
+pub fn read_log(host: &Host) -> Vec<check::Entry> {
+    let mut entries = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(c) => format!("/api/v1/log?limit=1000&after={c}"),
+            None => "/api/v1/log?limit=1000".to_string(),
+        };
+        let reply = request(&host.addr, "GET", &path, &[("Accept", "application/x-ndjson")], b"");
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        let page: Vec<check::Entry> = reply.body.lines().filter_map(check::parse_line).collect();
+        let done = page.len() < 1000;
+        entries.extend(page);
+        after = reply.header("next-cursor").map(str::to_string);
+        if done || after.is_none() {
+            return entries;
+        }
+    }
+}
+
+/// Nearest-rank percentile of durations, in milliseconds.
+pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil().max(1.0) as usize;
+    samples[rank.min(samples.len()) - 1].as_secs_f64() * 1000.0
+}
