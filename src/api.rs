@@ -27,23 +27,81 @@ const INLINE_WAIT_STEPS: u32 = 10;
 /// How long a request waits for a concurrent one with the same Idempotency-Key.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// A request body must arrive within this long.
+const BODY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `future`'s output, or `None` if it takes longer than `limit`.
+async fn with_deadline<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(spin_sdk::time::sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// The page at `/` (`page.html`, no external resources) and the API contract.
+const PAGE: &str = include_str!("page.html");
+const OPENAPI: &str = include_str!("openapi.json");
+/// Bounds of the overview, so a refresh costs the same with 10 or 10,000 users.
+const OVERVIEW_SOONEST: usize = 20;
+const OVERVIEW_RECENT: usize = 50;
+const OVERVIEW_QUEUED: usize = 100;
+
+/// Marks a response the admission script already counted in the metrics.
+#[derive(Clone, Copy)]
+struct CountedByScript;
 
 pub async fn handle(request: Request) -> HttpResponse {
+    let response = route(request).await;
+    count_response(&response).await;
+    response
+}
+
+async fn route(request: Request) -> HttpResponse {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let is_get = method == Method::GET || method == Method::HEAD;
+    let (headers, query) = (request.headers(), request.uri().query());
     match path.as_str() {
         "/api/v1/task" if method == Method::POST => create_task(request).await,
         "/api/v1/task" => problem::method_not_allowed("POST"),
-        "/api/v1/log" if is_get => read_log(request.headers(), request.uri().query()).await,
+        "/api/v1/log" if is_get => read_log(headers, query).await,
+        "/api/v1/overview" if is_get => overview(headers, query).await,
+        "/metrics" if is_get => metrics(headers).await,
         "/healthz" if is_get => health().await,
-        "/api/v1/log" | "/healthz" => problem::method_not_allowed("GET, HEAD"),
+        "/" if is_get => text_response(PAGE.to_string(), "text/html; charset=utf-8"),
+        "/api/v1/openapi.json" if is_get => text_response(OPENAPI.to_string(), "application/json"),
+        "/api/v1/log" | "/api/v1/overview" | "/metrics" | "/healthz" | "/" | "/api/v1/openapi.json" => {
+            problem::method_not_allowed("GET, HEAD")
+        }
         _ => match path.strip_prefix("/api/v1/task/") {
             Some(id) if is_get => get_task(id).await,
             Some(_) => problem::method_not_allowed("GET, HEAD"),
             None => problem::not_found(format!("no route for {path}")),
         },
     }
+}
+
+/// Counts the answer in the shared metrics unless a script already did. Best effort, and
+/// skipped for 503s: Redis is what failed, and a second wait on it would only delay them.
+async fn count_response(response: &HttpResponse) {
+    if response.extensions().get::<CountedByScript>().is_some() || response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        return;
+    }
+    let Ok(config) = Config::load().await else { return };
+    if let Ok(queue) = Queue::connect(&config).await {
+        let _ = queue.count_status(response.status().as_u16()).await;
+    }
+}
+
+fn text_response(body: String, content_type: &str) -> HttpResponse {
+    let mut response = Response::new(body);
+    insert(response.headers_mut(), header::CONTENT_TYPE, content_type);
+    response
 }
 
 async fn create_task(request: Request) -> HttpResponse {
@@ -63,11 +121,13 @@ async fn create_task(request: Request) -> HttpResponse {
     }
     let (parts, body) = request.into_parts();
     let request_headers = &parts.headers;
-    // Read at most MAX_BODY bytes, whatever the client declared or streams.
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return problem::too_large(MAX_BODY),
-        Err(e) => return problem::bad_request(format!("could not read the body: {e}")),
+    // Read at most MAX_BODY bytes, whatever the client declared or streams, and give up on
+    // a client that trickles them (slow loris) instead of holding the instance.
+    let body = match with_deadline(Limited::new(body, MAX_BODY).collect(), BODY_DEADLINE).await {
+        Some(Ok(collected)) => collected.to_bytes(),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return problem::too_large(MAX_BODY),
+        Some(Err(e)) => return problem::bad_request(format!("could not read the body: {e}")),
+        None => return problem::request_timeout(BODY_DEADLINE.as_secs()),
     };
     let idempotency_key = match idempotency_key(request_headers) {
         Ok(key) => key,
@@ -86,6 +146,9 @@ async fn create_task(request: Request) -> HttpResponse {
         Err(AdmitError::Store(StoreError::Unavailable(e))) | Err(AdmitError::Ledger(LedgerError::Unavailable(e))) => {
             problem::unavailable(format!("{e}; the task was not stored"))
         }
+        Err(AdmitError::Uncertain(e)) => problem::unavailable(format!(
+            "{e}; Redis did not confirm the task, so it may have been stored: retry with the same Idempotency-Key to get it rather than a second one"
+        )),
         Err(AdmitError::Ledger(LedgerError::Contended)) => {
             problem::unavailable("too many concurrent requests for this user; the task was not stored")
         }
@@ -98,6 +161,8 @@ async fn create_task(request: Request) -> HttpResponse {
 enum AdmitError {
     Store(StoreError),
     Ledger(LedgerError),
+    /// Redis did not answer the script that stores the task: it may or may not have run.
+    Uncertain(String),
 }
 
 impl From<StoreError> for AdmitError {
@@ -157,7 +222,12 @@ async fn commit(
     // A 48-bit prefix of the task id tags our ledger entry; it only has to differ from the
     // writers racing us for the same sequence number.
     let commit = ledger::admit(&ledger_key, config.limits, prepared.now, &task_id[..12]).await?;
-    let mut admitted = queue.admit(user, user_id, &task_id, commit.slot, &ledger_key, idem).await?;
+    // The commit point. If Redis fails to answer here, the script may still have run.
+    let mut admitted = match queue.admit(user, user_id, &task_id, commit.slot, &ledger_key, idem, commit.retries).await {
+        Ok(admitted) => admitted,
+        Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
+        Err(e) => return Err(e.into()),
+    };
     print_log(&admitted.ran);
     let mut waits = 0;
     while let Placement::Queued { .. } = admitted.placement {
@@ -181,7 +251,9 @@ async fn commit(
         let _ = queue.publish_tick("").await;
     }
     let headers = rate_limit_headers(config.limits, &commit.recent, admitted.now);
-    Ok(Some(task_response(&task_id, user_id, commit.slot, admitted.placement, admitted.now, headers)))
+    let mut response = task_response(&task_id, user_id, commit.slot, admitted.placement, admitted.now, headers);
+    response.extensions_mut().insert(CountedByScript);
+    Ok(Some(response))
 }
 
 /// The answer to a repeated request with the same Idempotency-Key: the original task as it
@@ -369,6 +441,102 @@ async fn read_log(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
     response
 }
 
+/// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page.
+async fn overview(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    if !authorized(&config, headers) {
+        return problem::unauthorized();
+    }
+    let mut user_id = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "user_id" => match percent_decode(value) {
+                Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => user_id = Some(id),
+                _ => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+            },
+            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
+        }
+    }
+    let user = user_id.as_deref().map(UserKey::new);
+    let snapshot = match Queue::connect(&config).await {
+        Ok(queue) => queue.overview(user.as_ref(), OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
+        Err(e) => Err(e),
+    };
+    let snapshot = match snapshot {
+        Ok(snapshot) => snapshot,
+        Err(e) => return store_problem(e),
+    };
+    let next_due: Vec<Value> = snapshot
+        .next_due
+        .iter()
+        .map(|(user_id, queued, next_slot)| json!({"user_id": user_id, "queued": queued, "next_slot": next_slot}))
+        .collect();
+    let user = user_id.map(|user_id| {
+        let queued: Vec<Value> =
+            snapshot.user_queued.iter().map(|(task_id, slot)| json!({"task_id": task_id, "slot": slot})).collect();
+        json!({"user_id": user_id, "queued": queued, "completed": snapshot.user_completed})
+    });
+    let body = json!({
+        "now": snapshot.now,
+        "limits": {"per_second": config.limits.per_second, "per_minute": config.limits.per_minute},
+        "queued_tasks": snapshot.queued_tasks,
+        "waiting_users": snapshot.waiting_users,
+        "next_due": next_due,
+        "recent": snapshot.recent,
+        "user": user,
+    });
+    json_response(StatusCode::OK, &body, HeaderMap::new())
+}
+
+/// `GET /metrics`: the shared counters in the Prometheus text format.
+async fn metrics(headers: &HeaderMap) -> HttpResponse {
+    let config = match Config::load().await {
+        Ok(config) => config,
+        Err(e) => return problem::internal(format!("configuration: {e}")),
+    };
+    if !authorized(&config, headers) {
+        return problem::unauthorized();
+    }
+    let counters = match Queue::connect(&config).await {
+        Ok(queue) => queue.metrics().await,
+        Err(e) => Err(e),
+    };
+    match counters {
+        Ok(counters) => text_response(crate::metrics::render(&counters), crate::metrics::CONTENT_TYPE),
+        Err(e) => store_problem(e),
+    }
+}
+
+/// A percent-encoded query value (`+` is a space, as forms send it); `None` if it is not
+/// valid UTF-8 once decoded.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A Redis stream id: `<ms>-<seq>`.
 fn is_stream_id(s: &str) -> bool {
     let mut parts = s.split('-');
@@ -462,6 +630,19 @@ mod tests {
         assert!(!is_json_media_type("text/plain"));
         assert!(!is_json_media_type("application/x-www-form-urlencoded"));
         assert!(!is_json_media_type(""));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("alice"), Some("alice".to_string()));
+        assert_eq!(percent_decode("a%20b+c"), Some("a b c".to_string()));
+        assert_eq!(percent_decode("%F0%9F%98%80%3A%2A"), Some("😀:*".to_string()));
+        assert_eq!(percent_decode("%00%0A"), Some("\0\n".to_string()));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%FF"), None);
     }
 
     #[test]

@@ -48,12 +48,18 @@ const BATCH: i64 = 256;
 
 /// Handles one tick (or lease-expiry notification).
 pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
+    // A tick carries the token of the leader that sent it, or nothing (a kick); the keyspace
+    // channel says "expired" when the lease lapsed. Other keyspace events on the lease (a
+    // server configured with more flags than ours reports every renewal) are ignored, or
+    // each would start a standby watch.
+    let handoff = match std::str::from_utf8(&message) {
+        Ok(token) if is_task_id(token) => token,
+        Ok("") | Ok("expired") => "",
+        _ => return Ok(()),
+    };
     let config = Config::load().await?;
     let queue = Queue::connect(&config).await.map_err(store_error)?;
     let token = new_task_id();
-    // A tick carries the token of the leader that sent it; anything else (the keyspace
-    // notification says "expired") hands over nothing.
-    let handoff = std::str::from_utf8(&message).ok().filter(|m| is_task_id(m)).unwrap_or("");
     let started = Instant::now();
     let mut watched_holder: Option<String> = None;
     let mut leading = false;

@@ -40,6 +40,8 @@ pub struct Admission {
     pub slot: i64,
     /// The user's recent slots after this commit, oldest first (for the rate-limit headers).
     pub recent: Vec<i64>,
+    /// Swaps that did not commit before this one did (for the `cas_retries` metric).
+    pub retries: u32,
 }
 
 /// Commits one slot for `commit_id` in the ledger at `key`; `arrival` is the Redis clock
@@ -78,7 +80,7 @@ pub async fn admit(key: &str, limits: Limits, arrival: i64, commit_id: &str) -> 
         };
         let after = Ledger::decode(stored_after.as_deref())?;
         if after.holds(seq, commit_id) {
-            return Ok(Admission { slot, recent: after.slots() });
+            return Ok(Admission { slot, recent: after.slots(), retries: attempt });
         }
         attempt += 1;
         if started.elapsed() > CAS_BUDGET {

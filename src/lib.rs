@@ -10,6 +10,7 @@
 //! - `queue`: the queue, the executor and the log on Redis, each step one atomic script.
 //! - `api`: routing, request validation, responses and rate-limit headers.
 //! - `problem`: RFC 9457 problem responses.
+//! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
 //!
 //! One `.wasm` exports both entry points; spin.toml declares two components from it (`api`
@@ -21,11 +22,12 @@ pub mod drainer;
 
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod problem;
 pub mod queue;
 pub mod slot;
 
-/// The HTTP component: `/api/v1/task`, `/api/v1/task/{id}`, `/api/v1/log`, `/healthz`.
+/// The HTTP component: every route of `api::handle`.
 #[spin_sdk::http_service]
 async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
     api::handle(request).await

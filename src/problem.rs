@@ -55,6 +55,15 @@ pub fn too_large(limit: usize) -> HttpResponse {
     )
 }
 
+pub fn request_timeout(seconds: u64) -> HttpResponse {
+    problem(
+        StatusCode::REQUEST_TIMEOUT,
+        "request-timeout",
+        "Request body too slow",
+        format!("the body did not arrive within {seconds} s"),
+    )
+}
+
 pub fn unsupported_media_type(got: &str) -> HttpResponse {
     problem(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,

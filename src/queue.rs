@@ -29,7 +29,13 @@ local per_second, per_minute = tonumber(ARGV[3]), tonumber(ARGV[4])
 local task_ttl = tonumber(ARGV[5])
 local second_ms, minute_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local due_key, lease_key = prefix .. 'due', prefix .. 'lease'
+local metrics_key = prefix .. 'metrics'
 local history = math.max(per_second, per_minute)
+
+-- Counters for /metrics (see `Metrics`), updated in the same script as what they count.
+local function count(field, n)
+  if n ~= 0 then redis.call('HINCRBY', metrics_key, field, n) end
+end
 
 local function int(x) return string.format('%.0f', x) end
 
@@ -49,6 +55,19 @@ local function earliest_start(done, slot)
     at = math.max(at, tonumber(redis.call('LINDEX', done, n - per_minute)) + minute_ms)
   end
   return at
+end
+
+-- The rule checked another way than `earliest_start` (by counting the stored completions in
+-- each window), so the `rule_violations` metric is an independent witness; it must stay 0.
+local function breaks_rule(done, slot, now)
+  if now < slot then return true end
+  local in_second, in_minute = 0, 0
+  for _, t in ipairs(redis.call('LRANGE', done, 0, -1)) do
+    local age = now - tonumber(t)
+    if age < second_ms then in_second = in_second + 1 end
+    if age < minute_ms then in_minute = in_minute + 1 end
+  end
+  return (per_second > 0 and in_second >= per_second) or (per_minute > 0 and in_minute >= per_minute)
 end
 
 local function split(entry)
@@ -74,10 +93,18 @@ local function run_due(member, now, out)
       return
     end
     redis.call('LPOP', q)
+    count('queued', -1)
+    if breaks_rule(done, slot, now) then count('rule_violations', 1) end
     if history > 0 then
       redis.call('RPUSH', done, int(now))
       redis.call('LTRIM', done, -history, -1)
       redis.call('PEXPIRE', done, minute_ms + second_ms)
+    end
+    local late = now - slot
+    count('completed', 1)
+    count('lateness_sum_ms', late)
+    for _, bound in ipairs(lateness_buckets_ms) do
+      if late <= bound then count('lateness_le:' .. bound, 1) break end
     end
     local task = prefix .. 't:' .. id
     local user = redis.call('HGET', task, 'u') or ''
@@ -96,6 +123,12 @@ local function kick_needed()
   return 0
 end
 
+-- Admission answers are counted here rather than by another round trip from the handler.
+local function count_answer(status, placement, n)
+  count('status:' .. status, n or 1)
+  count('admitted:' .. placement, n or 1)
+end
+
 local function append(result, out)
   for _, v in ipairs(out) do table.insert(result, v) end
   return result
@@ -111,6 +144,7 @@ end
 const ADMIT: &str = r#"
 local member, user, id, slot_s = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local ledger_key, ledger_expire_at, idem = ARGV[12], tonumber(ARGV[13]), ARGV[14]
+count('cas_retries', tonumber(ARGV[15]))
 local slot = tonumber(slot_s)
 if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
 local now = now_ms()
@@ -128,6 +162,7 @@ end
 if i == n - 1 then redis.call('RPUSH', q, entry)
 elseif pivot then redis.call('LINSERT', q, 'AFTER', pivot, entry)
 else redis.call('LPUSH', q, entry) end
+count('queued', 1)
 local position = i + 2
 local out = {}
 if position == 1 then run_due(member, now, out) end
@@ -137,13 +172,16 @@ if ttl == -1 or (ttl >= 0 and now + ttl < ledger_expire_at) then
 end
 local completed = redis.call('HGET', task, 'c')
 if completed then
+  count_answer('200', 'inline')
   return append({'completed', tonumber(completed), kick_needed(), now}, out)
 end
+count_answer('202', 'queued')
 return append({'queued', position, kick_needed(), now}, out)
 "#;
 
 /// ARGV[8..]: member, task id. Runs the user's due head tasks now; same reply as ADMIT
-/// (position 0 when still queued).
+/// (position 0 when still queued). Admission calls it while it waits for a task ADMIT
+/// queued, so a task found completed turns that request's answer from 202 into 200.
 const POKE: &str = r#"
 local member, id = ARGV[8], ARGV[9]
 local now = now_ms()
@@ -151,6 +189,8 @@ local out = {}
 run_due(member, now, out)
 local completed = redis.call('HGET', prefix .. 't:' .. id, 'c')
 if completed then
+  count_answer('202', 'queued', -1)
+  count_answer('200', 'inline')
   return append({'completed', tonumber(completed), kick_needed(), now}, out)
 end
 return append({'queued', 0, kick_needed(), now}, out)
@@ -216,6 +256,60 @@ local index = redis.call('LPOS', q, slot .. ':' .. ARGV[9])
 if not index then return 0 end
 return index + 1
 "#;
+
+/// Answers `/metrics`: every counter (field, value), then `waiting_users` and its value.
+const METRICS: &str = r#"
+local reply = redis.call('HGETALL', metrics_key)
+table.insert(reply, 'waiting_users')
+table.insert(reply, tostring(redis.call('ZCARD', due_key)))
+return reply
+"#;
+
+/// ARGV[8..]: status code. Counts an answer that no script counted (errors, reads, replays).
+const COUNT_STATUS: &str = "count('status:' .. ARGV[8], 1) return 0";
+
+/// ARGV[8..]: member ('' for none), how many soonest users, recent completions, queued
+/// tasks of the member. A bounded snapshot for the page (work independent of the number of
+/// users), flattened: `now, queued, waiting, n, (user, queued, next)×n, m,
+/// (task, user, slot, completed)×m, k, (task, slot)×k, j, (completed)×j`.
+const OVERVIEW: &str = r#"
+local member = ARGV[8]
+local soonest, recent, queued_max = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local reply = {now_ms(), tonumber(redis.call('HGET', metrics_key, 'queued') or '0'), redis.call('ZCARD', due_key)}
+local function user_of(id) return redis.call('HGET', prefix .. 't:' .. id, 'u') or '' end
+local next = redis.call('ZRANGE', due_key, 0, soonest - 1, 'WITHSCORES')
+table.insert(reply, #next / 2)
+for i = 1, #next, 2 do
+  local q = prefix .. 'q:' .. next[i]
+  local head = redis.call('LINDEX', q, 0)
+  local user = ''
+  if head then local _, id = split(head) user = user_of(id) end
+  for _, v in ipairs({user, redis.call('LLEN', q), tonumber(next[i + 1])}) do table.insert(reply, v) end
+end
+local log = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', recent)
+table.insert(reply, #log)
+for _, entry in ipairs(log) do
+  local f = {}
+  for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+  for _, v in ipairs({f.task_id or '', f.user_id or '', f.slot or '0', f.completed_at or '0'}) do table.insert(reply, v) end
+end
+local waiting, done = {}, {}
+if member ~= '' then
+  waiting = redis.call('LRANGE', prefix .. 'q:' .. member, 0, queued_max - 1)
+  done = redis.call('LRANGE', prefix .. 'done:' .. member, 0, -1)
+end
+table.insert(reply, #waiting)
+for _, e in ipairs(waiting) do
+  local slot, id = split(e)
+  table.insert(reply, id) table.insert(reply, slot)
+end
+table.insert(reply, #done)
+for _, t in ipairs(done) do table.insert(reply, t) end
+return reply
+"#;
+
+/// Upper bounds of the lateness histogram buckets (ms), for the scripts and `/metrics`.
+pub const LATENESS_BUCKETS_MS: [i64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1_000, 5_000];
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -285,6 +379,20 @@ pub enum Drained {
     Active { next_due_in_ms: i64, more_due_now: bool, ran: Vec<Completion> },
 }
 
+/// A bounded snapshot of the queue and the log for the page (`GET /api/v1/overview`).
+pub struct Overview {
+    pub now: i64,
+    pub queued_tasks: i64,
+    pub waiting_users: i64,
+    /// The users whose next task may start soonest: (user id, tasks queued, when).
+    pub next_due: Vec<(String, i64, i64)>,
+    /// The newest completions, newest first.
+    pub recent: Vec<Completion>,
+    /// The asked-for user's queued tasks (task id, slot) in run order, and last completions.
+    pub user_queued: Vec<(String, i64)>,
+    pub user_completed: Vec<i64>,
+}
+
 /// A task record for `GET /api/v1/task/{id}`.
 pub struct TaskRecord {
     pub user_id: String,
@@ -334,12 +442,14 @@ impl<'a> Queue<'a> {
         slot: i64,
         ledger_key: &str,
         idem: Option<&str>,
+        cas_retries: u32,
     ) -> Result<Admitted, StoreError> {
         // Once the last slot is a minute old the ledger no longer constrains anything.
         let expire_at = (slot + MINUTE_MS + SECOND_MS).to_string();
         let slot = slot.to_string();
         let idem = idem.unwrap_or("");
-        let reply = self.eval(ADMIT, &[&user.0, user_id, task_id, &slot, ledger_key, &expire_at, idem]).await?;
+        let retries = cas_retries.to_string();
+        let reply = self.eval(ADMIT, &[&user.0, user_id, task_id, &slot, ledger_key, &expire_at, idem, &retries]).await?;
         admitted(&reply)
     }
 
@@ -436,12 +546,50 @@ impl<'a> Queue<'a> {
         Ok(())
     }
 
+    /// Every counter of the metrics hash, and the number of users with queued tasks.
+    pub async fn metrics(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let reply = self.eval(METRICS, &[]).await?;
+        reply.chunks(2).map(|pair| Ok((text_at(pair, 0)?, int_at(pair, 1)?))).collect()
+    }
+
+    /// Counts an HTTP answer that no script counted.
+    pub async fn count_status(&self, status: u16) -> Result<(), StoreError> {
+        self.eval(COUNT_STATUS, &[&status.to_string()]).await.map(|_| ())
+    }
+
+    pub async fn overview(&self, user: Option<&UserKey>, soonest: usize, recent: usize, queued: usize) -> Result<Overview, StoreError> {
+        let member = user.map(|u| u.0.as_str()).unwrap_or("");
+        let (soonest, recent, queued) = (soonest.to_string(), recent.to_string(), queued.to_string());
+        let reply = self.eval(OVERVIEW, &[member, &soonest, &recent, &queued]).await?;
+        let mut at = 3;
+        let next_due = groups(&reply, &mut at, 3)?
+            .chunks(3)
+            .map(|g| Ok((text_at(g, 0)?, int_at(g, 1)?, int_at(g, 2)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let recent = completions(groups(&reply, &mut at, 4)?)?;
+        let user_queued = groups(&reply, &mut at, 2)?
+            .chunks(2)
+            .map(|g| Ok((text_at(g, 0)?, int_at(g, 1)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let user_completed = groups(&reply, &mut at, 1)?.iter().map(|v| int_at(std::slice::from_ref(v), 0)).collect::<Result<_, _>>()?;
+        Ok(Overview {
+            now: int_at(&reply, 0)?,
+            queued_tasks: int_at(&reply, 1)?,
+            waiting_users: int_at(&reply, 2)?,
+            next_due,
+            recent,
+            user_queued,
+            user_completed,
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.execute("PING", &[]).await.map(|_| ())
     }
 
     async fn eval(&self, body: &str, args: &[&str]) -> Result<Vec<RedisResult>, StoreError> {
-        let script = format!("{LIB}\n{body}");
+        let buckets: Vec<String> = LATENESS_BUCKETS_MS.iter().map(|b| b.to_string()).collect();
+        let script = format!("local lateness_buckets_ms = {{{}}}\n{LIB}\n{body}", buckets.join(", "));
         let limits = self.config.limits;
         let header = [
             self.config.keys.prefix().to_string(),
@@ -500,6 +648,15 @@ fn text_at(reply: &[RedisResult], i: usize) -> Result<String, StoreError> {
         .and_then(bytes)
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .ok_or_else(|| StoreError::Unexpected(format!("item {i} is not text")))
+}
+
+/// In a flattened reply, a count at `*at` followed by that many groups of `width` items:
+/// the groups, with `*at` moved past them.
+fn groups<'r>(reply: &'r [RedisResult], at: &mut usize, width: usize) -> Result<&'r [RedisResult], StoreError> {
+    let count = usize::try_from(int_at(reply, *at)?).map_err(|_| StoreError::Unexpected("negative count".to_string()))?;
+    let start = *at + 1;
+    *at = start + count * width;
+    reply.get(start..*at).ok_or_else(|| StoreError::Unexpected("reply too short".to_string()))
 }
 
 fn completions(items: &[RedisResult]) -> Result<Vec<Completion>, StoreError> {

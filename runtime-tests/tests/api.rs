@@ -8,6 +8,11 @@ use support::{Host, HostOptions, Redis, request};
 
 const POLICY: &str = r#""burst";q=1;w=1, "minute";q=20;w=60"#;
 
+/// Every key in Redis but the metrics counters (which count bad requests too).
+fn state_keys(redis: &Redis) -> Vec<String> {
+    redis.cli(&["--scan"]).lines().filter(|k| *k != "taskq:metrics").map(str::to_string).collect()
+}
+
 fn start() -> (Redis, Host) {
     let redis = Redis::start();
     let host = Host::start(&redis, &HostOptions::default());
@@ -128,7 +133,7 @@ fn every_bad_input_gets_a_problem_and_stores_nothing() {
         chunk.len()
     );
     assert_eq!(support::raw_request(&host.addr, raw.as_bytes()).status, 413);
-    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "bad input reached Redis");
+    assert_eq!(state_keys(&redis), Vec::<String>::new(), "bad input reached Redis");
 }
 
 /// Redis that cannot answer (paused with SIGSTOP) gets a 503 with Retry-After within 2 s,
@@ -145,7 +150,7 @@ fn redis_that_cannot_answer_gets_503_and_nothing_is_stored() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(reply.header("content-type"), Some("application/problem+json"));
     assert_eq!(health.status, 503);
-    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "a failed admission left state behind");
+    assert_eq!(state_keys(&redis), Vec::<String>::new(), "a failed admission left state behind");
 
     assert_eq!(host.get("/healthz").status, 200);
     assert_eq!(host.post_task(r#"{"user_id":"bob"}"#).status, 200);
@@ -237,4 +242,85 @@ fn a_full_backlog_answers_429() {
     assert_eq!(refused.json()["status"], 429);
     assert_eq!(redis.cli(&["LLEN", "taskq:q:frank"]).trim(), "2");
     assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200);
+}
+
+/// A body that trickles in too slowly (slow loris) gets a 408 problem, not a hang, and
+/// stores nothing.
+#[test]
+fn a_body_that_never_finishes_gets_408_and_stores_nothing() {
+    let (redis, host) = start();
+    let partial = "POST /api/v1/task HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"user_id\":";
+    let reply = support::raw_request(&host.addr, partial.as_bytes());
+    assert_eq!(reply.status, 408, "{}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/problem+json"));
+    assert!(reply.elapsed >= Duration::from_secs(4), "gave up after {:?}", reply.elapsed);
+    assert_eq!(state_keys(&redis), Vec::<String>::new());
+}
+
+/// The value of one sample line of a Prometheus text exposition.
+fn sample(metrics: &str, name: &str) -> Option<i64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` counts answers, admissions, queue depth and lateness exactly, as they happen.
+#[test]
+fn metrics_count_what_happened() {
+    let (_redis, host) = start();
+    assert_eq!(host.post_task(r#"{"user_id":"m"}"#).status, 200);
+    let queued = host.post_task(r#"{"user_id":"m"}"#);
+    assert_eq!(queued.status, 202);
+    assert_eq!(host.post_task("not json").status, 400);
+
+    let before = host.get("/metrics");
+    assert_eq!(before.status, 200);
+    assert_eq!(before.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let text = before.body;
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="202"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="400"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_admissions_total{placement="inline"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_admissions_total{placement="queued"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, "task_api_queue_depth"), Some(1), "{text}");
+    assert_eq!(sample(&text, "task_api_waiting_users"), Some(1), "{text}");
+
+    // The queued task runs about a second later; then the queue is empty and both tasks
+    // are in the lateness histogram.
+    let ran = host.wait_for_lines(2, Duration::from_secs(10), |l| l.starts_with("m-task completed at-"));
+    assert_eq!(ran, 2);
+    let text = host.get("/metrics").body;
+    assert_eq!(sample(&text, "task_api_queue_depth"), Some(0), "{text}");
+    assert_eq!(sample(&text, "task_api_waiting_users"), Some(0), "{text}");
+    assert_eq!(sample(&text, "task_api_lateness_seconds_count"), Some(2), "{text}");
+    assert_eq!(sample(&text, r#"task_api_lateness_seconds_bucket{le="+Inf"}"#), Some(2), "{text}");
+    assert_eq!(sample(&text, "task_api_rule_violations_total"), Some(0), "{text}");
+    // The first /metrics read is counted once it has answered.
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(2), "{text}");
+}
+
+/// The overview is a bounded snapshot: the watched user's queue in run order, the users due
+/// soonest, and the newest completions first.
+#[test]
+fn the_overview_shows_queue_and_recent_completions() {
+    let (_redis, host) = start();
+    let user = "o v:*{}\n😀";
+    let body = serde_json::json!({ "user_id": user }).to_string();
+    let replies: Vec<_> = (0..3).map(|_| host.post_task(&body)).collect();
+    assert_eq!(replies.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 202, 202]);
+    let encoded: String = user.bytes().map(|b| format!("%{b:02X}")).collect();
+    let overview = host.get(&format!("/api/v1/overview?user_id={encoded}"));
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let view = overview.json();
+    assert_eq!(view["queued_tasks"], 2);
+    assert_eq!(view["waiting_users"], 1);
+    assert_eq!(view["next_due"][0]["user_id"], user);
+    assert_eq!(view["next_due"][0]["queued"], 2);
+    assert_eq!(view["recent"][0]["task_id"], replies[0].json()["task_id"]);
+    assert_eq!(view["user"]["user_id"], user);
+    let queued: Vec<_> = view["user"]["queued"].as_array().cloned().unwrap_or_default();
+    let expected: Vec<_> = replies[1..].iter().map(|r| (r.json()["task_id"].clone(), r.json()["slot"].clone())).collect();
+    let got: Vec<_> = queued.iter().map(|q| (q["task_id"].clone(), q["slot"].clone())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(view["user"]["completed"], serde_json::json!([replies[0].json()["completed_at"]]));
+    assert_eq!(host.get("/api/v1/overview").json()["user"], serde_json::Value::Null);
+    assert_eq!(host.get("/api/v1/overview?user_id=%FF").status, 400);
 }

@@ -1,0 +1,128 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4). The counters live in one Redis
+//! hash, shared by every replica and updated by the scripts that do the counted work
+//! (`queue.rs`), so they are exact across replicas and survive restarts of the app.
+
+use crate::queue::LATENESS_BUCKETS_MS;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders the counters read from Redis (`Queue::metrics`).
+pub fn render(counters: &[(String, i64)]) -> String {
+    let fields: BTreeMap<&str, i64> = counters.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let get = |name: &str| fields.get(name).copied().unwrap_or(0);
+    let mut out = String::new();
+
+    let name = family(
+        &mut out,
+        "task_api_http_responses_total",
+        "counter",
+        "HTTP answers by status (a 503 for an unreachable Redis cannot be counted in Redis).",
+    );
+    let statuses: Vec<(&str, i64)> =
+        fields.iter().filter_map(|(k, v)| k.strip_prefix("status:").map(|code| (code, *v))).collect();
+    for (code, value) in statuses {
+        let _ = writeln!(out, "{name}{{status=\"{code}\"}} {value}");
+    }
+    let name = family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
+    for placement in ["inline", "queued"] {
+        let _ = writeln!(out, "{name}{{placement=\"{placement}\"}} {}", get(&format!("admitted:{placement}")));
+    }
+    let name = family(&mut out, "task_api_queue_depth", "gauge", "Tasks waiting for their slot, all users.");
+    let _ = writeln!(out, "{name} {}", get("queued"));
+    let name = family(&mut out, "task_api_waiting_users", "gauge", "Users with at least one task waiting.");
+    let _ = writeln!(out, "{name} {}", get("waiting_users"));
+
+    let name = family(
+        &mut out,
+        "task_api_lateness_seconds",
+        "histogram",
+        "How long after its slot each task ran (completed_at - slot).",
+    );
+    let mut cumulative = 0;
+    for bound in LATENESS_BUCKETS_MS {
+        cumulative += get(&format!("lateness_le:{bound}"));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", seconds(bound));
+    }
+    let completed = get("completed");
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {completed}");
+    let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
+    let _ = writeln!(out, "{name}_count {completed}");
+
+    let name = family(&mut out, "task_api_cas_retries_total", "counter", "Key-value compare-and-swap attempts that did not commit.");
+    let _ = writeln!(out, "{name} {}", get("cas_retries"));
+    let name = family(
+        &mut out,
+        "task_api_rule_violations_total",
+        "counter",
+        "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).",
+    );
+    let _ = writeln!(out, "{name} {}", get("rule_violations"));
+    out
+}
+
+/// Writes a metric family's HELP and TYPE lines; returns its name.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name.to_string()
+}
+
+/// Milliseconds as a Prometheus seconds value.
+fn seconds(ms: i64) -> String {
+    let text = format!("{}.{:03}", ms / 1000, (ms % 1000).abs());
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if ms < 0 && !text.starts_with('-') { format!("-{text}") } else { text.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_at_the_count() {
+        let text = render(&counters(&[
+            ("lateness_le:1", 3),
+            ("lateness_le:20", 2),
+            ("completed", 6),
+            ("lateness_sum_ms", 7_042),
+        ]));
+        assert!(text.contains("task_api_lateness_seconds_bucket{le=\"0.001\"} 3\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_bucket{le=\"0.01\"} 3\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_bucket{le=\"0.02\"} 5\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_bucket{le=\"5\"} 5\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_bucket{le=\"+Inf\"} 6\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_sum 7.042\n"), "{text}");
+        assert!(text.contains("task_api_lateness_seconds_count 6\n"), "{text}");
+    }
+
+    #[test]
+    fn statuses_and_gauges() {
+        let text = render(&counters(&[("status:200", 4), ("status:404", 1), ("queued", 9), ("waiting_users", 2)]));
+        assert!(text.contains("task_api_http_responses_total{status=\"200\"} 4\n"), "{text}");
+        assert!(text.contains("task_api_http_responses_total{status=\"404\"} 1\n"), "{text}");
+        assert!(text.contains("task_api_queue_depth 9\n"), "{text}");
+        assert!(text.contains("task_api_waiting_users 2\n"), "{text}");
+        assert!(text.contains("task_api_rule_violations_total 0\n"), "{text}");
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let family = line.split(['{', ' ']).next().unwrap_or("");
+            let base = family.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {base} ")), "{line}");
+        }
+    }
+
+    #[test]
+    fn seconds_from_ms() {
+        assert_eq!(seconds(1), "0.001");
+        assert_eq!(seconds(250), "0.25");
+        assert_eq!(seconds(1_000), "1");
+        assert_eq!(seconds(0), "0");
+        assert_eq!(seconds(12_345), "12.345");
+        assert_eq!(seconds(-5), "-0.005");
+    }
+}
