@@ -1,0 +1,111 @@
+//! The page at `GET /`, as a person uses it: headless Chromium (Debian's `chromium`, driven
+//! by `runtime-tests/browser/page.mjs` with playwright-core) opens it against a real
+//! redis-server and the real app, submits 5 tasks for one user, sees them queued and then
+//! completed one second apart on the timeline, and saves a screenshot to `docs/page.png`.
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Host, HostOptions, Redis};
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Runs `command` to its end (killed after `limit`), returning (success, stdout, stderr).
+fn run(mut command: Command, limit: Duration) -> (bool, String, String) {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let pipe = |reader: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut reader) = reader {
+                let _ = reader.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let mut stderr = err.join().unwrap_or_default();
+    if status.is_none() {
+        stderr.push_str(&format!("\n(killed after {} s)", limit.as_secs()));
+    }
+    (status.is_some_and(|s| s.success()), stdout, stderr)
+}
+
+/// `npm ci` in runtime-tests/browser when its node_modules is missing.
+fn install_playwright(browser_dir: &Path) {
+    if browser_dir.join("node_modules/playwright-core/package.json").exists() {
+        return;
+    }
+    let mut npm = Command::new("npm");
+    npm.current_dir(browser_dir).args(["ci", "--no-audit", "--no-fund"]);
+    let (ok, stdout, stderr) = run(npm, Duration::from_secs(300));
+    assert!(
+        ok,
+        "`npm ci` in {} failed (Node.js and npm are needed: apt-get install -y nodejs npm)\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        browser_dir.display()
+    );
+}
+
+#[test]
+fn the_page_shows_queued_tasks_completing_within_the_limits() {
+    let redis = Redis::start();
+    let host = Host::start(&redis, &HostOptions::default());
+
+    let page = host.get("/");
+    assert_eq!(page.status, 200, "GET / answered {}: {}", page.status, page.body);
+    let content_type = page.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/html"), "GET / has content-type {content_type:?}");
+    assert!(page.body.contains("id=\"timeline\""), "GET / is not the page:\n{}", page.body);
+
+    let chromium = chromium();
+    assert!(
+        chromium.exists(),
+        "{} is missing: the browser test needs Debian's Chromium (`apt-get install -y chromium`), or set CHROMIUM to a Chromium binary",
+        chromium.display()
+    );
+
+    let root = support::repo_root();
+    let browser_dir = root.join("runtime-tests/browser");
+    install_playwright(&browser_dir);
+
+    let docs = root.join("docs");
+    let _ = std::fs::create_dir_all(&docs);
+    let screenshot = docs.join("page.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let mut node = Command::new("node");
+    node.current_dir(&root)
+        .arg(browser_dir.join("page.mjs"))
+        .env("BASE_URL", format!("http://{}", host.addr))
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM", &chromium);
+    let (ok, stdout, stderr) = run(node, Duration::from_secs(150));
+    assert!(
+        ok,
+        "the browser test failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nhost stderr:\n{}",
+        host.stderr_text()
+    );
+    print!("{stdout}");
+
+    let png = std::fs::read(&screenshot).unwrap_or_default();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG ({} bytes)", screenshot.display(), png.len());
+}
