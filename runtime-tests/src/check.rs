@@ -66,6 +66,8 @@ pub struct Report {
     pub early: Vec<String>,
     /// `completed_at - slot` of every entry that has a slot, sorted.
     pub lateness_ms: Vec<i64>,
+    /// Completions per user, by user id.
+    pub per_user: BTreeMap<String, usize>,
 }
 
 impl Report {
@@ -118,6 +120,7 @@ pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Repo
         }
     }
     report.users = by_user.len();
+    report.per_user = by_user.iter().map(|(user, times)| (user.to_string(), times.len())).collect();
     report.lateness_ms.sort_unstable();
     for (user, times) in &mut by_user {
         times.sort_unstable();
@@ -170,6 +173,8 @@ mod tests {
         assert_eq!(report.violations.len(), 1);
         let report = check(&[at("u", 0), at("u", 1_000), at("v", 1_001)], Rule::default(), None);
         assert!(report.is_clean(), "{:?}", report.violations);
+        assert_eq!(report.per_user.get("u"), Some(&2));
+        assert_eq!(report.per_user.get("v"), Some(&1));
     }
 
     #[test]

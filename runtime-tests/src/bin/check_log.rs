@@ -1,15 +1,21 @@
 //! Checks a task log against the schedule rule (SPEC §1) and reports lateness.
 //!
-//! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [LOG_FILE]`
+//! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]`
 //! LOG_FILE (default: standard input) holds seed-format lines
 //! (`<user_id>-task completed at-<epoch ms>`, as in task_log.txt or `GET /api/v1/log`) or
 //! NDJSON lines (`GET /api/v1/log` with `Accept: application/x-ndjson`); other lines are
 //! skipped. IDS_FILE lists acknowledged task ids, one a line: each must appear exactly once
-//! (NDJSON only). Exit status: 0 clean, 1 rule broken, 2 usage or I/O error.
+//! (NDJSON only). Prints every violation, then tasks per user (each user with `--per-user`
+//! or when there are at most 50, otherwise the spread), then a summary line with the
+//! lateness percentiles (NDJSON only: text lines carry no slot). Exit status: 0 clean,
+//! 1 rule broken, 2 usage or I/O error.
 
 use runtime_tests::check::{Rule, check, parse_line};
 use std::io::Read;
 use std::process::ExitCode;
+
+/// Above this many users the per-user lines are summarised unless `--per-user` asks.
+const PER_USER_LIST_MAX: usize = 50;
 
 fn main() -> ExitCode {
     match run() {
@@ -26,6 +32,7 @@ fn run() -> Result<bool, String> {
     let mut rule = Rule::default();
     let mut expect_file = None;
     let mut log_file = None;
+    let mut list_users = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<usize, String> {
@@ -35,8 +42,9 @@ fn run() -> Result<bool, String> {
             "--per-second" => rule.per_second = number("--per-second")?,
             "--per-minute" => rule.per_minute = number("--per-minute")?,
             "--expect" => expect_file = Some(args.next().ok_or("--expect takes a file")?),
+            "--per-user" => list_users = true,
             "-h" | "--help" => {
-                println!("usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [LOG_FILE]");
+                println!("usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]");
                 return Ok(true);
             }
             _ if log_file.is_none() && !arg.starts_with("--") => log_file = Some(arg),
@@ -72,6 +80,15 @@ fn run() -> Result<bool, String> {
     }
     for id in &report.missing {
         println!("missing: {id}");
+    }
+    if list_users || report.per_user.len() <= PER_USER_LIST_MAX {
+        for (user, count) in &report.per_user {
+            println!("user {user:?}: {count} tasks");
+        }
+    } else {
+        let counts = report.per_user.values();
+        let (min, max) = (counts.clone().min().unwrap_or(&0), counts.max().unwrap_or(&0));
+        println!("tasks per user: {min} to {max} over {} users (--per-user lists each)", report.per_user.len());
     }
     println!("{}", report.summary());
     Ok(report.is_clean())
