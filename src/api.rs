@@ -599,6 +599,7 @@ fn insert(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::XorShift;
 
     #[test]
     fn user_ids_of_every_accepted_shape() {
@@ -620,6 +621,30 @@ mod tests {
         ] {
             assert!(parse_user_id(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    /// 20,000 random bodies spliced from JSON fragments, wrong types, escapes and junk
+    /// bytes: parsing never panics, and whatever it accepts is a 1–128 character id that
+    /// came from a `user_id` member.
+    #[test]
+    fn random_bodies_parse_or_fail_cleanly() {
+        let pieces: [&[u8]; 24] = [
+            b"{", b"}", b"[", b"]", b"\"user_id\"", b"\"user\"", b":", b",", b"\"", b"\"a\"", b"123", b"-1.5e9",
+            b"null", b"true", b"\\u0000", b"\\ud800", b"\\n", "😀".as_bytes(), b"\xff\xfe", b" ", b"\0", b"{\"user_id\":",
+            b"99999999999999999999999", b"\"x\"}",
+        ];
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let body: Vec<u8> = (0..rng.next(10)).flat_map(|_| rng.pick(&pieces).iter().copied()).collect();
+            if let Ok(id) = parse_user_id(&body) {
+                accepted += 1;
+                assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
+                assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
+            }
+        }
+        // The generator does reach the accepting path, so both branches are exercised.
+        assert!(accepted > 0);
     }
 
     #[test]

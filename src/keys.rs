@@ -94,6 +94,7 @@ pub fn is_task_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::XorShift;
 
     #[test]
     fn plain_ids_stay_readable() {
@@ -124,6 +125,41 @@ mod tests {
         let user = UserKey::new("t:0123");
         assert_eq!(keys.queue(&user), "taskq:q:t%3A0123");
         assert_ne!(keys.queue(&user), keys.task("0123"));
+    }
+
+    /// Reverses `encode` (test only: the app never needs to).
+    fn decode(key: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut bytes = key.bytes();
+        while let Some(b) = bytes.next() {
+            if b == b'%' {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            } else {
+                out.push(b);
+            }
+        }
+        Some(out)
+    }
+
+    /// 20,000 random ids built from separators, escapes, key look-alikes, control bytes and
+    /// multi-byte characters: every key uses only unreserved characters and `%`, and decodes
+    /// back to its id, so two ids never share a key and no id forms another key's shape.
+    #[test]
+    fn random_hostile_ids_encode_injectively_to_safe_keys() {
+        let pieces: [&str; 16] =
+            [":", "*", "{", "}", "%", "%3A", "\n", "\0", " ", "q:", "t:", "ledger:", "taskq:", "😀", "é", "a"];
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            let id: String = (0..rng.next(12)).map(|_| rng.pick(&pieces)).collect();
+            let key = UserKey::new(&id).0;
+            assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-%".contains(&b)), "{id:?} -> {key}");
+            assert_eq!(decode(&key).as_deref(), Some(id.as_bytes()), "{id:?} -> {key}");
+            if let Some(other) = seen.insert(key.clone(), id.clone()) {
+                assert_eq!(other, id, "two ids share the key {key}");
+            }
+        }
     }
 
     #[test]

@@ -38,3 +38,25 @@ async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
 async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     drainer::on_message(message).await
 }
+
+/// A small deterministic generator for the property tests, so that failures reproduce
+/// without a seed crate.
+#[cfg(test)]
+mod test_rng {
+    pub struct XorShift(pub u64);
+
+    impl XorShift {
+        /// A number in `0..below`.
+        pub fn next(&mut self, below: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % below
+        }
+
+        /// One of `choices`.
+        pub fn pick<'a, T: ?Sized>(&mut self, choices: &[&'a T]) -> &'a T {
+            choices[self.next(choices.len() as u64) as usize]
+        }
+    }
+}

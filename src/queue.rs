@@ -6,7 +6,8 @@
 //! - `due`      sorted set: user → earliest instant their head task may start;
 //! - `done:<u>` list of the user's last completion times (expires a minute after the last);
 //! - `t:<id>`   hash of a task: `u` user id, `s` slot, `c` completed-at (kept a day once done);
-//! - `lease`    the drainer lease (see `drainer.rs`); `kick` rate-limits wake-ups.
+//! - `lease`    the drainer lease (see `drainer.rs`); `kick` rate-limits wake-ups;
+//! - `metrics`  hash of the counters behind `/metrics` (see `metrics.rs`).
 //!
 //! "Running" a task is `run_due` below: it takes the user's head task when the slot rule
 //! allows it on the user's actual completion times, records the completion, and appends the
@@ -32,7 +33,7 @@ local due_key, lease_key = prefix .. 'due', prefix .. 'lease'
 local metrics_key = prefix .. 'metrics'
 local history = math.max(per_second, per_minute)
 
--- Counters for /metrics (see `Metrics`), updated in the same script as what they count.
+-- Counters for /metrics (metrics.rs), updated in the same script as what they count.
 local function count(field, n)
   if n ~= 0 then redis.call('HINCRBY', metrics_key, field, n) end
 end

@@ -78,6 +78,7 @@ pub fn remaining(limits: Limits, recent: &[i64], now: i64) -> Vec<(&'static str,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::XorShift;
 
     const DEFAULT: Limits = Limits { per_second: 1, per_minute: 20 };
 
@@ -123,17 +124,6 @@ mod tests {
             .map(|&start| slots.iter().filter(|&&s| s >= start && s < start + window_ms).count())
             .max()
             .unwrap_or(0)
-    }
-
-    /// A small deterministic generator, so that failures reproduce without a seed crate.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self, below: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % below
-        }
     }
 
     /// Random arrival sequences: the windows are never over quota, the schedule is FIFO, no

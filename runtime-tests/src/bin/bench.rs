@@ -265,6 +265,11 @@ fn scale(users: usize, tasks: usize, smoke: bool) -> Row {
         .collect();
     let (latencies, errors) = run_jobs(jobs, 64, Clock::FromSend);
     let submit_s = started.elapsed().as_secs_f64();
+    // Redis runs on this machine, so its clock is this clock.
+    let submitted_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let queued: i64 = redis.cli(&["ZCARD", "taskq:due"]).trim().parse().unwrap_or(0);
     // Bytes Redis holds per queued task: the queue entries and task records of up to 100
     // queued users (MEMORY USAGE, sampled), divided by their tasks.
@@ -277,10 +282,20 @@ fn scale(users: usize, tasks: usize, smoke: bool) -> Row {
     }
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, Rule::default(), None);
+    // Lateness of the tasks due once the submission burst was over: the drainer alone,
+    // without the load generator and admissions competing for the cores.
+    let quiet: Vec<_> = entries.iter().filter(|e| e.slot.is_some_and(|s| s > submitted_at_ms)).cloned().collect();
+    let quiet = check::check(&quiet, Rule::default(), None);
+    let pct = |p| quiet.lateness_percentile(p).map_or("-".to_string(), |v| v.to_string());
     let mut note = format!(
-        "submitted in {submit_s:.1} s; {queued} users queued; ~{per_task:.0} B Redis memory per queued task; logged {}/{}",
+        "submitted in {submit_s:.1} s; {queued} users queued; ~{per_task:.0} B Redis memory per queued task; logged {}/{}; \
+         lateness of the {} tasks due after submission ended p50/p99/max {}/{}/{} ms",
         entries.len(),
-        total
+        total,
+        quiet.entries,
+        pct(50.0),
+        pct(99.0),
+        pct(100.0)
     );
     if !smoke {
         // Per-user state (ledger, completion times, queue) expires a minute after the last task.
