@@ -68,6 +68,11 @@ pub struct Report {
     pub lateness_ms: Vec<i64>,
     /// Completions per user, by user id.
     pub per_user: BTreeMap<String, usize>,
+    /// For entries with a slot, sorted: how long after the earliest instant the rule allowed
+    /// *given the user's actual earlier completions* each task ran. Lateness minus this is
+    /// what a task inherited from a late predecessor (SPEC §1: a late task pushes the next
+    /// one back); this part is the executor's own delay.
+    pub own_delay_ms: Vec<i64>,
 }
 
 impl Report {
@@ -77,17 +82,19 @@ impl Report {
 
     /// The p-th percentile (0..=100) of lateness, nearest-rank.
     pub fn lateness_percentile(&self, p: f64) -> Option<i64> {
-        if self.lateness_ms.is_empty() {
-            return None;
-        }
-        let rank = ((p / 100.0) * self.lateness_ms.len() as f64).ceil().max(1.0) as usize;
-        self.lateness_ms.get(rank.min(self.lateness_ms.len()) - 1).copied()
+        percentile(&self.lateness_ms, p)
+    }
+
+    /// The p-th percentile (0..=100) of the executor's own delay, nearest-rank.
+    pub fn own_delay_percentile(&self, p: f64) -> Option<i64> {
+        percentile(&self.own_delay_ms, p)
     }
 
     pub fn summary(&self) -> String {
         let pct = |p| self.lateness_percentile(p).map_or("-".to_string(), |v| v.to_string());
+        let own = |p| self.own_delay_percentile(p).map_or("-".to_string(), |v| v.to_string());
         format!(
-            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={}",
+            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={} own_delay_ms p50={} p99={} max={}",
             self.entries,
             self.users,
             self.violations.len(),
@@ -97,8 +104,20 @@ impl Report {
             pct(50.0),
             pct(99.0),
             pct(100.0),
+            own(50.0),
+            own(99.0),
+            own(100.0),
         )
     }
+}
+
+/// Nearest-rank percentile of sorted `values`.
+fn percentile(values: &[i64], p: f64) -> Option<i64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil().max(1.0) as usize;
+    values.get(rank.min(values.len()) - 1).copied()
 }
 
 /// Checks `entries` against the rule; `expected` (task ids that were acknowledged), when
@@ -106,6 +125,7 @@ impl Report {
 pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Report {
     let mut report = Report { entries: entries.len(), ..Report::default() };
     let mut by_user: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut slotted_by_user: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for entry in entries {
         by_user.entry(&entry.user_id).or_default().push(entry.completed_at);
@@ -113,6 +133,7 @@ pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Repo
             *seen.entry(id).or_default() += 1;
         }
         if let Some(slot) = entry.slot {
+            slotted_by_user.entry(&entry.user_id).or_default().push((entry.completed_at, slot));
             report.lateness_ms.push(entry.completed_at - slot);
             if entry.completed_at < slot {
                 report.early.push(format!("{:?} ran at {} before its slot {}", entry.task_id, entry.completed_at, slot));
@@ -121,6 +142,20 @@ pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Repo
     }
     report.users = by_user.len();
     report.per_user = by_user.iter().map(|(user, times)| (user.to_string(), times.len())).collect();
+    for tasks in slotted_by_user.values_mut() {
+        tasks.sort_unstable();
+        for i in 0..tasks.len() {
+            let (completed_at, slot) = tasks[i];
+            let mut allowed = slot;
+            for (limit, window_ms) in [(rule.per_second, 1_000), (rule.per_minute, 60_000)] {
+                if limit > 0 && i >= limit {
+                    allowed = allowed.max(tasks[i - limit].0 + window_ms);
+                }
+            }
+            report.own_delay_ms.push(completed_at - allowed);
+        }
+    }
+    report.own_delay_ms.sort_unstable();
     report.lateness_ms.sort_unstable();
     for (user, times) in &mut by_user {
         times.sort_unstable();
@@ -197,5 +232,15 @@ mod tests {
         assert_eq!(report.missing, vec!["c".to_string()]);
         assert_eq!(report.early.len(), 1);
         assert_eq!(report.lateness_percentile(100.0), Some(2_000));
+    }
+
+    #[test]
+    fn own_delay_excludes_what_a_late_predecessor_pushed_back() {
+        let entry = |slot, t| Entry { task_id: None, user_id: "u".into(), slot: Some(slot), completed_at: t };
+        // The first task ran 50 ms late, so the second could not start before 1_050: its
+        // 60 ms lateness is 50 inherited plus 10 of its own.
+        let report = check(&[entry(0, 50), entry(1_000, 1_060)], Rule::default(), None);
+        assert_eq!(report.lateness_ms, vec![50, 60]);
+        assert_eq!(report.own_delay_ms, vec![10, 50]);
     }
 }

@@ -287,15 +287,20 @@ fn scale(users: usize, tasks: usize, smoke: bool) -> Row {
     let quiet: Vec<_> = entries.iter().filter(|e| e.slot.is_some_and(|s| s > submitted_at_ms)).cloned().collect();
     let quiet = check::check(&quiet, Rule::default(), None);
     let pct = |p| quiet.lateness_percentile(p).map_or("-".to_string(), |v| v.to_string());
+    let own = |p| report.own_delay_percentile(p).map_or("-".to_string(), |v| v.to_string());
     let mut note = format!(
         "submitted in {submit_s:.1} s; {queued} users queued; ~{per_task:.0} B Redis memory per queued task; logged {}/{}; \
-         lateness of the {} tasks due after submission ended p50/p99/max {}/{}/{} ms",
+         lateness of the {} tasks due after submission ended p50/p99/max {}/{}/{} ms; \
+         executor's own delay (lateness not inherited from a late predecessor) p50/p99/max {}/{}/{} ms",
         entries.len(),
         total,
         quiet.entries,
         pct(50.0),
         pct(99.0),
-        pct(100.0)
+        pct(100.0),
+        own(50.0),
+        own(99.0),
+        own(100.0)
     );
     if !smoke {
         // Per-user state (ledger, completion times, queue) expires a minute after the last task.
