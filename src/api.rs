@@ -55,31 +55,38 @@ const OVERVIEW_QUEUED: usize = 100;
 #[derive(Clone, Copy)]
 struct CountedByScript;
 
+/// The configuration, read once per request; an error is the operator's (answered 500 by
+/// the routes that need it).
+type Loaded = anyhow::Result<Config>;
+
 pub async fn handle(request: Request) -> HttpResponse {
-    let response = route(request).await;
-    count_response(&response).await;
+    let config = Config::load().await;
+    let response = route(request, &config).await;
+    if let Ok(config) = &config {
+        count_response(config, &response).await;
+    }
     response
 }
 
-async fn route(request: Request) -> HttpResponse {
+async fn route(request: Request, config: &Loaded) -> HttpResponse {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let is_get = method == Method::GET || method == Method::HEAD;
     let (headers, query) = (request.headers(), request.uri().query());
     match path.as_str() {
-        "/api/v1/task" if method == Method::POST => create_task(request).await,
+        "/api/v1/task" if method == Method::POST => create_task(request, config).await,
         "/api/v1/task" => problem::method_not_allowed("POST"),
-        "/api/v1/log" if is_get => read_log(headers, query).await,
-        "/api/v1/overview" if is_get => overview(headers, query).await,
-        "/metrics" if is_get => metrics(headers).await,
-        "/healthz" if is_get => health().await,
+        "/api/v1/log" if is_get => read_log(config, headers, query).await,
+        "/api/v1/overview" if is_get => overview(config, headers, query).await,
+        "/metrics" if is_get => metrics(config, headers).await,
+        "/healthz" if is_get => health(config).await,
         "/" if is_get => text_response(PAGE.to_string(), "text/html; charset=utf-8"),
         "/api/v1/openapi.json" if is_get => text_response(OPENAPI.to_string(), "application/json"),
         "/api/v1/log" | "/api/v1/overview" | "/metrics" | "/healthz" | "/" | "/api/v1/openapi.json" => {
             problem::method_not_allowed("GET, HEAD")
         }
         _ => match path.strip_prefix("/api/v1/task/") {
-            Some(id) if is_get => get_task(id).await,
+            Some(id) if is_get => get_task(config, id).await,
             Some(_) => problem::method_not_allowed("GET, HEAD"),
             None => problem::not_found(format!("no route for {path}")),
         },
@@ -88,14 +95,29 @@ async fn route(request: Request) -> HttpResponse {
 
 /// Counts the answer in the shared metrics unless a script already did. Best effort, and
 /// skipped for 503s: Redis is what failed, and a second wait on it would only delay them.
-async fn count_response(response: &HttpResponse) {
+async fn count_response(config: &Config, response: &HttpResponse) {
     if response.extensions().get::<CountedByScript>().is_some() || response.status() == StatusCode::SERVICE_UNAVAILABLE {
         return;
     }
-    let Ok(config) = Config::load().await else { return };
-    if let Ok(queue) = Queue::connect(&config).await {
+    if let Ok(queue) = Queue::connect(config).await {
         let _ = queue.count_status(response.status().as_u16()).await;
     }
+}
+
+/// The configuration, or the 500 for a route that cannot work without it.
+fn configured(config: &Loaded) -> Result<&Config, HttpResponse> {
+    config.as_ref().map_err(|e| problem::internal(format!("configuration: {e}")))
+}
+
+/// The configuration for an admin route, or the answer that refuses the request.
+fn admin<'c>(config: &'c Loaded, headers: &HeaderMap) -> Result<&'c Config, HttpResponse> {
+    let config = configured(config)?;
+    if authorized(config, headers) { Ok(config) } else { Err(problem::unauthorized()) }
+}
+
+/// `name=value` pairs of a query string (a bare `name` has an empty value).
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query.unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 fn text_response(body: String, content_type: &str) -> HttpResponse {
@@ -104,7 +126,7 @@ fn text_response(body: String, content_type: &str) -> HttpResponse {
     response
 }
 
-async fn create_task(request: Request) -> HttpResponse {
+async fn create_task(request: Request, config: &Loaded) -> HttpResponse {
     if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         if !is_json_media_type(text) {
@@ -137,11 +159,11 @@ async fn create_task(request: Request) -> HttpResponse {
         Ok(id) => id,
         Err(detail) => return problem::bad_request(detail),
     };
-    let config = match Config::load().await {
+    let config = match configured(config) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    match admit(&config, &user_id, idempotency_key.as_deref()).await {
+    match admit(config, &user_id, idempotency_key.as_deref()).await {
         Ok(response) => response,
         Err(AdmitError::Store(StoreError::Unavailable(e))) | Err(AdmitError::Ledger(LedgerError::Unavailable(e))) => {
             problem::unavailable(format!("{e}; the task was not stored"))
@@ -362,15 +384,15 @@ fn window_seconds(limits: slot::Limits, name: &str) -> i64 {
     limits.windows().iter().find(|(n, _, _)| *n == name).map(|(_, _, w)| w / 1000).unwrap_or(0)
 }
 
-async fn get_task(id: &str) -> HttpResponse {
+async fn get_task(config: &Loaded, id: &str) -> HttpResponse {
     if !is_task_id(id) {
         return problem::not_found(format!("no task {id:?}"));
     }
-    let config = match Config::load().await {
+    let config = match configured(config) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    let record = match Queue::connect(&config).await {
+    let record = match Queue::connect(config).await {
         Ok(queue) => queue.task(id).await,
         Err(e) => Err(e),
     };
@@ -388,18 +410,14 @@ async fn get_task(id: &str) -> HttpResponse {
     }
 }
 
-async fn read_log(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
-    let config = match Config::load().await {
+async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match admin(config, headers) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    if !authorized(&config, headers) {
-        return problem::unauthorized();
-    }
     let mut after = None;
     let mut limit = LOG_PAGE_DEFAULT;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(query) {
         match name {
             "after" if is_stream_id(value) => after = Some(value.to_string()),
             "after" => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
@@ -410,7 +428,7 @@ async fn read_log(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
             _ => return problem::bad_request(format!("unknown query parameter {name:?}; use after and limit")),
         }
     }
-    let page = match Queue::connect(&config).await {
+    let page = match Queue::connect(config).await {
         Ok(queue) => queue.log_page(after.as_deref(), limit).await,
         Err(e) => Err(e),
     };
@@ -442,17 +460,13 @@ async fn read_log(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
 }
 
 /// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page.
-async fn overview(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
-    let config = match Config::load().await {
+async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match admin(config, headers) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    if !authorized(&config, headers) {
-        return problem::unauthorized();
-    }
     let mut user_id = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in query_pairs(query) {
         match name {
             "user_id" => match percent_decode(value) {
                 Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => user_id = Some(id),
@@ -462,7 +476,7 @@ async fn overview(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
         }
     }
     let user = user_id.as_deref().map(UserKey::new);
-    let snapshot = match Queue::connect(&config).await {
+    let snapshot = match Queue::connect(config).await {
         Ok(queue) => queue.overview(user.as_ref(), OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
         Err(e) => Err(e),
     };
@@ -493,15 +507,12 @@ async fn overview(headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
 }
 
 /// `GET /metrics`: the shared counters in the Prometheus text format.
-async fn metrics(headers: &HeaderMap) -> HttpResponse {
-    let config = match Config::load().await {
+async fn metrics(config: &Loaded, headers: &HeaderMap) -> HttpResponse {
+    let config = match admin(config, headers) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    if !authorized(&config, headers) {
-        return problem::unauthorized();
-    }
-    let counters = match Queue::connect(&config).await {
+    let counters = match Queue::connect(config).await {
         Ok(queue) => queue.metrics().await,
         Err(e) => Err(e),
     };
@@ -556,12 +567,12 @@ fn authorized(config: &Config, headers: &HeaderMap) -> bool {
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-async fn health() -> HttpResponse {
-    let config = match Config::load().await {
+async fn health(config: &Loaded) -> HttpResponse {
+    let config = match configured(config) {
         Ok(config) => config,
-        Err(e) => return problem::internal(format!("configuration: {e}")),
+        Err(response) => return response,
     };
-    let queue = match Queue::connect(&config).await {
+    let queue = match Queue::connect(config).await {
         Ok(queue) => queue,
         Err(e) => return store_problem(e),
     };

@@ -20,19 +20,15 @@ pub fn render(counters: &[(String, i64)]) -> String {
         "counter",
         "HTTP answers by status (a 503 for an unreachable Redis cannot be counted in Redis).",
     );
-    let statuses: Vec<(&str, i64)> =
-        fields.iter().filter_map(|(k, v)| k.strip_prefix("status:").map(|code| (code, *v))).collect();
-    for (code, value) in statuses {
+    for (code, value) in fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, v))) {
         let _ = writeln!(out, "{name}{{status=\"{code}\"}} {value}");
     }
     let name = family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
     for placement in ["inline", "queued"] {
         let _ = writeln!(out, "{name}{{placement=\"{placement}\"}} {}", get(&format!("admitted:{placement}")));
     }
-    let name = family(&mut out, "task_api_queue_depth", "gauge", "Tasks waiting for their slot, all users.");
-    let _ = writeln!(out, "{name} {}", get("queued"));
-    let name = family(&mut out, "task_api_waiting_users", "gauge", "Users with at least one task waiting.");
-    let _ = writeln!(out, "{name} {}", get("waiting_users"));
+    single(&mut out, "task_api_queue_depth", "gauge", "Tasks waiting for their slot, all users.", get("queued"));
+    single(&mut out, "task_api_waiting_users", "gauge", "Users with at least one task waiting.", get("waiting_users"));
 
     let name = family(
         &mut out,
@@ -50,15 +46,10 @@ pub fn render(counters: &[(String, i64)]) -> String {
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
     let _ = writeln!(out, "{name}_count {completed}");
 
-    let name = family(&mut out, "task_api_cas_retries_total", "counter", "Key-value compare-and-swap attempts that did not commit.");
-    let _ = writeln!(out, "{name} {}", get("cas_retries"));
-    let name = family(
-        &mut out,
-        "task_api_rule_violations_total",
-        "counter",
-        "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).",
-    );
-    let _ = writeln!(out, "{name} {}", get("rule_violations"));
+    let retries_help = "Key-value compare-and-swap attempts that did not commit.";
+    single(&mut out, "task_api_cas_retries_total", "counter", retries_help, get("cas_retries"));
+    let violations_help = "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).";
+    single(&mut out, "task_api_rule_violations_total", "counter", violations_help, get("rule_violations"));
     out
 }
 
@@ -66,6 +57,12 @@ pub fn render(counters: &[(String, i64)]) -> String {
 fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     name.to_string()
+}
+
+/// A family with one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: i64) {
+    let name = family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Milliseconds as a Prometheus seconds value.
