@@ -380,6 +380,11 @@ fn dechunk(mut body: &str) -> String {
 
 /// The whole task log as NDJSON entries, read through the API (paged).
 pub fn read_log(host: &Host) -> Vec<check::Entry> {
+    read_log_at(&host.addr)
+}
+
+/// `read_log` for a server this module did not start (one under `runtime-tests/start.sh`).
+pub fn read_log_at(addr: &str) -> Vec<check::Entry> {
     let mut entries = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -387,7 +392,7 @@ pub fn read_log(host: &Host) -> Vec<check::Entry> {
             Some(c) => format!("/api/v1/log?limit=1000&after={c}"),
             None => "/api/v1/log?limit=1000".to_string(),
         };
-        let reply = request(&host.addr, "GET", &path, &[("Accept", "application/x-ndjson")], b"");
+        let reply = request(addr, "GET", &path, &[("Accept", "application/x-ndjson")], b"");
         assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
         let page: Vec<check::Entry> = reply.body.lines().filter_map(check::parse_line).collect();
         let done = page.len() < 1000;
@@ -407,4 +412,29 @@ pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort_unstable();
     let rank = ((p / 100.0) * samples.len() as f64).ceil().max(1.0) as usize;
     samples[rank.min(samples.len()) - 1].as_secs_f64() * 1000.0
+}
+
+// For tests that run the app under `runtime-tests/start.sh` (tests/recovery.rs) and time
+// events on Redis's clock, the clock of `slot` and `completed_at`.
+
+/// A loopback port that was free a moment ago, for a server that must be told its address.
+pub fn free_loopback_port() -> u16 {
+    free_port()
+}
+
+impl Redis {
+    /// The server's clock (`TIME`) in epoch milliseconds; `None` while it does not answer.
+    pub fn time_ms(&self) -> Option<i64> {
+        let out = self.cli(&["TIME"]);
+        let mut parts = out.split_whitespace().map(|p| p.parse::<i64>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(secs)), Some(Ok(micros))) => Some(secs * 1000 + micros / 1000),
+            _ => None,
+        }
+    }
+
+    /// How many entries the task log stream holds (0 while Redis does not answer).
+    pub fn log_len(&self) -> usize {
+        self.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0)
+    }
 }
