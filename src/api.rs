@@ -1,17 +1,18 @@
 //! Routing, request validation and responses (SPEC §2).
 
+use crate::admission::{self, AdmitError, Outcome, Task};
 use crate::config::Config;
-use crate::drainer::print_log;
-use crate::keys::{UserKey, is_task_id, new_task_id};
-use crate::ledger::{self, LedgerError};
+use crate::deadline::with_deadline;
+use crate::keys::{UserKey, is_task_id};
 use crate::problem::{self, HttpResponse};
-use crate::queue::{Admitted, Earlier, Placement, Prepared, Queue, StoreError};
+use crate::queue::{Placement, Queue, StoreError};
 use crate::slot;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 use spin_sdk::http::Request;
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Duration;
 
 /// Largest accepted request body (SPEC §2: 413 above it).
 pub const MAX_BODY: usize = 4 * 1024;
@@ -20,28 +21,9 @@ pub const MAX_USER_ID_CHARS: usize = 128;
 /// Log page size: default and most.
 const LOG_PAGE_DEFAULT: u32 = 1_000;
 const LOG_PAGE_MAX: u32 = 10_000;
-/// When a task's slot has come but the user's previous task ran a few ms late, admission
-/// waits for it rather than answering 202 for a task that will run almost at once.
-const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
-const INLINE_WAIT_STEPS: u32 = 10;
-/// How long a request waits for a concurrent one with the same Idempotency-Key.
-const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// A request body must arrive within this long.
 const BODY_DEADLINE: Duration = Duration::from_secs(5);
-
-/// `future`'s output, or `None` if it takes longer than `limit`.
-async fn with_deadline<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut timer = std::pin::pin!(spin_sdk::time::sleep(limit));
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(output));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
 
 /// The page at `/` (`page.html`, no external resources) and the API contract.
 const PAGE: &str = include_str!("page.html");
@@ -55,16 +37,20 @@ const OVERVIEW_QUEUED: usize = 100;
 #[derive(Clone, Copy)]
 struct CountedByScript;
 
-/// The configuration, read once per request; an error is the operator's (answered 500 by
-/// the routes that need it).
-type Loaded = anyhow::Result<Config>;
+/// The configuration; an error is the operator's (answered 500 by the routes that need it).
+type Loaded = anyhow::Result<Rc<Config>>;
 
 pub async fn handle(request: Request) -> HttpResponse {
-    let config = Config::load().await;
-    let response = route(request, &config).await;
+    let config = Config::get().await;
+    let mut response = route(request, &config).await;
     if let Ok(config) = &config {
         count_response(config, &response).await;
     }
+    // Spin sends a body of unknown length chunked, and its last write then waits for the
+    // client's delayed ACK (~40 ms on a keep-alive connection, SPIN-NOTES): with the length
+    // known, the response goes out in one piece.
+    let length = response.body().len();
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
 }
 
@@ -106,7 +92,7 @@ async fn count_response(config: &Config, response: &HttpResponse) {
 
 /// The configuration, or the 500 for a route that cannot work without it.
 fn configured(config: &Loaded) -> Result<&Config, HttpResponse> {
-    config.as_ref().map_err(|e| problem::internal(format!("configuration: {e}")))
+    config.as_deref().map_err(|e| problem::internal(format!("configuration: {e}")))
 }
 
 /// The configuration for an admin route, or the answer that refuses the request.
@@ -163,140 +149,32 @@ async fn create_task(request: Request, config: &Loaded) -> HttpResponse {
         Ok(config) => config,
         Err(response) => return response,
     };
-    match admit(config, &user_id, idempotency_key.as_deref()).await {
-        Ok(response) => response,
-        Err(AdmitError::Store(StoreError::Unavailable(e))) | Err(AdmitError::Ledger(LedgerError::Unavailable(e))) => {
-            problem::unavailable(format!("{e}; the task was not stored"))
+    match admission::admit(config, &user_id, idempotency_key.as_deref()).await {
+        Ok(Outcome::Admitted { task, recent, now }) => {
+            let headers = rate_limit_headers(config.limits, &recent, now);
+            let mut response = task_response(task, now, headers);
+            response.extensions_mut().insert(CountedByScript);
+            response
         }
+        Ok(Outcome::Replayed { task, recent, now }) => {
+            let mut headers = rate_limit_headers(config.limits, &recent, now);
+            insert(&mut headers, header::HeaderName::from_static("idempotency-replayed"), "true");
+            task_response(task, now, headers)
+        }
+        Ok(Outcome::BacklogFull) => problem::backlog_full(config.max_backlog, 1),
+        Ok(Outcome::KeyInUse) => problem::conflict("a request with this Idempotency-Key is still being admitted; retry"),
+        Err(AdmitError::Unavailable(e)) => problem::unavailable(format!("{e}; the task was not stored")),
         Err(AdmitError::Uncertain(e)) => problem::unavailable(format!(
             "{e}; Redis did not confirm the task, so it may have been stored: retry with the same Idempotency-Key to get it rather than a second one"
         )),
-        Err(AdmitError::Ledger(LedgerError::Contended)) => {
-            problem::unavailable("too many concurrent requests for this user; the task was not stored")
-        }
-        Err(AdmitError::Store(StoreError::Unexpected(e))) | Err(AdmitError::Ledger(LedgerError::Corrupt(e))) => {
-            problem::internal(e)
-        }
+        Err(AdmitError::Contended) => problem::unavailable("too many concurrent requests for this user; the task was not stored"),
+        Err(AdmitError::Internal(e)) => problem::internal(e),
     }
-}
-
-enum AdmitError {
-    Store(StoreError),
-    Ledger(LedgerError),
-    /// Redis did not answer the script that stores the task: it may or may not have run.
-    Uncertain(String),
-}
-
-impl From<StoreError> for AdmitError {
-    fn from(e: StoreError) -> Self {
-        AdmitError::Store(e)
-    }
-}
-
-impl From<LedgerError> for AdmitError {
-    fn from(e: LedgerError) -> Self {
-        AdmitError::Ledger(e)
-    }
-}
-
-/// Admission: clock, backlog check, ledger commit (key-value CAS), then file and maybe run
-/// the task (one Redis script).
-async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>) -> Result<HttpResponse, AdmitError> {
-    let queue = Queue::connect(config).await?;
-    let user = UserKey::new(user_id);
-    let idem = idempotency_key.map(|k| config.keys.idempotency(&user, k));
-    let started = Instant::now();
-    let prepared = loop {
-        let prepared = queue.prepare(&user, idem.as_deref()).await?;
-        match &prepared.earlier {
-            Earlier::None => break prepared,
-            Earlier::Task(task_id) => return replay(config, &queue, &user, task_id).await,
-            // A concurrent request with the same key is being admitted: wait for its task.
-            Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
-            Earlier::Pending => return Ok(problem::conflict("a request with this Idempotency-Key is still being admitted; retry")),
-        }
-    };
-    let result = commit(config, &queue, &user, user_id, idem.as_deref(), prepared).await;
-    if let (Err(_) | Ok(None), Some(idem)) = (&result, &idem) {
-        // Nothing was stored under the key: let a retry with it start afresh.
-        let _ = queue.release(idem).await;
-    }
-    match result? {
-        Some(response) => Ok(response),
-        None => Ok(problem::backlog_full(config.max_backlog, 1)),
-    }
-}
-
-/// The part of admission after `prepare`; `None` when the user's backlog is full.
-async fn commit(
-    config: &Config,
-    queue: &Queue<'_>,
-    user: &UserKey,
-    user_id: &str,
-    idem: Option<&str>,
-    prepared: Prepared,
-) -> Result<Option<HttpResponse>, AdmitError> {
-    if config.max_backlog > 0 && prepared.backlog as u64 >= config.max_backlog {
-        return Ok(None);
-    }
-    let task_id = new_task_id();
-    let ledger_key = config.keys.ledger(user);
-    // A 48-bit prefix of the task id tags our ledger entry; it only has to differ from the
-    // writers racing us for the same sequence number.
-    let commit = ledger::admit(&ledger_key, config.limits, prepared.now, &task_id[..12]).await?;
-    // The commit point. If Redis fails to answer here, the script may still have run.
-    let mut admitted = match queue.admit(user, user_id, &task_id, commit.slot, &ledger_key, idem, commit.retries).await {
-        Ok(admitted) => admitted,
-        Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
-        Err(e) => return Err(e.into()),
-    };
-    print_log(&admitted.ran);
-    let mut waits = 0;
-    while let Placement::Queued { .. } = admitted.placement {
-        if commit.slot > admitted.now || waits == INLINE_WAIT_STEPS {
-            break;
-        }
-        spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
-        waits += 1;
-        let poked = queue.poke(user, &task_id).await?;
-        print_log(&poked.ran);
-        admitted = Admitted {
-            placement: match poked.placement {
-                Placement::Queued { .. } => admitted.placement,
-                done => done,
-            },
-            ..poked
-        };
-    }
-    if admitted.kick {
-        // Best effort: if the tick is lost, the next admission or /healthz kicks again.
-        let _ = queue.publish_tick("").await;
-    }
-    let headers = rate_limit_headers(config.limits, &commit.recent, admitted.now);
-    let mut response = task_response(&task_id, user_id, commit.slot, admitted.placement, admitted.now, headers);
-    response.extensions_mut().insert(CountedByScript);
-    Ok(Some(response))
-}
-
-/// The answer to a repeated request with the same Idempotency-Key: the original task as it
-/// is now, with no new task created.
-async fn replay(config: &Config, queue: &Queue<'_>, user: &UserKey, task_id: &str) -> Result<HttpResponse, AdmitError> {
-    let Some(task) = queue.task(task_id).await? else {
-        return Err(AdmitError::Store(StoreError::Unexpected(format!("idempotency key names unknown task {task_id}"))));
-    };
-    let placement = match task.completed_at {
-        Some(completed_at) => Placement::Completed { completed_at },
-        None => Placement::Queued { position: queue.position(user, task_id).await? },
-    };
-    let now = queue.prepare(user, None).await?.now;
-    let recent = ledger::recent(&config.keys.ledger(user))?;
-    let mut headers = rate_limit_headers(config.limits, &recent, now);
-    insert(&mut headers, header::HeaderName::from_static("idempotency-replayed"), "true");
-    Ok(task_response(task_id, &task.user_id, task.slot, placement, now, headers))
 }
 
 /// 200 for a completed task, 202 (with `Location` and `Retry-After`) for a queued one.
-fn task_response(task_id: &str, user_id: &str, slot: i64, placement: Placement, now: i64, mut headers: HeaderMap) -> HttpResponse {
+fn task_response(task: Task, now: i64, mut headers: HeaderMap) -> HttpResponse {
+    let Task { task_id, user_id, slot, placement } = task;
     let (status, body) = match placement {
         Placement::Completed { completed_at } => (
             StatusCode::OK,
@@ -576,12 +454,10 @@ async fn health(config: &Loaded) -> HttpResponse {
         Ok(queue) => queue,
         Err(e) => return store_problem(e),
     };
-    if let Err(e) = queue.ping().await {
+    // Redis answering the sweep is the health check; and so a probe doubles as the sweep
+    // that restarts draining after every drainer was down.
+    if let Err(e) = queue.sweep().await {
         return store_problem(e);
-    }
-    // A probe doubles as the sweep that restarts draining after every drainer was down.
-    if let Ok(true) = queue.sweep().await {
-        let _ = queue.publish_tick("").await;
     }
     json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())
 }

@@ -1,9 +1,21 @@
 //! Spin variables (SPEC §4) read into one typed `Config`. Defaults live in spin.toml's
-//! `[variables]`; this module only parses and checks them.
+//! `[variables]`; this module only parses and checks them. An instance reads them once and
+//! keeps them for the requests Spin gives it (Spin resolves variables when it starts).
 
 use crate::keys::Keys;
 use crate::slot::Limits;
 use spin_sdk::variables;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Where the per-user ledger lives (the `ledger` variable; README "Design" compares them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerBackend {
+    /// In Redis, compared and set by the script that files the task: two round trips.
+    Redis,
+    /// In Spin's key-value store, with `wasi:keyvalue` compare-and-swap and read-back.
+    Kv,
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -14,6 +26,11 @@ pub struct Config {
     /// Bearer token for admin routes; `None` leaves them open (local use).
     pub admin_token: Option<String>,
     pub keys: Keys,
+    pub ledger: LedgerBackend,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
 }
 
 /// The task log stream's key (SPEC §3 default), under no prefix so that tools find it.
@@ -24,7 +41,17 @@ const LOG_KEY: &str = "task_log";
 const MAX_QUOTA: u32 = 1_000;
 
 impl Config {
-    pub async fn load() -> anyhow::Result<Config> {
+    /// The configuration, read on this instance's first request and kept.
+    pub async fn get() -> anyhow::Result<Rc<Config>> {
+        if let Some(config) = LOADED.with_borrow(|c| c.clone()) {
+            return Ok(config);
+        }
+        let config = Rc::new(Config::load().await?);
+        LOADED.set(Some(config.clone()));
+        Ok(config)
+    }
+
+    async fn load() -> anyhow::Result<Config> {
         let redis_address = get("redis_address").await?;
         let per_second = quota(&get("per_second").await?, "per_second")?;
         let per_minute = quota(&get("per_minute").await?, "per_minute")?;
@@ -35,12 +62,18 @@ impl Config {
             .map_err(|_| anyhow::anyhow!("variable max_backlog must be a whole number (0 = unlimited)"))?;
         let admin_token = Some(get("admin_token").await?).filter(|t| !t.is_empty());
         let prefix = get("key_prefix").await?;
+        let ledger = match get("ledger").await?.trim() {
+            "redis" => LedgerBackend::Redis,
+            "kv" => LedgerBackend::Kv,
+            other => anyhow::bail!("variable ledger must be redis or kv, not {other:?}"),
+        };
         Ok(Config {
             redis_address,
             limits: Limits { per_second, per_minute },
             max_backlog,
             admin_token,
             keys: Keys::new(&prefix, LOG_KEY),
+            ledger,
         })
     }
 }

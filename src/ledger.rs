@@ -1,15 +1,24 @@
-//! Per-user admission accounting in Spin's key-value store, with compare-and-swap.
+//! Per-user admission accounting: the ledger of a user's recent slots, committed with
+//! compare-and-set.
 //!
 //! The ledger value holds the user's most recent slots, each tagged with the id of the
-//! admission that committed it, and the sequence number of the newest one. Admission is a
-//! loop: read (CAS handle), apply `slot::next_slot`, swap, then **confirm from the value read
-//! back**, never from `swap`'s answer. Spin 4.1's Redis-backed CAS reports `CasFailed` even
-//! when the write landed, and a fixed one could report success for a write that never
-//! happened (SPIN-NOTES), so the only trustworthy witness is the stored value: our commit is
-//! in if the entry at our sequence number carries our commit id. Writes themselves do obey
-//! compare-and-swap on every Spin, so sequence numbers are assigned to exactly one writer.
+//! admission that committed it, and the sequence number of the newest one. Committing is a
+//! loop (`commit`): apply `slot::next_slot` to the ledger last seen, ask the store to write
+//! the result only if the ledger is still what was seen, and on a conflict go again with
+//! the ledger the store reports. Like governor's `StateStore::measure_and_replace`, the loop
+//! knows nothing of the storage: a `LedgerStore` only promises compare-and-set. Two exist:
 //!
-//! If so many commits follow ours before we read back that our entry has left the window,
+//! - `redis` (`admission.rs`): the admission script compares and sets the ledger in the
+//!   same step that files the task, and answers a conflict with the current ledger: one
+//!   round trip per attempt.
+//! - `kv` (`KvLedger` below): Spin's key-value store with `wasi:keyvalue` atomics. Spin
+//!   4.1's Redis-backed CAS reports `CasFailed` even when the write landed, and a fixed one
+//!   could report success for a write that never happened (SPIN-NOTES), so its answer is
+//!   never believed: the write counts as ours only if the value read back carries our
+//!   commit id at our sequence number. Writes themselves do obey compare-and-swap on every
+//!   Spin, so each sequence number goes to exactly one writer.
+//!
+//! If so many commits follow ours before the read-back that our entry has left the window,
 //! we cannot tell; we then take it as *not* committed and try again. The worst outcome is a
 //! slot that no task uses (a later schedule, never a broken limit or a lost/doubled task).
 
@@ -18,87 +27,188 @@ use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Entries kept in a ledger value: enough for the slot rule, and at least this many recent
-/// commit ids so that a contended admission still finds its own entry when it reads back.
-const MIN_KEPT: usize = 32;
-
 /// Give up (503) after this long; SPEC §5 wants an answer within 2 s.
-const CAS_BUDGET: Duration = Duration::from_millis(1_500);
+const COMMIT_BUDGET: Duration = Duration::from_millis(1_500);
 
 #[derive(Debug)]
 pub enum LedgerError {
     /// The store failed or did not answer: nothing was committed that a task depends on.
     Unavailable(String),
+    /// The store did not answer a write, which may or may not have landed.
+    Unconfirmed(String),
     /// Too much contention to commit within the budget.
     Contended,
     /// The stored value is not a ledger (someone else wrote the key).
     Corrupt(String),
 }
 
-/// The outcome of a committed admission.
-pub struct Admission {
+/// What a store answers to a compare-and-set.
+pub enum Swap<L> {
+    /// The write landed; `L` is whatever else the store did with it.
+    Landed(L),
+    /// The ledger had changed: here it is as stored now, with the Redis clock if the store
+    /// read it (the retry's arrival time).
+    Conflict { current: Ledger, now: Option<i64> },
+}
+
+/// Storage that can replace a user's ledger atomically.
+// A component runs on one thread: its futures need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait LedgerStore {
+    /// What a landed write brings back besides the ledger.
+    type Landed;
+
+    /// How many entries a ledger keeps: at least what the rule needs.
+    fn keep(&self, limits: Limits) -> usize;
+
+    /// Writes `new` (committing `slot`, our entry numbered `seq`) only if the stored ledger
+    /// is still `expected`. `retries` counts the conflicts before this attempt.
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, slot: i64, retries: u32)
+    -> Result<Swap<Self::Landed>, LedgerError>;
+
+    /// Waits before attempt number `attempt` (1 = the first retry), so that writers stop
+    /// colliding.
+    async fn back_off(&mut self, attempt: u32);
+}
+
+/// A committed admission.
+pub struct Committed<L> {
     pub slot: i64,
     /// The user's recent slots after this commit, oldest first (for the rate-limit headers).
     pub recent: Vec<i64>,
-    /// Swaps that did not commit before this one did (for the `cas_retries` metric).
+    /// Attempts that did not commit before this one did.
     pub retries: u32,
+    pub landed: L,
 }
 
-/// Commits one slot for `commit_id` in the ledger at `key`; `arrival` is the Redis clock
-/// when admission began.
-pub async fn admit(key: &str, limits: Limits, arrival: i64, commit_id: &str) -> Result<Admission, LedgerError> {
-    let bucket = store::open("default").map_err(store_error)?;
-    let keep = limits.history().max(MIN_KEPT);
+/// Commits the earliest slot the rule allows for an admission that began at `arrival` (the
+/// Redis clock), starting from the ledger `seen`. `commit_id` tags our entry; it only has
+/// to differ from the writers racing us.
+pub async fn commit<S: LedgerStore>(
+    store: &mut S,
+    limits: Limits,
+    mut seen: Ledger,
+    arrival: i64,
+    commit_id: &str,
+) -> Result<Committed<S::Landed>, LedgerError> {
+    let keep = store.keep(limits);
     let started = Instant::now();
-    let mut attempt: u32 = 0;
-    // `swap` consumes its handle; a failed swap hands back a fresh one, which we reuse.
-    let mut fresh_cas = None;
+    // The task arrives when its admission commits: the latest Redis clock reading, or the
+    // first one advanced by the time spent here (a duration, so no second clock enters).
+    // Otherwise a contended first task would start "late" by its own retries, and hold
+    // every later task of the user back by as much.
+    let mut clock = None;
+    let mut retries = 0;
     loop {
-        let cas = match fresh_cas.take() {
+        let now = clock.unwrap_or(arrival + started.elapsed().as_millis() as i64);
+        let slot = slot::next_slot(limits, &seen.slots(), now);
+        let mut new = seen.clone();
+        let seq = new.push(slot, commit_id, keep);
+        match store.compare_and_set(&seen, &new, seq, slot, retries).await? {
+            Swap::Landed(landed) => return Ok(Committed { slot, recent: new.slots(), retries, landed }),
+            Swap::Conflict { current, now } => {
+                seen = current;
+                clock = now;
+            }
+        }
+        retries += 1;
+        if started.elapsed() > COMMIT_BUDGET {
+            return Err(LedgerError::Contended);
+        }
+        store.back_off(retries).await;
+    }
+}
+
+/// A random wait of 0..=`cap_ms` milliseconds (none when it draws 0).
+pub async fn random_wait(cap_ms: u64) {
+    let wait = spin_sdk::wasip3::random::random::get_random_u64() % (cap_ms + 1);
+    if wait > 0 {
+        spin_sdk::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// The ledger in Spin's key-value store (`default`), with `wasi:keyvalue` compare-and-swap
+/// and read-back confirmation (see the module doc).
+pub struct KvLedger {
+    bucket: store::Bucket,
+    key: String,
+    /// The handle whose snapshot is the ledger last seen, when we have one.
+    cas: Option<atomics::Cas>,
+}
+
+/// Entries a key-value ledger keeps: enough for the rule, and at least this many recent
+/// commit ids, so that a contended admission still finds its own entry when it reads back.
+const KV_MIN_KEPT: usize = 32;
+
+impl KvLedger {
+    pub fn open(key: &str) -> Result<KvLedger, LedgerError> {
+        Ok(KvLedger { bucket: store::open("default").map_err(store_error)?, key: key.to_string(), cas: None })
+    }
+
+    /// The ledger as stored now; the handle that read it starts the first compare-and-swap.
+    pub fn read(&mut self) -> Result<Ledger, LedgerError> {
+        let cas = atomics::Cas::new(&self.bucket, &self.key).map_err(store_error)?;
+        let ledger = Ledger::decode(cas.current().map_err(store_error)?.as_deref())?;
+        self.cas = Some(cas);
+        Ok(ledger)
+    }
+}
+
+impl LedgerStore for KvLedger {
+    type Landed = ();
+
+    fn keep(&self, limits: Limits) -> usize {
+        limits.history().max(KV_MIN_KEPT)
+    }
+
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, _slot: i64, _retries: u32) -> Result<Swap<()>, LedgerError> {
+        let cas = match self.cas.take() {
             Some(cas) => cas,
-            None => atomics::Cas::new(&bucket, key).map_err(store_error)?,
+            None => {
+                // No handle on what we saw (the last read-back was a plain get): take one,
+                // and start over if the ledger moved meanwhile.
+                let cas = atomics::Cas::new(&self.bucket, &self.key).map_err(store_error)?;
+                let current = Ledger::decode(cas.current().map_err(store_error)?.as_deref())?;
+                self.cas = Some(cas);
+                if current != *expected {
+                    return Ok(Swap::Conflict { current, now: None });
+                }
+                self.cas.take().ok_or_else(|| LedgerError::Unavailable("lost the CAS handle".to_string()))?
+            }
         };
-        let current = cas.current().map_err(store_error)?;
-        let mut ledger = Ledger::decode(current.as_deref())?;
-        // The task arrives when its admission commits: the Redis clock reading taken before
-        // the loop, advanced by the time spent here (a duration, so no second clock enters).
-        // Otherwise a contended first task would start "late" by its own retries, and hold
-        // every later task of the user back by as much.
-        let arrival = arrival + started.elapsed().as_millis() as i64;
-        let slot = slot::next_slot(limits, &ledger.slots(), arrival);
-        let seq = ledger.push(slot, commit_id, keep);
-        let stored_after = match atomics::swap(cas, &ledger.encode()) {
+        let Some(commit_id) = new.newest_id() else {
+            return Err(LedgerError::Corrupt("a ledger to write without entries".to_string()));
+        };
+        let stored_after = match atomics::swap(cas, &new.encode()) {
             // Success is not trusted: read back what is stored.
-            Ok(()) => bucket.get(key).map_err(store_error)?,
+            Ok(()) => self.bucket.get(&self.key).map_err(store_error)?,
             // Neither is failure; the fresh handle's current value is our read-back.
             Err(atomics::CasError::CasFailed(fresh)) => {
                 let value = fresh.current().map_err(store_error)?;
-                fresh_cas = Some(fresh);
+                self.cas = Some(fresh);
                 value
             }
             Err(atomics::CasError::StoreError(e)) => return Err(store_error(e)),
         };
-        let after = Ledger::decode(stored_after.as_deref())?;
-        if after.holds(seq, commit_id) {
-            return Ok(Admission { slot, recent: after.slots(), retries: attempt });
-        }
-        attempt += 1;
-        if started.elapsed() > CAS_BUDGET {
-            return Err(LedgerError::Contended);
-        }
-        // Contended: back off a random 0..=2^attempt ms (capped at 16) so writers stop
-        // colliding; a handle kept across a sleep would only fail again.
-        let cap_ms = 1u64 << attempt.min(4);
-        let wait = spin_sdk::wasip3::random::random::get_random_u64() % (cap_ms + 1);
-        if wait > 0 {
-            fresh_cas = None;
-            spin_sdk::time::sleep(Duration::from_millis(wait)).await;
-        }
+        Ok(confirm(Ledger::decode(stored_after.as_deref())?, seq, commit_id))
+    }
+
+    async fn back_off(&mut self, attempt: u32) {
+        // A random 0..=2^attempt ms (at most 16): a handle kept across a sleep would only
+        // fail again, so it is dropped first.
+        self.cas = None;
+        random_wait(1 << attempt.min(4)).await;
     }
 }
 
-/// The user's recent slots as stored now (for the rate-limit headers of a replayed request).
-pub fn recent(key: &str) -> Result<Vec<i64>, LedgerError> {
+/// The verdict of a read-back: landed if the ledger read after our write holds our entry at
+/// our sequence number, whatever the store said of the write.
+fn confirm(after: Ledger, seq: u64, commit_id: &str) -> Swap<()> {
+    if after.holds(seq, commit_id) { Swap::Landed(()) } else { Swap::Conflict { current: after, now: None } }
+}
+
+/// The user's recent slots as stored in the key-value store now.
+pub fn kv_recent(key: &str) -> Result<Vec<i64>, LedgerError> {
     let bucket = store::open("default").map_err(store_error)?;
     let value = bucket.get(key).map_err(store_error)?;
     Ok(Ledger::decode(value.as_deref())?.slots())
@@ -110,7 +220,7 @@ fn store_error(e: store::Error) -> LedgerError {
 
 /// The decoded ledger value: `v1 <seq> <slot>:<commit id> …`, oldest entry first; the
 /// last entry has sequence number `seq`.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
     seq: u64,
     entries: VecDeque<(i64, String)>,
@@ -142,8 +252,17 @@ impl Ledger {
         out.into_bytes()
     }
 
+    /// Whether nothing was ever committed (no value stored).
+    pub fn is_empty(&self) -> bool {
+        self.seq == 0 && self.entries.is_empty()
+    }
+
     pub fn slots(&self) -> Vec<i64> {
         self.entries.iter().map(|(slot, _)| *slot).collect()
+    }
+
+    fn newest_id(&self) -> Option<&str> {
+        self.entries.back().map(|(_, id)| id.as_str())
     }
 
     /// Appends an entry, keeping the newest `keep`; returns its sequence number.
@@ -170,6 +289,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::XorShift;
 
     #[test]
     fn round_trips_through_its_encoding() {
@@ -213,5 +333,68 @@ mod tests {
         assert!(matches!(Ledger::decode(Some(b"hello")), Err(LedgerError::Corrupt(_))));
         assert!(matches!(Ledger::decode(Some(b"v1 x")), Err(LedgerError::Corrupt(_))));
         assert_eq!(Ledger::decode(None).map_err(|e| format!("{e:?}")), Ok(Ledger::default()));
+    }
+
+    /// A store shared by several writers, in memory, with exact compare-and-set (as Spin's
+    /// WATCH is) whose answer is not looked at (as it cannot be on Spin): before each of our
+    /// attempts a rival may commit first, and the verdict comes from the read-back.
+    struct FakeStore {
+        stored: Ledger,
+        rng: XorShift,
+        limits: Limits,
+        rival_commits: u32,
+    }
+
+    impl LedgerStore for FakeStore {
+        type Landed = ();
+
+        fn keep(&self, limits: Limits) -> usize {
+            limits.history() + 1
+        }
+
+        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, _slot: i64, _retries: u32) -> Result<Swap<()>, LedgerError> {
+            if self.rng.next(2) == 0 {
+                let slot = slot::next_slot(self.limits, &self.stored.slots(), 0);
+                self.stored.push(slot, "rival", self.keep(self.limits));
+                self.rival_commits += 1;
+            }
+            if self.stored == *expected {
+                self.stored = new.clone();
+            }
+            Ok(confirm(self.stored.clone(), seq, new.newest_id().unwrap_or("")))
+        }
+
+        async fn back_off(&mut self, _attempt: u32) {}
+    }
+
+    /// Runs a future that never waits on anything outside (the fake store is synchronous).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    /// Under contention, every commit the loop reports is in the stored ledger exactly once,
+    /// at the slot the rule gives after the entries before it.
+    #[test]
+    fn contended_commits_land_exactly_once_on_the_rule() {
+        let limits = Limits { per_second: 1, per_minute: 20 };
+        let mut store = FakeStore { stored: Ledger::default(), rng: XorShift(0x5DEE_CE66_D1CE_4E5B), limits, rival_commits: 0 };
+        for i in 0..200 {
+            let id = format!("c{i}");
+            let seen = store.stored.clone();
+            let Ok(committed) = block_on(commit(&mut store, limits, seen, 0, &id)) else { panic!("commit {i} failed") };
+            let entries = &store.stored.entries;
+            assert_eq!(entries.iter().filter(|(_, e)| *e == id).count(), 1, "commit {i}");
+            let (slot, last_id) = entries.back().cloned().unwrap_or_default();
+            assert_eq!((slot, last_id.as_str()), (committed.slot, id.as_str()), "commit {i}");
+            let before: Vec<i64> = entries.iter().rev().skip(1).map(|(s, _)| *s).rev().collect();
+            assert_eq!(committed.slot, slot::next_slot(limits, &before, 0), "commit {i}");
+        }
+        assert!(store.rival_commits > 50, "the fake store did contend");
     }
 }

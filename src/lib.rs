@@ -6,8 +6,12 @@
 //! - `slot`: the schedule rule, pure (no I/O, no clock).
 //! - `keys`: every key the app writes; user ids encoded so they cannot collide.
 //! - `config`: Spin variables read into one typed `Config`.
-//! - `ledger`: per-user accounting in Spin's key-value store with compare-and-swap.
-//! - `queue`: the queue, the executor and the log on Redis, each step one atomic script.
+//! - `ledger`: the per-user ledger of recent slots and its compare-and-set loop, over Redis
+//!   or Spin's key-value store.
+//! - `admission`: a validated request to a stored task, as an outcome.
+//! - `queue`: the queue, the executor and the log on Redis: one typed call per script.
+//! - `scripts`: the Lua scripts (`src/scripts/*.lua`), sent once and then called by SHA.
+//! - `deadline`: bounded waits (Spin's Redis client has no timeout).
 //! - `api`: routing, request validation, responses and rate-limit headers.
 //! - `problem`: RFC 9457 problem responses.
 //! - `metrics`: `/metrics` in the Prometheus text format.
@@ -16,15 +20,17 @@
 //! One `.wasm` exports both entry points; spin.toml declares two components from it (`api`
 //! for HTTP, `drainer` for Redis messages), each with its own trigger and permissions.
 
+pub mod admission;
 pub mod api;
 pub mod config;
+pub mod deadline;
 pub mod drainer;
-
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod problem;
 pub mod queue;
+pub mod scripts;
 pub mod slot;
 
 /// The HTTP component: every route of `api::handle`.
@@ -39,24 +45,5 @@ async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     drainer::on_message(message).await
 }
 
-/// A small deterministic generator for the property tests, so that failures reproduce
-/// without a seed crate.
 #[cfg(test)]
-mod test_rng {
-    pub struct XorShift(pub u64);
-
-    impl XorShift {
-        /// A number in `0..below`.
-        pub fn next(&mut self, below: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % below
-        }
-
-        /// One of `choices`.
-        pub fn pick<'a, T: ?Sized>(&mut self, choices: &[&'a T]) -> &'a T {
-            choices[self.next(choices.len() as u64) as usize]
-        }
-    }
-}
+mod test_rng;

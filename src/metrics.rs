@@ -46,10 +46,12 @@ pub fn render(counters: &[(String, i64)]) -> String {
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
     let _ = writeln!(out, "{name}_count {completed}");
 
-    let retries_help = "Key-value compare-and-swap attempts that did not commit.";
+    let retries_help = "Ledger compare-and-set attempts that did not commit (another admission of the user got in first).";
     single(&mut out, "task_api_cas_retries_total", "counter", retries_help, get("cas_retries"));
     let violations_help = "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).";
     single(&mut out, "task_api_rule_violations_total", "counter", violations_help, get("rule_violations"));
+    let drain_help = "Executor script calls by the drainers (each runs every task due at that instant).";
+    single(&mut out, "task_api_drain_calls_total", "counter", drain_help, get("drain_calls"));
     out
 }
 

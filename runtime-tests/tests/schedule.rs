@@ -12,10 +12,12 @@ const SMALL_USERS: usize = 3;
 const SMALL_TASKS: usize = 3;
 
 /// 25 requests at once for one user plus 3 users with 3 tasks each, spread round-robin over
-/// `replicas` hosts; then the whole log is checked.
-fn burst_runs_on_the_rule(replicas: usize, lossy_cas: bool) {
+/// `replicas` hosts, with the ledger in `ledger` (the `ledger` variable: redis or kv); then
+/// the whole log is checked.
+fn burst_runs_on_the_rule(replicas: usize, ledger: &str, lossy_cas: bool) {
     let redis = Redis::start();
-    let options = HostOptions { lossy_cas, ..HostOptions::default() };
+    let variables = vec![("ledger".to_string(), ledger.to_string())];
+    let options = HostOptions { lossy_cas, variables };
     let hosts: Vec<Arc<Host>> = (0..replicas).map(|_| Arc::new(Host::start(&redis, &options))).collect();
 
     let mut users: Vec<String> = vec!["burst".to_string(); BURST];
@@ -71,7 +73,7 @@ fn burst_runs_on_the_rule(replicas: usize, lossy_cas: bool) {
     assert!(report.is_clean(), "{}\n{:?}\n{:?}", report.summary(), report.violations, report.early);
     assert_eq!(entries.len(), total, "{}", report.summary());
     println!(
-        "replicas={replicas} lossy_cas={lossy_cas} admission_ms p50={:.1} p99={:.1} max={:.1}; {}",
+        "replicas={replicas} ledger={ledger} lossy_cas={lossy_cas} admission_ms p50={:.1} p99={:.1} max={:.1}; {}",
         percentile_ms(&mut latencies, 50.0),
         percentile_ms(&mut latencies, 99.0),
         percentile_ms(&mut latencies, 100.0),
@@ -81,18 +83,18 @@ fn burst_runs_on_the_rule(replicas: usize, lossy_cas: bool) {
 
 #[test]
 fn a_burst_on_one_replica_runs_on_the_rule() {
-    burst_runs_on_the_rule(1, false);
+    burst_runs_on_the_rule(1, "redis", false);
 }
 
 #[test]
 fn a_burst_spread_over_three_replicas_runs_on_the_rule() {
-    burst_runs_on_the_rule(3, false);
+    burst_runs_on_the_rule(3, "redis", false);
 }
 
-/// Spin's Redis-backed CAS reports results that cannot be trusted (SPIN-NOTES); the host's
-/// lossy mode answers at random while still obeying compare-and-swap. The schedule must be
-/// just as exact.
+/// The key-value ledger on Spin's Redis-backed CAS, whose answers cannot be trusted
+/// (SPIN-NOTES): the host's lossy mode answers at random while still obeying
+/// compare-and-swap. The schedule must be just as exact.
 #[test]
-fn a_burst_over_three_replicas_with_lossy_cas_runs_on_the_rule() {
-    burst_runs_on_the_rule(3, true);
+fn a_burst_over_three_replicas_with_the_kv_ledger_and_lossy_cas_runs_on_the_rule() {
+    burst_runs_on_the_rule(3, "kv", true);
 }
