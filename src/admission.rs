@@ -9,6 +9,11 @@
 //!    nobody leads). On a conflict it answers with the ledger as it is now, and the loop in
 //!    `ledger::commit` goes again from there.
 //!
+//! Concurrent admissions of one user in one instance (Spin 4 gives an instance up to 16
+//! requests at once) commit together: while one of them commits, the others wait, and the
+//! next commit carries all of them (`commit_together`). Many writers of one ledger then
+//! become a few, which is what keeps a hot user from drowning in compare-and-set conflicts.
+//!
 //! With the `kv` ledger, the ledger is committed in Spin's key-value store first
 //! (`ledger::KvLedger`), then `admit.lua` files the task.
 
@@ -16,8 +21,11 @@ use crate::config::{Config, LedgerBackend};
 use crate::drainer::print_log;
 use crate::keys::{UserKey, new_task_id};
 use crate::ledger::{self, KvLedger, Ledger, LedgerError, LedgerStore, Swap};
-use crate::queue::{Admitted, Earlier, Filed, LedgerCheck, NewTask, Placement, Queue, StoreError};
+use crate::queue::{Admitted, Completion, Earlier, Filed, LedgerCheck, Placement, Queue, StoreError, TaskToFile};
 use crate::slot::Limits;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// When a task's slot has come but the user's previous task ran a few ms late, admission
@@ -26,9 +34,11 @@ const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
 const INLINE_WAIT_STEPS: u32 = 10;
 /// How long a request waits for a concurrent one with the same Idempotency-Key.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
-/// Random back-off cap between compare-and-set attempts on the Redis ledger: a conflict
-/// already brought the current ledger, so the first retry goes at once, later ones spread.
-const REDIS_BACKOFF_CAP_MS: u64 = 2;
+/// Back-off between compare-and-set attempts on the Redis ledger: a random wait up to
+/// 2^attempt ms, capped, so that contending writers spread out.
+const REDIS_BACKOFF_CAP_MS: u64 = 32;
+/// How often an admission waiting for its group's commit looks for its result.
+const GROUP_POLL: Duration = Duration::from_millis(1);
 
 /// A task as the API shows it.
 pub struct Task {
@@ -49,7 +59,7 @@ pub enum Outcome {
     KeyInUse,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum AdmitError {
     /// Redis or the key-value store failed before anything was stored.
     Unavailable(String),
@@ -102,24 +112,11 @@ pub async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>
         return Ok(Outcome::BacklogFull);
     }
     let task_id = new_task_id();
-    let new_task = NewTask {
-        user: &user,
-        user_id,
-        task_id: &task_id,
-        slot: 0,
-        ledger_key: &ledger_key,
-        idempotency_key: idem.as_deref(),
-    };
-    // A 48-bit prefix of the task id tags our ledger entry.
-    let commit_id = &task_id[..12];
-    let committed = match config.ledger {
-        LedgerBackend::Redis => {
-            let seen = Ledger::decode(prepared.ledger.as_deref())?;
-            let mut store = ScriptLedger { queue: &queue, task: new_task };
-            ledger::commit(&mut store, config.limits, seen, prepared.now, commit_id).await.map_err(AdmitError::from)
-        }
-        LedgerBackend::Kv => commit_in_kv(&queue, config.limits, new_task, prepared.now, commit_id).await,
-    };
+    let task = TaskToFile { task_id: task_id.clone(), slot: 0, idempotency_key: idem.clone() };
+    // The ledger as read by `prepare` (the key-value backend reads its own).
+    let seen = Ledger::decode(prepared.ledger.as_deref())?;
+    let member = Rc::new(Member { task, arrival: prepared.now, seen, result: RefCell::new(None) });
+    let committed = commit_together(&queue, config, &user, user_id, &ledger_key, member).await;
     let committed = match committed {
         Ok(committed) => committed,
         Err(e) => {
@@ -130,9 +127,162 @@ pub async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>
             return Err(e);
         }
     };
-    let admitted = wait_if_due(&queue, &user, &task_id, committed.slot, committed.landed).await?;
+    let admitted = wait_if_due(&queue, &user, &task_id, committed.slot, committed.admitted).await?;
     let task = Task { task_id, user_id: user_id.to_string(), slot: committed.slot, placement: admitted.placement };
     Ok(Outcome::Admitted { task, recent: committed.recent, now: admitted.now })
+}
+
+/// One committed admission.
+struct Committed {
+    slot: i64,
+    admitted: Admitted,
+    /// The user's recent slots after the commit, for the rate-limit headers.
+    recent: Vec<i64>,
+}
+
+/// An admission waiting to be committed with the others of its user in this instance.
+struct Member {
+    task: TaskToFile,
+    /// The Redis clock when it began, and the ledger it read then.
+    arrival: i64,
+    seen: Ledger,
+    result: RefCell<Option<Result<Committed, AdmitError>>>,
+}
+
+/// The admissions of one user (by ledger key) in this instance: those waiting, and whether
+/// one of them is committing now.
+#[derive(Default)]
+struct Group {
+    waiting: Vec<Rc<Member>>,
+    committing: bool,
+}
+
+thread_local! {
+    static GROUPS: RefCell<HashMap<String, Group>> = RefCell::new(HashMap::new());
+}
+
+/// Commits `member` together with whatever other admissions of its user wait in this
+/// instance: if none is committing, it commits everyone waiting (itself included); if one
+/// is, it waits for that commit to bring its result, or to end so it can lead the next.
+async fn commit_together(queue: &Queue<'_>, config: &Config, user: &UserKey, user_id: &str, ledger_key: &str, member: Rc<Member>) -> Result<Committed, AdmitError> {
+    GROUPS.with_borrow_mut(|groups| groups.entry(ledger_key.to_string()).or_default().waiting.push(member.clone()));
+    loop {
+        if let Some(result) = member.result.borrow_mut().take() {
+            return result;
+        }
+        let batch = GROUPS.with_borrow_mut(|groups| {
+            let group = groups.entry(ledger_key.to_string()).or_default();
+            if group.committing {
+                return None;
+            }
+            group.committing = true;
+            Some(std::mem::take(&mut group.waiting))
+        });
+        match batch {
+            Some(batch) => {
+                let mut batch = BatchGuard { ledger_key, members: batch, delivered: false };
+                let result = commit_batch(queue, config, user, user_id, ledger_key, &mut batch.members).await;
+                batch.deliver(result);
+            }
+            // Requests are separate component-model tasks, and waking one from another needs
+            // wit-bindgen's `inter-task-wakeup` (without it, a cross-task wake traps the
+            // instance): so wait on the host's clock and look again.
+            None => spin_sdk::time::sleep(GROUP_POLL).await,
+        }
+    }
+}
+
+/// A batch being committed. However the commit ends, even if the request leading it is
+/// dropped halfway, every member gets an answer and the group is handed on.
+struct BatchGuard<'k> {
+    ledger_key: &'k str,
+    members: Vec<Rc<Member>>,
+    delivered: bool,
+}
+
+impl BatchGuard<'_> {
+    fn deliver(&mut self, result: Result<Vec<Committed>, AdmitError>) {
+        match result {
+            Ok(committed) => {
+                for (member, committed) in self.members.iter().zip(committed) {
+                    *member.result.borrow_mut() = Some(Ok(committed));
+                }
+            }
+            Err(e) => {
+                for member in &self.members {
+                    *member.result.borrow_mut() = Some(Err(e.clone()));
+                }
+            }
+        }
+        self.delivered = true;
+    }
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        if !self.delivered {
+            let abandoned = AdmitError::Uncertain("the request committing this admission was cancelled".to_string());
+            self.deliver(Err(abandoned));
+        }
+        // Hand the group on: one of those that came in meanwhile commits next.
+        GROUPS.with_borrow_mut(|groups| {
+            if let Some(group) = groups.get_mut(self.ledger_key) {
+                group.committing = false;
+                if group.waiting.is_empty() {
+                    groups.remove(self.ledger_key);
+                }
+            }
+        });
+    }
+}
+
+/// Commits a batch in arrival order: in the admission script, from the newest ledger any
+/// of its members read (`redis`), or in the key-value store and then the script (`kv`).
+async fn commit_batch(
+    queue: &Queue<'_>,
+    config: &Config,
+    user: &UserKey,
+    user_id: &str,
+    ledger_key: &str,
+    members: &mut [Rc<Member>],
+) -> Result<Vec<Committed>, AdmitError> {
+    members.sort_by_key(|m| m.arrival);
+    // A 48-bit prefix of the task id tags each ledger entry.
+    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, &m.task.task_id[..12])).collect();
+    let mut tasks: Vec<TaskToFile> = members
+        .iter()
+        .map(|m| TaskToFile { task_id: m.task.task_id.clone(), slot: 0, idempotency_key: m.task.idempotency_key.clone() })
+        .collect();
+    let (slots, recent, (placements, now, ran)) = match config.ledger {
+        LedgerBackend::Redis => {
+            let seen = members.iter().map(|m| &m.seen).max_by_key(|l| l.seq()).cloned().unwrap_or_default();
+            let mut store = ScriptLedger { queue, user, user_id, ledger_key, tasks };
+            let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
+            (committed.slots, committed.recent, committed.landed)
+        }
+        LedgerBackend::Kv => {
+            let mut store = KvLedger::open(ledger_key)?;
+            let seen = store.read()?;
+            let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
+            for (task, slot) in tasks.iter_mut().zip(&committed.slots) {
+                task.slot = *slot;
+            }
+            let filed = match queue.admit(user, user_id, ledger_key, &tasks, LedgerCheck::Committed, committed.retries).await {
+                Ok(Filed::Admitted { placements, now, ran }) => (placements, now, ran),
+                Ok(Filed::Conflict { .. }) => return Err(AdmitError::Internal("admit answered conflict without a check".to_string())),
+                // The commit point: if Redis did not answer, the script may still have run.
+                Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
+                Err(e) => return Err(e.into()),
+            };
+            (committed.slots, committed.recent, filed)
+        }
+    };
+    print_log(&ran);
+    Ok(slots
+        .into_iter()
+        .zip(placements)
+        .map(|(slot, placement)| Committed { slot, admitted: Admitted { placement, now, ran: Vec::new() }, recent: recent.clone() })
+        .collect())
 }
 
 /// Best effort: a reservation left behind expires by itself within seconds.
@@ -142,26 +292,32 @@ async fn release(queue: &Queue<'_>, idem: Option<&str>) {
     }
 }
 
-/// The `redis` ledger backend: `admit.lua` compares and sets the ledger and files the task
-/// in one step, so a landed write *is* the stored task.
-struct ScriptLedger<'q, 't> {
+/// The `redis` ledger backend: `admit.lua` compares and sets the ledger and files the
+/// tasks in one step, so a landed write *is* the stored tasks.
+struct ScriptLedger<'q> {
     queue: &'q Queue<'q>,
-    task: NewTask<'t>,
+    user: &'q UserKey,
+    user_id: &'q str,
+    ledger_key: &'q str,
+    tasks: Vec<TaskToFile>,
 }
 
-impl LedgerStore for ScriptLedger<'_, '_> {
-    type Landed = Admitted;
+impl LedgerStore for ScriptLedger<'_> {
+    /// Each task's placement, the Redis clock, and the tasks the call ran.
+    type Landed = (Vec<Placement>, i64, Vec<Completion>);
 
     fn keep(&self, limits: Limits) -> usize {
         limits.history()
     }
 
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, _seq: u64, slot: i64, retries: u32) -> Result<Swap<Admitted>, LedgerError> {
-        self.task.slot = slot;
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, slots: &[i64], retries: u32) -> Result<Swap<Self::Landed>, LedgerError> {
+        for (task, slot) in self.tasks.iter_mut().zip(slots) {
+            task.slot = *slot;
+        }
         let expected = (!expected.is_empty()).then(|| expected.encode());
         let check = LedgerCheck::CompareAndSet { expected: expected.as_deref(), new: &new.encode() };
-        match self.queue.admit(&self.task, check, retries).await {
-            Ok(Filed::Admitted(admitted)) => Ok(Swap::Landed(admitted)),
+        match self.queue.admit(self.user, self.user_id, self.ledger_key, &self.tasks, check, retries).await {
+            Ok(Filed::Admitted { placements, now, ran }) => Ok(Swap::Landed((placements, now, ran))),
             Ok(Filed::Conflict { now, ledger }) => Ok(Swap::Conflict { current: Ledger::decode(ledger.as_deref())?, now: Some(now) }),
             // The commit point: if Redis did not answer, the script may still have run.
             Err(StoreError::Unavailable(e)) => Err(LedgerError::Unconfirmed(e)),
@@ -170,31 +326,8 @@ impl LedgerStore for ScriptLedger<'_, '_> {
     }
 
     async fn back_off(&mut self, attempt: u32) {
-        if attempt > 1 {
-            ledger::random_wait(REDIS_BACKOFF_CAP_MS).await;
-        }
+        ledger::random_wait((1u64 << attempt.min(6)).min(REDIS_BACKOFF_CAP_MS)).await;
     }
-}
-
-/// The `kv` ledger backend: commit in the key-value store, then file the task.
-async fn commit_in_kv(
-    queue: &Queue<'_>,
-    limits: Limits,
-    mut task: NewTask<'_>,
-    arrival: i64,
-    commit_id: &str,
-) -> Result<ledger::Committed<Admitted>, AdmitError> {
-    let mut store = KvLedger::open(task.ledger_key)?;
-    let seen = store.read()?;
-    let committed = ledger::commit(&mut store, limits, seen, arrival, commit_id).await?;
-    task.slot = committed.slot;
-    let admitted = match queue.admit(&task, LedgerCheck::Committed, committed.retries).await {
-        Ok(Filed::Admitted(admitted)) => admitted,
-        Ok(Filed::Conflict { .. }) => return Err(AdmitError::Internal("admit answered conflict without a check".to_string())),
-        Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(ledger::Committed { slot: committed.slot, recent: committed.recent, retries: committed.retries, landed: admitted })
 }
 
 /// A task filed as queued although its slot has come (the user's previous task ran a few

@@ -61,19 +61,19 @@ pub trait LedgerStore {
     /// How many entries a ledger keeps: at least what the rule needs.
     fn keep(&self, limits: Limits) -> usize;
 
-    /// Writes `new` (committing `slot`, our entry numbered `seq`) only if the stored ledger
-    /// is still `expected`. `retries` counts the conflicts before this attempt.
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, slot: i64, retries: u32)
-    -> Result<Swap<Self::Landed>, LedgerError>;
+    /// Writes `new` (which ends with our entries, committing `slots`) only if the stored
+    /// ledger is still `expected`. `retries` counts the conflicts before this attempt.
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, slots: &[i64], retries: u32) -> Result<Swap<Self::Landed>, LedgerError>;
 
     /// Waits before attempt number `attempt` (1 = the first retry), so that writers stop
     /// colliding.
     async fn back_off(&mut self, attempt: u32);
 }
 
-/// A committed admission.
+/// Committed admissions.
 pub struct Committed<L> {
-    pub slot: i64,
+    /// One slot per arrival, in the order given.
+    pub slots: Vec<i64>,
     /// The user's recent slots after this commit, oldest first (for the rate-limit headers).
     pub recent: Vec<i64>,
     /// Attempts that did not commit before this one did.
@@ -81,31 +81,38 @@ pub struct Committed<L> {
     pub landed: L,
 }
 
-/// Commits the earliest slot the rule allows for an admission that began at `arrival` (the
-/// Redis clock), starting from the ledger `seen`. `commit_id` tags our entry; it only has
-/// to differ from the writers racing us.
+/// Commits the earliest slots the rule allows for admissions of one user, in FIFO order:
+/// `arrivals` holds, oldest first, when each began (the Redis clock) and the id that tags its
+/// entry (which only has to differ from the writers racing us). `seen` is the ledger last
+/// read.
 pub async fn commit<S: LedgerStore>(
     store: &mut S,
     limits: Limits,
     mut seen: Ledger,
-    arrival: i64,
-    commit_id: &str,
+    arrivals: &[(i64, &str)],
 ) -> Result<Committed<S::Landed>, LedgerError> {
-    let keep = store.keep(limits);
+    let keep = store.keep(limits).max(arrivals.len());
     let started = Instant::now();
-    // The task arrives when its admission commits: the latest Redis clock reading, or the
-    // first one advanced by the time spent here (a duration, so no second clock enters).
-    // Otherwise a contended first task would start "late" by its own retries, and hold
-    // every later task of the user back by as much.
-    let mut clock = None;
+    // A task arrives when its admission commits: at the latest Redis clock reading, or at
+    // its own reading advanced by the time spent here (a duration, so no second clock
+    // enters). Otherwise a contended first task would start "late" by its own retries, and
+    // hold every later task of the user back by as much.
+    let mut clock: Option<i64> = None;
     let mut retries = 0;
     loop {
-        let now = clock.unwrap_or(arrival + started.elapsed().as_millis() as i64);
-        let slot = slot::next_slot(limits, &seen.slots(), now);
         let mut new = seen.clone();
-        let seq = new.push(slot, commit_id, keep);
-        match store.compare_and_set(&seen, &new, seq, slot, retries).await? {
-            Swap::Landed(landed) => return Ok(Committed { slot, recent: new.slots(), retries, landed }),
+        let mut slots = Vec::with_capacity(arrivals.len());
+        for (arrival, commit_id) in arrivals {
+            let now = match clock {
+                Some(clock) => clock.max(*arrival),
+                None => arrival + started.elapsed().as_millis() as i64,
+            };
+            let slot = slot::next_slot(limits, &new.slots(), now);
+            new.push(slot, commit_id, keep);
+            slots.push(slot);
+        }
+        match store.compare_and_set(&seen, &new, &slots, retries).await? {
+            Swap::Landed(landed) => return Ok(Committed { slots, recent: new.slots(), retries, landed }),
             Swap::Conflict { current, now } => {
                 seen = current;
                 clock = now;
@@ -161,7 +168,7 @@ impl LedgerStore for KvLedger {
         limits.history().max(KV_MIN_KEPT)
     }
 
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, _slot: i64, _retries: u32) -> Result<Swap<()>, LedgerError> {
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, _slots: &[i64], _retries: u32) -> Result<Swap<()>, LedgerError> {
         let cas = match self.cas.take() {
             Some(cas) => cas,
             None => {
@@ -176,7 +183,8 @@ impl LedgerStore for KvLedger {
                 self.cas.take().ok_or_else(|| LedgerError::Unavailable("lost the CAS handle".to_string()))?
             }
         };
-        let Some(commit_id) = new.newest_id() else {
+        // Our entry is the newest one (this backend commits one admission at a time).
+        let (seq, Some(commit_id)) = (new.seq, new.newest_id()) else {
             return Err(LedgerError::Corrupt("a ledger to write without entries".to_string()));
         };
         let stored_after = match atomics::swap(cas, &new.encode()) {
@@ -250,6 +258,11 @@ impl Ledger {
             out.push_str(&format!(" {slot}:{id}"));
         }
         out.into_bytes()
+    }
+
+    /// The sequence number of the newest entry: which of two reads of a ledger is newer.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Whether nothing was ever committed (no value stored).
@@ -352,7 +365,7 @@ mod tests {
             limits.history() + 1
         }
 
-        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, seq: u64, _slot: i64, _retries: u32) -> Result<Swap<()>, LedgerError> {
+        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, _slots: &[i64], _retries: u32) -> Result<Swap<()>, LedgerError> {
             if self.rng.next(2) == 0 {
                 let slot = slot::next_slot(self.limits, &self.stored.slots(), 0);
                 self.stored.push(slot, "rival", self.keep(self.limits));
@@ -361,7 +374,7 @@ mod tests {
             if self.stored == *expected {
                 self.stored = new.clone();
             }
-            Ok(confirm(self.stored.clone(), seq, new.newest_id().unwrap_or("")))
+            Ok(confirm(self.stored.clone(), new.seq, new.newest_id().unwrap_or("")))
         }
 
         async fn back_off(&mut self, _attempt: u32) {}
@@ -387,14 +400,55 @@ mod tests {
         for i in 0..200 {
             let id = format!("c{i}");
             let seen = store.stored.clone();
-            let Ok(committed) = block_on(commit(&mut store, limits, seen, 0, &id)) else { panic!("commit {i} failed") };
+            let Ok(committed) = block_on(commit(&mut store, limits, seen, &[(0, &id)])) else { panic!("commit {i} failed") };
             let entries = &store.stored.entries;
             assert_eq!(entries.iter().filter(|(_, e)| *e == id).count(), 1, "commit {i}");
             let (slot, last_id) = entries.back().cloned().unwrap_or_default();
-            assert_eq!((slot, last_id.as_str()), (committed.slot, id.as_str()), "commit {i}");
+            assert_eq!((slot, last_id.as_str()), (committed.slots[0], id.as_str()), "commit {i}");
             let before: Vec<i64> = entries.iter().rev().skip(1).map(|(s, _)| *s).rev().collect();
-            assert_eq!(committed.slot, slot::next_slot(limits, &before, 0), "commit {i}");
+            assert_eq!(slot, slot::next_slot(limits, &before, 0), "commit {i}");
         }
         assert!(store.rival_commits > 50, "the fake store did contend");
+    }
+
+    /// A store that takes any write, for the batch test.
+    struct Accepting(Ledger);
+
+    impl LedgerStore for Accepting {
+        type Landed = ();
+
+        fn keep(&self, limits: Limits) -> usize {
+            limits.history()
+        }
+
+        async fn compare_and_set(&mut self, _: &Ledger, new: &Ledger, _: &[i64], _: u32) -> Result<Swap<()>, LedgerError> {
+            self.0 = new.clone();
+            Ok(Swap::Landed(()))
+        }
+
+        async fn back_off(&mut self, _attempt: u32) {}
+    }
+
+    /// Several admissions committed together get the slots they would have got one by one,
+    /// in FIFO order: here 25 arrivals at 0 after 5 earlier slots, as in SPEC §1's example.
+    #[test]
+    fn a_batch_gets_the_slots_of_its_members_one_by_one() {
+        let limits = Limits { per_second: 1, per_minute: 20 };
+        let mut earlier = Ledger::default();
+        for i in 0..5 {
+            earlier.push(i * 1_000, "old", 20);
+        }
+        let ids: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
+        let arrivals: Vec<(i64, &str)> = ids.iter().map(|id| (0, id.as_str())).collect();
+        let mut store = Accepting(Ledger::default());
+        let Ok(committed) = block_on(commit(&mut store, limits, earlier.clone(), &arrivals)) else { panic!("commit failed") };
+        let mut one_by_one = earlier.slots();
+        for _ in 0..25 {
+            let slot = slot::next_slot(limits, &one_by_one, 0);
+            one_by_one.push(slot);
+        }
+        assert_eq!(committed.slots, one_by_one[5..]);
+        assert_eq!(committed.slots[14..17], [19_000, 60_000, 61_000]);
+        assert_eq!(store.0.entries.back().map(|(_, id)| id.as_str()), Some("b24"));
     }
 }

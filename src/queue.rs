@@ -154,19 +154,18 @@ pub enum LedgerCheck<'l> {
     CompareAndSet { expected: Option<&'l [u8]>, new: &'l [u8] },
 }
 
-/// A task about to be filed.
-pub struct NewTask<'t> {
-    pub user: &'t UserKey,
-    pub user_id: &'t str,
-    pub task_id: &'t str,
+/// A task to file: its id, its committed slot, and the Idempotency-Key record that will
+/// name it.
+pub struct TaskToFile {
+    pub task_id: String,
     pub slot: i64,
-    pub ledger_key: &'t str,
-    pub idempotency_key: Option<&'t str>,
+    pub idempotency_key: Option<String>,
 }
 
-/// The reply of ADMIT: the task was filed, or (compare-and-set only) the ledger changed.
+/// The reply of ADMIT: the tasks were filed, or (compare-and-set only) the ledger changed.
 pub enum Filed {
-    Admitted(Admitted),
+    /// One placement per task, in the order given.
+    Admitted { placements: Vec<Placement>, now: i64, ran: Vec<Completion> },
     Conflict { now: i64, ledger: Option<Vec<u8>> },
 }
 
@@ -205,11 +204,19 @@ impl<'a> Queue<'a> {
         int_at(&reply, 0)
     }
 
-    /// Files a task (`admit.lua`), committing the ledger with it when asked to.
-    pub async fn admit(&self, task: &NewTask<'_>, ledger: LedgerCheck<'_>, cas_retries: u32) -> Result<Filed, StoreError> {
+    /// Files tasks of one user (`admit.lua`), committing the ledger with them when asked to.
+    pub async fn admit(
+        &self,
+        user: &UserKey,
+        user_id: &str,
+        ledger_key: &str,
+        tasks: &[TaskToFile],
+        ledger: LedgerCheck<'_>,
+        cas_retries: u32,
+    ) -> Result<Filed, StoreError> {
+        let last_slot = tasks.iter().map(|t| t.slot).max().unwrap_or(0);
         // Once the last slot is a minute old the ledger no longer constrains anything.
-        let expire_at = (task.slot + MINUTE_MS + SECOND_MS).to_string();
-        let slot = task.slot.to_string();
+        let expire_at = (last_slot + MINUTE_MS + SECOND_MS).to_string();
         let retries = cas_retries.to_string();
         let (check, expected, new) = match ledger {
             LedgerCheck::Committed => ("-", &[][..], &[][..]),
@@ -218,21 +225,19 @@ impl<'a> Queue<'a> {
         };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let (expected, new) = (text(expected), text(new));
-        let args = [
-            &task.user.0, task.user_id, task.task_id, &slot, task.ledger_key, &expire_at,
-            task.idempotency_key.unwrap_or(""), &retries, check, &expected, &new,
-        ];
+        let slots: Vec<String> = tasks.iter().map(|t| t.slot.to_string()).collect();
+        let mut args: Vec<&str> = vec![&user.0, user_id, ledger_key, &expire_at, &retries, check, &expected, &new];
+        for (task, slot) in tasks.iter().zip(&slots) {
+            args.extend([task.task_id.as_str(), slot.as_str(), task.idempotency_key.as_deref().unwrap_or("")]);
+        }
         let reply = self.eval(&scripts::ADMIT, &args).await?;
-        parse_filed(&reply)
+        parse_filed(&reply, tasks.len())
     }
 
     /// Runs the user's due head tasks now (`poke.lua`); `task_id`'s placement afterwards.
     pub async fn poke(&self, user: &UserKey, task_id: &str) -> Result<Admitted, StoreError> {
         let reply = self.eval(&scripts::POKE, &[&user.0, task_id]).await?;
-        match parse_filed(&reply)? {
-            Filed::Admitted(admitted) => Ok(admitted),
-            Filed::Conflict { .. } => Err(StoreError::Unexpected("poke answered conflict".to_string())),
-        }
+        parse_poked(&reply)
     }
 
     pub async fn drain(&self, token: &str, handoff: &str, lease_ttl_ms: i64, batch: i64) -> Result<Drained, StoreError> {
@@ -420,23 +425,42 @@ fn parse_prepared(reply: &[RedisResult]) -> Result<Prepared, StoreError> {
     Ok(Prepared { now: int_at(reply, 0)?, backlog: int_at(reply, 1)?, earlier, ledger })
 }
 
-/// `admit.lua` and `poke.lua`: `[status, completed_at | position, now, completions…]`, or
+/// `admit.lua`: `['filed', now, k, (status, completed_at | position)×k, completions…]`, or
 /// `['conflict', now, ledger present (0/1), ledger]`.
-fn parse_filed(reply: &[RedisResult]) -> Result<Filed, StoreError> {
-    let value = int_at(reply, 1)?;
-    let placement = match text_at(reply, 0)?.as_str() {
-        "completed" => Placement::Completed { completed_at: value },
-        "queued" => Placement::Queued { position: value },
+fn parse_filed(reply: &[RedisResult], tasks: usize) -> Result<Filed, StoreError> {
+    match text_at(reply, 0)?.as_str() {
+        "filed" => {}
         "conflict" => {
             let ledger = match int_at(reply, 2)? {
                 1 => Some(reply.get(3).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))?),
                 _ => None,
             };
-            return Ok(Filed::Conflict { now: value, ledger });
+            return Ok(Filed::Conflict { now: int_at(reply, 1)?, ledger });
         }
         other => return Err(StoreError::Unexpected(format!("admit answered {other:?}"))),
-    };
-    Ok(Filed::Admitted(Admitted { placement, now: int_at(reply, 2)?, ran: completions(reply.get(3..).unwrap_or_default())? }))
+    }
+    let count = int_at(reply, 2)?;
+    if count != tasks as i64 {
+        return Err(StoreError::Unexpected(format!("admit filed {count} tasks of {tasks}")));
+    }
+    let placements = (0..tasks).map(|i| placement(reply.get(3 + 2 * i..).unwrap_or_default())).collect::<Result<_, _>>()?;
+    let ran = completions(reply.get(3 + 2 * tasks..).unwrap_or_default())?;
+    Ok(Filed::Admitted { placements, now: int_at(reply, 1)?, ran })
+}
+
+/// A `(status, completed_at | position)` pair.
+fn placement(pair: &[RedisResult]) -> Result<Placement, StoreError> {
+    let value = int_at(pair, 1)?;
+    match text_at(pair, 0)?.as_str() {
+        "completed" => Ok(Placement::Completed { completed_at: value }),
+        "queued" => Ok(Placement::Queued { position: value }),
+        other => Err(StoreError::Unexpected(format!("placement {other:?}"))),
+    }
+}
+
+/// `poke.lua`: `[status, completed_at | position, now, completions…]`.
+fn parse_poked(reply: &[RedisResult]) -> Result<Admitted, StoreError> {
+    Ok(Admitted { placement: placement(reply)?, now: int_at(reply, 2)?, ran: completions(reply.get(3..).unwrap_or_default())? })
 }
 
 /// `drain.lua`: `['busy', holder]` or `[state, ms until next due, more due now?, completions…]`.
@@ -540,39 +564,47 @@ mod tests {
     }
 
     #[test]
-    fn filed_tasks_carry_their_placement_and_completions() {
-        let mut reply = vec![text("completed"), Int64(1_005), Int64(1_006)];
+    fn filed_tasks_carry_their_placements_and_completions() {
+        let mut reply = vec![text("filed"), Int64(1_006), Int64(2), text("completed"), Int64(1_005), text("queued"), Int64(1)];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
-        let Ok(Filed::Admitted(admitted)) = parse_filed(&reply) else { panic!("not admitted") };
-        assert!(matches!(admitted.placement, Placement::Completed { completed_at: 1_005 }));
-        assert_eq!(admitted.now, 1_006);
-        assert_eq!(admitted.ran.len(), 1);
-        assert_eq!((admitted.ran[0].user_id.as_str(), admitted.ran[0].slot, admitted.ran[0].completed_at), ("alice", 1_000, 1_005));
+        let Ok(Filed::Admitted { placements, now, ran }) = parse_filed(&reply, 2) else { panic!("not filed") };
+        assert!(matches!(placements[..], [Placement::Completed { completed_at: 1_005 }, Placement::Queued { position: 1 }]));
+        assert_eq!(now, 1_006);
+        assert_eq!(ran.len(), 1);
+        assert_eq!((ran[0].user_id.as_str(), ran[0].slot, ran[0].completed_at), ("alice", 1_000, 1_005));
+        // A reply for another number of tasks than were sent is a bug, not a guess.
+        assert!(parse_filed(&reply, 1).is_err());
+    }
 
+    #[test]
+    fn a_poke_answers_one_placement() {
         let reply = [text("queued"), Int64(4), Int64(2_000)];
-        let Ok(Filed::Admitted(admitted)) = parse_filed(&reply) else { panic!("not admitted") };
+        let Ok(admitted) = parse_poked(&reply) else { panic!("parse failed") };
         assert!(matches!(admitted.placement, Placement::Queued { position: 4 }) && admitted.ran.is_empty());
+        assert_eq!(admitted.now, 2_000);
     }
 
     #[test]
     fn a_conflict_brings_the_current_ledger_or_its_absence() {
         let reply = [text("conflict"), Int64(7), Int64(1), text("v1 2 5:a 6:b")];
-        assert!(matches!(parse_filed(&reply), Ok(Filed::Conflict { now: 7, ledger: Some(l) }) if l == b"v1 2 5:a 6:b"));
+        assert!(matches!(parse_filed(&reply, 1), Ok(Filed::Conflict { now: 7, ledger: Some(l) }) if l == b"v1 2 5:a 6:b"));
         let reply = [text("conflict"), Int64(7), Int64(0), text("")];
-        assert!(matches!(parse_filed(&reply), Ok(Filed::Conflict { now: 7, ledger: None })));
+        assert!(matches!(parse_filed(&reply, 1), Ok(Filed::Conflict { now: 7, ledger: None })));
     }
 
     #[test]
     fn malformed_replies_are_errors_not_panics() {
         for reply in [
             vec![],
-            vec![text("admitted"), Int64(1), Int64(2)],
-            vec![text("queued"), text("x"), Int64(2)],
-            vec![text("queued"), Int64(1), Int64(2), text("t1"), text("alice")],
+            vec![text("admitted"), Int64(1), Int64(1)],
+            vec![text("filed"), Int64(1), Int64(1), text("queued")],
+            vec![text("filed"), Int64(1), Int64(1), text("later"), Int64(2)],
+            vec![text("filed"), Int64(1), Int64(1), text("queued"), Int64(2), text("t1"), text("alice")],
             vec![Nil, Int64(1), Int64(2)],
         ] {
-            assert!(parse_filed(&reply).is_err(), "{reply:?}");
+            assert!(parse_filed(&reply, 1).is_err(), "{reply:?}");
         }
+        assert!(parse_poked(&[text("queued"), text("x"), Int64(2)]).is_err());
         assert!(parse_drained(&[text("active"), Int64(5)]).is_err());
         assert!(parse_overview(&[Int64(1), Int64(2), Int64(3), Int64(5)]).is_err());
     }
