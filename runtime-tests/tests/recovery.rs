@@ -107,11 +107,17 @@ impl Output {
         lines.iter().find(|l| l.replica == replica && l.at >= since && pred(l)).map(|l| l.at)
     }
 
-    fn text(&self, replica: usize) -> String {
-        let lines = self.lines.lock().map(|l| {
-            l.iter().filter(|l| l.replica == replica).map(|l| format!("{}{}", if l.stderr { "! " } else { "  " }, l.text)).collect::<Vec<_>>()
-        });
-        lines.unwrap_or_default().join("\n")
+    /// Everything every replica printed, for a failure message (stderr lines marked `!`).
+    fn all_text(&self) -> String {
+        let Ok(lines) = self.lines.lock() else { return String::new() };
+        let replicas = lines.iter().map(|l| l.replica + 1).max().unwrap_or(0);
+        (0..replicas)
+            .map(|r| {
+                let own = lines.iter().filter(|l| l.replica == r);
+                format!("replica {r}:\n{}", own.map(|l| format!("{}{}", if l.stderr { "! " } else { "  " }, l.text)).collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     }
 }
 
@@ -224,7 +230,7 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
             lines.iter().any(|l| l.replica == r && is_serving(l)) && (!probing || lines.iter().any(|l| l.replica == r && is_healthy_probe(l)))
         })
     });
-    assert!(up, "the supervised replicas did not come up:\n{}", (0..replicas).map(|r| output.text(r)).collect::<Vec<_>>().join("\n---\n"));
+    assert!(up, "the supervised replicas did not come up:\n{}", output.all_text());
 
     // The burst: every user's tasks at once, round robin over the replicas.
     let addrs: Vec<String> = supervisors.iter().map(|s| s.addr.clone()).collect();
@@ -257,7 +263,7 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
     for client in clients {
         match client.join() {
             Ok(Ok(ids)) => acknowledged.extend(ids),
-            Ok(Err(e)) => panic!("{e}\n{}", (0..replicas).map(|r| output.text(r)).collect::<Vec<_>>().join("\n---\n")),
+            Ok(Err(e)) => panic!("{e}\n{}", output.all_text()),
             Err(_) => panic!("a client thread panicked"),
         }
     }
@@ -285,7 +291,7 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
         let exited = output.wait_until(Duration::from_secs(20), |lines| {
             (0..replicas).all(|r| lines.iter().filter(|l| l.replica == r && is_exit(l)).count() > exits_before[r])
         });
-        assert!(exited, "a replica kept running without Redis:\n{}", (0..replicas).map(|r| output.text(r)).collect::<Vec<_>>().join("\n---\n"));
+        assert!(exited, "a replica kept running without Redis:\n{}", output.all_text());
         // The outage is a span of time the scenario needs (tasks fall due meanwhile), not a
         // wait for an event.
         std::thread::sleep(scale.outage.saturating_sub(killed_at.elapsed()));
@@ -305,7 +311,7 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
         total,
         "{} acknowledged tasks stranded after the Redis restart\n{}",
         total - done,
-        (0..replicas).map(|r| output.text(r)).collect::<Vec<_>>().join("\n---\n")
+        output.all_text()
     );
 
     // Everything ran: reading the log over HTTP cannot wake anything any more.
