@@ -121,6 +121,29 @@ impl Route {
         }
     }
 
+    /// The route as the manifest writes it (Spin's `raw_route`).
+    pub fn raw(&self) -> String {
+        match self {
+            Route::Exact(route) => route.clone(),
+            Route::Prefix(prefix) => format!("{prefix}/..."),
+        }
+    }
+
+    /// The route without its trailing wildcard (Spin's `raw_route_or_prefix`).
+    pub fn prefix(&self) -> &str {
+        match self {
+            Route::Exact(route) | Route::Prefix(route) => route,
+        }
+    }
+
+    /// What a wildcard route matched of `path` (Spin's `PATH_INFO`); empty for exact routes.
+    pub fn path_info<'a>(&self, path: &'a str) -> &'a str {
+        match self {
+            Route::Exact(_) => "",
+            Route::Prefix(prefix) => path.get(prefix.len()..).unwrap_or(""),
+        }
+    }
+
     /// Longer (more specific) routes win, as in Spin.
     fn specificity(&self) -> (usize, bool) {
         match self {
@@ -321,6 +344,8 @@ mod tests {
         assert!(wild.matches("/api") && wild.matches("/api/x/y"));
         assert!(!wild.matches("/apix"));
         assert!(Route::parse("/...").matches("/anything"));
+        assert_eq!((wild.raw(), wild.prefix(), wild.path_info("/api/x/y")), ("/api/...".to_string(), "/api", "/x/y"));
+        assert_eq!(Route::parse("/...").path_info("/a"), "/a");
     }
 
     #[test]

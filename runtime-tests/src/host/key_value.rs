@@ -1,17 +1,25 @@
 //! `wasi:keyvalue@0.2.0-draft2` store and atomics over the runtime config's backends.
 //!
-//! Redis-backed stores keep each key as a plain Redis string under its own name, exactly as
-//! Spin's key-value-redis does. Compare-and-swap follows the contract of Spin's `Cas`
-//! (`current` begins optimistic concurrency; `swap` must not write if the value changed
-//! since), in one of two modes:
-//! - `Correct`: `swap` is one Lua script that writes only if the stored value still equals
-//!   the snapshot taken by `new`, and reports truthfully. (Values are compared, not
-//!   versions: an A→B→A change goes unnoticed. Spin's WATCH would notice it; the app never
-//!   writes the same value twice, so it cannot tell.)
-//! - `Lossy`: the write obeys the same compare-and-swap, but the answer is random, whatever
-//!   happened. That is Spin 4.1's Redis CAS as SPIN-NOTES describes it (always `CasFailed`,
-//!   and after the upstream fix, success for writes that never happened) made worse: an
-//!   app that is exact here is exact on every Spin.
+//! A Redis-backed store costs what Spin's costs (crates/key-value-redis/src/store.rs and
+//! crates/factor-key-value/src/host.rs): one shared connection per store, opened on first use
+//! with the redis crate's defaults (no timeouts); every `open` sends a PING (`after_open`); keys
+//! are plain Redis strings under their own names. Compare-and-swap is Redis's own:
+//! - `Cas::new` opens a NEW connection for the handle (`new_compare_and_swap`);
+//! - `current` sends WATCH key, then GET key, on it;
+//! - `swap` sends MULTI / SET / EXEC on it (EXEC is nil when the key changed since the WATCH:
+//!   nothing is written), then `UNWATCH key`, which Redis rejects; Spin turns that error into
+//!   `CasFailed` on every swap, which is why SPIN-NOTES calls its answer untrustworthy;
+//! - a failed swap hands back a fresh handle: another new connection, WATCH + GET on it;
+//! - a swapped handle stays in Spin's table, connection open, until the instance ends.
+//!
+//! What `swap` reports, in one of two modes (the write itself always obeys WATCH):
+//! - `Correct`: the truth (EXEC nil or an error → `CasFailed`).
+//! - `Lossy`: a coin flip, whatever happened: Spin 4.1's answer (always `CasFailed`) and its
+//!   answer once the UNWATCH call is fixed (EXEC nil read as success) made worse; an app
+//!   that is exact here is exact on every Spin.
+//!
+//! Stores without a runtime config live in process memory (Spin would use SQLite), with CAS
+//! by value comparison.
 
 use super::Ctx;
 use super::wasi::keyvalue::atomics::{self, CasError};
@@ -31,44 +39,53 @@ pub enum CasMode {
 /// An opened store.
 #[derive(Clone)]
 pub enum Backend {
-    Redis(ConnectionManager),
+    /// The store's shared connection, and the client CAS handles open their own with.
+    Redis { client: redis::Client, shared: ConnectionManager },
     Memory(Arc<Mutex<HashMap<String, Vec<u8>>>>),
 }
 
 pub type Bucket = Backend;
 
-/// A CAS handle: the key and the value it saw.
+/// A CAS handle on one key.
 pub struct CasHandle {
     backend: Backend,
     key: String,
-    snapshot: Option<Vec<u8>>,
+    state: CasState,
 }
 
-/// Writes `new` under `key` only if the stored value still equals `expected` (nil = absent).
-const COMPARE_AND_SET: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
-  redis.call('SET', KEYS[1], ARGV[3])
-  return 1
-end
-return 0
-"#;
+enum CasState {
+    /// The handle's own connection, where `current` WATCHes the key.
+    Redis(ConnectionManager),
+    /// The value last read, compared at `swap`.
+    Memory(Option<Vec<u8>>),
+}
 
 fn other(e: impl std::fmt::Display) -> Error {
     Error::Other(e.to_string())
 }
 
 impl Backend {
+    /// Spin's `after_open`: a PING on the shared connection, its answer ignored.
+    async fn after_open(&self) {
+        if let Backend::Redis { shared, .. } = self {
+            let _: Result<redis::Value, _> = redis::cmd("PING").query_async(&mut shared.clone()).await;
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(conn: &ConnectionManager, cmd: &redis::Cmd) -> Result<T, Error> {
+        cmd.query_async(&mut conn.clone()).await.map_err(other)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         match self {
-            Backend::Redis(conn) => redis::cmd("GET").arg(key).query_async(&mut conn.clone()).await.map_err(other),
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("GET").arg(key)).await,
             Backend::Memory(map) => Ok(map.lock().map_err(other)?.get(key).cloned()),
         }
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), Error> {
         match self {
-            Backend::Redis(conn) => redis::cmd("SET").arg(key).arg(value).query_async(&mut conn.clone()).await.map_err(other),
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("SET").arg(key).arg(value)).await,
             Backend::Memory(map) => {
                 map.lock().map_err(other)?.insert(key.to_string(), value.to_vec());
                 Ok(())
@@ -78,7 +95,7 @@ impl Backend {
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
         match self {
-            Backend::Redis(conn) => redis::cmd("DEL").arg(key).query_async(&mut conn.clone()).await.map_err(other),
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("DEL").arg(key)).await,
             Backend::Memory(map) => {
                 map.lock().map_err(other)?.remove(key);
                 Ok(())
@@ -86,23 +103,28 @@ impl Backend {
         }
     }
 
-    async fn keys(&self, cursor: Option<String>) -> Result<KeyResponse, Error> {
+    async fn exists(&self, key: &str) -> Result<bool, Error> {
         match self {
-            Backend::Redis(conn) => {
-                let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor.unwrap_or_else(|| "0".to_string()))
-                    .query_async(&mut conn.clone())
-                    .await
-                    .map_err(other)?;
-                Ok(KeyResponse { keys, cursor: (next != "0").then_some(next) })
-            }
-            Backend::Memory(map) => Ok(KeyResponse { keys: map.lock().map_err(other)?.keys().cloned().collect(), cursor: None }),
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("EXISTS").arg(key)).await,
+            Backend::Memory(map) => Ok(map.lock().map_err(other)?.contains_key(key)),
         }
+    }
+
+    /// Every key at once (Spin: `KEYS *`; a cursor is an error).
+    async fn keys(&self, cursor: Option<String>) -> Result<KeyResponse, Error> {
+        if cursor.is_some() {
+            return Err(Error::Other("list_keys: cursor not supported".to_string()));
+        }
+        let keys = match self {
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("KEYS").arg("*")).await?,
+            Backend::Memory(map) => map.lock().map_err(other)?.keys().cloned().collect(),
+        };
+        Ok(KeyResponse { keys, cursor: None })
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, Error> {
         match self {
-            Backend::Redis(conn) => redis::cmd("INCRBY").arg(key).arg(delta).query_async(&mut conn.clone()).await.map_err(other),
+            Backend::Redis { shared, .. } => Self::query(shared, redis::cmd("INCRBY").arg(key).arg(delta)).await,
             Backend::Memory(map) => {
                 let mut map = map.lock().map_err(other)?;
                 let current = match map.get(key) {
@@ -116,30 +138,53 @@ impl Backend {
         }
     }
 
-    /// Writes `new` if the stored value is still `expected`; whether it did.
-    async fn compare_and_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, Error> {
-        match self {
-            Backend::Redis(conn) => {
-                let written: i64 = redis::cmd("EVAL")
-                    .arg(COMPARE_AND_SET)
-                    .arg(1)
-                    .arg(key)
-                    .arg(if expected.is_some() { "1" } else { "0" })
-                    .arg(expected.unwrap_or_default())
-                    .arg(new)
-                    .query_async(&mut conn.clone())
-                    .await
-                    .map_err(other)?;
-                Ok(written == 1)
+    /// A new CAS handle: on Redis, a new connection of its own (store.rs
+    /// `new_compare_and_swap`, `get_connection_manager` with its defaults).
+    async fn new_cas(&self, key: String) -> Result<CasHandle, Error> {
+        let state = match self {
+            Backend::Redis { client, .. } => CasState::Redis(client.get_connection_manager().await.map_err(other)?),
+            Backend::Memory(_) => CasState::Memory(self.get(&key).await?),
+        };
+        Ok(CasHandle { backend: self.clone(), key, state })
+    }
+}
+
+impl CasHandle {
+    /// store.rs `current`: WATCH key, then GET key, on the handle's connection.
+    async fn current(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        match &mut self.state {
+            CasState::Redis(conn) => {
+                Backend::query::<()>(conn, redis::cmd("WATCH").arg(&self.key)).await?;
+                Backend::query(conn, redis::cmd("GET").arg(&self.key)).await
             }
-            Backend::Memory(map) => {
-                let mut map = map.lock().map_err(other)?;
-                if map.get(key).map(Vec::as_slice) == expected {
-                    map.insert(key.to_string(), new.to_vec());
-                    Ok(true)
-                } else {
-                    Ok(false)
+            CasState::Memory(snapshot) => {
+                let value = self.backend.get(&self.key).await?;
+                *snapshot = value.clone();
+                Ok(value)
+            }
+        }
+    }
+
+    /// store.rs `swap`: MULTI / SET / EXEC, then `UNWATCH key`; whether the write landed
+    /// (an error counts as not: Spin reports it as CasFailed too).
+    async fn swap(&self, value: &[u8]) -> bool {
+        match &self.state {
+            CasState::Redis(conn) => {
+                let exec: Result<redis::Value, _> = redis::pipe().atomic().set(&self.key, value).query_async(&mut conn.clone()).await;
+                // Sent for its cost (one more round trip); Redis rejects it (UNWATCH takes no
+                // key) and Spin reports that as CasFailed. The truth is EXEC's reply: nil when
+                // the key changed since WATCH, and then nothing was written.
+                let _: Result<redis::Value, _> = redis::cmd("UNWATCH").arg(&self.key).query_async(&mut conn.clone()).await;
+                matches!(exec, Ok(redis::Value::Array(_)))
+            }
+            CasState::Memory(snapshot) => {
+                let Backend::Memory(map) = &self.backend else { return false };
+                let Ok(mut map) = map.lock() else { return false };
+                if map.get(&self.key) != snapshot.as_ref() {
+                    return false;
                 }
+                map.insert(self.key.clone(), value.to_vec());
+                true
             }
         }
     }
@@ -164,6 +209,7 @@ impl store::Host for Ctx {
             Ok(backend) => backend,
             Err(e) => return Ok(Err(e)),
         };
+        backend.after_open().await;
         Ok(Ok(self.table.push(backend)?))
     }
 }
@@ -186,7 +232,7 @@ impl store::HostBucket for Ctx {
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
         let backend = self.table.get(&bucket)?.clone();
-        Ok(backend.get(&key).await.map(|v| v.is_some()))
+        Ok(backend.exists(&key).await)
     }
 
     async fn list_keys(&mut self, bucket: Resource<Bucket>, cursor: Option<String>) -> wasmtime::Result<Result<KeyResponse, Error>> {
@@ -206,41 +252,44 @@ impl atomics::Host for Ctx {
         Ok(backend.increment(&key, delta).await)
     }
 
+    /// factor-key-value host.rs `swap`.
     async fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> wasmtime::Result<Result<(), CasError>> {
         let handle = self.table.delete(cas)?;
-        let written = match handle.backend.compare_and_set(&handle.key, handle.snapshot.as_deref(), &value).await {
-            Ok(written) => written,
-            Err(e) => return Ok(Err(CasError::StoreError(e))),
-        };
+        let written = handle.swap(&value).await;
         let report_success = match self.services.cas_mode {
             CasMode::Correct => written,
             CasMode::Lossy => coin_flip(),
         };
+        let (backend, key) = (handle.backend.clone(), handle.key.clone());
+        // Spin never takes a swapped handle out of its table: its connection stays open
+        // until the instance ends.
+        self.swapped.push(handle);
         if report_success {
             return Ok(Ok(()));
         }
-        // A failed swap hands back a fresh handle on the latest value, as the WIT requires.
-        let snapshot = match handle.backend.get(&handle.key).await {
-            Ok(snapshot) => snapshot,
+        // A new handle (another connection) with `current` already called on it.
+        let mut fresh = match backend.new_cas(key).await {
+            Ok(fresh) => fresh,
             Err(e) => return Ok(Err(CasError::StoreError(e))),
         };
-        let fresh = self.table.push(CasHandle { snapshot, ..handle })?;
-        Ok(Err(CasError::CasFailed(fresh)))
+        if let Err(e) = fresh.current().await {
+            return Ok(Err(CasError::StoreError(e)));
+        }
+        Ok(Err(CasError::CasFailed(self.table.push(fresh)?)))
     }
 }
 
 impl atomics::HostCas for Ctx {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Resource<CasHandle>, Error>> {
         let backend = self.table.get(&bucket)?.clone();
-        let snapshot = match backend.get(&key).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok(self.table.push(CasHandle { backend, key, snapshot })?))
+        match backend.new_cas(key).await {
+            Ok(handle) => Ok(Ok(self.table.push(handle)?)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     async fn current(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(Ok(self.table.get(&cas)?.snapshot.clone()))
+        Ok(self.table.get_mut(&cas)?.current().await)
     }
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {

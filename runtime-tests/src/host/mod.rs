@@ -30,7 +30,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// What one instance (one request or one message) sees.
+/// What one instance sees: one Redis message, or up to 128 HTTP requests (Spin 4 reuses
+/// HTTP instances, see `trigger::http`).
 pub struct Ctx {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
@@ -38,12 +39,25 @@ pub struct Ctx {
     /// The component's manifest settings and the process-wide shared services.
     pub component: Arc<ComponentConfig>,
     pub services: Arc<crate::Services>,
+    /// Outbound Redis connections open now (Spin caps them per instance).
+    pub redis_connections: usize,
+    /// CAS handles already swapped: Spin keeps them, and their connections, until the
+    /// instance ends (see `key_value`).
+    pub swapped: Vec<key_value::CasHandle>,
 }
 
 impl Ctx {
     pub fn new(component: Arc<ComponentConfig>, services: Arc<crate::Services>) -> Ctx {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build();
-        Ctx { table: ResourceTable::new(), wasi, http: WasiHttpCtx::new(), component, services }
+        Ctx {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            component,
+            services,
+            redis_connections: 0,
+            swapped: Vec::new(),
+        }
     }
 }
 

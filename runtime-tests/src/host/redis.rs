@@ -1,16 +1,22 @@
-//! `spin:redis@3.0.0` outbound: the allowed-host check, one shared connection per address,
-//! and Redis replies converted to `redis-result`s in one place (`flatten`).
+//! `spin:redis@3.0.0` outbound, as Spin's factor-outbound-redis/src/host.rs does it: the
+//! allowed-host check, a NEW connection for every `Connection::open` (`establish_connection`),
+//! owned by the resource and closed when the guest drops it or the instance ends, with the
+//! redis crate's defaults (no connection or response timeout); and Redis replies converted to
+//! `redis-result`s in one place (`flatten`).
 
 use super::Ctx;
 use super::spin::redis::redis::{self, Error, RedisParameter, RedisResult};
-use crate::Services;
-use ::redis::aio::ConnectionManager;
-use std::sync::Arc;
+use ::redis::AsyncConnectionConfig;
+use ::redis::aio::MultiplexedConnection;
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
-/// An open connection as the guest holds it: a handle on the process-wide connection.
+/// Spin's per-instance table of Redis connections holds this many (factor-outbound-redis
+/// lib.rs: `Table::new(1024)`); one more is `TooManyConnections`.
+const MAX_CONNECTIONS_PER_INSTANCE: usize = 1024;
+
+/// An open connection, the guest's own.
 pub struct Connection {
-    conn: ConnectionManager,
+    conn: MultiplexedConnection,
 }
 
 impl redis::Host for Ctx {}
@@ -18,16 +24,17 @@ impl redis::Host for Ctx {}
 impl redis::HostConnection for Ctx {
     fn drop(&mut self, rep: Resource<Connection>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.redis_connections = self.redis_connections.saturating_sub(1);
         Ok(())
     }
 }
 
-/// Copies the connection out of the table so that the call can await outside `with`.
-fn conn<U>(accessor: &Accessor<U, HasSelf<Ctx>>, rep: &Resource<Connection>) -> wasmtime::Result<ConnectionManager> {
+/// A handle on the connection (a cheap clone), so that the call can await outside `with`.
+fn conn<U>(accessor: &Accessor<U, HasSelf<Ctx>>, rep: &Resource<Connection>) -> wasmtime::Result<MultiplexedConnection> {
     accessor.with(|mut view| Ok(view.get().table.get(rep)?.conn.clone()))
 }
 
-async fn run(mut conn: ConnectionManager, cmd: ::redis::Cmd) -> Result<::redis::Value, Error> {
+async fn run(mut conn: MultiplexedConnection, cmd: ::redis::Cmd) -> Result<::redis::Value, Error> {
     cmd.query_async::<::redis::Value>(&mut conn).await.map_err(other_error)
 }
 
@@ -37,19 +44,31 @@ fn other_error(e: ::redis::RedisError) -> Error {
 
 impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
     async fn open(accessor: &Accessor<U, Self>, address: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
-        let (allowed, services): (bool, Arc<Services>) = accessor.with(|mut view| {
+        let (allowed, open) = accessor.with(|mut view| {
             let ctx = view.get();
-            (crate::allowed_host(&ctx.component.allowed_outbound_hosts, &address), ctx.services.clone())
+            (crate::allowed_host(&ctx.component.allowed_outbound_hosts, &address), ctx.redis_connections)
         });
         if !allowed {
             eprintln!("spin-host: component may not connect to {address:?} (allowed_outbound_hosts)");
             return Ok(Err(Error::InvalidAddress));
         }
-        let conn = match services.redis(&address).await {
-            Ok(conn) => conn,
-            Err(e) => return Ok(Err(e)),
+        if open >= MAX_CONNECTIONS_PER_INSTANCE {
+            return Ok(Err(Error::TooManyConnections));
+        }
+        let Ok(client) = ::redis::Client::open(address.as_str()) else {
+            return Ok(Err(Error::InvalidAddress));
         };
-        let rep = accessor.with(|mut view| view.get().table.push(Connection { conn }))?;
+        // `AsyncConnectionConfig::new()`, as Spin's `establish_connection`: no timeouts, so a
+        // Redis that does not answer keeps the call waiting (the guest must bound its waits).
+        let conn = match client.get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new()).await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(other_error(e))),
+        };
+        let rep = accessor.with(|mut view| {
+            let ctx = view.get();
+            ctx.redis_connections += 1;
+            ctx.table.push(Connection { conn })
+        })?;
         Ok(Ok(rep))
     }
 

@@ -1,4 +1,4 @@
-//! The Redis trigger, as Spin 4.1 runs it: one subscriber per address for all the channels
+//! The Redis trigger, as Spin 4.1 runs it (crates/trigger-redis/src/lib.rs): one subscriber per address for all the channels
 //! mapped there; messages handled one at a time per address, each in a fresh instance; a
 //! handler error is logged, not retried; when the subscription drops, the trigger fails and
 //! the process exits (Spin does this by design: a supervisor restarts it).
@@ -32,11 +32,14 @@ pub async fn subscribe_all(app: &App, components: &HashMap<String, Arc<Prepared>
             while let Some(message) = messages.next().await {
                 let channel = message.get_channel_name().to_string();
                 let payload = message.get_payload_bytes().to_vec();
-                for prepared in channels.get(&channel).into_iter().flatten() {
+                // The channel's components run side by side, each in a fresh instance
+                // (trigger-redis lib.rs `handle_message`: `join_all`).
+                let handlers = channels.get(&channel).into_iter().flatten().map(|prepared| async {
                     if let Err(e) = handle(prepared, payload.clone()).await {
                         eprintln!("spin-host: component {:?} failed on a message on {channel:?}: {e:#}", prepared.config.id);
                     }
-                }
+                });
+                futures::future::join_all(handlers).await;
             }
             Err(anyhow::anyhow!("disconnected from Redis at {address}"))
         });
