@@ -25,6 +25,14 @@ pub fn require_wasm() {
     assert!(wasm.exists(), "{} is missing: run `cargo build --target wasm32-wasip2 --release` first", wasm.display());
 }
 
+/// The do-nothing fixture's manifest (`runtime-tests/fixtures/noop`), after checking that its
+/// `.wasm` was built (the same build command builds it, as a default workspace member).
+pub fn noop_manifest() -> PathBuf {
+    let wasm = repo_root().join("target/wasm32-wasip2/release/noop_fixture.wasm");
+    assert!(wasm.exists(), "{} is missing: run `cargo build --target wasm32-wasip2 --release` first", wasm.display());
+    repo_root().join("runtime-tests/fixtures/noop/spin.toml")
+}
+
 /// The `spin-host` binary built next to the running one (a test binary lives one level
 /// down, in `deps/`).
 pub fn host_binary() -> PathBuf {
@@ -160,7 +168,9 @@ pub struct Host {
 struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -181,13 +191,23 @@ impl Host {
             .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
             .arg(&runtime_config)
             .args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }])
-            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
         for (name, value) in &options.variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
+        Self::spawn(command, TempDir(config_dir))
+    }
+
+    /// A replica serving another app's manifest, such as `noop_manifest()`, without Redis.
+    pub fn start_manifest(manifest: &Path) -> Host {
+        let mut command = Command::new(host_binary());
+        command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
+        Self::spawn(command, TempDir(PathBuf::new()))
+    }
+
+    /// Runs `command` and waits until it reports its address.
+    fn spawn(mut command: Command, config_dir: TempDir) -> Host {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start spin-host: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(err) = child.stderr.take() {
@@ -215,7 +235,7 @@ impl Host {
                 }
             });
         }
-        let mut host = Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: TempDir(config_dir) };
+        let mut host = Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: config_dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let next = match host.lines.lock() {
@@ -306,7 +326,15 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
 }
 
 fn request_bytes(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    build_request(addr, method, path, headers, body, true)
+}
+
+/// The bytes of one request; without `close`, HTTP/1.1 keeps the connection open.
+fn build_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if close {
+        raw.push_str("Connection: close\r\n");
+    }
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -376,6 +404,112 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
     }
     out
+}
+
+/// Most bytes a keep-alive response body may have before the client gives up on it.
+const MAX_BODY: usize = 64 << 20;
+
+/// One keep-alive HTTP/1.1 connection, as wrk or a browser holds it: requests one after
+/// another on the same socket, each response read by its Content-Length or its chunked
+/// framing.
+pub struct KeepAlive {
+    addr: String,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn open(addr: &str) -> std::io::Result<KeepAlive> {
+        let stream = TcpStream::connect(addr)?;
+        // As wrk does: the client's writes never wait on Nagle, so a stall is the server's.
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(KeepAlive { addr: addr.to_string(), reader: BufReader::new(stream) })
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+        let started = Instant::now();
+        self.reader.get_mut().write_all(&build_request(&self.addr, method, path, headers, body, false))?;
+        let (status, headers) = read_head(&mut self.reader)?;
+        let body = if method == "HEAD" || status == 204 || status == 304 { Vec::new() } else { read_body(&mut self.reader, &headers)? };
+        Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
+    }
+
+    pub fn post_task(&mut self, user: &str) -> std::io::Result<Reply> {
+        let body = serde_json::json!({ "user_id": user }).to_string();
+        self.send("POST", "/api/v1/task", &[("Content-Type", "application/json")], body.as_bytes())
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {
+        self.send("GET", path, &[], b"")
+    }
+}
+
+fn invalid(what: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
+}
+
+/// One CRLF-terminated line, without its CRLF.
+fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// The status line and headers.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let status_line = read_line(reader)?;
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(reader)?;
+        if line.is_empty() {
+            return Ok((status, headers));
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+}
+
+/// The body, framed by `Transfer-Encoding: chunked`, by `Content-Length`, or else by the end
+/// of the connection.
+fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> std::io::Result<Vec<u8>> {
+    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let line = read_line(reader)?;
+            let size = line.split(';').next().and_then(|s| usize::from_str_radix(s.trim(), 16).ok()).ok_or_else(|| invalid(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                // Trailers, up to the empty line.
+                while !read_line(reader)?.is_empty() {}
+                return Ok(body);
+            }
+            if body.len() + size > MAX_BODY {
+                return Err(invalid("body too large"));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            read_line(reader)?;
+        }
+    }
+    match header("content-length") {
+        Some(length) => {
+            let length: usize = length.parse().map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
+            if length > MAX_BODY {
+                return Err(invalid("body too large"));
+            }
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.take(MAX_BODY as u64).read_to_end(&mut body)?;
+        }
+    }
+    Ok(body)
 }
 
 /// The whole task log as NDJSON entries, read through the API (paged).
