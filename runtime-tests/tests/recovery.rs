@@ -113,8 +113,12 @@ impl Output {
         let replicas = lines.iter().map(|l| l.replica + 1).max().unwrap_or(0);
         (0..replicas)
             .map(|r| {
-                let own = lines.iter().filter(|l| l.replica == r);
-                format!("replica {r}:\n{}", own.map(|l| format!("{}{}", if l.stderr { "! " } else { "  " }, l.text)).collect::<Vec<_>>().join("\n"))
+                let own: Vec<String> = lines
+                    .iter()
+                    .filter(|l| l.replica == r)
+                    .map(|l| format!("{}{}", if l.stderr { "! " } else { "  " }, l.text))
+                    .collect();
+                format!("replica {r}:\n{}", own.join("\n"))
             })
             .collect::<Vec<_>>()
             .join("\n---\n")
@@ -227,7 +231,8 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
     // Up means serving, and the supervisor's own probe has seen it healthy.
     let up = output.wait_until(Duration::from_secs(90), |lines| {
         (0..replicas).all(|r| {
-            lines.iter().any(|l| l.replica == r && is_serving(l)) && (!probing || lines.iter().any(|l| l.replica == r && is_healthy_probe(l)))
+            let seen = |pred: fn(&Line) -> bool| lines.iter().any(|l| l.replica == r && pred(l));
+            seen(is_serving) && (!probing || seen(is_healthy_probe))
         })
     });
     assert!(up, "the supervised replicas did not come up:\n{}", output.all_text());
