@@ -174,7 +174,7 @@ trap stop EXIT
 
 if ! tcp_open "$redis_host" "$redis_port"; then
   case $redis_host in
-    127.0.0.1|localhost|::1)
+    127.0.0.1|localhost)
       command -v redis-server >/dev/null || { say "redis-server is not installed (apt-get install -y redis-server)"; exit 1; }
       dir=$PWD/.spin
       [ "$redis_port" = 6379 ] || dir=$PWD/.spin/redis-$redis_port
