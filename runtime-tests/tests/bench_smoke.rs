@@ -9,8 +9,16 @@ fn the_benchmark_runs_and_prints_its_table() {
     let output = output.unwrap_or_else(|e| panic!("cannot run bench: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for scenario in ["admission, 1 replica", "admission, 3 replica", "hot user, 3 replicas, lossy CAS", "scale, 3 replicas"] {
+    for scenario in [
+        "saturation, do-nothing component, 1 replica",
+        "saturation, app, 1 replica",
+        "admission, 1 replica",
+        "admission, 3 replica",
+        "hot user, 3 replicas, lossy CAS",
+        "scale, 3 replicas",
+    ] {
         assert!(stdout.contains(scenario), "no {scenario:?} row in:\n{stdout}");
     }
     assert!(stdout.contains("slots exact: yes") && !stdout.contains("slots exact: NO"), "{stdout}");
+    assert!(stdout.contains("app ÷ do-nothing = "), "no saturation ratio in:\n{stdout}");
 }
