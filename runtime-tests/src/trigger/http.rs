@@ -192,11 +192,14 @@ pub struct Expiry {
 
 impl WorkerExpiration for Expiry {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
-        let me = self.get_mut();
-        let Some(deadline) = start.checked_add(IDLE_INSTANCE_TIMEOUT).filter(|_| status == WorkerStatus::Idle) else {
+        if status != WorkerStatus::Idle {
+            return Poll::Pending;
+        }
+        let Some(deadline) = start.checked_add(IDLE_INSTANCE_TIMEOUT) else {
             return Poll::Pending;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
+        let me = self.get_mut();
         if me.sleep.deadline() != deadline {
             me.sleep.as_mut().reset(deadline);
         }
