@@ -14,7 +14,8 @@ fn the_benchmark_runs_and_prints_its_table() {
         "saturation, app, 1 replica",
         "admission, 1 replica",
         "admission, 3 replica",
-        "hot user, 3 replicas, lossy CAS",
+        "hot user, 3 replicas, redis ledger",
+        "hot user, 3 replicas, kv ledger, lossy CAS",
         "scale, 3 replicas",
     ] {
         assert!(stdout.contains(scenario), "no {scenario:?} row in:\n{stdout}");

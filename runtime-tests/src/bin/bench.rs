@@ -147,8 +147,9 @@ fn main() {
             }
             "hot" => {
                 let concurrency = if options.smoke { 20 } else { 200 };
-                for lossy_cas in if options.url.is_empty() { vec![false, true] } else { vec![false] } {
-                    rows.push(hot_user(&options, concurrency, lossy_cas));
+                let ledgers = if options.url.is_empty() { vec![Ledger::Redis, Ledger::Kv, Ledger::KvLossy] } else { vec![Ledger::Redis] };
+                for ledger in ledgers {
+                    rows.push(hot_user(&options, concurrency, ledger));
                 }
             }
             "scale" => match scale(&options) {
@@ -176,6 +177,26 @@ fn main() {
     }
 }
 
+/// Where the replicas the bench starts keep the ledger (the app's `ledger` variable), and
+/// with which compare-and-swap for `kv`.
+#[derive(Clone, Copy, PartialEq)]
+enum Ledger {
+    Redis,
+    Kv,
+    /// `kv` on the host's lossy CAS (answers at random, as Spin's cannot be trusted).
+    KvLossy,
+}
+
+impl Ledger {
+    fn label(self) -> &'static str {
+        match self {
+            Ledger::Redis => "redis ledger",
+            Ledger::Kv => "kv ledger, correct CAS",
+            Ledger::KvLossy => "kv ledger, lossy CAS",
+        }
+    }
+}
+
 /// Where a scenario runs: replicas started for it (with their own Redis), or the app given by
 /// `--url`.
 struct Cluster {
@@ -186,12 +207,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(options: &Options, replicas: usize, lossy_cas: bool) -> Cluster {
+    fn start(options: &Options, replicas: usize, ledger: Ledger) -> Cluster {
         if !options.url.is_empty() {
             return Cluster { addrs: options.url.clone(), redis_url: options.redis.clone(), own: None };
         }
         let redis = Redis::start();
-        let host_options = HostOptions { lossy_cas, ..HostOptions::default() };
+        let variables = vec![("ledger".to_string(), if ledger == Ledger::Redis { "redis" } else { "kv" }.to_string())];
+        let host_options = HostOptions { lossy_cas: ledger == Ledger::KvLossy, variables };
         let hosts: Vec<Host> = (0..replicas).map(|_| Host::start(&redis, &host_options)).collect();
         Cluster { addrs: hosts.iter().map(|h| h.addr.clone()).collect(), redis_url: Some(redis.url()), own: Some((redis, hosts)) }
     }
@@ -230,7 +252,7 @@ fn saturation(options: &Options) -> (Option<Row>, Row) {
         }
         (None, false) => None,
     };
-    let cluster = Cluster::start(options, 1, false);
+    let cluster = Cluster::start(options, 1, Ledger::Redis);
     let mut app = saturate(&format!("app, {}", cluster.label()), &cluster.addrs[0], duration, options);
     if let Some(noop) = &noop {
         app.note = format!("app ÷ do-nothing = {:.3}", app.achieved_per_s / noop.achieved_per_s.max(1.0));
@@ -355,7 +377,7 @@ fn run_jobs(jobs: Vec<(Instant, String, String)>, workers: usize, clock: Clock) 
 }
 
 fn admission(options: &Options, replicas: usize, rate: u64) -> Row {
-    let cluster = Cluster::start(options, replicas, false);
+    let cluster = Cluster::start(options, replicas, Ledger::Redis);
     let duration = options.duration;
     let count = (rate as f64 * duration.as_secs_f64()) as usize;
     let start = Instant::now() + Duration::from_millis(200);
@@ -376,8 +398,8 @@ fn admission(options: &Options, replicas: usize, rate: u64) -> Row {
     }
 }
 
-fn hot_user(options: &Options, concurrency: usize, lossy_cas: bool) -> Row {
-    let cluster = Cluster::start(options, 3, lossy_cas);
+fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
+    let cluster = Cluster::start(options, 3, ledger);
     let user = format!("hot-{}", options.run);
     let barrier = Arc::new(std::sync::Barrier::new(concurrency));
     let started = Instant::now();
@@ -405,7 +427,7 @@ fn hot_user(options: &Options, concurrency: usize, lossy_cas: bool) -> Row {
     });
     Row {
         scenario: match cluster.own {
-            Some(_) => format!("hot user, {}, {} CAS", cluster.label(), if lossy_cas { "lossy" } else { "correct" }),
+            Some(_) => format!("hot user, {}, {}", cluster.label(), ledger.label()),
             None => format!("hot user, {}", cluster.label()),
         },
         offered: format!("{concurrency} concurrent"),
@@ -436,8 +458,10 @@ return tostring(math.floor(bytes / tasks))
 
 fn scale(options: &Options) -> Result<Row, String> {
     let (users, tasks) = (options.scale_users, options.scale_tasks);
-    let cluster = Cluster::start(options, 3, false);
+    let cluster = Cluster::start(options, 3, Ledger::Redis);
     let redis = cluster.redis_url.clone().ok_or("with --url, scale needs --redis")?;
+    let drain_calls = || redis_cli(&redis, &["HGET", "taskq:metrics", "drain_calls"]).trim().parse::<i64>().unwrap_or(0);
+    let drain_calls_before = drain_calls();
     let xlen = || redis_cli(&redis, &["XLEN", "task_log"]).trim().parse::<usize>().unwrap_or(0);
     let logged_before = xlen();
     let prefix = format!("scale-{}-", options.run);
@@ -472,6 +496,7 @@ fn scale(options: &Options) -> Result<Row, String> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let drains_per_task = (drain_calls() - drain_calls_before) as f64 / entries.len().max(1) as f64;
     let report = check::check(&entries, Rule::default(), None);
     // Lateness of the tasks due once the submission burst was over: the drainer alone,
     // without the load generator and admissions competing for the cores.
@@ -482,7 +507,8 @@ fn scale(options: &Options) -> Result<Row, String> {
     let mut note = format!(
         "submitted in {submit_s:.1} s; {queued} users queued; ~{per_task:.0} B Redis memory per queued task; logged {}/{}; \
          lateness of the {} tasks due after submission ended p50/p99/max {}/{}/{} ms; \
-         executor's own delay (lateness not inherited from a late predecessor) p50/p99/max {}/{}/{} ms",
+         executor's own delay (lateness not inherited from a late predecessor) p50/p99/max {}/{}/{} ms; \
+         drainer script calls per task {drains_per_task:.2}",
         entries.len(),
         total,
         quiet.entries,
