@@ -456,6 +456,9 @@ if tasks == 0 then return '0' end
 return tostring(math.floor(bytes / tasks))
 "#;
 
+/// Users submitted together in the scale scenario (see there).
+const SCALE_GROUP: usize = 500;
+
 fn scale(options: &Options) -> Result<Row, String> {
     let (users, tasks) = (options.scale_users, options.scale_tasks);
     let cluster = Cluster::start(options, 3, Ledger::Redis);
@@ -466,9 +469,17 @@ fn scale(options: &Options) -> Result<Row, String> {
     let logged_before = xlen();
     let prefix = format!("scale-{}-", options.run);
     let started = Instant::now();
-    // Round k submits every user's k-th task, so that each user's tasks queue up evenly.
-    let jobs: Vec<_> = (0..users * tasks)
-        .map(|i| (Instant::now(), cluster.addrs[i % cluster.addrs.len()].clone(), format!("{prefix}{}", i % users)))
+    // Users go in groups of SCALE_GROUP; within a group, round k submits every user's k-th
+    // task. A round of a group takes well under a second, so each user's tasks queue up and
+    // the drainer runs most of them, however many users there are in all.
+    let jobs: Vec<_> = (0..users)
+        .step_by(SCALE_GROUP)
+        .flat_map(|first| {
+            let group = first..(first + SCALE_GROUP).min(users);
+            (0..tasks).flat_map(move |_| group.clone())
+        })
+        .enumerate()
+        .map(|(i, user)| (Instant::now(), cluster.addrs[i % cluster.addrs.len()].clone(), format!("{prefix}{user}")))
         .collect();
     let (latencies, errors) = run_jobs(jobs, 64, Clock::FromSend);
     let submit_s = started.elapsed().as_secs_f64();
