@@ -1,6 +1,7 @@
 //! Spin variables (SPEC §4) read into one typed `Config`. Defaults live in spin.toml's
 //! `[variables]`; this module only parses and checks them. An instance reads them once and
-//! keeps them for the requests Spin gives it (Spin resolves variables when it starts).
+//! keeps them for the requests Spin gives it: they come from spin.toml and the process's
+//! `SPIN_VARIABLE_*` settings, which do not change while it runs.
 
 use crate::keys::Keys;
 use crate::slot::Limits;
