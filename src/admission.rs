@@ -112,10 +112,9 @@ pub async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>
         return Ok(Outcome::BacklogFull);
     }
     let task_id = new_task_id();
-    let task = TaskToFile { task_id: task_id.clone(), slot: 0, idempotency_key: idem.clone() };
     // The ledger as read by `prepare` (the key-value backend reads its own).
     let seen = Ledger::decode(prepared.ledger.as_deref())?;
-    let member = Rc::new(Member { task, arrival: prepared.now, seen, result: RefCell::new(None) });
+    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), arrival: prepared.now, seen, result: RefCell::new(None) });
     let committed = commit_together(&queue, config, &user, user_id, &ledger_key, member).await;
     let committed = match committed {
         Ok(committed) => committed,
@@ -142,7 +141,8 @@ struct Committed {
 
 /// An admission waiting to be committed with the others of its user in this instance.
 struct Member {
-    task: TaskToFile,
+    task_id: String,
+    idempotency_key: Option<String>,
     /// The Redis clock when it began, and the ledger it read then.
     arrival: i64,
     seen: Ledger,
@@ -248,10 +248,11 @@ async fn commit_batch(
 ) -> Result<Vec<Committed>, AdmitError> {
     members.sort_by_key(|m| m.arrival);
     // A 48-bit prefix of the task id tags each ledger entry.
-    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, &m.task.task_id[..12])).collect();
+    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, &m.task_id[..12])).collect();
+    // Slots are filled in by the commit that decides them.
     let mut tasks: Vec<TaskToFile> = members
         .iter()
-        .map(|m| TaskToFile { task_id: m.task.task_id.clone(), slot: 0, idempotency_key: m.task.idempotency_key.clone() })
+        .map(|m| TaskToFile { task_id: m.task_id.clone(), slot: 0, idempotency_key: m.idempotency_key.clone() })
         .collect();
     let (slots, recent, (placements, now, ran)) = match config.ledger {
         LedgerBackend::Redis => {

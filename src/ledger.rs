@@ -176,14 +176,15 @@ impl LedgerStore for KvLedger {
                 // and start over if the ledger moved meanwhile.
                 let cas = atomics::Cas::new(&self.bucket, &self.key).map_err(store_error)?;
                 let current = Ledger::decode(cas.current().map_err(store_error)?.as_deref())?;
-                self.cas = Some(cas);
                 if current != *expected {
+                    self.cas = Some(cas);
                     return Ok(Swap::Conflict { current, now: None });
                 }
-                self.cas.take().ok_or_else(|| LedgerError::Unavailable("lost the CAS handle".to_string()))?
+                cas
             }
         };
-        // Our entry is the newest one (this backend commits one admission at a time).
+        // The whole ledger is written as one value, so if its newest entry (the batch's last)
+        // is ours at its sequence number, every entry of the batch landed with it.
         let (seq, Some(commit_id)) = (new.seq, new.newest_id()) else {
             return Err(LedgerError::Corrupt("a ledger to write without entries".to_string()));
         };
