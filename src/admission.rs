@@ -91,7 +91,7 @@ impl From<LedgerError> for AdmitError {
     }
 }
 
-pub async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>) -> Result<Outcome, AdmitError> {
+pub async fn admit(config: &Config, user_id: &str, payload: Option<&str>, idempotency_key: Option<&str>) -> Result<Outcome, AdmitError> {
     let queue = Queue::connect(config).await?;
     let user = UserKey::new(user_id);
     let idem = idempotency_key.map(|k| config.keys.idempotency(&user, k));
@@ -114,7 +114,8 @@ pub async fn admit(config: &Config, user_id: &str, idempotency_key: Option<&str>
     let task_id = new_task_id();
     // The ledger as read by `prepare` (the key-value backend reads its own).
     let seen = Ledger::decode(prepared.ledger.as_deref())?;
-    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), arrival: prepared.now, seen, result: RefCell::new(None) });
+    let payload = payload.map(Rc::from);
+    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), payload, arrival: prepared.now, seen, result: RefCell::new(None) });
     let committed = commit_together(&queue, config, &user, user_id, &ledger_key, member).await;
     let committed = match committed {
         Ok(committed) => committed,
@@ -143,6 +144,7 @@ struct Committed {
 struct Member {
     task_id: String,
     idempotency_key: Option<String>,
+    payload: Option<Rc<str>>,
     /// The Redis clock when it began, and the ledger it read then.
     arrival: i64,
     seen: Ledger,
@@ -252,7 +254,7 @@ async fn commit_batch(
     // Slots are filled in by the commit that decides them.
     let mut tasks: Vec<TaskToFile> = members
         .iter()
-        .map(|m| TaskToFile { task_id: m.task_id.clone(), slot: 0, idempotency_key: m.idempotency_key.clone() })
+        .map(|m| TaskToFile { task_id: m.task_id.clone(), slot: 0, idempotency_key: m.idempotency_key.clone(), payload: m.payload.clone() })
         .collect();
     let (slots, recent, (placements, now, ran)) = match config.ledger {
         LedgerBackend::Redis => {
@@ -361,9 +363,10 @@ async fn replay(config: &Config, queue: &Queue<'_>, user: &UserKey, task_id: &st
     let Some(record) = queue.task(task_id).await? else {
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
-    let placement = match record.completed_at {
-        Some(completed_at) => Placement::Completed { completed_at },
-        None => Placement::Queued { position: queue.position(user, task_id).await? },
+    let placement = match (record.completed_at, record.cancelled_at) {
+        (Some(completed_at), _) => Placement::Completed { completed_at },
+        (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
+        (None, None) => Placement::Queued { position: queue.position(user, task_id).await? },
     };
     let recent = match config.ledger {
         LedgerBackend::Redis => Ledger::decode(ledger)?.slots(),

@@ -3,12 +3,16 @@
 use crate::admission::{self, AdmitError, Outcome, Task};
 use crate::config::Config;
 use crate::deadline::with_deadline;
+use crate::config::LedgerBackend;
 use crate::keys::{UserKey, is_task_id};
+use crate::ledger::{self, Ledger};
 use crate::problem::{self, HttpResponse};
-use crate::queue::{Placement, Queue, StoreError};
+use crate::queue::{Cancelled, Placement, Queue, StoreError, TaskRecord};
 use crate::slot;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use spin_sdk::http::Request;
 use std::rc::Rc;
@@ -18,6 +22,8 @@ use std::time::Duration;
 pub const MAX_BODY: usize = 4 * 1024;
 /// Longest user id, in characters.
 pub const MAX_USER_ID_CHARS: usize = 128;
+/// Largest task payload: its JSON text as sent, in bytes (413 above it).
+pub const MAX_PAYLOAD: usize = 2 * 1024;
 /// Log page size: default and most.
 const LOG_PAGE_DEFAULT: u32 = 1_000;
 const LOG_PAGE_MAX: u32 = 10_000;
@@ -71,11 +77,20 @@ async fn route(request: Request, config: &Loaded) -> HttpResponse {
         "/api/v1/log" | "/api/v1/overview" | "/metrics" | "/healthz" | "/" | "/api/v1/openapi.json" => {
             problem::method_not_allowed("GET, HEAD")
         }
-        _ => match path.strip_prefix("/api/v1/task/") {
-            Some(id) if is_get => get_task(config, id).await,
-            Some(_) => problem::method_not_allowed("GET, HEAD"),
-            None => problem::not_found(format!("no route for {path}")),
-        },
+        _ => {
+            if let Some(id) = path.strip_prefix("/api/v1/task/") {
+                return match method {
+                    _ if is_get => get_task(config, id).await,
+                    Method::DELETE => cancel_task(config, id).await,
+                    _ => problem::method_not_allowed("GET, HEAD, DELETE"),
+                };
+            }
+            match path.strip_prefix("/api/v1/users/") {
+                Some(user) if is_get => user_state(config, headers, user).await,
+                Some(_) => problem::method_not_allowed("GET, HEAD"),
+                None => problem::not_found(format!("no route for {path}")),
+            }
+        }
     }
 }
 
@@ -141,15 +156,16 @@ async fn create_task(request: Request, config: &Loaded) -> HttpResponse {
         Ok(key) => key,
         Err(detail) => return problem::bad_request(detail),
     };
-    let user_id = match parse_user_id(&body) {
-        Ok(id) => id,
-        Err(detail) => return problem::bad_request(detail),
+    let NewTask { user_id, payload } = match parse_task_body(&body) {
+        Ok(task) => task,
+        Err(BodyError::Invalid(detail)) => return problem::bad_request(detail),
+        Err(BodyError::PayloadTooLarge(bytes)) => return problem::payload_too_large(bytes, MAX_PAYLOAD),
     };
     let config = match configured(config) {
         Ok(config) => config,
         Err(response) => return response,
     };
-    match admission::admit(config, &user_id, idempotency_key.as_deref()).await {
+    match admission::admit(config, &user_id, payload.as_deref(), idempotency_key.as_deref()).await {
         Ok(Outcome::Admitted { task, recent, now }) => {
             let headers = rate_limit_headers(config.limits, &recent, now);
             let mut response = task_response(task, now, headers);
@@ -172,7 +188,8 @@ async fn create_task(request: Request, config: &Loaded) -> HttpResponse {
     }
 }
 
-/// 200 for a completed task, 202 (with `Location` and `Retry-After`) for a queued one.
+/// 200 for a completed task, 202 (with `Location` and `Retry-After`) for a queued one (and
+/// 200 for a cancelled one, which only a replayed request finds).
 fn task_response(task: Task, now: i64, mut headers: HeaderMap) -> HttpResponse {
     let Task { task_id, user_id, slot, placement } = task;
     let (status, body) = match placement {
@@ -180,6 +197,11 @@ fn task_response(task: Task, now: i64, mut headers: HeaderMap) -> HttpResponse {
             StatusCode::OK,
             json!({"task_id": task_id, "user_id": user_id, "status": "completed",
                    "slot": slot, "completed_at": completed_at}),
+        ),
+        Placement::Cancelled { cancelled_at } => (
+            StatusCode::OK,
+            json!({"task_id": task_id, "user_id": user_id, "status": "cancelled",
+                   "slot": slot, "cancelled_at": cancelled_at}),
         ),
         Placement::Queued { position } => {
             let retry_after = ((slot - now + 999) / 1000).max(1);
@@ -205,26 +227,61 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// `user_id` from the body: a string of 1–128 characters, or a JSON integer taken as its
-/// decimal string. Any other shape is an error message for the 400.
-pub fn parse_user_id(body: &[u8]) -> Result<String, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
-    let Value::Object(fields) = value else {
-        return Err(r#"the body must be a JSON object such as {"user_id": "alice"}"#.to_string());
+/// A validated `POST /api/v1/task` body.
+#[derive(Debug, PartialEq)]
+pub struct NewTask {
+    pub user_id: String,
+    /// The payload's JSON text exactly as sent (`null` or absent: none).
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum BodyError {
+    /// A 400, with what is wrong.
+    Invalid(String),
+    /// A 413: the payload's size in bytes.
+    PayloadTooLarge(usize),
+}
+
+/// The body's members; any others are ignored.
+#[derive(Deserialize)]
+struct TaskBody<'a> {
+    user_id: Option<Value>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// The body of a new task: `user_id`, a string of 1–128 characters or a JSON integer taken
+/// as its decimal string, and an optional `payload`, any JSON value of at most
+/// `MAX_PAYLOAD` bytes as sent. It is kept as sent (its text, not a re-serialisation) so
+/// that key order and number precision come back unchanged.
+pub fn parse_task_body(body: &[u8]) -> Result<NewTask, BodyError> {
+    let invalid = |detail: String| BodyError::Invalid(detail);
+    // A struct also deserialises from a JSON array: only an object may name the members.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let fields: TaskBody = match (first, serde_json::from_slice::<TaskBody>(body)) {
+        (_, Err(e)) if e.is_syntax() || e.is_eof() => return Err(invalid(format!("the body is not valid JSON: {e}"))),
+        (Some(b'{'), Ok(fields)) => fields,
+        (Some(b'{'), Err(e)) => return Err(invalid(format!("the body is not a valid task: {e}"))),
+        _ => return Err(invalid(r#"the body must be a JSON object such as {"user_id": "alice"}"#.to_string())),
     };
-    let user_id = match fields.get("user_id") {
-        None => return Err("user_id is missing".to_string()),
-        Some(Value::String(s)) => s.clone(),
+    let user_id = match fields.user_id {
+        None => return Err(invalid("user_id is missing".to_string())),
+        Some(Value::String(s)) => s,
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        Some(other) => return Err(format!("user_id must be a string or an integer, not {}", kind(other))),
+        Some(other) => return Err(invalid(format!("user_id must be a string or an integer, not {}", kind(&other)))),
     };
     if user_id.is_empty() {
-        return Err("user_id must not be empty".to_string());
+        return Err(invalid("user_id must not be empty".to_string()));
     }
     if user_id.chars().count() > MAX_USER_ID_CHARS {
-        return Err(format!("user_id must be at most {MAX_USER_ID_CHARS} characters"));
+        return Err(invalid(format!("user_id must be at most {MAX_USER_ID_CHARS} characters")));
     }
-    Ok(user_id)
+    let payload = fields.payload.map(|p| p.get().to_string());
+    if let Some(size) = payload.as_ref().map(String::len).filter(|&n| n > MAX_PAYLOAD) {
+        return Err(BodyError::PayloadTooLarge(size));
+    }
+    Ok(NewTask { user_id, payload })
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -244,12 +301,46 @@ fn is_json_media_type(value: &str) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// IETF draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of each window.
+/// One window of the rate limit as draft-ietf-httpapi-ratelimit-headers-11 names its
+/// parts: the policy (`q` quota per `w` seconds) and what is left now (`r` remaining, `t`
+/// seconds until there is room again). The headers and `GET /api/v1/users/{id}` both come
+/// from here.
+#[derive(Serialize)]
+struct RateWindow {
+    policy: &'static str,
+    q: u32,
+    w: i64,
+    r: u32,
+    /// Left out when nothing in the window is used (the draft makes `t` optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<i64>,
+}
+
+fn rate_windows(limits: slot::Limits, recent: &[i64], now: i64) -> Vec<RateWindow> {
+    slot::remaining(limits, recent, now)
+        .into_iter()
+        .map(|(policy, q, r, t)| RateWindow { policy, q, w: window_seconds(limits, policy), r, t })
+        .collect()
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-11
+/// (https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/11/): each is a
+/// Structured Field List (RFC 9651) of Items whose value is the policy name as a String
+/// (quoted), with Integer parameters `q` (quota, in the default unit "requests") and `w`
+/// (window, seconds, non-zero) for the policy, and `r` (remaining) and `t` (seconds until
+/// more quota is made available: the used unit that leaves the window first) for the
+/// current state. A window switched off (quota 0) is not listed, and with both off neither
+/// field is sent.
 fn rate_limit_headers(limits: slot::Limits, recent: &[i64], now: i64) -> HeaderMap {
-    let windows = slot::remaining(limits, recent, now);
-    let policy: Vec<String> =
-        windows.iter().map(|(name, quota, _, _)| format!("\"{name}\";q={quota};w={}", window_seconds(limits, name))).collect();
-    let left: Vec<String> = windows.iter().map(|(name, _, r, t)| format!("\"{name}\";r={r};t={t}")).collect();
+    let windows = rate_windows(limits, recent, now);
+    let policy: Vec<String> = windows.iter().map(|w| format!("\"{}\";q={};w={}", w.policy, w.q, w.w)).collect();
+    let left: Vec<String> = windows
+        .iter()
+        .map(|w| match w.t {
+            Some(t) => format!("\"{}\";r={};t={t}", w.policy, w.r),
+            None => format!("\"{}\";r={}", w.policy, w.r),
+        })
+        .collect();
     let mut headers = HeaderMap::new();
     if !windows.is_empty() {
         insert(&mut headers, header::HeaderName::from_static("ratelimit-policy"), &policy.join(", "));
@@ -262,30 +353,132 @@ fn window_seconds(limits: slot::Limits, name: &str) -> i64 {
     limits.windows().iter().find(|(n, _, _)| *n == name).map(|(_, _, w)| w / 1000).unwrap_or(0)
 }
 
+/// A task as `GET` and `DELETE /api/v1/task/{id}` show it.
+#[derive(Serialize)]
+struct TaskView<'a> {
+    task_id: &'a str,
+    user_id: &'a str,
+    status: &'static str,
+    slot: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+}
+
+impl<'a> TaskView<'a> {
+    fn of(task_id: &'a str, task: &'a TaskRecord) -> Self {
+        let status = match (task.completed_at, task.cancelled_at) {
+            (Some(_), _) => "completed",
+            (None, Some(_)) => "cancelled",
+            (None, None) => "queued",
+        };
+        TaskView {
+            task_id,
+            user_id: &task.user_id,
+            status,
+            slot: task.slot,
+            completed_at: task.completed_at,
+            cancelled_at: task.cancelled_at,
+            payload: task.payload.as_deref(),
+        }
+    }
+}
+
+/// A connection to Redis for a route that needs one, or the answer for its absence.
+async fn connected<'c>(config: &'c Loaded) -> Result<Queue<'c>, HttpResponse> {
+    let config = configured(config)?;
+    Queue::connect(config).await.map_err(store_problem)
+}
+
 async fn get_task(config: &Loaded, id: &str) -> HttpResponse {
     if !is_task_id(id) {
         return problem::not_found(format!("no task {id:?}"));
     }
-    let config = match configured(config) {
-        Ok(config) => config,
+    let queue = match connected(config).await {
+        Ok(queue) => queue,
         Err(response) => return response,
     };
-    let record = match Queue::connect(config).await {
-        Ok(queue) => queue.task(id).await,
-        Err(e) => Err(e),
-    };
-    match record {
-        Ok(Some(task)) => {
-            let mut body = json!({"task_id": id, "user_id": task.user_id, "slot": task.slot,
-                                  "status": if task.completed_at.is_some() { "completed" } else { "queued" }});
-            if let Some(at) = task.completed_at {
-                body["completed_at"] = json!(at);
-            }
-            json_response(StatusCode::OK, &body, HeaderMap::new())
-        }
+    match queue.task(id).await {
+        Ok(Some(task)) => serialized_response(StatusCode::OK, &TaskView::of(id, &task)),
         Ok(None) => problem::not_found(format!("no task {id}")),
         Err(e) => store_problem(e),
     }
+}
+
+/// `DELETE /api/v1/task/{id}`: cancels a queued task (`cancel.lua`). Like `GET`, it needs
+/// no admin token: the id (96 random bits) is the capability.
+async fn cancel_task(config: &Loaded, id: &str) -> HttpResponse {
+    if !is_task_id(id) {
+        return problem::not_found(format!("no task {id:?}"));
+    }
+    let queue = match connected(config).await {
+        Ok(queue) => queue,
+        Err(response) => return response,
+    };
+    // The record names the user, whose queue holds the task; the script checks it again.
+    let mut task = match queue.task(id).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return problem::not_found(format!("no task {id}")),
+        Err(e) => return store_problem(e),
+    };
+    if let Some(at) = task.completed_at {
+        return problem::already_completed(id, at);
+    }
+    if task.cancelled_at.is_none() {
+        match queue.cancel(&UserKey::new(&task.user_id), id).await {
+            Ok(Cancelled::Cancelled { at }) => task.cancelled_at = Some(at),
+            Ok(Cancelled::Completed { at }) => return problem::already_completed(id, at),
+            Ok(Cancelled::Unknown) => return problem::not_found(format!("no task {id}")),
+            Err(e) => return store_problem(e),
+        }
+    }
+    serialized_response(StatusCode::OK, &TaskView::of(id, &task))
+}
+
+/// `GET /api/v1/users/{user_id}` (the id percent-encoded): where one user stands, in work
+/// bounded whatever their backlog.
+async fn user_state(config: &Loaded, headers: &HeaderMap, encoded: &str) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let user_id = match percent_decode(encoded, false) {
+        Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => id,
+        _ => return problem::bad_request(format!("the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+    };
+    let user = UserKey::new(&user_id);
+    let ledger_key = config.keys.ledger(&user);
+    let in_redis = (config.ledger == LedgerBackend::Redis).then_some(ledger_key.as_str());
+    let state = match Queue::connect(config).await {
+        Ok(queue) => queue.user_state(&user, in_redis).await,
+        Err(e) => Err(e),
+    };
+    let state = match state {
+        Ok(state) => state,
+        Err(e) => return store_problem(e),
+    };
+    let recent = match config.ledger {
+        LedgerBackend::Redis => Ledger::decode(state.ledger.as_deref()).map(|l| l.slots()),
+        LedgerBackend::Kv => ledger::kv_recent(&ledger_key),
+    };
+    let recent = match recent {
+        Ok(recent) => recent,
+        Err(e) => return problem::internal(format!("the ledger of {user_id:?}: {e:?}")),
+    };
+    let body = json!({
+        "user_id": user_id,
+        "now": state.now,
+        "limits": {"per_second": config.limits.per_second, "per_minute": config.limits.per_minute},
+        "queued": state.queued,
+        "next_task": state.next_task.map(|(task_id, slot)| json!({"task_id": task_id, "slot": slot})),
+        "next_slot": slot::next_slot(config.limits, &recent, state.now),
+        "remaining": rate_windows(config.limits, &recent, state.now),
+        "recent_completions": state.recent_completions,
+    });
+    json_response(StatusCode::OK, &body, HeaderMap::new())
 }
 
 async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
@@ -346,7 +539,7 @@ async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
     let mut user_id = None;
     for (name, value) in query_pairs(query) {
         match name {
-            "user_id" => match percent_decode(value) {
+            "user_id" => match percent_decode(value, true) {
                 Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => user_id = Some(id),
                 _ => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
             },
@@ -368,8 +561,11 @@ async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
         .map(|(user_id, queued, next_slot)| json!({"user_id": user_id, "queued": queued, "next_slot": next_slot}))
         .collect();
     let user = user_id.map(|user_id| {
-        let queued: Vec<Value> =
-            snapshot.user_queued.iter().map(|(task_id, slot)| json!({"task_id": task_id, "slot": slot})).collect();
+        let queued: Vec<Value> = snapshot
+            .user_queued
+            .iter()
+            .map(|(task_id, slot, payload)| json!({"task_id": task_id, "slot": slot, "payload": payload}))
+            .collect();
         json!({"user_id": user_id, "queued": queued, "completed": snapshot.user_completed})
     });
     let body = json!({
@@ -400,9 +596,9 @@ async fn metrics(config: &Loaded, headers: &HeaderMap) -> HttpResponse {
     }
 }
 
-/// A percent-encoded query value (`+` is a space, as forms send it); `None` if it is not
-/// valid UTF-8 once decoded.
-fn percent_decode(value: &str) -> Option<String> {
+/// A percent-encoded query value (with `plus_is_space`, `+` is a space, as forms send it)
+/// or path segment; `None` if it is not valid UTF-8 once decoded.
+fn percent_decode(value: &str, plus_is_space: bool) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -413,7 +609,7 @@ fn percent_decode(value: &str) -> Option<String> {
                 out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -469,6 +665,18 @@ fn store_problem(e: StoreError) -> HttpResponse {
     }
 }
 
+/// A JSON body from a `Serialize` type (so a payload's raw text goes out as sent).
+fn serialized_response(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    let text = match serde_json::to_string(body) {
+        Ok(text) => text,
+        Err(e) => return problem::internal(format!("serialising the answer: {e}")),
+    };
+    let mut response = Response::new(text);
+    *response.status_mut() = status;
+    insert(response.headers_mut(), header::CONTENT_TYPE, "application/json");
+    response
+}
+
 fn json_response(status: StatusCode, body: &Value, headers: HeaderMap) -> HttpResponse {
     let mut response = Response::new(body.to_string());
     *response.status_mut() = status;
@@ -488,46 +696,70 @@ mod tests {
     use super::*;
     use crate::test_rng::XorShift;
 
+    fn user_id(body: &[u8]) -> Result<String, BodyError> {
+        parse_task_body(body).map(|task| task.user_id)
+    }
+
     #[test]
     fn user_ids_of_every_accepted_shape() {
-        assert_eq!(parse_user_id(br#"{"user_id":"123"}"#), Ok("123".to_string()));
-        assert_eq!(parse_user_id(br#"{"user_id":123}"#), Ok("123".to_string()));
-        assert_eq!(parse_user_id(br#"{"user_id":-5,"extra":true}"#), Ok("-5".to_string()));
+        assert_eq!(user_id(br#"{"user_id":"123"}"#), Ok("123".to_string()));
+        assert_eq!(user_id(br#"{"user_id":123}"#), Ok("123".to_string()));
+        assert_eq!(user_id(br#" {"user_id":-5,"extra":true}"#), Ok("-5".to_string()));
         let emoji = "😀".repeat(128);
-        assert_eq!(parse_user_id(format!(r#"{{"user_id":"{emoji}"}}"#).as_bytes()), Ok(emoji));
-        assert_eq!(parse_user_id(br#"{"user_id":"a\u0000b\n"}"#), Ok("a\0b\n".to_string()));
+        assert_eq!(user_id(format!(r#"{{"user_id":"{emoji}"}}"#).as_bytes()), Ok(emoji));
+        assert_eq!(user_id(br#"{"user_id":"a\u0000b\n"}"#), Ok("a\0b\n".to_string()));
     }
 
     #[test]
     fn every_wrong_shape_is_an_error() {
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         for body in [
-            &b""[..], b"not json", b"[]", b"\"user\"", b"null", b"{}", br#"{"user_id":""}"#,
-            br#"{"user_id":null}"#, br#"{"user_id":1.5}"#, br#"{"user_id":true}"#,
-            br#"{"user_id":["a"]}"#, br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"",
+            &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", b"{}", br#"{"user_id":""}"#,
+            br#"{"user_id":null}"#, br#"{"user_id":1.5}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
+            br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"", br#"{"user_id":"a"} x"#,
+            br#"{"user_id":"a","payload":}"#, br#"{"user_id":"a","user_id":"b"}"#,
         ] {
-            assert!(parse_user_id(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+            assert!(matches!(parse_task_body(body), Err(BodyError::Invalid(_))), "{:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn payloads_are_kept_as_sent_and_bounded() {
+        let sent = r#"{"z": 1, "a": [1.0, 12345678901234567890123, "\u00e9"]}"#;
+        let body = format!(r#"{{"user_id":"u","payload":{sent}}}"#);
+        assert_eq!(parse_task_body(body.as_bytes()), Ok(NewTask { user_id: "u".into(), payload: Some(sent.to_string()) }));
+        for (body, payload) in [(r#"{"user_id":"u"}"#, None), (r#"{"user_id":"u","payload":null}"#, None), (r#"{"user_id":"u","payload":0}"#, Some("0"))] {
+            assert_eq!(parse_task_body(body.as_bytes()).map(|t| t.payload), Ok(payload.map(str::to_string)), "{body}");
+        }
+        // The limit is on the payload's own text: a string of n characters is n + 2 bytes.
+        let at_limit = format!(r#"{{"user_id":"u","payload":"{}"}}"#, "x".repeat(MAX_PAYLOAD - 2));
+        assert!(parse_task_body(at_limit.as_bytes()).is_ok());
+        let over = format!(r#"{{"user_id":"u","payload":"{}"}}"#, "x".repeat(MAX_PAYLOAD - 1));
+        assert_eq!(parse_task_body(over.as_bytes()), Err(BodyError::PayloadTooLarge(MAX_PAYLOAD + 1)));
     }
 
     /// 20,000 random bodies spliced from JSON fragments, wrong types, escapes and junk
     /// bytes: parsing never panics, and whatever it accepts is a 1–128 character id that
-    /// came from a `user_id` member.
+    /// came from a `user_id` member, with a payload that is valid JSON.
     #[test]
     fn random_bodies_parse_or_fail_cleanly() {
-        let pieces: [&[u8]; 24] = [
+        let pieces: [&[u8]; 26] = [
             b"{", b"}", b"[", b"]", b"\"user_id\"", b"\"user\"", b":", b",", b"\"", b"\"a\"", b"123", b"-1.5e9",
             b"null", b"true", b"\\u0000", b"\\ud800", b"\\n", "😀".as_bytes(), b"\xff\xfe", b" ", b"\0", b"{\"user_id\":",
-            b"99999999999999999999999", b"\"x\"}",
+            b"99999999999999999999999", b"\"x\"}", b"\"payload\":", b",\"payload\":{\"k\":[1,2]}",
         ];
         let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
         let mut accepted = 0;
         for _ in 0..20_000 {
             let body: Vec<u8> = (0..rng.next(10)).flat_map(|_| rng.pick(&pieces).iter().copied()).collect();
-            if let Ok(id) = parse_user_id(&body) {
+            if let Ok(task) = parse_task_body(&body) {
                 accepted += 1;
+                let id = task.user_id;
                 assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
                 assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
+                if let Some(payload) = task.payload {
+                    assert!(serde_json::from_str::<Value>(&payload).is_ok(), "{payload:?}");
+                }
             }
         }
         // The generator does reach the accepting path, so both branches are exercised.
@@ -546,15 +778,16 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("alice"), Some("alice".to_string()));
-        assert_eq!(percent_decode("a%20b+c"), Some("a b c".to_string()));
-        assert_eq!(percent_decode("%F0%9F%98%80%3A%2A"), Some("😀:*".to_string()));
-        assert_eq!(percent_decode("%00%0A"), Some("\0\n".to_string()));
-        assert_eq!(percent_decode("%"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%+1"), None);
-        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("alice", true), Some("alice".to_string()));
+        assert_eq!(percent_decode("a%20b+c", true), Some("a b c".to_string()));
+        assert_eq!(percent_decode("a%20b+c", false), Some("a b+c".to_string()));
+        assert_eq!(percent_decode("%F0%9F%98%80%3A%2A", true), Some("😀:*".to_string()));
+        assert_eq!(percent_decode("%00%0A", true), Some("\0\n".to_string()));
+        assert_eq!(percent_decode("%", true), None);
+        assert_eq!(percent_decode("%4", true), None);
+        assert_eq!(percent_decode("%zz", true), None);
+        assert_eq!(percent_decode("%+1", true), None);
+        assert_eq!(percent_decode("%FF", true), None);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub fn render(counters: &[(String, i64)]) -> String {
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
     let _ = writeln!(out, "{name}_count {completed}");
 
+    let cancelled_help = "Queued tasks cancelled by DELETE /api/v1/task/{id} (they never run).";
+    single(&mut out, "task_api_cancelled_total", "counter", cancelled_help, get("cancelled"));
     let retries_help = "Ledger compare-and-set attempts that did not commit (another admission of the user got in first).";
     single(&mut out, "task_api_cas_retries_total", "counter", retries_help, get("cas_retries"));
     let violations_help = "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).";

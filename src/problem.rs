@@ -55,6 +55,25 @@ pub fn too_large(limit: usize) -> HttpResponse {
     )
 }
 
+pub fn payload_too_large(size: usize, limit: usize) -> HttpResponse {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        "Task payload too large",
+        format!("the payload is {size} bytes of JSON; it must be at most {limit}"),
+    )
+}
+
+/// A task that can no longer be cancelled because it already ran.
+pub fn already_completed(task_id: &str, completed_at: i64) -> HttpResponse {
+    problem(
+        StatusCode::CONFLICT,
+        "task-completed",
+        "The task already ran",
+        format!("task {task_id} completed at {completed_at} (epoch ms); only a queued task can be cancelled"),
+    )
+}
+
 pub fn request_timeout(seconds: u64) -> HttpResponse {
     problem(
         StatusCode::REQUEST_TIMEOUT,

@@ -8,7 +8,8 @@
 //! - `q:<u>`    list of the user's pending tasks, `"<slot>:<task id>"`, in slot order;
 //! - `due`      sorted set: user → earliest instant their head task may start;
 //! - `done:<u>` list of the user's last completion times (expires a minute after the last);
-//! - `t:<id>`   hash of a task: `u` user id, `s` slot, `c` completed-at (kept a day once done);
+//! - `t:<id>`   hash of a task: `u` user id, `s` slot, `p` payload (JSON text, if any),
+//!   `c` completed-at or `x` cancelled-at (kept a day once either is set);
 //! - `idem:<u>:<key>` the task an Idempotency-Key names;
 //! - `lease`    the drainer lease (see `drainer.rs`); `kick` rate-limits wake-ups; `tick`
 //!   is the drainers' channel;
@@ -31,6 +32,7 @@ use crate::keys::UserKey;
 use crate::scripts::{self, Script};
 use crate::slot::{MINUTE_MS, SECOND_MS};
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -66,6 +68,10 @@ pub struct Completion {
     pub user_id: String,
     pub slot: i64,
     pub completed_at: i64,
+    /// The task's payload, as sent. Only read back from the log stream: the scripts that run
+    /// tasks leave it out of their replies (the seed-format line does not show it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
 }
 
 impl Completion {
@@ -100,6 +106,8 @@ pub enum Earlier {
 pub enum Placement {
     Completed { completed_at: i64 },
     Queued { position: i64 },
+    /// Only ever found by a replayed request: a new task is never cancelled.
+    Cancelled { cancelled_at: i64 },
 }
 
 /// A filed task (the reply of ADMIT and POKE).
@@ -128,8 +136,9 @@ pub struct Overview {
     pub next_due: Vec<(String, i64, i64)>,
     /// The newest completions, newest first.
     pub recent: Vec<Completion>,
-    /// The asked-for user's queued tasks (task id, slot) in run order, and last completions.
-    pub user_queued: Vec<(String, i64)>,
+    /// The asked-for user's queued tasks (task id, slot, payload) in run order, and last
+    /// completions.
+    pub user_queued: Vec<(String, i64, Option<Box<RawValue>>)>,
     pub user_completed: Vec<i64>,
 }
 
@@ -138,6 +147,29 @@ pub struct TaskRecord {
     pub user_id: String,
     pub slot: i64,
     pub completed_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub payload: Option<Box<RawValue>>,
+}
+
+/// What `DELETE /api/v1/task/{id}` found (`cancel.lua`).
+pub enum Cancelled {
+    /// Cancelled now, or by an earlier request, at this instant.
+    Cancelled { at: i64 },
+    /// It had already run.
+    Completed { at: i64 },
+    Unknown,
+}
+
+/// One user's state (`user_state.lua`).
+pub struct UserState {
+    pub now: i64,
+    pub queued: i64,
+    /// The task that runs next: (task id, slot).
+    pub next_task: Option<(String, i64)>,
+    /// The ledger as stored in Redis (when asked for and present).
+    pub ledger: Option<Vec<u8>>,
+    /// The user's last completion times, oldest first.
+    pub recent_completions: Vec<i64>,
 }
 
 pub struct Queue<'a> {
@@ -154,12 +186,13 @@ pub enum LedgerCheck<'l> {
     CompareAndSet { expected: Option<&'l [u8]>, new: &'l [u8] },
 }
 
-/// A task to file: its id, its committed slot, and the Idempotency-Key record that will
-/// name it.
+/// A task to file: its id, its committed slot, the Idempotency-Key record that will name
+/// it, and its payload (JSON text).
 pub struct TaskToFile {
     pub task_id: String,
     pub slot: i64,
     pub idempotency_key: Option<String>,
+    pub payload: Option<Rc<str>>,
 }
 
 /// The reply of ADMIT: the tasks were filed, or (compare-and-set only) the ledger changed.
@@ -228,7 +261,8 @@ impl<'a> Queue<'a> {
         let slots: Vec<String> = tasks.iter().map(|t| t.slot.to_string()).collect();
         let mut args: Vec<&str> = vec![&user.0, user_id, ledger_key, &expire_at, &retries, check, &expected, &new];
         for (task, slot) in tasks.iter().zip(&slots) {
-            args.extend([task.task_id.as_str(), slot.as_str(), task.idempotency_key.as_deref().unwrap_or("")]);
+            let (idem, payload) = (task.idempotency_key.as_deref(), task.payload.as_deref());
+            args.extend([task.task_id.as_str(), slot.as_str(), idem.unwrap_or(""), payload.unwrap_or("")]);
         }
         let reply = self.eval(&scripts::ADMIT, &args).await?;
         parse_filed(&reply, tasks.len())
@@ -261,8 +295,26 @@ impl<'a> Queue<'a> {
 
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let key = self.config.keys.task(task_id);
-        let reply = self.execute("HMGET", &[&key, "u", "s", "c"]).await?;
+        let reply = self.execute("HMGET", &[&key, "u", "s", "c", "x", "p"]).await?;
         parse_task(&reply)
+    }
+
+    /// Cancels a queued task of `user` (`cancel.lua`).
+    pub async fn cancel(&self, user: &UserKey, task_id: &str) -> Result<Cancelled, StoreError> {
+        let reply = self.eval(&scripts::CANCEL, &[&user.0, task_id]).await?;
+        let at = int_at(&reply, 1)?;
+        match text_at(&reply, 0)?.as_str() {
+            "cancelled" => Ok(Cancelled::Cancelled { at }),
+            "completed" => Ok(Cancelled::Completed { at }),
+            "unknown" => Ok(Cancelled::Unknown),
+            other => Err(StoreError::Unexpected(format!("cancel answered {other:?} for task {task_id}"))),
+        }
+    }
+
+    /// One user's state; `ledger_key` is `None` when the ledger lives in the key-value store.
+    pub async fn user_state(&self, user: &UserKey, ledger_key: Option<&str>) -> Result<UserState, StoreError> {
+        let reply = self.eval(&scripts::USER_STATE, &[&user.0, ledger_key.unwrap_or("")]).await?;
+        parse_user_state(&reply)
     }
 
     /// Up to `limit` log entries after the stream id `after` (exclusive), oldest first,
@@ -398,17 +450,24 @@ fn completions(items: &[RedisResult]) -> Result<Vec<Completion>, StoreError> {
     if items.len() % 4 != 0 {
         return Err(StoreError::Unexpected(format!("{} items do not make whole completions", items.len())));
     }
-    items
-        .chunks(4)
-        .map(|c| {
-            Ok(Completion {
-                task_id: text_at(c, 0)?,
-                user_id: text_at(c, 1)?,
-                slot: int_at(c, 2)?,
-                completed_at: int_at(c, 3)?,
-            })
-        })
-        .collect()
+    items.chunks(4).map(completion).collect()
+}
+
+/// `task id, user id, slot, completed_at`.
+fn completion(c: &[RedisResult]) -> Result<Completion, StoreError> {
+    Ok(Completion { task_id: text_at(c, 0)?, user_id: text_at(c, 1)?, slot: int_at(c, 2)?, completed_at: int_at(c, 3)?, payload: None })
+}
+
+/// A stored payload: its JSON text, or nothing for none (JSON text is never empty).
+fn payload(text: Option<&[u8]>) -> Result<Option<Box<RawValue>>, StoreError> {
+    match text {
+        None | Some(b"") => Ok(None),
+        Some(text) => String::from_utf8(text.to_vec())
+            .ok()
+            .and_then(|text| RawValue::from_string(text).ok())
+            .map(Some)
+            .ok_or_else(|| StoreError::Unexpected("a stored payload is not JSON".to_string())),
+    }
 }
 
 /// `prepare.lua`: `[now, backlog, earlier, ledger present (0/1), ledger]`.
@@ -474,39 +533,63 @@ fn parse_drained(reply: &[RedisResult]) -> Result<Drained, StoreError> {
     }
 }
 
-/// `HMGET t:<id> u s c`.
+/// `HMGET t:<id> u s c x p`.
 fn parse_task(reply: &[RedisResult]) -> Result<Option<TaskRecord>, StoreError> {
-    let (Some(user), Some(slot)) = (reply.first().and_then(bytes), reply.get(1).and_then(bytes)) else {
+    let field = |i: usize| reply.get(i).and_then(bytes);
+    let (Some(user), Some(slot)) = (field(0), field(1)) else {
         return Ok(None);
     };
     Ok(Some(TaskRecord {
         user_id: String::from_utf8_lossy(user).into_owned(),
         slot: parse_int(slot)?,
-        completed_at: reply.get(2).and_then(bytes).map(parse_int).transpose()?,
+        completed_at: field(2).map(parse_int).transpose()?,
+        cancelled_at: field(3).map(parse_int).transpose()?,
+        payload: payload(field(4))?,
     }))
 }
 
-/// `XRANGE`, flattened by the host: each entry is its id, then 4 field/value pairs.
+/// The fields a log entry can have (`run_due` in `lib.lua`).
+const LOG_FIELDS: [&str; 5] = ["task_id", "user_id", "slot", "completed_at", "payload"];
+
+/// `XRANGE`, flattened by the host: each entry is its id, then its field/value pairs: four,
+/// or five with a payload. Entries are told apart by reading pairs while the next item is a
+/// field name: a value is always consumed as a value, and an entry id (`<ms>-<seq>`) is
+/// never a field name.
 fn parse_log_page(reply: &[RedisResult]) -> Result<Vec<(String, Completion)>, StoreError> {
     let mut page = Vec::new();
-    for entry in reply.chunks(9) {
-        let id = text_at(entry, 0)?;
+    let mut at = 0;
+    while at < reply.len() {
+        let id = text_at(reply, at)?;
+        at += 1;
         let mut fields = std::collections::HashMap::new();
-        for pair in entry[1..].chunks(2) {
-            fields.insert(text_at(pair, 0)?, pair.get(1).and_then(bytes).unwrap_or_default().to_vec());
+        while let Some(name) = reply.get(at).and_then(bytes).and_then(|b| LOG_FIELDS.iter().find(|f| f.as_bytes() == b)) {
+            let value = reply.get(at + 1).and_then(bytes).ok_or_else(|| StoreError::Unexpected(format!("log entry {id}: {name} has no value")))?;
+            fields.insert(*name, value);
+            at += 2;
         }
-        let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
-        page.push((
-            id,
-            Completion {
-                task_id: String::from_utf8_lossy(&field("task_id")).into_owned(),
-                user_id: String::from_utf8_lossy(&field("user_id")).into_owned(),
-                slot: parse_int(&field("slot"))?,
-                completed_at: parse_int(&field("completed_at"))?,
-            },
-        ));
+        let text = |name: &str| String::from_utf8_lossy(fields.get(name).copied().unwrap_or_default()).into_owned();
+        let completion = Completion {
+            task_id: text("task_id"),
+            user_id: text("user_id"),
+            slot: parse_int(fields.get("slot").copied().unwrap_or_default())?,
+            completed_at: parse_int(fields.get("completed_at").copied().unwrap_or_default())?,
+            payload: payload(fields.get("payload").copied())?,
+        };
+        page.push((id, completion));
     }
     Ok(page)
+}
+
+/// `user_state.lua` (its layout is described there).
+fn parse_user_state(reply: &[RedisResult]) -> Result<UserState, StoreError> {
+    let head = text_at(reply, 2)?;
+    let next_task = if head.is_empty() { None } else { Some((head, int_at(reply, 3)?)) };
+    let ledger = match int_at(reply, 4)? {
+        1 => Some(reply.get(5).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))?),
+        _ => None,
+    };
+    let recent_completions = (6..reply.len()).map(|i| int_at(reply, i)).collect::<Result<_, _>>()?;
+    Ok(UserState { now: int_at(reply, 0)?, queued: int_at(reply, 1)?, next_task, ledger, recent_completions })
 }
 
 /// `overview.lua` (its layout is described there).
@@ -516,10 +599,17 @@ fn parse_overview(reply: &[RedisResult]) -> Result<Overview, StoreError> {
         .chunks(3)
         .map(|g| Ok((text_at(g, 0)?, int_at(g, 1)?, int_at(g, 2)?)))
         .collect::<Result<_, StoreError>>()?;
-    let recent = completions(groups(reply, &mut at, 4)?)?;
-    let user_queued = groups(reply, &mut at, 2)?
-        .chunks(2)
-        .map(|g| Ok((text_at(g, 0)?, int_at(g, 1)?)))
+    let recent = groups(reply, &mut at, 5)?
+        .chunks(5)
+        .map(|g| {
+            let mut completion = completion(g)?;
+            completion.payload = payload(g.get(4).and_then(bytes))?;
+            Ok(completion)
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let user_queued = groups(reply, &mut at, 3)?
+        .chunks(3)
+        .map(|g| Ok((text_at(g, 0)?, int_at(g, 1)?, payload(g.get(2).and_then(bytes))?)))
         .collect::<Result<_, StoreError>>()?;
     let user_completed = groups(reply, &mut at, 1)?.iter().map(|v| int_at(std::slice::from_ref(v), 0)).collect::<Result<_, _>>()?;
     Ok(Overview {
@@ -622,18 +712,44 @@ mod tests {
 
     #[test]
     fn task_records_and_log_pages() {
-        assert!(matches!(parse_task(&[Nil, Nil, Nil]), Ok(None)));
-        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil]) else { panic!("no task") };
-        assert_eq!((task.user_id.as_str(), task.slot, task.completed_at), ("alice", 1_000, None));
-        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), text("1004")]) else { panic!("no task") };
+        assert!(matches!(parse_task(&[Nil, Nil, Nil, Nil, Nil]), Ok(None)));
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, Nil, Nil]) else { panic!("no task") };
+        assert_eq!((task.user_id.as_str(), task.slot, task.completed_at, task.cancelled_at), ("alice", 1_000, None, None));
+        assert!(task.payload.is_none());
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#)]) else { panic!("no task") };
         assert_eq!(task.completed_at, Some(1_004));
+        assert_eq!(task.payload.as_ref().map(|p| p.get()), Some(r#"{"b":1,"a":2}"#));
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, text("900"), Nil]) else { panic!("no task") };
+        assert_eq!(task.cancelled_at, Some(900));
+        assert!(parse_task(&[text("alice"), text("1000"), Nil, Nil, text("{not json")]).is_err());
 
-        let entry = |id: &str, user: &str| {
-            vec![text(id), text("task_id"), text("t"), text("user_id"), text(user), text("slot"), text("5"), text("completed_at"), text("6")]
+        // Entries with and without a payload, and a user id and a payload that look like field
+        // names or entry ids, follow each other in one flattened reply.
+        let entry = |id: &str, user: &str, payload: Option<&str>| {
+            let mut items = vec![text(id), text("task_id"), text("t"), text("user_id"), text(user), text("slot"), text("5"), text("completed_at"), text("6")];
+            if let Some(p) = payload {
+                items.extend([text("payload"), text(p)]);
+            }
+            items
         };
-        let reply: Vec<RedisResult> = [entry("1-0", "a"), entry("1-1", "b")].concat();
+        let reply: Vec<RedisResult> =
+            [entry("1-0", "a", None), entry("1-1", "payload", Some(r#""slot""#)), entry("1-2", "1-3", Some("[1]")), entry("1-3", "c", None)].concat();
         let Ok(page) = parse_log_page(&reply) else { panic!("parse failed") };
-        assert_eq!(page.iter().map(|(id, c)| (id.as_str(), c.user_id.as_str(), c.completed_at)).collect::<Vec<_>>(), [("1-0", "a", 6), ("1-1", "b", 6)]);
+        let seen: Vec<_> = page.iter().map(|(id, c)| (id.as_str(), c.user_id.as_str(), c.payload.as_ref().map(|p| p.get()))).collect();
+        assert_eq!(seen, [("1-0", "a", None), ("1-1", "payload", Some(r#""slot""#)), ("1-2", "1-3", Some("[1]")), ("1-3", "c", None)]);
+    }
+
+    #[test]
+    fn user_state_with_and_without_a_backlog() {
+        let reply = [Int64(5_000), Int64(2), text("0123456789abcdef01234567"), Int64(6_000), Int64(1), text("v1 3 5000:a"), text("4000"), text("5000")];
+        let Ok(state) = parse_user_state(&reply) else { panic!("parse failed") };
+        assert_eq!((state.now, state.queued), (5_000, 2));
+        assert_eq!(state.next_task, Some(("0123456789abcdef01234567".to_string(), 6_000)));
+        assert_eq!(state.ledger.as_deref(), Some(&b"v1 3 5000:a"[..]));
+        assert_eq!(state.recent_completions, vec![4_000, 5_000]);
+        let Ok(state) = parse_user_state(&[Int64(5_000), Int64(0), text(""), Int64(0), Int64(0), text("")]) else { panic!("parse failed") };
+        assert!(state.next_task.is_none() && state.ledger.is_none() && state.recent_completions.is_empty());
+        assert!(parse_user_state(&reply[..4]).is_err());
     }
 
     #[test]
@@ -642,13 +758,16 @@ mod tests {
         reply.extend([Int64(1), text("alice"), Int64(3), text("150")]);
         reply.push(Int64(1));
         reply.extend(completion("t9", "bob", 90, 95));
-        reply.extend([Int64(2), text("q1"), text("150"), text("q2"), text("1150")]);
+        reply.push(text(r#"{"job":7}"#));
+        reply.extend([Int64(2), text("q1"), text("150"), text(""), text("q2"), text("1150"), text("true")]);
         reply.extend([Int64(1), text("99")]);
         let Ok(overview) = parse_overview(&reply) else { panic!("parse failed") };
         assert_eq!((overview.now, overview.queued_tasks, overview.waiting_users), (100, 5, 2));
         assert_eq!(overview.next_due, vec![("alice".to_string(), 3, 150)]);
         assert_eq!(overview.recent.len(), 1);
-        assert_eq!(overview.user_queued, vec![("q1".to_string(), 150), ("q2".to_string(), 1_150)]);
+        assert_eq!(overview.recent[0].payload.as_ref().map(|p| p.get()), Some(r#"{"job":7}"#));
+        let queued: Vec<_> = overview.user_queued.iter().map(|(id, slot, p)| (id.as_str(), *slot, p.as_ref().map(|p| p.get()))).collect();
+        assert_eq!(queued, [("q1", 150, None), ("q2", 1_150, Some("true"))]);
         assert_eq!(overview.user_completed, vec![99]);
     }
 }

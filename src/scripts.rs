@@ -44,6 +44,8 @@ pub static POSITION: Script = Script::new(include_str!("scripts/position.lua"));
 pub static METRICS: Script = Script::new(include_str!("scripts/metrics.lua"));
 pub static COUNT_STATUS: Script = Script::new(include_str!("scripts/count_status.lua"));
 pub static OVERVIEW: Script = Script::new(include_str!("scripts/overview.lua"));
+pub static CANCEL: Script = Script::new(include_str!("scripts/cancel.lua"));
+pub static USER_STATE: Script = Script::new(include_str!("scripts/user_state.lua"));
 
 /// Runs `script` with `args` (ARGV from 1: the shared header, then the script's own).
 pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, Error> {

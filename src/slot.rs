@@ -53,9 +53,11 @@ pub fn next_slot(limits: Limits, recent: &[i64], arrival: i64) -> i64 {
 }
 
 /// What is left of each window at `now`, after the slots in `recent` (oldest first):
-/// `(name, quota, remaining, seconds until the window has room again)`, for the IETF
-/// `RateLimit` header. "Remaining" counts tasks that would still start at once.
-pub fn remaining(limits: Limits, recent: &[i64], now: i64) -> Vec<(&'static str, u32, u32, i64)> {
+/// `(name, quota, remaining, seconds until more quota is available)`, for the IETF
+/// `RateLimit` field. "Remaining" counts tasks that would still start at once; the seconds
+/// run until the slot that frees the next unit leaves the window (`None` when nothing in the
+/// window is used, so there is no more to come).
+pub fn remaining(limits: Limits, recent: &[i64], now: i64) -> Vec<(&'static str, u32, u32, Option<i64>)> {
     limits
         .windows()
         .into_iter()
@@ -65,12 +67,11 @@ pub fn remaining(limits: Limits, recent: &[i64], now: i64) -> Vec<(&'static str,
             // queued task holds its place in the window it will run in.
             let counted: Vec<i64> = recent.iter().copied().filter(|s| s + window_ms > now).collect();
             let used = counted.len().min(quota as usize) as u32;
-            let reset_ms = if counted.len() >= quota as usize {
-                counted[counted.len() - quota as usize] + window_ms - now
-            } else {
-                0
-            };
-            (name, quota, quota - used, (reset_ms.max(0) + 999) / 1000)
+            // With fewer slots than the quota the oldest frees a unit; with more (queued
+            // tasks), the window has room once all but quota - 1 of them have left it.
+            let frees = counted.get(counted.len().saturating_sub(quota as usize)).copied();
+            let reset_s = frees.map(|slot| ((slot + window_ms - now).max(0) + 999) / 1000);
+            (name, quota, quota - used, reset_s)
         })
         .collect()
 }
@@ -167,12 +168,17 @@ mod tests {
     #[test]
     fn remaining_counts_what_is_left_of_each_window() {
         // One task just took the slot at 10_000: the burst window is used up for 1 s, the
-        // minute window has 19 left.
+        // minute window has 19 left and gets the used one back in 60 s.
         let left = remaining(DEFAULT, &[10_000], 10_000);
-        assert_eq!(left, vec![("burst", 1, 0, 1), ("minute", 20, 19, 0)]);
+        assert_eq!(left, vec![("burst", 1, 0, Some(1)), ("minute", 20, 19, Some(60))]);
         // Twenty slots from 0 to 19 s, asked at 19.5 s: the minute window reopens at 60 s.
         let slots: Vec<i64> = (0..20).map(|i| i * 1_000).collect();
         let left = remaining(DEFAULT, &slots, 19_500);
-        assert_eq!(left[1], ("minute", 20, 0, 41));
+        assert_eq!(left[1], ("minute", 20, 0, Some(41)));
+        // Two more queued (slots 60 s and 61 s): room again once the slot at 2 s leaves.
+        let queued: Vec<i64> = slots.iter().copied().chain([60_000, 61_000]).collect();
+        assert_eq!(remaining(DEFAULT, &queued, 19_500)[1], ("minute", 20, 0, Some(43)));
+        // Nothing used: the whole quota is left and nothing is to come back.
+        assert_eq!(remaining(DEFAULT, &[0], 61_000), vec![("burst", 1, 1, None), ("minute", 20, 20, None)]);
     }
 }

@@ -1,6 +1,7 @@
 -- ARGV[8..]: member, user id, ledger key, ledger expiry (epoch ms), CAS retries so far,
 -- ledger check, expected ledger, new ledger, then for each task of the batch (in slot
--- order): task id, slot, idempotency key ('' for none; it then names the task for a day).
+-- order): task id, slot, idempotency key ('' for none; it then names the task for a day),
+-- payload (its JSON text, '' for none: JSON text is never empty).
 --
 -- The commit point of admission, for one or more tasks of one user. With the ledger check
 -- '0' (no ledger stored) or '1' (the ledger must equal the expected value) this is the
@@ -37,11 +38,15 @@ end
 
 local q = prefix .. 'q:' .. member
 local entries = {}
-for a = first_task, #ARGV, 3 do
-  local id, slot_s, idem = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+for a = first_task, #ARGV, 4 do
+  local id, slot_s, idem, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local slot = tonumber(slot_s)
   if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
-  redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s)
+  if payload ~= '' then
+    redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s, 'p', payload)
+  else
+    redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s)
+  end
   local entry = slot_s .. ':' .. id
   -- Insert after the last entry with a slot no later than ours (usually the tail).
   local n = redis.call('LLEN', q)

@@ -85,10 +85,16 @@ local function run_due(member, now, out)
       if late <= bound then count('lateness_le:' .. bound, 1) break end
     end
     local task = prefix .. 't:' .. id
-    local user = redis.call('HGET', task, 'u') or ''
+    local record = redis.call('HMGET', task, 'u', 'p')
+    local user = record[1] or ''
     redis.call('HSET', task, 'c', int(now))
     redis.call('PEXPIRE', task, task_ttl)
-    redis.call('XADD', log_key, '*', 'task_id', id, 'user_id', user, 'slot', int(slot), 'completed_at', int(now))
+    local entry = {'task_id', id, 'user_id', user, 'slot', int(slot), 'completed_at', int(now)}
+    if record[2] then
+      table.insert(entry, 'payload')
+      table.insert(entry, record[2])
+    end
+    redis.call('XADD', log_key, '*', unpack(entry))
     for _, v in ipairs({id, user, int(slot), int(now)}) do table.insert(out, v) end
   end
 end

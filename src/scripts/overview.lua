@@ -1,7 +1,8 @@
 -- ARGV[8..]: member ('' for none), how many soonest users, recent completions, queued
 -- tasks of the member. A bounded snapshot for the page (work independent of the number of
 -- users), flattened: `now, queued, waiting, n, (user, queued, next)×n, m,
--- (task, user, slot, completed)×m, k, (task, slot)×k, j, (completed)×j`.
+-- (task, user, slot, completed, payload)×m, k, (task, slot, payload)×k, j, (completed)×j`
+-- (a payload is its JSON text, '' for none).
 local member = ARGV[8]
 local soonest, recent, queued_max = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local reply = {now_ms(), tonumber(redis.call('HGET', metrics_key, 'queued') or '0'), redis.call('ZCARD', due_key)}
@@ -20,7 +21,9 @@ table.insert(reply, #log)
 for _, entry in ipairs(log) do
   local f = {}
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-  for _, v in ipairs({f.task_id or '', f.user_id or '', f.slot or '0', f.completed_at or '0'}) do table.insert(reply, v) end
+  for _, v in ipairs({f.task_id or '', f.user_id or '', f.slot or '0', f.completed_at or '0', f.payload or ''}) do
+    table.insert(reply, v)
+  end
 end
 local waiting, done = {}, {}
 if member ~= '' then
@@ -31,6 +34,7 @@ table.insert(reply, #waiting)
 for _, e in ipairs(waiting) do
   local slot, id = split(e)
   table.insert(reply, id) table.insert(reply, slot)
+  table.insert(reply, redis.call('HGET', prefix .. 't:' .. id, 'p') or '')
 end
 table.insert(reply, #done)
 for _, t in ipairs(done) do table.insert(reply, t) end

@@ -1,0 +1,30 @@
+-- ARGV[8..]: member, task id.
+-- Cancels a queued task: takes it out of its user's queue and marks its record, in one
+-- script. The executor (`run_due`) is one script too, so a cancel racing it finds the task
+-- either still queued (it is cancelled and never runs) or already completed, never both.
+-- The slot it held stays empty: the ledger is not touched, so every later task keeps the
+-- slot its 202 promised. Returns `[state, at]`: 'cancelled' (now, or when an earlier
+-- cancel did it), 'completed' (completed_at), 'unknown', or 'unqueued' (a record without a
+-- queue entry: a bug).
+local member, id = ARGV[8], ARGV[9]
+local task = prefix .. 't:' .. id
+local record = redis.call('HMGET', task, 's', 'c', 'x')
+if not record[1] then return {'unknown', 0} end
+if record[2] then return {'completed', tonumber(record[2])} end
+if record[3] then return {'cancelled', tonumber(record[3])} end
+local q = prefix .. 'q:' .. member
+if redis.call('LREM', q, 1, record[1] .. ':' .. id) == 0 then return {'unqueued', 0} end
+local now = now_ms()
+redis.call('HSET', task, 'x', int(now))
+redis.call('PEXPIRE', task, task_ttl)
+count('queued', -1)
+count('cancelled', 1)
+-- The head may have changed: file the user under the instant the head may start now.
+local head = redis.call('LINDEX', q, 0)
+if head then
+  local slot = split(head)
+  redis.call('ZADD', due_key, int(earliest_start(prefix .. 'done:' .. member, slot)), member)
+else
+  redis.call('ZREM', due_key, member)
+end
+return {'cancelled', now}
