@@ -6,7 +6,43 @@ mod support;
 use std::time::Duration;
 use support::{Host, HostOptions, Redis, request};
 
-const POLICY: &str = r#""burst";q=1;w=1, "minute";q=20;w=60"#;
+/// The two policies of draft-ietf-httpapi-ratelimit-headers-11 with the default limits.
+const POLICY: [(&str, [(&str, i64); 2]); 2] = [("burst", [("q", 1), ("w", 1)]), ("minute", [("q", 20), ("w", 60)])];
+
+/// A rate-limit field of draft-ietf-httpapi-ratelimit-headers-11, read with a Structured
+/// Field parser (RFC 9651): it must be a List of Items, each a String (the quoted policy
+/// name) whose parameters are Integers. Returns (policy, [(parameter, value)]) in order.
+fn structured(reply: &support::Reply, field: &str) -> Vec<(String, Vec<(String, i64)>)> {
+    let value = reply.header(field).unwrap_or_else(|| panic!("no {field} field in {:?}", reply.headers));
+    let list: sfv::List = sfv::Parser::new(value).parse().unwrap_or_else(|e| panic!("{field}: {value:?} is not a structured List: {e}"));
+    list.iter()
+        .map(|entry| {
+            let sfv::ListEntry::Item(item) = entry else { panic!("{field}: {value:?} holds an inner list") };
+            let name = item.bare_item.as_string().unwrap_or_else(|| panic!("{field}: policy name not a String in {value:?}"));
+            let params = item
+                .params
+                .iter()
+                .map(|(key, v)| {
+                    let n = v.as_integer().unwrap_or_else(|| panic!("{field}: {key:?} is not an Integer in {value:?}"));
+                    (key.as_str().to_string(), i64::from(n))
+                })
+                .collect();
+            (name.as_str().to_string(), params)
+        })
+        .collect()
+}
+
+/// `RateLimit-Policy` checked against the default policies; the `RateLimit` field parsed.
+fn rate_limit(reply: &support::Reply) -> Vec<(String, Vec<(String, i64)>)> {
+    let policy: Vec<_> = POLICY.iter().map(|(n, ps)| (n.to_string(), ps.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>())).collect();
+    assert_eq!(structured(reply, "ratelimit-policy"), policy);
+    structured(reply, "ratelimit")
+}
+
+/// A `RateLimit` value as `rate_limit` returns it, from literals.
+fn limits(windows: &[(&str, &[(&str, i64)])]) -> Vec<(String, Vec<(String, i64)>)> {
+    windows.iter().map(|(n, ps)| (n.to_string(), ps.iter().map(|(k, v)| (k.to_string(), *v)).collect())).collect()
+}
 
 /// Every key in Redis but the metrics counters (which count bad requests too).
 fn state_keys(redis: &Redis) -> Vec<String> {
@@ -27,8 +63,9 @@ fn the_seed_curl_runs_the_task_inline_and_logs_it() {
     let reply = host.post_task(r#"{"user_id":"123"}"#);
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.header("ratelimit-policy"), Some(POLICY));
-    assert_eq!(reply.header("ratelimit"), Some(r#""burst";r=0;t=1, "minute";r=19;t=0"#));
+    // The first task of the user used the one unit of the 1-second window (back in 1 s) and
+    // one of the minute's 20 (back in 60 s).
+    assert_eq!(rate_limit(&reply), limits(&[("burst", &[("r", 0), ("t", 1)]), ("minute", &[("r", 19), ("t", 60)])]));
     let body = reply.json();
     assert_eq!(body["status"], "completed");
     assert_eq!(body["user_id"], "123");
@@ -66,7 +103,9 @@ fn a_second_task_within_the_second_is_queued_and_runs_at_its_slot() {
     let location = format!("/api/v1/task/{task_id}");
     assert_eq!(reply.header("location"), Some(location.as_str()));
     assert_eq!(reply.header("retry-after"), Some("1"));
-    assert_eq!(reply.header("ratelimit-policy"), Some(POLICY));
+    // Two slots in the next second's windows now: the burst window frees a unit once the
+    // second slot has left it (2 s); the minute's first unit comes back in 60 s.
+    assert_eq!(rate_limit(&reply), limits(&[("burst", &[("r", 0), ("t", 2)]), ("minute", &[("r", 18), ("t", 60)])]));
     assert_eq!(host.get(&location).json()["status"], "queued");
 
     // Wait for the drainer to run it: its line appears on stdout.
@@ -190,7 +229,7 @@ fn a_repeated_idempotency_key_returns_the_original_task() {
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.json()["task_id"], first.json()["task_id"]);
     assert_eq!(again.header("idempotency-replayed"), Some("true"));
-    assert_eq!(again.header("ratelimit-policy"), Some(POLICY));
+    rate_limit(&again);
     let other_user = post_with_key(&host, "dave", "order-1");
     assert_eq!(other_user.status, 200);
     assert_ne!(other_user.json()["task_id"], first.json()["task_id"]);
@@ -323,4 +362,147 @@ fn the_overview_shows_queue_and_recent_completions() {
     assert_eq!(view["user"]["completed"], serde_json::json!([replies[0].json()["completed_at"]]));
     assert_eq!(host.get("/api/v1/overview").json()["user"], serde_json::Value::Null);
     assert_eq!(host.get("/api/v1/overview?user_id=%FF").status, 400);
+}
+
+/// A payload is stored with its task exactly as sent (key order, number text, escapes) and
+/// comes back in `GET /api/v1/task/{id}`, the NDJSON log and the log stream entry; the
+/// seed-format line does not change. Over 2 KiB it is refused with 413 and nothing stored.
+#[test]
+fn a_payload_is_kept_as_sent_and_shown_with_its_task() {
+    let (redis, host) = start();
+    let sent = r#"{"z": 1, "a": [1.50, 12345678901234567890123, "\u00e9\n"], "nested": {"b": null}}"#;
+    let reply = host.post_task(&format!(r#"{{"user_id":"pay","payload":{sent}}}"#));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let task_id = reply.json()["task_id"].as_str().unwrap_or_default().to_string();
+    let completed_at = reply.json()["completed_at"].as_i64().unwrap_or(-1);
+
+    let task = host.get(&format!("/api/v1/task/{task_id}"));
+    assert!(task.body.contains(&format!(r#""payload":{sent}"#)), "{}", task.body);
+    assert_eq!(task.json()["status"], "completed");
+    let ndjson = request(&host.addr, "GET", "/api/v1/log", &[("Accept", "application/x-ndjson")], b"");
+    assert!(ndjson.body.contains(&format!(r#""payload":{sent}"#)), "{}", ndjson.body);
+    let stream = redis.cli(&["XRANGE", "task_log", "-", "+"]);
+    assert!(stream.lines().any(|l| l == sent), "the stream entry lacks the payload:\n{stream}");
+    assert_eq!(host.get("/api/v1/log").body, format!("pay-task completed at-{completed_at}\n"));
+
+    // A task without a payload has none anywhere, and `null` means none.
+    let plain = host.post_task(r#"{"user_id":"plain","payload":null}"#).json();
+    let plain = host.get(&format!("/api/v1/task/{}", plain["task_id"].as_str().unwrap_or_default())).json();
+    assert_eq!(plain.get("payload"), None, "{plain}");
+
+    // The limit is the payload's own JSON text, 2048 bytes: a string of 2046 characters fits.
+    let at_limit = format!(r#"{{"user_id":"big","payload":"{}"}}"#, "x".repeat(2_046));
+    assert_eq!(host.post_task(&at_limit).status, 200);
+    let keys_before = state_keys(&redis);
+    let over = host.post_task(&format!(r#"{{"user_id":"big","payload":"{}"}}"#, "x".repeat(2_047)));
+    assert_eq!(over.status, 413, "{}", over.body);
+    assert_eq!(over.header("content-type"), Some("application/problem+json"));
+    assert!(over.json()["detail"].as_str().is_some_and(|d| d.contains("2049")), "{}", over.body);
+    assert_eq!(state_keys(&redis), keys_before, "a refused payload reached Redis");
+}
+
+fn delete(host: &Host, path: &str) -> support::Reply {
+    request(&host.addr, "DELETE", path, &[], b"")
+}
+
+/// DELETE cancels a queued task (200, and 200 again when repeated), refuses a completed one
+/// (409) and an unknown one (404). The cancelled task never runs; the tasks after it keep
+/// the slots their 202s promised; the backlog and `/metrics` count it.
+#[test]
+fn a_queued_task_can_be_cancelled_and_never_runs() {
+    let (_redis, host) = start();
+    let replies: Vec<_> = (0..4).map(|_| host.post_task(r#"{"user_id":"cancel-me"}"#).json()).collect();
+    assert_eq!(replies.iter().map(|r| r["status"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["completed", "queued", "queued", "queued"]);
+    let id = |i: usize| replies[i]["task_id"].as_str().unwrap_or_default().to_string();
+    let victim = format!("/api/v1/task/{}", id(2));
+
+    let cancelled = delete(&host, &victim);
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    let body = cancelled.json();
+    assert_eq!((body["task_id"].as_str(), body["status"].as_str()), (Some(id(2).as_str()), Some("cancelled")));
+    assert_eq!(body["slot"], replies[2]["slot"]);
+    let again = delete(&host, &victim);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["cancelled_at"], body["cancelled_at"], "a repeated DELETE changed the record");
+    assert_eq!(host.get(&victim).json()["status"], "cancelled");
+
+    let completed = delete(&host, &format!("/api/v1/task/{}", id(0)));
+    assert_eq!(completed.status, 409, "{}", completed.body);
+    assert_eq!(completed.header("content-type"), Some("application/problem+json"));
+    assert_eq!(delete(&host, "/api/v1/task/0123456789abcdef01234567").status, 404);
+    assert_eq!(delete(&host, "/api/v1/task/not-a-task").status, 404);
+    let put = request(&host.addr, "PUT", &victim, &[], b"");
+    assert_eq!(put.status, 405);
+    assert!(put.header("allow").is_some_and(|a| a.contains("DELETE")), "{:?}", put.headers);
+
+    let state = host.get("/api/v1/users/cancel-me").json();
+    assert_eq!(state["queued"], 2, "{state}");
+    let text = host.get("/metrics").body;
+    assert_eq!(sample(&text, "task_api_cancelled_total"), Some(1), "{text}");
+    assert_eq!(sample(&text, "task_api_queue_depth"), Some(2), "{text}");
+
+    // The two others run, each at (not before) the slot it was given; the cancelled one never.
+    let ran = host.wait_for_lines(3, Duration::from_secs(10), |l| l.starts_with("cancel-me-task completed at-"));
+    assert_eq!(ran, 3, "stderr:\n{}", host.stderr_text());
+    for i in [1, 3] {
+        let task = host.get(&format!("/api/v1/task/{}", id(i))).json();
+        assert_eq!(task["status"], "completed", "{task}");
+        let (slot, at) = (replies[i]["slot"].as_i64().unwrap_or(0), task["completed_at"].as_i64().unwrap_or(0));
+        assert!(at >= slot, "task {i} ran at {at}, before its slot {slot}");
+    }
+    let log = request(&host.addr, "GET", "/api/v1/log", &[("Accept", "application/x-ndjson")], b"").body;
+    assert!(!log.contains(&id(2)), "the cancelled task ran:\n{log}");
+    assert_eq!(host.get(&victim).json()["status"], "cancelled");
+    assert_eq!(delete(&host, &format!("/api/v1/task/{}", id(3))).status, 409);
+}
+
+/// `GET /api/v1/users/{id}`: the backlog, the next task and slot, what is left of each
+/// window (as the `RateLimit` field would say it now) and the last completions; behind the
+/// admin token when one is set.
+#[test]
+fn one_users_state_at_a_glance() {
+    let redis = Redis::start();
+    let options = HostOptions { variables: vec![("admin_token".into(), "s3cret".into())], ..HostOptions::default() };
+    let host = Host::start(&redis, &options);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let get = |path: &str| request(&host.addr, "GET", path, &auth, b"");
+    let user = "a/b c+😀";
+    let encoded: String = user.bytes().map(|b| format!("%{b:02X}")).collect();
+    let path = format!("/api/v1/users/{encoded}");
+    assert_eq!(host.get(&path).status, 401);
+
+    let fresh = get(&path);
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    let fresh = fresh.json();
+    assert_eq!((fresh["user_id"].as_str(), fresh["queued"].as_i64()), (Some(user), Some(0)));
+    assert_eq!(fresh["next_task"], serde_json::Value::Null);
+    assert_eq!(fresh["next_slot"], fresh["now"], "a fresh user's next slot is now");
+    assert_eq!(fresh["remaining"], serde_json::json!([{"policy": "burst", "q": 1, "w": 1, "r": 1}, {"policy": "minute", "q": 20, "w": 60, "r": 20}]));
+
+    let body = serde_json::json!({ "user_id": user }).to_string();
+    let replies: Vec<_> = (0..3).map(|_| host.post_task(&body)).collect();
+    let state = get(&path).json();
+    assert_eq!(state["queued"], 2);
+    assert_eq!(state["next_task"]["task_id"], replies[1].json()["task_id"]);
+    assert_eq!(state["next_task"]["slot"], replies[1].json()["slot"]);
+    assert_eq!(state["next_slot"].as_i64(), replies[2].json()["slot"].as_i64().map(|s| s + 1_000));
+    assert_eq!(state["recent_completions"], serde_json::json!([replies[0].json()["completed_at"]]));
+    assert_eq!(state["limits"], serde_json::json!({"per_second": 1, "per_minute": 20}));
+    // What the last POST's RateLimit field said, give or take the second that may have
+    // passed since.
+    let header = rate_limit(&replies[2]);
+    let windows = state["remaining"].as_array().cloned().unwrap_or_default();
+    assert_eq!(windows.len(), header.len());
+    for (window, (name, params)) in windows.iter().zip(&header) {
+        assert_eq!(window["policy"].as_str(), Some(name.as_str()));
+        for (key, value) in params {
+            let now = window[key.as_str()].as_i64().unwrap_or(-1);
+            assert!(now == *value || (key == "t" && (value - 1..=*value).contains(&now)), "{key}: {now} vs header {value}");
+        }
+    }
+
+    assert_eq!(get("/api/v1/users/%FF").status, 400);
+    assert_eq!(get("/api/v1/users/").status, 400);
+    assert_eq!(get(&format!("/api/v1/users/{}", "x".repeat(129))).status, 400);
+    assert_eq!(request(&host.addr, "DELETE", &path, &auth, b"").status, 405);
 }
