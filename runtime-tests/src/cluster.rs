@@ -347,6 +347,11 @@ fn build_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
     bytes
 }
 
+/// A request that may fail at the connection (the replica was killed).
+pub fn try_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+    try_raw_request(addr, &request_bytes(addr, method, path, headers, body))
+}
+
 /// A POST of a task that may fail at the connection (the replica was killed).
 pub fn try_post_task(addr: &str, user: &str, idempotency_key: Option<&str>) -> std::io::Result<Reply> {
     let body = serde_json::json!({ "user_id": user }).to_string();

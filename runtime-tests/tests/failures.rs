@@ -10,7 +10,7 @@ mod support;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Host, HostOptions, Redis, check, read_log, try_post_task};
+use support::{Host, HostOptions, Redis, check, read_log, try_post_task, try_request};
 
 /// Waits (bounded) until Redis's log stream holds `count` entries, waking on host output.
 fn wait_for_log(redis: &Redis, hosts: &[&Host], count: usize, timeout: Duration) -> usize {
@@ -95,10 +95,12 @@ impl Scale {
 }
 
 /// 3 replicas, tasks submitted by several clients (retrying with an Idempotency-Key on
-/// refused connections and 503s), random SIGKILLs of replicas (restarted as a supervisor
-/// would), and one SIGKILL of Redis running with `appendfsync always` (replicas exit when
-/// their subscription drops, and are restarted once Redis is back). Then the whole log is
-/// checked: every acknowledged task exactly once, zero rule violations.
+/// refused connections and 503s) who also cancel every fourth task they got queued (retrying
+/// the DELETE the same way), random SIGKILLs of replicas (restarted as a supervisor would),
+/// and one SIGKILL of Redis running with `appendfsync always` (replicas exit when their
+/// subscription drops, and are restarted once Redis is back). Then the whole log is checked:
+/// every acknowledged task that was not cancelled exactly once, no cancelled task at all,
+/// zero rule violations.
 #[test]
 fn chaos() {
     let scale = Scale::from_env();
@@ -107,6 +109,7 @@ fn chaos() {
     let mut hosts: Vec<Host> = (0..3).map(|_| Host::start(&redis, &options)).collect();
     let addrs = Arc::new(Mutex::new(hosts.iter().map(|h| h.addr.clone()).collect::<Vec<_>>()));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let cancelled = Arc::new(Mutex::new(Vec::new()));
     let outage_503s = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
 
@@ -117,15 +120,19 @@ fn chaos() {
         .chunks(jobs.len().div_ceil(4))
         .map(|chunk| {
             let chunk = chunk.to_vec();
-            let (addrs, acknowledged, outage_503s) = (addrs.clone(), acknowledged.clone(), outage_503s.clone());
+            let (addrs, acknowledged, cancelled, outage_503s) = (addrs.clone(), acknowledged.clone(), cancelled.clone(), outage_503s.clone());
+            let replica = move |i: usize| addrs.lock().ok().and_then(|a| a.get(i % a.len().max(1)).cloned());
             std::thread::spawn(move || {
                 for (i, (user, key)) in chunk.iter().enumerate() {
+                    let mut queued = None;
                     for attempt in 0..200 {
-                        let addr = addrs.lock().ok().and_then(|a| a.get((i + attempt) % a.len().max(1)).cloned());
-                        let Some(addr) = addr else { continue };
+                        let Some(addr) = replica(i + attempt) else { continue };
                         match try_post_task(&addr, user, Some(key)) {
                             Ok(reply) if reply.status == 200 || reply.status == 202 => {
                                 let id = reply.json()["task_id"].as_str().unwrap_or_default().to_string();
+                                if reply.status == 202 {
+                                    queued = Some(id.clone());
+                                }
                                 if let Ok(mut ack) = acknowledged.lock() {
                                     ack.push(id);
                                 }
@@ -141,6 +148,25 @@ fn chaos() {
                         }
                         // Client back-off before retrying, as a real client would.
                         std::thread::sleep(Duration::from_millis(50));
+                    }
+                    // Every fourth queued task is withdrawn, from another replica: 200 means
+                    // cancelled (also for a repeat after a lost answer), 409 that it already ran.
+                    if let Some(id) = queued.filter(|_| i % 4 == 1) {
+                        for attempt in 1..200 {
+                            let Some(addr) = replica(i + attempt) else { continue };
+                            match try_request(&addr, "DELETE", &format!("/api/v1/task/{id}"), &[], b"") {
+                                Ok(reply) if reply.status == 200 => {
+                                    if let Ok(mut cancelled) = cancelled.lock() {
+                                        cancelled.push(id);
+                                    }
+                                    break;
+                                }
+                                Ok(reply) if reply.status == 409 => break,
+                                Ok(reply) => assert!(reply.status == 503, "DELETE: {} {}", reply.status, reply.body),
+                                Err(_) => {}
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                     }
                     // Spread the load over time so that the failures hit admission too.
                     std::thread::sleep(Duration::from_millis(10));
@@ -189,29 +215,38 @@ fn chaos() {
     let distinct: HashSet<&String> = acknowledged.iter().collect();
     assert_eq!(distinct.len(), acknowledged.len(), "an Idempotency-Key retry created a second task");
 
-    // Every acknowledged task must now run, without further requests.
+    let cancelled: HashSet<String> = cancelled.lock().map(|c| c.iter().cloned().collect()).unwrap_or_default();
+    let expected: Vec<String> = acknowledged.iter().filter(|id| !cancelled.contains(*id)).cloned().collect();
+
+    // Every acknowledged task that was not cancelled must now run, without further requests.
     let deadline = Instant::now() + Duration::from_secs(120 + 3 * scale.tasks_per_user as u64);
     let entries = loop {
         let entries = read_log(&hosts[0]);
         let done: HashSet<&str> = entries.iter().filter_map(|e| e.task_id.as_deref()).collect();
-        if acknowledged.iter().all(|id| done.contains(id.as_str())) || Instant::now() > deadline {
+        if expected.iter().all(|id| done.contains(id.as_str())) || Instant::now() > deadline {
             break entries;
         }
         hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(500), |l| l.contains("-task completed at-"));
     };
-    let report = check::check(&entries, check::Rule::default(), Some(&acknowledged));
+    // Nothing is queued any more, so no cancelled task can still turn up.
+    assert_eq!(redis.cli(&["HGET", "taskq:metrics", "queued"]).trim(), "0", "tasks are still queued");
+    let report = check::check(&entries, check::Rule::default(), Some(&expected));
+    let ran_cancelled: Vec<&str> = entries.iter().filter_map(|e| e.task_id.as_deref()).filter(|id| cancelled.contains(*id)).collect();
     let mut waits = outage_503s.lock().map(|t| t.clone()).unwrap_or_default();
     println!(
-        "chaos: {} users x {} tasks, {} kills incl. one Redis restart, {:.0} s; acknowledged={} logged={} 503s={} (slowest {:.0} ms); {}",
+        "chaos: {} users x {} tasks, {} kills incl. one Redis restart, {:.0} s; acknowledged={} cancelled={} logged={} 503s={} (slowest {:.0} ms); {}",
         scale.users,
         scale.tasks_per_user,
         scale.kills,
         started.elapsed().as_secs_f64(),
         acknowledged.len(),
+        cancelled.len(),
         entries.len(),
         waits.len(),
         support::percentile_ms(&mut waits, 100.0),
         report.summary()
     );
     assert!(report.is_clean(), "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}", report.summary(), report.violations, report.missing, report.duplicated);
+    assert!(ran_cancelled.is_empty(), "cancelled tasks ran: {ran_cancelled:?}");
+    assert!(!cancelled.is_empty(), "no DELETE cancelled anything, so the run tested nothing of it");
 }
