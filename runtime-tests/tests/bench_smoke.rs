@@ -16,6 +16,8 @@ fn the_benchmark_runs_and_prints_its_table() {
         "admission, 3 replica",
         "hot user, 3 replicas, redis ledger",
         "hot user, 3 replicas, kv ledger, lossy CAS",
+        "memory, 1 replica, 10 users x 3 tasks, no payload",
+        "memory, 1 replica, 10 users x 3 tasks, a 2048 B payload",
         "scale, 3 replicas",
     ] {
         assert!(stdout.contains(scenario), "no {scenario:?} row in:\n{stdout}");

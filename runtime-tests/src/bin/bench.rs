@@ -22,6 +22,8 @@
 //!   and 3 replicas.
 //! - `hot`: 200 concurrent requests for one user spread over 3 replicas, with correct and
 //!   with lossy compare-and-swap; the slots must be the exact SPEC schedule.
+//! - `memory`: Redis memory per queued task without a payload, with a small one and with the
+//!   largest allowed (2 KiB).
 //! - `scale`: U users × T tasks submitted as fast as the replicas take them, then drained;
 //!   the log is checked against the rule, lateness reported, Redis memory per queued task.
 //!
@@ -31,7 +33,7 @@
 //! `admin_token`.
 
 use runtime_tests::check::{self, Rule};
-use runtime_tests::cluster::{Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task};
+use runtime_tests::cluster::{Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task, try_request};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
@@ -61,7 +63,7 @@ struct Options {
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         smoke: false,
-        scenarios: vec!["saturation".into(), "admission".into(), "hot".into(), "scale".into()],
+        scenarios: vec!["saturation".into(), "admission".into(), "hot".into(), "memory".into(), "scale".into()],
         rates: vec![250, 500, 1_000, 2_000],
         duration: Duration::from_secs(5),
         scale_users: 10_000,
@@ -152,6 +154,13 @@ fn main() {
                     rows.push(hot_user(&options, concurrency, ledger));
                 }
             }
+            "memory" => match memory(&options) {
+                Ok(memory_rows) => rows.extend(memory_rows),
+                Err(e) => {
+                    eprintln!("bench: memory: {e}");
+                    std::process::exit(2);
+                }
+            },
             "scale" => match scale(&options) {
                 Ok(row) => rows.push(row),
                 Err(e) => {
@@ -439,12 +448,13 @@ fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
     }
 }
 
-/// Average `MEMORY USAGE` per queued task over up to 100 queued users: their queue list and
-/// each queued task's record (the `due` entry and the ledger are per user, not per task).
+/// Average `MEMORY USAGE` per queued task of the users `ARGV[1] .. i` for i below `ARGV[2]`
+/// (ids that need no encoding in keys): their queue lists and each queued task's record
+/// (the `due` entry and the ledger are per user, not per task).
 const MEMORY_PER_QUEUED_TASK: &str = r#"
 local bytes, tasks = 0, 0
-for _, m in ipairs(redis.call('ZRANGE', 'taskq:due', 0, 99)) do
-  local q = 'taskq:q:' .. m
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local q = 'taskq:q:' .. ARGV[1] .. i
   bytes = bytes + (redis.call('MEMORY', 'USAGE', q) or 0)
   for _, e in ipairs(redis.call('LRANGE', q, 0, -1)) do
     local id = string.sub(e, string.find(e, ':', 1, true) + 1)
@@ -489,10 +499,9 @@ fn scale(options: &Options) -> Result<Row, String> {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let queued: i64 = redis_cli(&redis, &["ZCARD", "taskq:due"]).trim().parse().unwrap_or(0);
-    // Bytes Redis holds per queued task: the queue entries and task records of up to 100
-    // queued users (MEMORY USAGE, sampled), divided by their tasks.
-    let sample = redis_cli(&redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0"]);
-    let per_task: f64 = sample.trim().parse().unwrap_or(0.0);
+    // Bytes Redis holds per queued task: the queue entries and task records of the first 100
+    // users (MEMORY USAGE, sampled), divided by their tasks still queued.
+    let per_task = memory_per_queued_task(&redis, &prefix, users.min(100));
     let total = users * tasks - errors;
     let deadline = Instant::now() + Duration::from_secs(120 + tasks as u64 * 3);
     let log = || read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect::<Vec<_>>();
@@ -549,6 +558,55 @@ fn scale(options: &Options) -> Result<Row, String> {
         lateness: Some(report),
         note,
     })
+}
+
+fn memory_per_queued_task(redis: &str, user_prefix: &str, users: usize) -> f64 {
+    redis_cli(redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0", user_prefix, &users.to_string()]).trim().parse().unwrap_or(0.0)
+}
+
+/// Redis memory per queued task without a payload, with a typical small one, and with the
+/// largest allowed (2048 bytes of JSON): U users × T tasks on one replica (the first task
+/// of each user runs at once, the others queue), then `MEMORY USAGE` of their queues and
+/// task records.
+fn memory(options: &Options) -> Result<Vec<Row>, String> {
+    let (users, tasks) = if options.smoke { (10, 3) } else { (200, 10) };
+    let largest = format!("\"{}\"", "x".repeat(2_046));
+    let variants = [None, Some(r#"{"job":"resize","image":"img-000123.png","width":640}"#.to_string()), Some(largest)];
+    let mut rows = Vec::new();
+    for (i, payload) in variants.into_iter().enumerate() {
+        let size = payload.as_ref().map_or(0, String::len);
+        let label = if size == 0 { "no payload".to_string() } else { format!("a {size} B payload") };
+        let cluster = Cluster::start(options, 1, Ledger::Redis);
+        let redis = cluster.redis_url.clone().ok_or("with --url, memory needs --redis")?;
+        let prefix = format!("mem-{}-{i}-", options.run);
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        let started = Instant::now();
+        for _ in 0..tasks {
+            for user in 0..users {
+                let mut body = serde_json::json!({ "user_id": format!("{prefix}{user}") });
+                if let Some(payload) = &payload {
+                    body["payload"] = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+                }
+                let headers = [("Content-Type", "application/json")];
+                match try_request(&cluster.addrs[0], "POST", "/api/v1/task", &headers, body.to_string().as_bytes()) {
+                    Ok(reply) if reply.status == 200 || reply.status == 202 => latencies.push(reply.elapsed),
+                    _ => errors += 1,
+                }
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let per_task = memory_per_queued_task(&redis, &prefix, users);
+        rows.push(Row {
+            scenario: format!("memory, {}, {users} users x {tasks} tasks, {label}", cluster.label()),
+            offered: "one client, sequential".to_string(),
+            achieved_per_s: latencies.len() as f64 / elapsed,
+            latencies,
+            errors,
+            lateness: None,
+            note: format!("~{per_task:.0} B Redis memory per queued task (queue entry and task record)"),
+        });
+    }
+    Ok(rows)
 }
 
 fn print_table(rows: &[Row]) {
