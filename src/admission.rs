@@ -368,10 +368,7 @@ async fn replay(config: &Config, queue: &Queue<'_>, user: &UserKey, task_id: &st
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
         (None, None) => Placement::Queued { position: queue.position(user, task_id).await? },
     };
-    let recent = match config.ledger {
-        LedgerBackend::Redis => Ledger::decode(ledger)?.slots(),
-        LedgerBackend::Kv => ledger::kv_recent(&config.keys.ledger(user))?,
-    };
+    let recent = ledger::recent_slots(config.ledger, &config.keys.ledger(user), ledger)?;
     let task = Task { task_id: task_id.to_string(), user_id: record.user_id, slot: record.slot, placement };
     Ok(Outcome::Replayed { task, recent, now })
 }

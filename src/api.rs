@@ -1,11 +1,10 @@
 //! Routing, request validation and responses (SPEC §2).
 
 use crate::admission::{self, AdmitError, Outcome, Task};
-use crate::config::Config;
+use crate::config::{Config, LedgerBackend};
 use crate::deadline::with_deadline;
-use crate::config::LedgerBackend;
 use crate::keys::{UserKey, is_task_id};
-use crate::ledger::{self, Ledger};
+use crate::ledger::{self, LedgerError};
 use crate::problem::{self, HttpResponse};
 use crate::queue::{Cancelled, Placement, Queue, StoreError, TaskRecord};
 use crate::slot;
@@ -256,7 +255,7 @@ struct TaskBody<'a> {
 /// `MAX_PAYLOAD` bytes as sent. It is kept as sent (its text, not a re-serialisation) so
 /// that key order and number precision come back unchanged.
 pub fn parse_task_body(body: &[u8]) -> Result<NewTask, BodyError> {
-    let invalid = |detail: String| BodyError::Invalid(detail);
+    let invalid = BodyError::Invalid;
     // A struct also deserialises from a JSON array: only an object may name the members.
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let fields: TaskBody = match (first, serde_json::from_slice::<TaskBody>(body)) {
@@ -303,7 +302,7 @@ fn is_json_media_type(value: &str) -> bool {
 
 /// One window of the rate limit as draft-ietf-httpapi-ratelimit-headers-11 names its
 /// parts: the policy (`q` quota per `w` seconds) and what is left now (`r` remaining, `t`
-/// seconds until there is room again). The headers and `GET /api/v1/users/{id}` both come
+/// seconds until more quota is made available). The headers and `GET /api/v1/users/{id}` both come
 /// from here.
 #[derive(Serialize)]
 struct RateWindow {
@@ -460,12 +459,9 @@ async fn user_state(config: &Loaded, headers: &HeaderMap, encoded: &str) -> Http
         Ok(state) => state,
         Err(e) => return store_problem(e),
     };
-    let recent = match config.ledger {
-        LedgerBackend::Redis => Ledger::decode(state.ledger.as_deref()).map(|l| l.slots()),
-        LedgerBackend::Kv => ledger::kv_recent(&ledger_key),
-    };
-    let recent = match recent {
+    let recent = match ledger::recent_slots(config.ledger, &ledger_key, state.ledger.as_deref()) {
         Ok(recent) => recent,
+        Err(LedgerError::Unavailable(e)) => return problem::unavailable(e),
         Err(e) => return problem::internal(format!("the ledger of {user_id:?}: {e:?}")),
     };
     let body = json!({

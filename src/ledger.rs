@@ -22,6 +22,7 @@
 //! we cannot tell; we then take it as *not* committed and try again. The worst outcome is a
 //! slot that no task uses (a later schedule, never a broken limit or a lost/doubled task).
 
+use crate::config::LedgerBackend;
 use crate::slot::{self, Limits};
 use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
 use std::collections::VecDeque;
@@ -216,11 +217,14 @@ fn confirm(after: Ledger, seq: u64, commit_id: &str) -> Swap<()> {
     if after.holds(seq, commit_id) { Swap::Landed(()) } else { Swap::Conflict { current: after, now: None } }
 }
 
-/// The user's recent slots as stored in the key-value store now.
-pub fn kv_recent(key: &str) -> Result<Vec<i64>, LedgerError> {
-    let bucket = store::open("default").map_err(store_error)?;
-    let value = bucket.get(key).map_err(store_error)?;
-    Ok(Ledger::decode(value.as_deref())?.slots())
+/// The user's recent slots (for the rate-limit fields): with the `redis` backend, from the
+/// ledger a script read (`from_redis`); with `kv`, as stored in the key-value store now.
+pub fn recent_slots(backend: LedgerBackend, key: &str, from_redis: Option<&[u8]>) -> Result<Vec<i64>, LedgerError> {
+    let stored = match backend {
+        LedgerBackend::Redis => return Ok(Ledger::decode(from_redis)?.slots()),
+        LedgerBackend::Kv => store::open("default").and_then(|bucket| bucket.get(key)).map_err(store_error)?,
+    };
+    Ok(Ledger::decode(stored.as_deref())?.slots())
 }
 
 fn store_error(e: store::Error) -> LedgerError {
