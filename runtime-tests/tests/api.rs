@@ -506,3 +506,16 @@ fn one_users_state_at_a_glance() {
     assert_eq!(get(&format!("/api/v1/users/{}", "x".repeat(129))).status, 400);
     assert_eq!(request(&host.addr, "DELETE", &path, &auth, b"").status, 405);
 }
+
+/// With the ledger in the key-value store, a user's state reads it from there.
+#[test]
+fn one_users_state_with_the_kv_ledger() {
+    let redis = Redis::start();
+    let options = HostOptions { variables: vec![("ledger".into(), "kv".into())], ..HostOptions::default() };
+    let host = Host::start(&redis, &options);
+    let replies: Vec<_> = (0..2).map(|_| host.post_task(r#"{"user_id":"kv-user"}"#).json()).collect();
+    let state = host.get("/api/v1/users/kv-user").json();
+    assert_eq!(state["queued"], 1, "{state}");
+    assert_eq!(state["next_slot"].as_i64(), replies[1]["slot"].as_i64().map(|s| s + 1_000), "{state}");
+    assert_eq!(state["remaining"][1]["r"], 18, "{state}");
+}
