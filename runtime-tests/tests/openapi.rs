@@ -124,6 +124,36 @@ fn every_answer_matches_the_openapi_document() {
     // A 405 is documented on the operation its Allow header names.
     assert_eq!(see("POST", "/api/v1/task", request(&host.addr, "PUT", "/api/v1/task", &[], b"")).status, 405);
 
+    // Payloads and cancellation.
+    let with_payload = r#"{"user_id":"ob","payload":{"job":"resize","sizes":[1,2.5]}}"#;
+    let ran = see("POST", "/api/v1/task", post(&host, &json, with_payload));
+    assert_eq!(ran.status, 200);
+    let keyed = [("Content-Type", "application/json"), ("Idempotency-Key", "k-2")];
+    let waiting = see("POST", "/api/v1/task", post(&host, &keyed, with_payload));
+    assert_eq!(waiting.status, 202);
+    let oversized = format!(r#"{{"user_id":"ob","payload":"{}"}}"#, "x".repeat(2_100));
+    assert_eq!(see("POST", "/api/v1/task", post(&host, &json, &oversized)).status, 413);
+    let route = "/api/v1/task/{task_id}";
+    let path = |reply: &Reply| format!("/api/v1/task/{}", reply.json()["task_id"].as_str().unwrap_or_default());
+    let delete = |path: &str| request(&host.addr, "DELETE", path, &[], b"");
+    assert_eq!(see("DELETE", route, delete(&path(&waiting))).status, 200);
+    assert_eq!(see("DELETE", route, delete(&path(&waiting))).status, 200);
+    assert_eq!(see("GET", route, host.get(&path(&waiting))).status, 200);
+    let replayed = see("POST", "/api/v1/task", post(&host, &keyed, with_payload));
+    assert_eq!((replayed.status, replayed.json()["status"].as_str()), (200, Some("cancelled")));
+    assert_eq!(see("DELETE", route, delete(&path(&ran))).status, 409);
+    assert_eq!(see("DELETE", route, delete("/api/v1/task/000000000000000000000000")).status, 404);
+    assert_eq!(see("DELETE", route, request(&host.addr, "PUT", &path(&ran), &[], b"")).status, 405);
+    let with = see("GET", route, host.get(&path(&ran)));
+    assert_eq!(with.json()["payload"]["job"], "resize", "{}", with.body);
+
+    // One user's state.
+    let users = "/api/v1/users/{user_id}";
+    assert_eq!(see("GET", users, host.get("/api/v1/users/oa")).status, 200);
+    assert_eq!(see("GET", users, host.get("/api/v1/users/nobody%20yet")).status, 200);
+    assert_eq!(see("GET", users, host.get("/api/v1/users/%FF")).status, 400);
+    assert_eq!(see("GET", users, request(&host.addr, "DELETE", "/api/v1/users/oa", &[], b"")).status, 405);
+
     // Reads.
     let task_id = queued.json()["task_id"].as_str().unwrap_or_default().to_string();
     let route = "/api/v1/task/{task_id}";
@@ -145,11 +175,11 @@ fn every_answer_matches_the_openapi_document() {
     // Admin routes with a token configured.
     let guarded = Host::start(&redis, &HostOptions { variables: vec![("admin_token".into(), TOKEN.into())], ..HostOptions::default() });
     let bearer = format!("Bearer {TOKEN}");
-    for route in ["/api/v1/log", "/api/v1/overview", "/metrics"] {
-        assert_eq!(see("GET", route, guarded.get(route)).status, 401);
-        let wrong = request(&guarded.addr, "GET", route, &[("Authorization", "Bearer nope")], b"");
+    for (route, path) in [("/api/v1/log", "/api/v1/log"), ("/api/v1/overview", "/api/v1/overview"), ("/metrics", "/metrics"), ("/api/v1/users/{user_id}", "/api/v1/users/oa")] {
+        assert_eq!(see("GET", route, guarded.get(path)).status, 401);
+        let wrong = request(&guarded.addr, "GET", path, &[("Authorization", "Bearer nope")], b"");
         assert_eq!(see("GET", route, wrong).status, 401);
-        let allowed = request(&guarded.addr, "GET", route, &[("Authorization", &bearer)], b"");
+        let allowed = request(&guarded.addr, "GET", path, &[("Authorization", &bearer)], b"");
         assert_eq!(see("GET", route, allowed).status, 200);
     }
 
