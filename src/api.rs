@@ -557,23 +557,51 @@ async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
         .map(|(user_id, queued, next_slot)| json!({"user_id": user_id, "queued": queued, "next_slot": next_slot}))
         .collect();
     let user = user_id.map(|user_id| {
-        let queued: Vec<Value> = snapshot
+        let queued = snapshot
             .user_queued
             .iter()
-            .map(|(task_id, slot, payload)| json!({"task_id": task_id, "slot": slot, "payload": payload}))
+            .map(|(task_id, slot, payload)| QueuedView { task_id, slot: *slot, payload: payload.as_deref() })
             .collect();
-        json!({"user_id": user_id, "queued": queued, "completed": snapshot.user_completed})
+        UserView { user_id, queued, completed: &snapshot.user_completed }
     });
-    let body = json!({
-        "now": snapshot.now,
-        "limits": {"per_second": config.limits.per_second, "per_minute": config.limits.per_minute},
-        "queued_tasks": snapshot.queued_tasks,
-        "waiting_users": snapshot.waiting_users,
-        "next_due": next_due,
-        "recent": snapshot.recent,
-        "user": user,
-    });
-    json_response(StatusCode::OK, &body, HeaderMap::new())
+    let body = OverviewView {
+        now: snapshot.now,
+        limits: json!({"per_second": config.limits.per_second, "per_minute": config.limits.per_minute}),
+        queued_tasks: snapshot.queued_tasks,
+        waiting_users: snapshot.waiting_users,
+        next_due,
+        recent: &snapshot.recent,
+        user,
+    };
+    serialized_response(StatusCode::OK, &body)
+}
+
+/// The overview's body. Serialised from these types rather than built as a `Value`, so that
+/// payloads go out as sent (a `Value` would reorder their keys).
+#[derive(Serialize)]
+struct OverviewView<'a> {
+    now: i64,
+    limits: Value,
+    queued_tasks: i64,
+    waiting_users: i64,
+    next_due: Vec<Value>,
+    recent: &'a [crate::queue::Completion],
+    user: Option<UserView<'a>>,
+}
+
+#[derive(Serialize)]
+struct UserView<'a> {
+    user_id: String,
+    queued: Vec<QueuedView<'a>>,
+    completed: &'a [i64],
+}
+
+#[derive(Serialize)]
+struct QueuedView<'a> {
+    task_id: &'a str,
+    slot: i64,
+    /// `null` when the task has none.
+    payload: Option<&'a RawValue>,
 }
 
 /// `GET /metrics`: the shared counters in the Prometheus text format.

@@ -381,6 +381,8 @@ fn a_payload_is_kept_as_sent_and_shown_with_its_task() {
     assert_eq!(task.json()["status"], "completed");
     let ndjson = request(&host.addr, "GET", "/api/v1/log", &[("Accept", "application/x-ndjson")], b"");
     assert!(ndjson.body.contains(&format!(r#""payload":{sent}"#)), "{}", ndjson.body);
+    let overview = host.get("/api/v1/overview?user_id=pay");
+    assert!(overview.body.contains(&format!(r#""payload":{sent}"#)), "{}", overview.body);
     let stream = redis.cli(&["XRANGE", "task_log", "-", "+"]);
     assert!(stream.lines().any(|l| l == sent), "the stream entry lacks the payload:\n{stream}");
     assert_eq!(host.get("/api/v1/log").body, format!("pay-task completed at-{completed_at}\n"));

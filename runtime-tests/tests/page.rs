@@ -1,7 +1,9 @@
 //! The page at `GET /`, as a person uses it: headless Chromium (Debian's `chromium`, driven
 //! by `runtime-tests/browser/page.mjs` with playwright-core) opens it against a real
-//! redis-server and the real app, submits 5 tasks for one user, sees them queued and then
-//! completed one second apart on the timeline, and saves a screenshot to `docs/page.png`.
+//! redis-server and the real app, submits 5 tasks with a payload for one user, sees them
+//! queued (payloads shown), cancels one with its button, sees the others completed one second
+//! apart on the timeline and the cancelled one never run, and saves a screenshot to
+//! `docs/page.png`.
 
 mod support;
 
