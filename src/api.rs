@@ -386,17 +386,18 @@ impl<'a> TaskView<'a> {
     }
 }
 
-/// A connection to Redis for a route that needs one, or the answer for its absence.
-async fn connected<'c>(config: &'c Loaded) -> Result<Queue<'c>, HttpResponse> {
+/// For a route on one task: a connection to Redis, or the answer (404 for an id we could
+/// not have made, without asking Redis; 503 if Redis cannot be reached).
+async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, HttpResponse> {
+    if !is_task_id(id) {
+        return Err(problem::not_found(format!("no task {id:?}")));
+    }
     let config = configured(config)?;
     Queue::connect(config).await.map_err(store_problem)
 }
 
 async fn get_task(config: &Loaded, id: &str) -> HttpResponse {
-    if !is_task_id(id) {
-        return problem::not_found(format!("no task {id:?}"));
-    }
-    let queue = match connected(config).await {
+    let queue = match task_route(config, id).await {
         Ok(queue) => queue,
         Err(response) => return response,
     };
@@ -410,10 +411,7 @@ async fn get_task(config: &Loaded, id: &str) -> HttpResponse {
 /// `DELETE /api/v1/task/{id}`: cancels a queued task (`cancel.lua`). Like `GET`, it needs
 /// no admin token: the id (96 random bits) is the capability.
 async fn cancel_task(config: &Loaded, id: &str) -> HttpResponse {
-    if !is_task_id(id) {
-        return problem::not_found(format!("no task {id:?}"));
-    }
-    let queue = match connected(config).await {
+    let queue = match task_route(config, id).await {
         Ok(queue) => queue,
         Err(response) => return response,
     };

@@ -1,5 +1,5 @@
 //! A small deterministic generator for the property tests, so that failures reproduce
-//! without a seed crate. (`runtime-tests/tests/lua_rule.rs` includes it too.)
+//! without a seed crate. (`runtime-tests/tests/{lua_rule,cancel,failures}.rs` include it too.)
 
 pub struct XorShift(pub u64);
 

@@ -7,12 +7,16 @@
 //! to a replica other than the one that admitted it, while the drainer runs it.
 
 mod support;
+#[path = "../../src/test_rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
 
 use std::collections::HashMap;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{Host, HostOptions, Redis, check, read_log, request};
+use test_rng::XorShift;
 
 const USERS: usize = 300;
 /// DELETEs go out up to this many ms either side of the slot (spread evenly by a seeded
@@ -56,13 +60,8 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
         })
         .collect();
 
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next_offset = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % (2 * SPREAD_MS as u64 + 1)) as i64 - SPREAD_MS
-    };
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut next_offset = || rng.next(2 * SPREAD_MS as u64 + 1) as i64 - SPREAD_MS;
     for u in 0..USERS {
         let body = format!(r#"{{"user_id":"race-{u}"}}"#);
         assert_eq!(hosts[0].post_task(&body).status, 200);

@@ -6,11 +6,15 @@
 //! `CHAOS=full cargo test -p runtime-tests --test failures chaos -- --nocapture`.
 
 mod support;
+#[path = "../../src/test_rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, check, read_log, try_post_task, try_request};
+use test_rng::XorShift;
 
 /// Waits (bounded) until Redis's log stream holds `count` entries, waking on host output.
 fn wait_for_log(redis: &Redis, hosts: &[&Host], count: usize, timeout: Duration) -> usize {
@@ -175,13 +179,7 @@ fn chaos() {
         })
         .collect();
 
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
     for kill in 0..scale.kills {
         std::thread::sleep(scale.kill_every);
         if kill == scale.kills / 2 {
@@ -197,7 +195,7 @@ fn chaos() {
             redis.restart();
             hosts = (0..3).map(|_| Host::start(&redis, &options)).collect();
         } else {
-            let victim = (next() % hosts.len() as u64) as usize;
+            let victim = rng.next(hosts.len() as u64) as usize;
             hosts[victim].kill();
             hosts[victim] = Host::start(&redis, &options);
         }
