@@ -1,28 +1,26 @@
 //! Admission: from a validated request to a stored task, as an `Outcome` (HTTP turns
 //! outcomes into responses in `api.rs`).
 //!
-//! With the default `redis` ledger, an uncontended admission is two round trips:
-//! 1. `prepare.lua` reads the Redis clock, the user's backlog, the Idempotency-Key and the
-//!    user's ledger;
-//! 2. `slot::next_slot` gives the slot, and `admit.lua` compares and sets the ledger and files
-//!    the task in one step (running it at once if its slot is now, waking the drainer if
-//!    nobody leads). On a conflict it answers with the ledger as it is now, and the loop in
-//!    `ledger::commit` goes again from there.
+//! With the default `redis` ledger an admission is **one round trip**: `admit.lua` reads the
+//! Redis clock, the Idempotency-Key, the user's backlog and ledger, gives the slot by the
+//! rule, writes the new ledger and files the task (running it at once if its slot is now,
+//! waking the drainer if nobody leads), all in one atomic step. Being one script, it needs
+//! no compare-and-set and cannot conflict with another admission of the user, on any
+//! replica.
 //!
-//! Concurrent admissions of one user in one instance (Spin 4 gives an instance up to 16
-//! requests at once) commit together: while one of them commits, the others wait, and the
-//! next commit carries all of them (`commit_together`). Many writers of one ledger then
-//! become a few, which is what keeps a hot user from drowning in compare-and-set conflicts.
-//!
-//! With the `kv` ledger, the ledger is committed in Spin's key-value store first
-//! (`ledger::KvLedger`), then `admit.lua` files the task.
+//! With the `kv` ledger (Spin's key-value store), the ledger is committed there with
+//! compare-and-swap (`ledger::KvLedger`) between two scripts: `prepare.lua` (clock, backlog,
+//! Idempotency-Key) and `file.lua` (files the tasks). Concurrent admissions of one user in
+//! one instance (Spin 4 gives an instance up to 16 requests at once) commit together: while
+//! one of them commits, the others wait, and the next commit carries all of them
+//! (`commit_together`). Many writers of one ledger then become a few, which is what keeps a
+//! hot user from drowning in compare-and-swap conflicts.
 
 use crate::config::{Config, LedgerBackend};
 use crate::drainer::print_log;
 use crate::keys::{UserKey, new_task_id};
-use crate::ledger::{self, KvLedger, Ledger, LedgerError, LedgerStore, Swap};
-use crate::queue::{Admitted, Completion, Earlier, Filed, LedgerCheck, Placement, Queue, StoreError, TaskToFile};
-use crate::slot::Limits;
+use crate::ledger::{self, KvLedger, Ledger, LedgerError};
+use crate::queue::{Admission, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -34,9 +32,6 @@ const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
 const INLINE_WAIT_STEPS: u32 = 10;
 /// How long a request waits for a concurrent one with the same Idempotency-Key.
 const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
-/// Back-off between compare-and-set attempts on the Redis ledger: a random wait up to
-/// 2^attempt ms, capped, so that contending writers spread out.
-const REDIS_BACKOFF_CAP_MS: u64 = 32;
 /// How often an admission waiting for its group's commit looks for its result.
 const GROUP_POLL: Duration = Duration::from_millis(1);
 
@@ -96,38 +91,96 @@ pub async fn admit(config: &Config, user_id: &str, payload: Option<&str>, idempo
     let user = UserKey::new(user_id);
     let idem = idempotency_key.map(|k| config.keys.idempotency(&user, k));
     let ledger_key = config.keys.ledger(&user);
-    let in_redis = (config.ledger == LedgerBackend::Redis).then_some(ledger_key.as_str());
+    match config.ledger {
+        LedgerBackend::Redis => admit_in_one_script(config, &queue, &user, user_id, &ledger_key, payload, idem.as_deref()).await,
+        LedgerBackend::Kv => admit_with_kv(config, &queue, &user, user_id, &ledger_key, payload, idem).await,
+    }
+}
+
+/// The `redis` ledger: the whole admission is `admit.lua`.
+async fn admit_in_one_script(
+    config: &Config,
+    queue: &Queue<'_>,
+    user: &UserKey,
+    user_id: &str,
+    ledger_key: &str,
+    payload: Option<&str>,
+    idem: Option<&str>,
+) -> Result<Outcome, AdmitError> {
+    let task_id = new_task_id();
+    let started = Instant::now();
+    loop {
+        // The commit point: if Redis did not answer, the script may still have run.
+        let admission = match queue.admit(user, user_id, ledger_key, idem, &task_id, ledger_tag(&task_id), payload).await {
+            Ok(admission) => admission,
+            Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
+            Err(e) => return Err(e.into()),
+        };
+        match admission {
+            Admission::Admitted { slot, ledger, filed } => {
+                let recent = Ledger::decode(Some(&ledger))?.slots();
+                let admitted = wait_if_due(queue, user, &task_id, slot, filed).await?;
+                let task = Task { task_id, user_id: user_id.to_string(), slot, placement: admitted.placement };
+                return Ok(Outcome::Admitted { task, recent, now: admitted.now });
+            }
+            Admission::BacklogFull => return Ok(Outcome::BacklogFull),
+            Admission::Earlier { earlier: Earlier::Task(earlier), now, ledger } => {
+                return replay(config, queue, user, &earlier, now, ledger.as_deref()).await;
+            }
+            // Only a `kv` admission reserves a key ('pending'), e.g. on a replica configured so.
+            Admission::Earlier { earlier: Earlier::Pending | Earlier::None, .. } if started.elapsed() < IDEMPOTENCY_WAIT => {
+                spin_sdk::time::sleep(INLINE_WAIT_STEP).await
+            }
+            Admission::Earlier { .. } => return Ok(Outcome::KeyInUse),
+        }
+    }
+}
+
+/// The 48-bit prefix of a task id that tags its ledger entry (it only has to differ from
+/// the entries of admissions racing it).
+fn ledger_tag(task_id: &str) -> &str {
+    &task_id[..12]
+}
+
+/// The `kv` ledger: prepare, commit the ledger in the key-value store (together with the
+/// user's other admissions in this instance), then file.
+async fn admit_with_kv(
+    config: &Config,
+    queue: &Queue<'_>,
+    user: &UserKey,
+    user_id: &str,
+    ledger_key: &str,
+    payload: Option<&str>,
+    idem: Option<String>,
+) -> Result<Outcome, AdmitError> {
     let started = Instant::now();
     let prepared = loop {
-        let prepared = queue.prepare(&user, idem.as_deref(), in_redis).await?;
+        let prepared = queue.prepare(user, idem.as_deref()).await?;
         match &prepared.earlier {
             Earlier::None => break prepared,
-            Earlier::Task(task_id) => return replay(config, &queue, &user, task_id, prepared.now, prepared.ledger.as_deref()).await,
+            Earlier::Task(task_id) => return replay(config, queue, user, task_id, prepared.now, None).await,
             Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
             Earlier::Pending => return Ok(Outcome::KeyInUse),
         }
     };
     if config.max_backlog > 0 && prepared.backlog as u64 >= config.max_backlog {
-        release(&queue, idem.as_deref()).await;
+        release(queue, idem.as_deref()).await;
         return Ok(Outcome::BacklogFull);
     }
     let task_id = new_task_id();
-    // The ledger as read by `prepare` (the key-value backend reads its own).
-    let seen = Ledger::decode(prepared.ledger.as_deref())?;
     let payload = payload.map(Rc::from);
-    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), payload, arrival: prepared.now, seen, result: RefCell::new(None) });
-    let committed = commit_together(&queue, config, &user, user_id, &ledger_key, member).await;
-    let committed = match committed {
+    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), payload, arrival: prepared.now, result: RefCell::new(None) });
+    let committed = match commit_together(queue, config, user, user_id, ledger_key, member).await {
         Ok(committed) => committed,
         Err(e) => {
             // Nothing was stored under the key: let a retry with it start afresh.
             if !matches!(e, AdmitError::Uncertain(_)) {
-                release(&queue, idem.as_deref()).await;
+                release(queue, idem.as_deref()).await;
             }
             return Err(e);
         }
     };
-    let admitted = wait_if_due(&queue, &user, &task_id, committed.slot, committed.admitted).await?;
+    let admitted = wait_if_due(queue, user, &task_id, committed.slot, committed.admitted).await?;
     let task = Task { task_id, user_id: user_id.to_string(), slot: committed.slot, placement: admitted.placement };
     Ok(Outcome::Admitted { task, recent: committed.recent, now: admitted.now })
 }
@@ -145,9 +198,8 @@ struct Member {
     task_id: String,
     idempotency_key: Option<String>,
     payload: Option<Rc<str>>,
-    /// The Redis clock when it began, and the ledger it read then.
+    /// The Redis clock when it began.
     arrival: i64,
-    seen: Ledger,
     result: RefCell<Option<Result<Committed, AdmitError>>>,
 }
 
@@ -238,8 +290,7 @@ impl Drop for BatchGuard<'_> {
     }
 }
 
-/// Commits a batch in arrival order: in the admission script, from the newest ledger any
-/// of its members read (`redis`), or in the key-value store and then the script (`kv`).
+/// Commits a batch in arrival order in the key-value store, then files its tasks.
 async fn commit_batch(
     queue: &Queue<'_>,
     config: &Config,
@@ -249,39 +300,25 @@ async fn commit_batch(
     members: &mut [Rc<Member>],
 ) -> Result<Vec<Committed>, AdmitError> {
     members.sort_by_key(|m| m.arrival);
-    // A 48-bit prefix of the task id tags each ledger entry.
-    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, &m.task_id[..12])).collect();
-    // Slots are filled in by the commit that decides them.
-    let mut tasks: Vec<TaskToFile> = members
+    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, ledger_tag(&m.task_id))).collect();
+    let mut store = KvLedger::open(ledger_key)?;
+    let seen = store.read()?;
+    let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
+    let tasks: Vec<TaskToFile> = members
         .iter()
-        .map(|m| TaskToFile { task_id: m.task_id.clone(), slot: 0, idempotency_key: m.idempotency_key.clone(), payload: m.payload.clone() })
+        .zip(&committed.slots)
+        .map(|(m, slot)| TaskToFile { task_id: m.task_id.clone(), slot: *slot, idempotency_key: m.idempotency_key.clone(), payload: m.payload.clone() })
         .collect();
-    let (slots, recent, (placements, now, ran)) = match config.ledger {
-        LedgerBackend::Redis => {
-            let seen = members.iter().map(|m| &m.seen).max_by_key(|l| l.seq()).cloned().unwrap_or_default();
-            let mut store = ScriptLedger { queue, user, user_id, ledger_key, tasks };
-            let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
-            (committed.slots, committed.recent, committed.landed)
-        }
-        LedgerBackend::Kv => {
-            let mut store = KvLedger::open(ledger_key)?;
-            let seen = store.read()?;
-            let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
-            for (task, slot) in tasks.iter_mut().zip(&committed.slots) {
-                task.slot = *slot;
-            }
-            let filed = match queue.admit(user, user_id, ledger_key, &tasks, LedgerCheck::Committed, committed.retries).await {
-                Ok(Filed::Admitted { placements, now, ran }) => (placements, now, ran),
-                Ok(Filed::Conflict { .. }) => return Err(AdmitError::Internal("admit answered conflict without a check".to_string())),
-                // The commit point: if Redis did not answer, the script may still have run.
-                Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
-                Err(e) => return Err(e.into()),
-            };
-            (committed.slots, committed.recent, filed)
-        }
+    let Filed { placements, now, ran } = match queue.file(user, user_id, ledger_key, &tasks, committed.retries).await {
+        Ok(filed) => filed,
+        // The commit point: if Redis did not answer, the script may still have run.
+        Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
+        Err(e) => return Err(e.into()),
     };
     print_log(&ran);
-    Ok(slots
+    let recent = committed.recent;
+    Ok(committed
+        .slots
         .into_iter()
         .zip(placements)
         .map(|(slot, placement)| Committed { slot, admitted: Admitted { placement, now, ran: Vec::new() }, recent: recent.clone() })
@@ -292,44 +329,6 @@ async fn commit_batch(
 async fn release(queue: &Queue<'_>, idem: Option<&str>) {
     if let Some(idem) = idem {
         let _ = queue.release(idem).await;
-    }
-}
-
-/// The `redis` ledger backend: `admit.lua` compares and sets the ledger and files the
-/// tasks in one step, so a landed write *is* the stored tasks.
-struct ScriptLedger<'q> {
-    queue: &'q Queue<'q>,
-    user: &'q UserKey,
-    user_id: &'q str,
-    ledger_key: &'q str,
-    tasks: Vec<TaskToFile>,
-}
-
-impl LedgerStore for ScriptLedger<'_> {
-    /// Each task's placement, the Redis clock, and the tasks the call ran.
-    type Landed = (Vec<Placement>, i64, Vec<Completion>);
-
-    fn keep(&self, limits: Limits) -> usize {
-        limits.history()
-    }
-
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, slots: &[i64], retries: u32) -> Result<Swap<Self::Landed>, LedgerError> {
-        for (task, slot) in self.tasks.iter_mut().zip(slots) {
-            task.slot = *slot;
-        }
-        let expected = (!expected.is_empty()).then(|| expected.encode());
-        let check = LedgerCheck::CompareAndSet { expected: expected.as_deref(), new: &new.encode() };
-        match self.queue.admit(self.user, self.user_id, self.ledger_key, &self.tasks, check, retries).await {
-            Ok(Filed::Admitted { placements, now, ran }) => Ok(Swap::Landed((placements, now, ran))),
-            Ok(Filed::Conflict { now, ledger }) => Ok(Swap::Conflict { current: Ledger::decode(ledger.as_deref())?, now: Some(now) }),
-            // The commit point: if Redis did not answer, the script may still have run.
-            Err(StoreError::Unavailable(e)) => Err(LedgerError::Unconfirmed(e)),
-            Err(StoreError::Unexpected(e)) => Err(LedgerError::Corrupt(e)),
-        }
-    }
-
-    async fn back_off(&mut self, attempt: u32) {
-        ledger::random_wait((1u64 << attempt.min(6)).min(REDIS_BACKOFF_CAP_MS)).await;
     }
 }
 

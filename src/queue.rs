@@ -90,8 +90,18 @@ pub struct Prepared {
     pub now: i64,
     pub backlog: i64,
     pub earlier: Earlier,
-    /// The user's ledger as stored (when asked for; `None` if there is none).
-    pub ledger: Option<Vec<u8>>,
+}
+
+/// What `admit` (the whole admission with the `redis` ledger) did.
+pub enum Admission {
+    /// The Idempotency-Key was used before: what it names, the Redis clock, and the user's
+    /// ledger as stored.
+    Earlier { earlier: Earlier, now: i64, ledger: Option<Vec<u8>> },
+    /// The user's queue holds `max_backlog` tasks: nothing was stored.
+    BacklogFull,
+    /// The task was stored at `slot` (and run, if its slot was now); `ledger` is the user's
+    /// ledger after it.
+    Admitted { slot: i64, ledger: Vec<u8>, filed: Admitted },
 }
 
 /// What an earlier request with the same Idempotency-Key left.
@@ -177,15 +187,6 @@ pub struct Queue<'a> {
     config: &'a Config,
 }
 
-/// How the admission script treats the ledger.
-pub enum LedgerCheck<'l> {
-    /// The ledger was committed in the key-value store: only extend its expiry.
-    Committed,
-    /// Compare-and-set: write `new` only if the stored ledger is still `expected` (`None`:
-    /// absent).
-    CompareAndSet { expected: Option<&'l [u8]>, new: &'l [u8] },
-}
-
 /// A task to file: its id, its committed slot, the Idempotency-Key record that will name
 /// it, and its payload (JSON text).
 pub struct TaskToFile {
@@ -195,11 +196,13 @@ pub struct TaskToFile {
     pub payload: Option<Rc<str>>,
 }
 
-/// The reply of ADMIT: the tasks were filed, or (compare-and-set only) the ledger changed.
-pub enum Filed {
-    /// One placement per task, in the order given.
-    Admitted { placements: Vec<Placement>, now: i64, ran: Vec<Completion> },
-    Conflict { now: i64, ledger: Option<Vec<u8>> },
+/// What `file_tasks` (lib.lua) did: one placement per task, in the order given.
+pub struct Filed {
+    pub placements: Vec<Placement>,
+    /// The Redis clock when the script ran.
+    pub now: i64,
+    /// Tasks the call ran (ours, or the user's overdue ones).
+    pub ran: Vec<Completion>,
 }
 
 impl<'a> Queue<'a> {
@@ -219,11 +222,29 @@ impl<'a> Queue<'a> {
         Ok(Queue { conn, config })
     }
 
-    /// Reads what admission starts from (`prepare.lua`). `ledger_key` is `None` when the
-    /// ledger lives in the key-value store.
-    pub async fn prepare(&self, user: &UserKey, idem: Option<&str>, ledger_key: Option<&str>) -> Result<Prepared, StoreError> {
-        let reply = self.eval(&scripts::PREPARE, &[&user.0, idem.unwrap_or(""), ledger_key.unwrap_or("")]).await?;
+    /// Reads what an admission with the `kv` ledger starts from (`prepare.lua`).
+    pub async fn prepare(&self, user: &UserKey, idem: Option<&str>) -> Result<Prepared, StoreError> {
+        let reply = self.eval(&scripts::PREPARE, &[&user.0, idem.unwrap_or("")]).await?;
         parse_prepared(&reply)
+    }
+
+    /// The whole admission of one task with the `redis` ledger (`admit.lua`). `tag` marks
+    /// the task's ledger entry; `idem` is the Idempotency-Key record's key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit(
+        &self,
+        user: &UserKey,
+        user_id: &str,
+        ledger_key: &str,
+        idem: Option<&str>,
+        task_id: &str,
+        tag: &str,
+        payload: Option<&str>,
+    ) -> Result<Admission, StoreError> {
+        let max_backlog = self.config.max_backlog.to_string();
+        let args = [&user.0, user_id, ledger_key, idem.unwrap_or(""), &max_backlog, task_id, tag, payload.unwrap_or("")];
+        let reply = self.eval(&scripts::ADMIT, &args).await?;
+        parse_admission(&reply)
     }
 
     /// Drops an idempotency reservation when admission did not get as far as storing a task.
@@ -237,34 +258,19 @@ impl<'a> Queue<'a> {
         int_at(&reply, 0)
     }
 
-    /// Files tasks of one user (`admit.lua`), committing the ledger with them when asked to.
-    pub async fn admit(
-        &self,
-        user: &UserKey,
-        user_id: &str,
-        ledger_key: &str,
-        tasks: &[TaskToFile],
-        ledger: LedgerCheck<'_>,
-        cas_retries: u32,
-    ) -> Result<Filed, StoreError> {
+    /// Files tasks of one user whose slots the `kv` ledger committed (`file.lua`).
+    pub async fn file(&self, user: &UserKey, user_id: &str, ledger_key: &str, tasks: &[TaskToFile], cas_retries: u32) -> Result<Filed, StoreError> {
         let last_slot = tasks.iter().map(|t| t.slot).max().unwrap_or(0);
         // Once the last slot is a minute old the ledger no longer constrains anything.
         let expire_at = (last_slot + MINUTE_MS + SECOND_MS).to_string();
         let retries = cas_retries.to_string();
-        let (check, expected, new) = match ledger {
-            LedgerCheck::Committed => ("-", &[][..], &[][..]),
-            LedgerCheck::CompareAndSet { expected: None, new } => ("0", &[][..], new),
-            LedgerCheck::CompareAndSet { expected: Some(expected), new } => ("1", expected, new),
-        };
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let (expected, new) = (text(expected), text(new));
         let slots: Vec<String> = tasks.iter().map(|t| t.slot.to_string()).collect();
-        let mut args: Vec<&str> = vec![&user.0, user_id, ledger_key, &expire_at, &retries, check, &expected, &new];
+        let mut args: Vec<&str> = vec![&user.0, user_id, ledger_key, &expire_at, &retries];
         for (task, slot) in tasks.iter().zip(&slots) {
             let (idem, payload) = (task.idempotency_key.as_deref(), task.payload.as_deref());
             args.extend([task.task_id.as_str(), slot.as_str(), idem.unwrap_or(""), payload.unwrap_or("")]);
         }
-        let reply = self.eval(&scripts::ADMIT, &args).await?;
+        let reply = self.eval(&scripts::FILE, &args).await?;
         parse_filed(&reply, tasks.len())
     }
 
@@ -470,41 +476,63 @@ fn payload(text: Option<&[u8]>) -> Result<Option<Box<RawValue>>, StoreError> {
     }
 }
 
-/// `prepare.lua`: `[now, backlog, earlier, ledger present (0/1), ledger]`.
-fn parse_prepared(reply: &[RedisResult]) -> Result<Prepared, StoreError> {
-    let earlier = match text_at(reply, 2)?.as_str() {
+/// What an earlier request with the same Idempotency-Key left: '' (nothing), 'pending', or
+/// its task id.
+fn earlier(text: &str) -> Earlier {
+    match text {
         "" => Earlier::None,
         "pending" => Earlier::Pending,
         task_id => Earlier::Task(task_id.to_string()),
-    };
-    let ledger = match int_at(reply, 3)? {
-        1 => Some(reply.get(4).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))?),
-        _ => None,
-    };
-    Ok(Prepared { now: int_at(reply, 0)?, backlog: int_at(reply, 1)?, earlier, ledger })
+    }
 }
 
-/// `admit.lua`: `['filed', now, k, (status, completed_at | position)×k, completions…]`, or
-/// `['conflict', now, ledger present (0/1), ledger]`.
+/// `prepare.lua`: `[now, backlog, earlier]`.
+fn parse_prepared(reply: &[RedisResult]) -> Result<Prepared, StoreError> {
+    Ok(Prepared { now: int_at(reply, 0)?, backlog: int_at(reply, 1)?, earlier: earlier(&text_at(reply, 2)?) })
+}
+
+/// A ledger in a reply: its presence flag at `i`, its value after it.
+fn ledger_at(reply: &[RedisResult], i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    match int_at(reply, i)? {
+        1 => ledger_text(reply, i + 1).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn ledger_text(reply: &[RedisResult], i: usize) -> Result<Vec<u8>, StoreError> {
+    reply.get(i).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))
+}
+
+/// `admit.lua`: `['earlier', now, earlier, ledger present, ledger]`, `['full', now]`,
+/// `['corrupt', ledger]` or `['admitted', slot, ledger, <file_tasks reply>…]`.
+fn parse_admission(reply: &[RedisResult]) -> Result<Admission, StoreError> {
+    match text_at(reply, 0)?.as_str() {
+        "earlier" => Ok(Admission::Earlier { earlier: earlier(&text_at(reply, 2)?), now: int_at(reply, 1)?, ledger: ledger_at(reply, 3)? }),
+        "full" => Ok(Admission::BacklogFull),
+        "corrupt" => Err(StoreError::Unexpected(format!("the ledger holds a foreign value {:?}", text_at(reply, 1)?))),
+        "admitted" => {
+            let mut filed = parse_filed(reply.get(3..).unwrap_or_default(), 1)?;
+            let placement = filed.placements.pop().ok_or_else(|| StoreError::Unexpected("admit placed no task".to_string()))?;
+            Ok(Admission::Admitted { slot: int_at(reply, 1)?, ledger: ledger_text(reply, 2)?, filed: Admitted { placement, now: filed.now, ran: filed.ran } })
+        }
+        other => Err(StoreError::Unexpected(format!("admit answered {other:?}"))),
+    }
+}
+
+/// `file_tasks` (lib.lua): `['filed', now, k, (status, completed_at | position)×k,
+/// completions…]`.
 fn parse_filed(reply: &[RedisResult], tasks: usize) -> Result<Filed, StoreError> {
     match text_at(reply, 0)?.as_str() {
         "filed" => {}
-        "conflict" => {
-            let ledger = match int_at(reply, 2)? {
-                1 => Some(reply.get(3).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))?),
-                _ => None,
-            };
-            return Ok(Filed::Conflict { now: int_at(reply, 1)?, ledger });
-        }
-        other => return Err(StoreError::Unexpected(format!("admit answered {other:?}"))),
+        other => return Err(StoreError::Unexpected(format!("filing answered {other:?}"))),
     }
     let count = int_at(reply, 2)?;
     if count != tasks as i64 {
-        return Err(StoreError::Unexpected(format!("admit filed {count} tasks of {tasks}")));
+        return Err(StoreError::Unexpected(format!("filed {count} tasks of {tasks}")));
     }
     let placements = (0..tasks).map(|i| placement(reply.get(3 + 2 * i..).unwrap_or_default())).collect::<Result<_, _>>()?;
     let ran = completions(reply.get(3 + 2 * tasks..).unwrap_or_default())?;
-    Ok(Filed::Admitted { placements, now: int_at(reply, 1)?, ran })
+    Ok(Filed { placements, now: int_at(reply, 1)?, ran })
 }
 
 /// A `(status, completed_at | position)` pair.
@@ -584,10 +612,7 @@ fn parse_log_page(reply: &[RedisResult]) -> Result<Vec<(String, Completion)>, St
 fn parse_user_state(reply: &[RedisResult]) -> Result<UserState, StoreError> {
     let head = text_at(reply, 2)?;
     let next_task = if head.is_empty() { None } else { Some((head, int_at(reply, 3)?)) };
-    let ledger = match int_at(reply, 4)? {
-        1 => Some(reply.get(5).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))?),
-        _ => None,
-    };
+    let ledger = ledger_at(reply, 4)?;
     let recent_completions = (6..reply.len()).map(|i| int_at(reply, i)).collect::<Result<_, _>>()?;
     Ok(UserState { now: int_at(reply, 0)?, queued: int_at(reply, 1)?, next_task, ledger, recent_completions })
 }
@@ -637,27 +662,45 @@ mod tests {
     }
 
     #[test]
-    fn prepared_with_and_without_a_ledger() {
-        let reply = [Int64(1_000), Int64(3), text(""), Int64(1), text("v1 1 1000:abc")];
+    fn prepared_with_and_without_an_earlier_request() {
+        let reply = [Int64(1_000), Int64(3), text("")];
         let Ok(prepared) = parse_prepared(&reply) else { panic!("parse failed") };
         assert_eq!((prepared.now, prepared.backlog), (1_000, 3));
         assert!(matches!(prepared.earlier, Earlier::None));
-        assert_eq!(prepared.ledger.as_deref(), Some(&b"v1 1 1000:abc"[..]));
 
-        let reply = [Int64(1_000), Int64(0), text("pending"), Int64(0), text("")];
-        let Ok(prepared) = parse_prepared(&reply) else { panic!("parse failed") };
-        assert!(matches!(prepared.earlier, Earlier::Pending) && prepared.ledger.is_none());
+        let reply = [Int64(1_000), Int64(0), text("pending")];
+        assert!(matches!(parse_prepared(&reply).map(|p| p.earlier), Ok(Earlier::Pending)));
 
-        let reply = [Int64(1_000), Int64(0), text("0123456789abcdef01234567"), Int64(0), text("")];
+        let reply = [Int64(1_000), Int64(0), text("0123456789abcdef01234567")];
         assert!(matches!(parse_prepared(&reply).map(|p| p.earlier), Ok(Earlier::Task(id)) if id == "0123456789abcdef01234567"));
-        assert!(parse_prepared(&reply[..3]).is_err());
+        assert!(parse_prepared(&reply[..2]).is_err());
+    }
+
+    #[test]
+    fn admissions_of_every_kind() {
+        let mut reply = vec![text("admitted"), Int64(2_000), text("v1 2 1000:a 2000:b"), text("filed"), Int64(1_006), Int64(1), text("queued"), Int64(2)];
+        reply.extend(completion("t1", "alice", 1_000, 1_005));
+        let Ok(Admission::Admitted { slot, ledger, filed }) = parse_admission(&reply) else { panic!("not admitted") };
+        assert_eq!((slot, ledger.as_slice(), filed.now, filed.ran.len()), (2_000, &b"v1 2 1000:a 2000:b"[..], 1_006, 1));
+        assert!(matches!(filed.placement, Placement::Queued { position: 2 }));
+
+        let reply = [text("earlier"), Int64(7), text("0123456789abcdef01234567"), Int64(1), text("v1 1 5:a")];
+        let Ok(Admission::Earlier { earlier: Earlier::Task(id), now: 7, ledger: Some(ledger) }) = parse_admission(&reply) else { panic!("not a replay") };
+        assert_eq!((id.as_str(), ledger.as_slice()), ("0123456789abcdef01234567", &b"v1 1 5:a"[..]));
+        let reply = [text("earlier"), Int64(7), text("pending"), Int64(0), text("")];
+        assert!(matches!(parse_admission(&reply), Ok(Admission::Earlier { earlier: Earlier::Pending, ledger: None, .. })));
+        assert!(matches!(parse_admission(&[text("full"), Int64(7)]), Ok(Admission::BacklogFull)));
+        // A foreign value in the ledger's key is reported, not overwritten.
+        assert!(matches!(parse_admission(&[text("corrupt"), text("hello")]), Err(StoreError::Unexpected(_))));
+        // An admission that filed no task, or two, is a bug.
+        assert!(parse_admission(&[text("admitted"), Int64(2_000), text("v1 1 2000:b"), text("filed"), Int64(1), Int64(0)]).is_err());
     }
 
     #[test]
     fn filed_tasks_carry_their_placements_and_completions() {
         let mut reply = vec![text("filed"), Int64(1_006), Int64(2), text("completed"), Int64(1_005), text("queued"), Int64(1)];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
-        let Ok(Filed::Admitted { placements, now, ran }) = parse_filed(&reply, 2) else { panic!("not filed") };
+        let Ok(Filed { placements, now, ran }) = parse_filed(&reply, 2) else { panic!("not filed") };
         assert!(matches!(placements[..], [Placement::Completed { completed_at: 1_005 }, Placement::Queued { position: 1 }]));
         assert_eq!(now, 1_006);
         assert_eq!(ran.len(), 1);
@@ -672,14 +715,6 @@ mod tests {
         let Ok(admitted) = parse_poked(&reply) else { panic!("parse failed") };
         assert!(matches!(admitted.placement, Placement::Queued { position: 4 }) && admitted.ran.is_empty());
         assert_eq!(admitted.now, 2_000);
-    }
-
-    #[test]
-    fn a_conflict_brings_the_current_ledger_or_its_absence() {
-        let reply = [text("conflict"), Int64(7), Int64(1), text("v1 2 5:a 6:b")];
-        assert!(matches!(parse_filed(&reply, 1), Ok(Filed::Conflict { now: 7, ledger: Some(l) }) if l == b"v1 2 5:a 6:b"));
-        let reply = [text("conflict"), Int64(7), Int64(0), text("")];
-        assert!(matches!(parse_filed(&reply, 1), Ok(Filed::Conflict { now: 7, ledger: None })));
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl Script {
 
 pub static PREPARE: Script = Script::new(include_str!("scripts/prepare.lua"));
 pub static ADMIT: Script = Script::new(include_str!("scripts/admit.lua"));
+pub static FILE: Script = Script::new(include_str!("scripts/file.lua"));
 pub static POKE: Script = Script::new(include_str!("scripts/poke.lua"));
 pub static DRAIN: Script = Script::new(include_str!("scripts/drain.lua"));
 pub static SWEEP: Script = Script::new(include_str!("scripts/sweep.lua"));
@@ -76,7 +77,7 @@ mod tests {
 
     #[test]
     fn every_script_has_its_own_sha_of_its_full_text() {
-        let all = [&PREPARE, &ADMIT, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW];
+        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW];
         let mut shas: Vec<&str> = all.iter().map(|s| s.compiled().1.as_str()).collect();
         assert!(shas.iter().all(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())));
         shas.sort_unstable();

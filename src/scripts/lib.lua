@@ -22,17 +22,27 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- slot.rs `next_slot`, applied to the user's completion times (SPEC §1: the log is the proof).
-local function earliest_start(done, slot)
-  local at = slot
-  local n = redis.call('LLEN', done)
-  if per_second > 0 and n >= per_second then
-    at = math.max(at, tonumber(redis.call('LINDEX', done, n - per_second)) + second_ms)
+-- slot.rs `next_slot`: the earliest instant from `at` that keeps the rule, given a user's
+-- earlier times (slots or completions), where `back(k)` is the k-th newest of them (1 = the
+-- newest) or nil. `runtime-tests/tests/lua_rule.rs` holds it to slot.rs on random histories.
+local function earliest(at, back)
+  if per_second > 0 then
+    local t = back(per_second)
+    if t then at = math.max(at, t + second_ms) end
   end
-  if per_minute > 0 and n >= per_minute then
-    at = math.max(at, tonumber(redis.call('LINDEX', done, n - per_minute)) + minute_ms)
+  if per_minute > 0 then
+    local t = back(per_minute)
+    if t then at = math.max(at, t + minute_ms) end
   end
   return at
+end
+
+-- The rule applied to the user's completion times (SPEC §1: the log is the proof).
+local function earliest_start(done, slot)
+  local n = redis.call('LLEN', done)
+  return earliest(slot, function(k)
+    if n >= k then return tonumber(redis.call('LINDEX', done, n - k)) end
+  end)
 end
 
 -- The rule checked another way than `earliest_start` (by counting the stored completions in
@@ -118,4 +128,82 @@ end
 local function append(result, out)
   for _, v in ipairs(out) do table.insert(result, v) end
   return result
+end
+
+-- Files tasks of one user (`tasks`: {id, slot, idem ('' for none; it then names the task for
+-- a day), payload (JSON text, '' for none)}, in slot order; admissions can reach here in
+-- another order than they committed), runs what is due now, and wakes the drainer if
+-- nobody leads. Returns `['filed', now, k, (status, completed_at | queue position)×k,
+-- completions…]`.
+local function file_tasks(member, user, now, tasks)
+  local q = prefix .. 'q:' .. member
+  -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
+  -- (what RPUSH answers), or false.
+  local entries = {}
+  -- Whether the user's head task changed: only then can anything of theirs run now, or the
+  -- instant they are filed under in `due` move. A task queued behind others leaves both as
+  -- they were (every script that changes a head refiles the user), so the common queued
+  -- admission skips `run_due` and its half-dozen commands.
+  local new_head = false
+  for _, task in ipairs(tasks) do
+    local id, slot, idem, payload = task.id, task.slot, task.idem, task.payload
+    local slot_s = int(slot)
+    if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
+    if payload ~= '' then
+      redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s, 'p', payload)
+    else
+      redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s)
+    end
+    local entry = slot_s .. ':' .. id
+    -- Usually the tail: insert after the last entry with a slot no later than ours.
+    local tail = redis.call('LINDEX', q, -1)
+    local position = false
+    if not tail or split(tail) <= slot then
+      position = redis.call('RPUSH', q, entry)
+      if position == 1 then new_head = true end
+    else
+      local i, pivot = redis.call('LLEN', q) - 2, nil
+      while i >= 0 do
+        local e = redis.call('LINDEX', q, i)
+        if split(e) <= slot then pivot = e break end
+        i = i - 1
+      end
+      if pivot then redis.call('LINSERT', q, 'AFTER', pivot, entry)
+      else
+        redis.call('LPUSH', q, entry)
+        new_head = true
+      end
+    end
+    table.insert(entries, {id, entry, position})
+  end
+  count('queued', #entries)
+
+  local out = {}
+  if new_head then run_due(member, now, out) end
+  wake_drainer()
+  -- `run_due` reports each task it ran as (id, user, slot, completed_at); all of them were
+  -- ahead of any of ours it left queued.
+  local ran, ran_count = {}, #out / 4
+  for r = 1, #out, 4 do ran[out[r]] = out[r + 3] end
+  local inline, queued = 0, 0
+  local reply = {'filed', now, #entries}
+  for _, e in ipairs(entries) do
+    local completed = ran[e[1]]
+    if completed then
+      inline = inline + 1
+      table.insert(reply, 'completed')
+      table.insert(reply, tonumber(completed))
+    else
+      queued = queued + 1
+      table.insert(reply, 'queued')
+      if e[3] then
+        table.insert(reply, e[3] - ran_count)
+      else
+        table.insert(reply, (redis.call('LPOS', q, e[2], 'RANK', -1) or -1) + 1)
+      end
+    end
+  end
+  count_answer('200', 'inline', inline)
+  count_answer('202', 'queued', queued)
+  return append(reply, out)
 end
