@@ -38,9 +38,15 @@ const OVERVIEW_SOONEST: usize = 20;
 const OVERVIEW_RECENT: usize = 50;
 const OVERVIEW_QUEUED: usize = 100;
 
-/// Marks a response the admission script already counted in the metrics.
+/// Marks a response that the script behind it already counted in the metrics.
 #[derive(Clone, Copy)]
 struct CountedByScript;
+
+/// `response`, marked as counted by its script (so `count_response` adds no round trip).
+fn counted(mut response: HttpResponse) -> HttpResponse {
+    response.extensions_mut().insert(CountedByScript);
+    response
+}
 
 /// The configuration; an error is the operator's (answered 500 by the routes that need it).
 type Loaded = anyhow::Result<Rc<Config>>;
@@ -167,9 +173,7 @@ async fn create_task(request: Request, config: &Loaded) -> HttpResponse {
     match admission::admit(config, &user_id, payload.as_deref(), idempotency_key.as_deref()).await {
         Ok(Outcome::Admitted { task, recent, now }) => {
             let headers = rate_limit_headers(config.limits, &recent, now);
-            let mut response = task_response(task, now, headers);
-            response.extensions_mut().insert(CountedByScript);
-            response
+            counted(task_response(task, now, headers))
         }
         Ok(Outcome::Replayed { task, recent, now }) => {
             let mut headers = rate_limit_headers(config.limits, &recent, now);
@@ -401,9 +405,9 @@ async fn get_task(config: &Loaded, id: &str) -> HttpResponse {
         Ok(queue) => queue,
         Err(response) => return response,
     };
-    match queue.task(id).await {
-        Ok(Some(task)) => serialized_response(StatusCode::OK, &TaskView::of(id, &task)),
-        Ok(None) => problem::not_found(format!("no task {id}")),
+    match queue.read_task(id).await {
+        Ok(Some(task)) => counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))),
+        Ok(None) => counted(problem::not_found(format!("no task {id}"))),
         Err(e) => store_problem(e),
     }
 }
@@ -677,7 +681,7 @@ async fn health(config: &Loaded) -> HttpResponse {
     if let Err(e) = queue.sweep().await {
         return store_problem(e);
     }
-    json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())
+    counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new()))
 }
 
 fn store_problem(e: StoreError) -> HttpResponse {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 /// Where the per-user ledger lives (the `ledger` variable; README "Design" compares them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LedgerBackend {
-    /// In Redis, compared and set by the script that files the task: two round trips.
+    /// In Redis, read and written by the one script that admits a task: one round trip.
     Redis,
     /// In Spin's key-value store, with `wasi:keyvalue` compare-and-swap and read-back.
     Kv,

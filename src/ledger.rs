@@ -1,17 +1,16 @@
-//! Per-user admission accounting: the ledger of a user's recent slots, committed with
-//! compare-and-set.
+//! Per-user admission accounting: the ledger of a user's recent slots.
 //!
 //! The ledger value holds the user's most recent slots, each tagged with the id of the
-//! admission that committed it, and the sequence number of the newest one. Committing is a
-//! loop (`commit`): apply `slot::next_slot` to the ledger last seen, ask the store to write
-//! the result only if the ledger is still what was seen, and on a conflict go again with
-//! the ledger the store reports. Like governor's `StateStore::measure_and_replace`, the loop
-//! knows nothing of the storage: a `LedgerStore` only promises compare-and-set. Two exist:
+//! admission that committed it, and the sequence number of the newest one (`Ledger`). With
+//! the default `redis` backend, `admit.lua` reads and writes it inside the one script that
+//! admits a task, so it needs no compare-and-set. With the `kv` backend it lives in Spin's
+//! key-value store, and committing is a loop (`commit`): apply `slot::next_slot` to the
+//! ledger last seen, ask the store to write the result only if the ledger is still what was
+//! seen, and on a conflict go again with the ledger the store reports. Like governor's
+//! `StateStore::measure_and_replace`, the loop knows nothing of the storage: a `LedgerStore`
+//! only promises compare-and-set (`KvLedger` below; the tests add a contended fake).
 //!
-//! - `redis` (`admission.rs`): the admission script compares and sets the ledger in the
-//!   same step that files the task, and answers a conflict with the current ledger: one
-//!   round trip per attempt.
-//! - `kv` (`KvLedger` below): Spin's key-value store with `wasi:keyvalue` atomics. Spin
+//! - `kv` (`KvLedger`): Spin's key-value store with `wasi:keyvalue` atomics. Spin
 //!   4.1's Redis-backed CAS reports `CasFailed` even when the write landed, and a fixed one
 //!   could report success for a write that never happened (SPIN-NOTES), so its answer is
 //!   never believed: the write counts as ours only if the value read back carries our

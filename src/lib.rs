@@ -6,8 +6,8 @@
 //! - `slot`: the schedule rule, pure (no I/O, no clock).
 //! - `keys`: every key the app writes; user ids encoded so they cannot collide.
 //! - `config`: Spin variables read into one typed `Config`.
-//! - `ledger`: the per-user ledger of recent slots and its compare-and-set loop, over Redis
-//!   or Spin's key-value store.
+//! - `ledger`: the per-user ledger of recent slots, and its compare-and-set loop over Spin's
+//!   key-value store (the `kv` backend; the `redis` one lives inside `admit.lua`).
 //! - `admission`: a validated request to a stored task, as an outcome.
 //! - `queue`: the queue, the executor and the log on Redis: one typed call per script.
 //! - `scripts`: the Lua scripts (`src/scripts/*.lua`), sent once and then called by SHA.

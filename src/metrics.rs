@@ -48,7 +48,7 @@ pub fn render(counters: &[(String, i64)]) -> String {
 
     let cancelled_help = "Queued tasks cancelled by DELETE /api/v1/task/{id} (they never run).";
     single(&mut out, "task_api_cancelled_total", "counter", cancelled_help, get("cancelled"));
-    let retries_help = "Ledger compare-and-set attempts that did not commit (another admission of the user got in first).";
+    let retries_help = "kv ledger: compare-and-swap attempts that did not commit (another admission of the user got in first; the redis ledger never conflicts).";
     single(&mut out, "task_api_cas_retries_total", "counter", retries_help, get("cas_retries"));
     let violations_help = "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).";
     single(&mut out, "task_api_rule_violations_total", "counter", violations_help, get("rule_violations"));

@@ -45,6 +45,7 @@ pub static POSITION: Script = Script::new(include_str!("scripts/position.lua"));
 pub static METRICS: Script = Script::new(include_str!("scripts/metrics.lua"));
 pub static COUNT_STATUS: Script = Script::new(include_str!("scripts/count_status.lua"));
 pub static OVERVIEW: Script = Script::new(include_str!("scripts/overview.lua"));
+pub static READ_TASK: Script = Script::new(include_str!("scripts/read_task.lua"));
 pub static CANCEL: Script = Script::new(include_str!("scripts/cancel.lua"));
 pub static USER_STATE: Script = Script::new(include_str!("scripts/user_state.lua"));
 
@@ -77,7 +78,7 @@ mod tests {
 
     #[test]
     fn every_script_has_its_own_sha_of_its_full_text() {
-        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW];
+        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &CANCEL, &USER_STATE, &READ_TASK];
         let mut shas: Vec<&str> = all.iter().map(|s| s.compiled().1.as_str()).collect();
         assert!(shas.iter().all(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())));
         shas.sort_unstable();

@@ -309,14 +309,21 @@ fn metrics_count_what_happened() {
     let queued = host.post_task(r#"{"user_id":"m"}"#);
     assert_eq!(queued.status, 202);
     assert_eq!(host.post_task("not json").status, 400);
+    // Reads are counted too, by the script that answers them (a known and an unknown task,
+    // a health probe).
+    let task_id = queued.json()["task_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(host.get(&format!("/api/v1/task/{task_id}")).status, 200);
+    assert_eq!(host.get("/api/v1/task/0123456789abcdef01234567").status, 404);
+    assert_eq!(host.get("/healthz").status, 200);
 
     let before = host.get("/metrics");
     assert_eq!(before.status, 200);
     assert_eq!(before.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let text = before.body;
-    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(3), "{text}");
     assert_eq!(sample(&text, r#"task_api_http_responses_total{status="202"}"#), Some(1), "{text}");
     assert_eq!(sample(&text, r#"task_api_http_responses_total{status="400"}"#), Some(1), "{text}");
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="404"}"#), Some(1), "{text}");
     assert_eq!(sample(&text, r#"task_api_admissions_total{placement="inline"}"#), Some(1), "{text}");
     assert_eq!(sample(&text, r#"task_api_admissions_total{placement="queued"}"#), Some(1), "{text}");
     assert_eq!(sample(&text, "task_api_queue_depth"), Some(1), "{text}");
@@ -333,7 +340,7 @@ fn metrics_count_what_happened() {
     assert_eq!(sample(&text, r#"task_api_lateness_seconds_bucket{le="+Inf"}"#), Some(2), "{text}");
     assert_eq!(sample(&text, "task_api_rule_violations_total"), Some(0), "{text}");
     // The first /metrics read is counted once it has answered.
-    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(2), "{text}");
+    assert_eq!(sample(&text, r#"task_api_http_responses_total{status="200"}"#), Some(4), "{text}");
 }
 
 /// The overview is a bounded snapshot: the watched user's queue in run order, the users due
