@@ -79,7 +79,6 @@ impl From<LedgerError> for AdmitError {
     fn from(e: LedgerError) -> Self {
         match e {
             LedgerError::Unavailable(e) => AdmitError::Unavailable(e),
-            LedgerError::Unconfirmed(e) => AdmitError::Uncertain(e),
             LedgerError::Contended => AdmitError::Contended,
             LedgerError::Corrupt(e) => AdmitError::Internal(e),
         }
@@ -128,7 +127,7 @@ async fn admit_in_one_script(
                 return replay(config, queue, user, &earlier, now, ledger.as_deref()).await;
             }
             // Only a `kv` admission reserves a key ('pending'), e.g. on a replica configured so.
-            Admission::Earlier { earlier: Earlier::Pending | Earlier::None, .. } if started.elapsed() < IDEMPOTENCY_WAIT => {
+            Admission::Earlier { earlier: Earlier::Pending, .. } if started.elapsed() < IDEMPOTENCY_WAIT => {
                 spin_sdk::time::sleep(INLINE_WAIT_STEP).await
             }
             Admission::Earlier { .. } => return Ok(Outcome::KeyInUse),

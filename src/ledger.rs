@@ -34,8 +34,6 @@ const COMMIT_BUDGET: Duration = Duration::from_millis(1_500);
 pub enum LedgerError {
     /// The store failed or did not answer: nothing was committed that a task depends on.
     Unavailable(String),
-    /// The store did not answer a write, which may or may not have landed.
-    Unconfirmed(String),
     /// Too much contention to commit within the budget.
     Contended,
     /// The stored value is not a ledger (someone else wrote the key).
@@ -43,27 +41,23 @@ pub enum LedgerError {
 }
 
 /// What a store answers to a compare-and-set.
-pub enum Swap<L> {
-    /// The write landed; `L` is whatever else the store did with it.
-    Landed(L),
-    /// The ledger had changed: here it is as stored now, with the Redis clock if the store
-    /// read it (the retry's arrival time).
-    Conflict { current: Ledger, now: Option<i64> },
+pub enum Swap {
+    /// The write landed.
+    Landed,
+    /// The ledger had changed: here it is as stored now.
+    Conflict { current: Ledger },
 }
 
 /// Storage that can replace a user's ledger atomically.
 // A component runs on one thread: its futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait LedgerStore {
-    /// What a landed write brings back besides the ledger.
-    type Landed;
-
     /// How many entries a ledger keeps: at least what the rule needs.
     fn keep(&self, limits: Limits) -> usize;
 
-    /// Writes `new` (which ends with our entries, committing `slots`) only if the stored
-    /// ledger is still `expected`. `retries` counts the conflicts before this attempt.
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, slots: &[i64], retries: u32) -> Result<Swap<Self::Landed>, LedgerError>;
+    /// Writes `new` (which ends with our entries) only if the stored ledger is still
+    /// `expected`.
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError>;
 
     /// Waits before attempt number `attempt` (1 = the first retry), so that writers stop
     /// colliding.
@@ -71,14 +65,13 @@ pub trait LedgerStore {
 }
 
 /// Committed admissions.
-pub struct Committed<L> {
+pub struct Committed {
     /// One slot per arrival, in the order given.
     pub slots: Vec<i64>,
     /// The user's recent slots after this commit, oldest first (for the rate-limit headers).
     pub recent: Vec<i64>,
     /// Attempts that did not commit before this one did.
     pub retries: u32,
-    pub landed: L,
 }
 
 /// Commits the earliest slots the rule allows for admissions of one user, in FIFO order:
@@ -90,33 +83,26 @@ pub async fn commit<S: LedgerStore>(
     limits: Limits,
     mut seen: Ledger,
     arrivals: &[(i64, &str)],
-) -> Result<Committed<S::Landed>, LedgerError> {
+) -> Result<Committed, LedgerError> {
     let keep = store.keep(limits).max(arrivals.len());
     let started = Instant::now();
-    // A task arrives when its admission commits: at the latest Redis clock reading, or at
-    // its own reading advanced by the time spent here (a duration, so no second clock
-    // enters). Otherwise a contended first task would start "late" by its own retries, and
-    // hold every later task of the user back by as much.
-    let mut clock: Option<i64> = None;
     let mut retries = 0;
     loop {
         let mut new = seen.clone();
         let mut slots = Vec::with_capacity(arrivals.len());
         for (arrival, commit_id) in arrivals {
-            let now = match clock {
-                Some(clock) => clock.max(*arrival),
-                None => arrival + started.elapsed().as_millis() as i64,
-            };
+            // A task arrives when its admission commits: at its own Redis clock reading
+            // advanced by the time spent here (a duration, so no second clock enters).
+            // Otherwise a contended first task would start "late" by its own retries, and
+            // hold every later task of the user back by as much.
+            let now = arrival + started.elapsed().as_millis() as i64;
             let slot = slot::next_slot(limits, &new.slots(), now);
             new.push(slot, commit_id, keep);
             slots.push(slot);
         }
-        match store.compare_and_set(&seen, &new, &slots, retries).await? {
-            Swap::Landed(landed) => return Ok(Committed { slots, recent: new.slots(), retries, landed }),
-            Swap::Conflict { current, now } => {
-                seen = current;
-                clock = now;
-            }
+        match store.compare_and_set(&seen, &new).await? {
+            Swap::Landed => return Ok(Committed { slots, recent: new.slots(), retries }),
+            Swap::Conflict { current } => seen = current,
         }
         retries += 1;
         if started.elapsed() > COMMIT_BUDGET {
@@ -162,13 +148,11 @@ impl KvLedger {
 }
 
 impl LedgerStore for KvLedger {
-    type Landed = ();
-
     fn keep(&self, limits: Limits) -> usize {
         limits.history().max(KV_MIN_KEPT)
     }
 
-    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, _slots: &[i64], _retries: u32) -> Result<Swap<()>, LedgerError> {
+    async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
         let cas = match self.cas.take() {
             Some(cas) => cas,
             None => {
@@ -178,7 +162,7 @@ impl LedgerStore for KvLedger {
                 let current = Ledger::decode(cas.current().map_err(store_error)?.as_deref())?;
                 if current != *expected {
                     self.cas = Some(cas);
-                    return Ok(Swap::Conflict { current, now: None });
+                    return Ok(Swap::Conflict { current });
                 }
                 cas
             }
@@ -212,8 +196,8 @@ impl LedgerStore for KvLedger {
 
 /// The verdict of a read-back: landed if the ledger read after our write holds our entry at
 /// our sequence number, whatever the store said of the write.
-fn confirm(after: Ledger, seq: u64, commit_id: &str) -> Swap<()> {
-    if after.holds(seq, commit_id) { Swap::Landed(()) } else { Swap::Conflict { current: after, now: None } }
+fn confirm(after: Ledger, seq: u64, commit_id: &str) -> Swap {
+    if after.holds(seq, commit_id) { Swap::Landed } else { Swap::Conflict { current: after } }
 }
 
 /// The user's recent slots (for the rate-limit fields): with the `redis` backend, from the
@@ -262,16 +246,6 @@ impl Ledger {
             out.push_str(&format!(" {slot}:{id}"));
         }
         out.into_bytes()
-    }
-
-    /// The sequence number of the newest entry: which of two reads of a ledger is newer.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// Whether nothing was ever committed (no value stored).
-    pub fn is_empty(&self) -> bool {
-        self.seq == 0 && self.entries.is_empty()
     }
 
     pub fn slots(&self) -> Vec<i64> {
@@ -363,13 +337,11 @@ mod tests {
     }
 
     impl LedgerStore for FakeStore {
-        type Landed = ();
-
         fn keep(&self, limits: Limits) -> usize {
             limits.history() + 1
         }
 
-        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger, _slots: &[i64], _retries: u32) -> Result<Swap<()>, LedgerError> {
+        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
             if self.rng.next(2) == 0 {
                 let slot = slot::next_slot(self.limits, &self.stored.slots(), 0);
                 self.stored.push(slot, "rival", self.keep(self.limits));
@@ -419,15 +391,13 @@ mod tests {
     struct Accepting(Ledger);
 
     impl LedgerStore for Accepting {
-        type Landed = ();
-
         fn keep(&self, limits: Limits) -> usize {
             limits.history()
         }
 
-        async fn compare_and_set(&mut self, _: &Ledger, new: &Ledger, _: &[i64], _: u32) -> Result<Swap<()>, LedgerError> {
+        async fn compare_and_set(&mut self, _: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
             self.0 = new.clone();
-            Ok(Swap::Landed(()))
+            Ok(Swap::Landed)
         }
 
         async fn back_off(&mut self, _attempt: u32) {}
