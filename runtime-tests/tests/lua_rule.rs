@@ -68,7 +68,7 @@ fn lua_earliest_start_agrees_with_slot_next_slot() {
 }
 
 /// 1,000 random admissions through the real `admit.lua`: limits from 0 to 25, ledgers of 0–40
-/// recent slots around the Redis clock. The slot it gives is `slot::next_slot` of the
+/// recent slots around the Redis clock, with entries of the app's shape and of others. The slot it gives is `slot::next_slot` of the
 /// ledger's slots at the arrival it reports, and the ledger it writes is the old one with the
 /// new entry appended, the sequence number advanced, and only what the rule needs kept.
 #[test]
@@ -85,10 +85,18 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).unwrap_or_else(|e| panic!("TIME: {e}"));
         let mut t = secs * 1_000 + micros / 1_000 - 62_000 + rng.next(4_000) as i64;
         let seq = rng.next(1_000) as u64;
+        // Tags of the app's width (12 characters, read in place by the script), of another
+        // width (read entry by entry), or mixed.
+        let shape = case % 3;
         let entries: Vec<String> = (0..rng.next(41))
             .map(|i| {
                 t += rng.next(3_000) as i64;
-                format!("{t}:tag{i:08}")
+                let width = match shape {
+                    0 => 12,
+                    1 => 11,
+                    _ => 11 + rng.next(3) as usize,
+                };
+                format!("{t}:{:0>width$}", format!("t{i}"))
             })
             .collect();
         let slots: Vec<i64> = entries.iter().map(|e| e.split(':').next().and_then(|s| s.parse().ok()).unwrap_or(0)).collect();
