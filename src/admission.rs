@@ -88,29 +88,37 @@ impl From<LedgerError> for AdmitError {
 pub async fn admit(config: &Config, user_id: &str, payload: Option<&str>, idempotency_key: Option<&str>) -> Result<Outcome, AdmitError> {
     let queue = Queue::connect(config).await?;
     let user = UserKey::new(user_id);
-    let idem = idempotency_key.map(|k| config.keys.idempotency(&user, k));
-    let ledger_key = config.keys.ledger(&user);
+    let request = Request {
+        idem: idempotency_key.map(|k| config.keys.idempotency(&user, k)),
+        ledger_key: config.keys.ledger(&user),
+        user,
+        user_id,
+        payload,
+    };
     match config.ledger {
-        LedgerBackend::Redis => admit_in_one_script(config, &queue, &user, user_id, &ledger_key, payload, idem.as_deref()).await,
-        LedgerBackend::Kv => admit_with_kv(config, &queue, &user, user_id, &ledger_key, payload, idem).await,
+        LedgerBackend::Redis => admit_in_one_script(config, &queue, &request).await,
+        LedgerBackend::Kv => admit_with_kv(config, &queue, &request).await,
     }
 }
 
+/// What both ledger backends admit: a validated request and its keys.
+struct Request<'a> {
+    user: UserKey,
+    user_id: &'a str,
+    ledger_key: String,
+    payload: Option<&'a str>,
+    /// The key of the Idempotency-Key record, if the request has one.
+    idem: Option<String>,
+}
+
 /// The `redis` ledger: the whole admission is `admit.lua`.
-async fn admit_in_one_script(
-    config: &Config,
-    queue: &Queue<'_>,
-    user: &UserKey,
-    user_id: &str,
-    ledger_key: &str,
-    payload: Option<&str>,
-    idem: Option<&str>,
-) -> Result<Outcome, AdmitError> {
+async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
+    let Request { user, user_id, ledger_key, payload, idem } = request;
     let task_id = new_task_id();
     let started = Instant::now();
     loop {
         // The commit point: if Redis did not answer, the script may still have run.
-        let admission = match queue.admit(user, user_id, ledger_key, idem, &task_id, ledger_tag(&task_id), payload).await {
+        let admission = match queue.admit(user, user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), *payload).await {
             Ok(admission) => admission,
             Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
             Err(e) => return Err(e.into()),
@@ -143,15 +151,8 @@ fn ledger_tag(task_id: &str) -> &str {
 
 /// The `kv` ledger: prepare, commit the ledger in the key-value store (together with the
 /// user's other admissions in this instance), then file.
-async fn admit_with_kv(
-    config: &Config,
-    queue: &Queue<'_>,
-    user: &UserKey,
-    user_id: &str,
-    ledger_key: &str,
-    payload: Option<&str>,
-    idem: Option<String>,
-) -> Result<Outcome, AdmitError> {
+async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
+    let Request { user, user_id, ledger_key, payload, idem } = request;
     let started = Instant::now();
     let prepared = loop {
         let prepared = queue.prepare(user, idem.as_deref()).await?;
