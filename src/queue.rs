@@ -462,7 +462,7 @@ fn groups<'r>(reply: &'r [RedisResult], at: &mut usize, width: usize) -> Result<
 }
 
 fn completions(items: &[RedisResult]) -> Result<Vec<Completion>, StoreError> {
-    if items.len() % 4 != 0 {
+    if !items.len().is_multiple_of(4) {
         return Err(StoreError::Unexpected(format!("{} items do not make whole completions", items.len())));
     }
     items.chunks(4).map(completion).collect()
