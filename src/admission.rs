@@ -163,8 +163,7 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
             Earlier::Pending => return Ok(Outcome::KeyInUse),
         }
     };
-    if config.max_backlog > 0 && prepared.backlog as u64 >= config.max_backlog {
-        release(queue, idem.as_deref()).await;
+    if prepared.backlog_full {
         return Ok(Outcome::BacklogFull);
     }
     let task_id = new_task_id();

@@ -89,7 +89,8 @@ impl Completion {
 /// What `prepare` found.
 pub struct Prepared {
     pub now: i64,
-    pub backlog: i64,
+    /// The user's queue holds `max_backlog` tasks (nothing was reserved).
+    pub backlog_full: bool,
     pub earlier: Earlier,
 }
 
@@ -225,7 +226,8 @@ impl<'a> Queue<'a> {
 
     /// Reads what an admission with the `kv` ledger starts from (`prepare.lua`).
     pub async fn prepare(&self, user: &UserKey, idem: Option<&str>) -> Result<Prepared, StoreError> {
-        let reply = self.eval(&scripts::PREPARE, &[&user.0, idem.unwrap_or("")]).await?;
+        let max_backlog = self.config.max_backlog.to_string();
+        let reply = self.eval(&scripts::PREPARE, &[&user.0, idem.unwrap_or(""), &max_backlog]).await?;
         parse_prepared(&reply)
     }
 
@@ -301,17 +303,15 @@ impl<'a> Queue<'a> {
         self.call(publish).await
     }
 
+    /// A task's record (`read_task.lua`).
     pub async fn task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let key = self.config.keys.task(task_id);
-        let reply = self.execute("HMGET", &[&key, "u", "s", "c", "x", "p"]).await?;
-        parse_task(&reply)
+        parse_task(&self.eval(&scripts::READ_TASK, &[task_id, "0"]).await?)
     }
 
     /// The task's record for an answer to `GET /api/v1/task/{id}` (`read_task.lua`), which
     /// counts that answer (200, or 404 for `None`).
     pub async fn read_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let reply = self.eval(&scripts::READ_TASK, &[task_id]).await?;
-        parse_task(&reply)
+        parse_task(&self.eval(&scripts::READ_TASK, &[task_id, "1"]).await?)
     }
 
     /// Cancels a queued task of `user` (`cancel.lua`).
@@ -495,9 +495,9 @@ fn earlier(text: &str) -> Earlier {
     }
 }
 
-/// `prepare.lua`: `[now, backlog, earlier]`.
+/// `prepare.lua`: `[now, backlog full (0/1), earlier]`.
 fn parse_prepared(reply: &[RedisResult]) -> Result<Prepared, StoreError> {
-    Ok(Prepared { now: int_at(reply, 0)?, backlog: int_at(reply, 1)?, earlier: earlier(&text_at(reply, 2)?) })
+    Ok(Prepared { now: int_at(reply, 0)?, backlog_full: int_at(reply, 1)? == 1, earlier: earlier(&text_at(reply, 2)?) })
 }
 
 /// A ledger in a reply: its presence flag at `i`, its value after it.
@@ -570,7 +570,7 @@ fn parse_drained(reply: &[RedisResult]) -> Result<Drained, StoreError> {
     }
 }
 
-/// `HMGET t:<id> u s c x p`.
+/// `read_task.lua`: `HMGET t:<id> u s c x p`.
 fn parse_task(reply: &[RedisResult]) -> Result<Option<TaskRecord>, StoreError> {
     let field = |i: usize| reply.get(i).and_then(bytes);
     let (Some(user), Some(slot)) = (field(0), field(1)) else {
@@ -672,9 +672,9 @@ mod tests {
 
     #[test]
     fn prepared_with_and_without_an_earlier_request() {
-        let reply = [Int64(1_000), Int64(3), text("")];
+        let reply = [Int64(1_000), Int64(1), text("")];
         let Ok(prepared) = parse_prepared(&reply) else { panic!("parse failed") };
-        assert_eq!((prepared.now, prepared.backlog), (1_000, 3));
+        assert_eq!((prepared.now, prepared.backlog_full), (1_000, true));
         assert!(matches!(prepared.earlier, Earlier::None));
 
         let reply = [Int64(1_000), Int64(0), text("pending")];

@@ -267,20 +267,24 @@ fn concurrent_duplicates_create_one_task() {
 }
 
 /// With `max_backlog` = 2, a third queued task for the same user is refused with 429 and
-/// Retry-After; other users are unaffected.
+/// Retry-After, on both ledgers, and its Idempotency-Key is left unused (a retry with it
+/// once there is room is a new task); other users are unaffected.
 #[test]
 fn a_full_backlog_answers_429() {
-    let redis = Redis::start();
-    let options = HostOptions { variables: vec![("max_backlog".into(), "2".into())], ..HostOptions::default() };
-    let host = Host::start(&redis, &options);
-    let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"frank"}"#).status).collect();
-    assert_eq!(statuses, vec![200, 202, 202]);
-    let refused = host.post_task(r#"{"user_id":"frank"}"#);
-    assert_eq!(refused.status, 429, "{}", refused.body);
-    assert!(refused.header("retry-after").is_some());
-    assert_eq!(refused.json()["status"], 429);
-    assert_eq!(redis.cli(&["LLEN", "taskq:q:frank"]).trim(), "2");
-    assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200);
+    for ledger in ["redis", "kv"] {
+        let redis = Redis::start();
+        let variables = vec![("max_backlog".into(), "2".into()), ("ledger".into(), ledger.into())];
+        let host = Host::start(&redis, &HostOptions { variables, ..HostOptions::default() });
+        let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"frank"}"#).status).collect();
+        assert_eq!(statuses, vec![200, 202, 202], "{ledger}");
+        let refused = support::try_post_task(&host.addr, "frank", Some("full-1")).unwrap_or_else(|e| panic!("POST: {e}"));
+        assert_eq!(refused.status, 429, "{ledger}: {}", refused.body);
+        assert!(refused.header("retry-after").is_some(), "{ledger}");
+        assert_eq!(refused.json()["status"], 429, "{ledger}");
+        assert_eq!(redis.cli(&["LLEN", "taskq:q:frank"]).trim(), "2", "{ledger}");
+        assert_eq!(redis.cli(&["EXISTS", "taskq:idem:frank:full-1"]).trim(), "0", "{ledger}");
+        assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200, "{ledger}");
+    }
 }
 
 /// A body that trickles in too slowly (slow loris) gets a 408 problem, not a hang, and

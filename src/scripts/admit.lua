@@ -21,9 +21,7 @@ if idem ~= '' then
   if earlier and stored then return {'earlier', now, earlier, 1, stored} end
   if earlier then return {'earlier', now, earlier, 0, ''} end
 end
-if max_backlog > 0 and redis.call('LLEN', prefix .. 'q:' .. member) >= max_backlog then
-  return {'full', now}
-end
+if backlog_full(member, max_backlog) then return {'full', now} end
 
 -- The ledger as ledger.rs `Ledger` writes it: 'v1 <seq>', then ' <slot>:<tag>' per entry,
 -- oldest first, the newest with sequence number <seq>.

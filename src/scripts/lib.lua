@@ -58,6 +58,11 @@ local function breaks_rule(done, slot, now)
   return (per_second > 0 and in_second >= per_second) or (per_minute > 0 and in_minute >= per_minute)
 end
 
+-- Whether the user's queue already holds `max_backlog` tasks (0: no limit; SPEC §2's 429).
+local function backlog_full(member, max_backlog)
+  return max_backlog > 0 and redis.call('LLEN', prefix .. 'q:' .. member) >= max_backlog
+end
+
 local function split(entry)
   local sep = string.find(entry, ':', 1, true)
   return tonumber(string.sub(entry, 1, sep - 1)), string.sub(entry, sep + 1)
