@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the app on http://127.0.0.1:3000 and keeps it running:
-#   1. builds the component (what `spin build` runs),
+#   1. builds the component (what `spin build` runs), adding the wasm32-wasip2 target first if
+#      it is missing (runtime-tests/prereqs.sh),
 #   2. starts a local redis-server if nothing answers at the Redis address (append-only file
-#      under .spin/), and restarts it if it exits,
+#      under .spin/), and restarts it if it exits; installs it first when it is missing and the
+#      script runs as root with apt-get (otherwise it says what to install and stops),
 #   3. runs `spin up` when the Spin CLI is installed, otherwise the bundled wasmtime host (built
 #      once, then its binary is run), and restarts it whenever it exits: Spin exits by design
 #      when its Redis subscription drops, so every Redis restart ends the runtime,
@@ -47,6 +49,8 @@ while [ $# -gt 0 ]; do
 done
 
 say() { echo "start.sh: $*" >&2; }
+prereqs_tag=start.sh
+. runtime-tests/prereqs.sh
 
 # host and port of an address; a wildcard listen address is probed on loopback.
 addr_host() { local h=${1%:*}; h=${h#[}; h=${h%]}; case $h in 0.0.0.0|'') h=127.0.0.1 ;; ::) h=::1 ;; esac; echo "$h"; }
@@ -65,6 +69,7 @@ redis_port=$(addr_port "$redis_hostport")
 tcp_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null; }
 
 if [ -z "$skip_build" ]; then
+  need_wasm_target
   cargo build --target wasm32-wasip2 --release
 fi
 
@@ -175,7 +180,7 @@ trap stop EXIT
 if ! tcp_open "$redis_host" "$redis_port"; then
   case $redis_host in
     127.0.0.1|localhost)
-      command -v redis-server >/dev/null || { say "redis-server is not installed (apt-get install -y redis-server)"; exit 1; }
+      need_commands redis-server=redis-server
       dir=$PWD/.spin
       [ "$redis_port" = 6379 ] || dir=$PWD/.spin/redis-$redis_port
       mkdir -p "$dir"
