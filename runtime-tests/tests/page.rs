@@ -1,9 +1,14 @@
 //! The page at `GET /`, as a person uses it: headless Chromium (Debian's `chromium`, driven
 //! by `runtime-tests/browser/page.mjs` with playwright-core) opens it against a real
-//! redis-server and the real app, submits 5 tasks with a payload for one user, sees them
-//! queued (payloads shown), cancels one with its button, sees the others completed one second
-//! apart on the timeline and the cancelled one never run, and saves a screenshot (to
-//! `docs/page.png`, the README's picture, with `UPDATE_SCREENSHOT=1`).
+//! redis-server and the real app, configured with a second kind of task (`email`, 2 units per
+//! 10 s). In the default lane it submits 5 tasks with a payload for one user, sees them queued
+//! (payloads shown), cancels one with its button, sees the others completed one second apart
+//! on the timeline and the cancelled one never run. Then it picks kind `email`, sees a task
+//! costing more than the kind ever admits refused (422), submits one of 2 units (runs at once)
+//! and two of 1 (wait for the 10 s window), and sees them in a lane of their own, drawn on
+//! its 10 s window, until they run; both lanes are checked against `GET /api/v1/users/{id}`
+//! and the log. It saves a screenshot (to `docs/page.png`, the README's picture, with
+//! `UPDATE_SCREENSHOT=1`).
 
 mod support;
 
@@ -67,16 +72,21 @@ fn install_playwright(browser_dir: &Path) {
     );
 }
 
+/// The default kind as SPEC §1 has it (1 per second, 20 per minute), and `email`.
+const POLICIES: &str = r#"{"kinds": {"email": ["2/10s"]}}"#;
+const USER: &str = "browser-user";
+
 #[test]
 fn the_page_shows_queued_tasks_completing_within_the_limits() {
     let redis = Redis::start();
-    let host = Host::start(&redis, &HostOptions::default());
+    let options = HostOptions { variables: vec![("policies".into(), POLICIES.into())], ..HostOptions::default() };
+    let host = Host::start(&redis, &options);
 
     let page = host.get("/");
     assert_eq!(page.status, 200, "GET / answered {}: {}", page.status, page.body);
     let content_type = page.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/html"), "GET / has content-type {content_type:?}");
-    assert!(page.body.contains("id=\"timeline\""), "GET / is not the page:\n{}", page.body);
+    assert!(page.body.contains("id=\"lanes\"") && page.body.contains("id=\"kind\""), "GET / is not the page:\n{}", page.body);
 
     let chromium = chromium();
     assert!(
@@ -112,6 +122,16 @@ fn the_page_shows_queued_tasks_completing_within_the_limits() {
         host.stderr_text()
     );
     print!("{stdout}");
+
+    // What the browser saw, once more from here: the user's two lanes, everything run.
+    let state = host.get(&format!("/api/v1/users/{USER}"));
+    assert_eq!(state.status, 200, "GET /api/v1/users/{USER} answered {}: {}", state.status, state.body);
+    let state = state.json();
+    for (kind, ran) in [("default", 4), ("email", 3)] {
+        let lane = &state["kinds"][kind];
+        let completions = lane["recent_completions"].as_array().map_or(0, Vec::len);
+        assert!(lane["queued"] == 0 && completions == ran, "lane {kind} of {USER} should have run {ran} tasks and hold none: {lane}");
+    }
 
     let png = std::fs::read(&screenshot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG ({} bytes)", screenshot.display(), png.len());
