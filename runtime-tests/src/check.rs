@@ -1,44 +1,134 @@
-//! Checks a task log against SPEC §1, written without reusing the app's `slot.rs`, so that a
-//! mistake there cannot hide here. Used by the `check_log` binary and by the tests.
+//! Checks a task log against SPEC §1 and §7, written without reusing the app's `slot.rs`, so
+//! that a mistake there cannot hide here. Used by the `check_log` binary and by the tests.
 //!
-//! The rule on completions: for every user, any `per_second + 1` consecutive completions
-//! span at least 1 s, and any `per_minute + 1` consecutive ones at least 60 s (with the
-//! defaults: two completions are ≥ 1000 ms apart, and 21 consecutive ones span ≥ 60000 ms).
+//! The rule on completions, per lane (user, kind), in completion order: for every entry *n*
+//! and every window (`q` units per `w` ms) of the policy *n* was admitted under, the costs of
+//! the lane's entries completed in `(completed_at[n] - w, completed_at[n]]`, *n* and the
+//! entries before it included, add up to at most `q`. The policy comes from the entry itself
+//! (the NDJSON `policy` field); an entry without one (a seed-format text line, or an entry
+//! written before policies existed) is held to the configured [`Rule`]: `per_second` per
+//! 1 s and `per_minute` per 60 s, each of its entries costing 1 unit. With those defaults
+//! this is SPEC §1: two completions are ≥ 1000 ms apart, and 21 consecutive ones span
+//! ≥ 60000 ms.
+//!
+//! The windows are plain counts (prefix sums of the costs and a binary search per window),
+//! so a log of 250,000 entries in one lane is checked in well under a second.
 
 use std::collections::{BTreeMap, HashMap};
 
-/// One completed task as the log shows it. `task_id` and `slot` exist only in the NDJSON
-/// form of the log; the seed-format text lines carry just the user and the time.
+/// The kind of an entry that names none.
+pub const DEFAULT_KIND: &str = "default";
+
+/// One window of a policy: at most `quota` units in any `window_ms` milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub quota: u64,
+    pub window_ms: i64,
+}
+
+/// One completed task as the log shows it. `task_id`, `slot`, `kind`, `cost` and `policy`
+/// exist only in the NDJSON form of the log; the seed-format text lines carry just the user
+/// and the time (and stand for the `default` kind, 1 unit, no policy of their own).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub task_id: Option<String>,
     pub user_id: String,
     pub slot: Option<i64>,
     pub completed_at: i64,
+    /// The task's kind: with `user_id`, its lane.
+    pub kind: String,
+    /// The task's units (1 or more).
+    pub cost: u64,
+    /// The windows the task was admitted under, from the entry's `policy` field (`Some` of
+    /// none for `""`: no limit). `None`: the entry names no policy and is held to the
+    /// [`Rule`] given to [`check`].
+    pub policy: Option<Vec<Window>>,
 }
 
-/// Parses one log line: NDJSON (`{"task_id":…,"user_id":…,"slot":…,"completed_at":…}`) or the
-/// seed format `<user_id>-task completed at-<epoch ms>`. `None` for lines that are neither
-/// (a host's own output mixed into stdout, say).
+impl Entry {
+    /// An entry as a seed-format line gives it: `user_id` completed at `completed_at`, of the
+    /// default kind, 1 unit, without a task id, slot or policy.
+    pub fn new(user_id: impl Into<String>, completed_at: i64) -> Entry {
+        Entry { task_id: None, user_id: user_id.into(), slot: None, completed_at, kind: DEFAULT_KIND.to_string(), cost: 1, policy: None }
+    }
+}
+
+/// The windows of a policy as a log entry writes them: `<q>/<window ms>` joined by `,`
+/// (`"1/1000,20/60000"`); `""` is a policy without windows.
+pub fn parse_policy(spec: &str) -> Result<Vec<Window>, String> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    spec.split(',')
+        .map(|part| {
+            let bad = || format!("policy {spec:?}: window {part:?} is not <q>/<window ms> with both at least 1");
+            let (q, w) = part.trim().split_once('/').ok_or_else(bad)?;
+            let quota = q.trim().parse::<u64>().ok().filter(|q| *q > 0).ok_or_else(bad)?;
+            let window_ms = w.trim().parse::<i64>().ok().filter(|w| *w > 0).ok_or_else(bad)?;
+            Ok(Window { quota, window_ms })
+        })
+        .collect()
+}
+
+/// Parses one log line: NDJSON (`{"task_id":…,"user_id":…,"slot":…,"completed_at":…,
+/// "kind":…,"cost":…,"policy":…}`) or the seed format `<user_id>-task completed at-<epoch ms>`.
+/// `None` for lines that are neither (a host's own output mixed into stdout, say) and for
+/// NDJSON entries [`parse_entry`] cannot read.
 pub fn parse_line(line: &str) -> Option<Entry> {
+    parse_entry(line).ok().flatten()
+}
+
+/// [`parse_line`], telling apart a line that is no log entry (`Ok(None)`) from one that looks
+/// like an NDJSON entry but cannot be read (`Err`, naming what is wrong): a line starting
+/// with `{` that is not JSON, or a JSON object with a `task_id` or `completed_at` whose
+/// `user_id`, `completed_at`, `slot`, `kind`, `cost` (a whole number ≥ 1) or `policy` is
+/// missing where required or malformed. A JSON object with neither field is someone
+/// else's output and is skipped.
+pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.starts_with('{') {
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        let user_id = match value.get("user_id")? {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let Some(object) = value.as_object() else { return Ok(None) };
+        if !object.contains_key("task_id") && !object.contains_key("completed_at") {
+            return Ok(None);
+        }
+        let user_id = match object.get("user_id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => return Err("no user_id".to_string()),
         };
-        return Some(Entry {
-            task_id: value.get("task_id").and_then(|v| v.as_str()).map(str::to_string),
-            user_id,
-            slot: value.get("slot").and_then(|v| v.as_i64()),
-            completed_at: value.get("completed_at")?.as_i64()?,
-        });
+        let completed_at = object.get("completed_at").and_then(|v| v.as_i64()).ok_or("no whole-number completed_at")?;
+        let slot = match object.get("slot") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or(format!("slot {v} is not a whole number"))?),
+        };
+        let kind = match object.get("kind") {
+            None => DEFAULT_KIND.to_string(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => return Err(format!("kind {v} is not a string")),
+        };
+        let cost = match object.get("cost") {
+            None => 1,
+            Some(v) => v.as_u64().filter(|c| *c > 0).ok_or(format!("cost {v} is not a whole number of at least 1"))?,
+        };
+        let policy = match object.get("policy") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(parse_policy(s)?),
+            Some(v) => return Err(format!("policy {v} is not a string")),
+        };
+        let task_id = match object.get("task_id") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(v) => return Err(format!("task_id {v} is not a string")),
+        };
+        return Ok(Some(Entry { task_id, user_id, slot, completed_at, kind, cost, policy }));
     }
-    let (user_id, at) = line.rsplit_once("-task completed at-")?;
-    Some(Entry { task_id: None, user_id: user_id.to_string(), slot: None, completed_at: at.parse().ok()? })
+    let Some((user_id, at)) = line.rsplit_once("-task completed at-") else { return Ok(None) };
+    Ok(at.parse().ok().map(|at| Entry::new(user_id, at)))
 }
 
+/// The limits of entries that name no policy of their own: SPEC §1's two windows.
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
     pub per_second: usize,
@@ -51,14 +141,29 @@ impl Default for Rule {
     }
 }
 
+impl Rule {
+    /// `per_second` per 1000 ms and `per_minute` per 60000 ms; a limit of 0 switches its
+    /// window off.
+    pub fn windows(&self) -> Vec<Window> {
+        [(self.per_second, 1_000), (self.per_minute, 60_000)]
+            .into_iter()
+            .filter(|(limit, _)| *limit > 0)
+            .map(|(limit, window_ms)| Window { quota: limit as u64, window_ms })
+            .collect()
+    }
+}
+
 /// What the checker found.
 #[derive(Debug, Default)]
 pub struct Report {
     pub entries: usize,
     pub users: usize,
-    /// Human-readable descriptions of every broken window.
+    /// Distinct (user, kind) lanes.
+    pub lanes: usize,
+    /// Human-readable descriptions of every broken window: the lane, the window, the policy
+    /// it came from and the times.
     pub violations: Vec<String>,
-    /// Task ids seen more than once.
+    /// Task ids seen more than once, sorted.
     pub duplicated: Vec<String>,
     /// Expected task ids never seen (only when expectations were given).
     pub missing: Vec<String>,
@@ -66,12 +171,15 @@ pub struct Report {
     pub early: Vec<String>,
     /// `completed_at - slot` of every entry that has a slot, sorted.
     pub lateness_ms: Vec<i64>,
-    /// Completions per user, by user id.
+    /// Completions per user (all kinds), by user id.
     pub per_user: BTreeMap<String, usize>,
+    /// Completions per lane, by (user id, kind).
+    pub per_lane: BTreeMap<(String, String), usize>,
     /// For entries with a slot, sorted: how long after the earliest instant the rule allowed
-    /// *given the user's actual earlier completions* each task ran. Lateness minus this is
-    /// what a task inherited from a late predecessor (SPEC §1: a late task pushes the next
-    /// one back); this part is the executor's own delay.
+    /// *given the lane's actual earlier completions* each task ran (under the task's own
+    /// policy and costs, after the lane's previous completion: a lane runs in order).
+    /// Lateness minus this is what a task inherited from a late predecessor (SPEC §1: a late
+    /// task pushes the next one back); this part is the executor's own delay.
     pub own_delay_ms: Vec<i64>,
 }
 
@@ -94,7 +202,7 @@ impl Report {
         let pct = |p| self.lateness_percentile(p).map_or("-".to_string(), |v| v.to_string());
         let own = |p| self.own_delay_percentile(p).map_or("-".to_string(), |v| v.to_string());
         format!(
-            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={} own_delay_ms p50={} p99={} max={}",
+            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={} own_delay_ms p50={} p99={} max={} lanes={}",
             self.entries,
             self.users,
             self.violations.len(),
@@ -107,6 +215,7 @@ impl Report {
             own(50.0),
             own(99.0),
             own(100.0),
+            self.lanes,
         )
     }
 }
@@ -120,68 +229,104 @@ fn percentile(values: &[i64], p: f64) -> Option<i64> {
     values.get(rank.min(values.len()) - 1).copied()
 }
 
-/// Checks `entries` against the rule; `expected` (task ids that were acknowledged), when
-/// given, must each appear exactly once.
+/// Checks `entries` lane by lane, each entry against its own policy (or `rule` when it
+/// names none); `expected` (task ids that were acknowledged), when given, must each appear
+/// exactly once.
 pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Report {
+    let default_windows = rule.windows();
     let mut report = Report { entries: entries.len(), ..Report::default() };
-    let mut by_user: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    let mut slotted_by_user: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut lanes: BTreeMap<(&str, &str), Vec<&Entry>> = BTreeMap::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for entry in entries {
-        by_user.entry(&entry.user_id).or_default().push(entry.completed_at);
+        lanes.entry((&entry.user_id, &entry.kind)).or_default().push(entry);
+        *report.per_user.entry(entry.user_id.clone()).or_default() += 1;
         if let Some(id) = &entry.task_id {
             *seen.entry(id).or_default() += 1;
         }
         if let Some(slot) = entry.slot {
-            slotted_by_user.entry(&entry.user_id).or_default().push((entry.completed_at, slot));
             report.lateness_ms.push(entry.completed_at - slot);
             if entry.completed_at < slot {
-                report.early.push(format!("{:?} ran at {} before its slot {}", entry.task_id, entry.completed_at, slot));
+                report.early.push(format!(
+                    "{} (user {:?} kind {:?}) ran at {} before its slot {}",
+                    describe(entry),
+                    entry.user_id,
+                    entry.kind,
+                    entry.completed_at,
+                    slot
+                ));
             }
         }
     }
-    report.users = by_user.len();
-    report.per_user = by_user.iter().map(|(user, times)| (user.to_string(), times.len())).collect();
-    for tasks in slotted_by_user.values_mut() {
-        tasks.sort_unstable();
-        for i in 0..tasks.len() {
-            let (completed_at, slot) = tasks[i];
-            let mut allowed = slot;
-            for (limit, window_ms) in [(rule.per_second, 1_000), (rule.per_minute, 60_000)] {
-                if limit > 0 && i >= limit {
-                    allowed = allowed.max(tasks[i - limit].0 + window_ms);
+    report.users = report.per_user.len();
+    report.lanes = lanes.len();
+    for ((user, kind), mut lane) in lanes {
+        report.per_lane.insert((user.to_string(), kind.to_string()), lane.len());
+        // Completion order; entries completed in the same millisecond keep the log's order
+        // (a stable sort).
+        lane.sort_by_key(|e| e.completed_at);
+        let times: Vec<i64> = lane.iter().map(|e| e.completed_at).collect();
+        // units_before[k]: the costs of the lane's first k entries.
+        let mut units_before = Vec::with_capacity(lane.len() + 1);
+        units_before.push(0u64);
+        for e in &lane {
+            units_before.push(units_before[units_before.len() - 1] + e.cost);
+        }
+        for (n, entry) in lane.iter().enumerate() {
+            let (windows, source) = match &entry.policy {
+                Some(windows) => (windows.as_slice(), "its policy"),
+                None => (default_windows.as_slice(), "the default rule"),
+            };
+            let t = entry.completed_at;
+            for window in windows {
+                let start = t.saturating_sub(window.window_ms);
+                // The first of the lane's entries up to n that completed after `start`.
+                let first = times[..=n].partition_point(|&c| c <= start);
+                let units = units_before[n + 1] - units_before[first];
+                if units > window.quota {
+                    report.violations.push(format!(
+                        "user {user:?} kind {kind:?}: {units} units in {} completions within ({start}, {t}] (at {}..{t}), over {} per {} ms of {source}, at {}",
+                        n + 1 - first,
+                        times[first],
+                        window.quota,
+                        window.window_ms,
+                        describe(entry),
+                    ));
                 }
             }
-            report.own_delay_ms.push(completed_at - allowed);
+            if let Some(slot) = entry.slot {
+                let mut allowed = slot;
+                if n > 0 {
+                    allowed = allowed.max(times[n - 1]);
+                }
+                for window in windows {
+                    // The newest earlier entry j whose costs from j up to n exceed the quota:
+                    // n could not run before j's completion + the window.
+                    // units_before[n] - units_before[j] + cost > quota, for j < n.
+                    let over = units_before[..n].partition_point(|&u| u + window.quota < units_before[n] + entry.cost);
+                    if over > 0 {
+                        allowed = allowed.max(times[over - 1] + window.window_ms);
+                    }
+                }
+                report.own_delay_ms.push(t - allowed);
+            }
         }
     }
     report.own_delay_ms.sort_unstable();
     report.lateness_ms.sort_unstable();
-    for (user, times) in &mut by_user {
-        times.sort_unstable();
-        for (limit, window_ms) in [(rule.per_second, 1_000), (rule.per_minute, 60_000)] {
-            if limit == 0 {
-                continue;
-            }
-            // Any limit+1 consecutive completions must span at least the window.
-            for i in limit..times.len() {
-                let span = times[i] - times[i - limit];
-                if span < window_ms {
-                    report.violations.push(format!(
-                        "user {user:?}: {} completions within {span} ms (at {}..{}), limit {limit} per {window_ms} ms",
-                        limit + 1,
-                        times[i - limit],
-                        times[i]
-                    ));
-                }
-            }
-        }
-    }
     report.duplicated = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.to_string()).collect();
+    report.duplicated.sort_unstable();
     if let Some(expected) = expected {
         report.missing = expected.iter().filter(|id| !seen.contains_key(id.as_str())).cloned().collect();
     }
     report
+}
+
+/// `task "<id>"`, or the time of an entry without one.
+fn describe(entry: &Entry) -> String {
+    match &entry.task_id {
+        Some(id) => format!("task {id:?}"),
+        None => format!("the entry completed at {}", entry.completed_at),
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +334,7 @@ mod tests {
     use super::*;
 
     fn at(user: &str, t: i64) -> Entry {
-        Entry { task_id: None, user_id: user.to_string(), slot: None, completed_at: t }
+        Entry::new(user, t)
     }
 
     #[test]
@@ -199,7 +344,28 @@ mod tests {
         let json = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12}"#;
         let entry = parse_line(json);
         assert_eq!(entry.as_ref().and_then(|e| e.slot), Some(10));
+        assert_eq!(entry.as_ref().map(|e| (e.kind.as_str(), e.cost, e.policy.is_none())), Some(("default", 1, true)));
         assert_eq!(parse_line("Serving http://127.0.0.1:3000"), None);
+    }
+
+    #[test]
+    fn ndjson_kind_cost_and_policy_are_read() {
+        let json = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"kind":"email","cost":3,"policy":"1/1000,20/60000"}"#;
+        let Ok(Some(entry)) = parse_entry(json) else { panic!("{json} not read") };
+        assert_eq!((entry.kind.as_str(), entry.cost), ("email", 3));
+        assert_eq!(entry.policy, Some(vec![Window { quota: 1, window_ms: 1_000 }, Window { quota: 20, window_ms: 60_000 }]));
+        let none = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"kind":"report","cost":1,"policy":""}"#;
+        assert_eq!(parse_line(none).and_then(|e| e.policy), Some(vec![]));
+        for bad in [
+            r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"policy":"1/0"}"#,
+            r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"policy":"20"}"#,
+            r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"cost":0}"#,
+            r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":"soon"}"#,
+            r#"{"task_id":"t1","user_id":"u","#,
+        ] {
+            assert!(parse_entry(bad).is_err(), "{bad} read as {:?}", parse_entry(bad));
+        }
+        assert_eq!(parse_entry(r#"{"level":"info","msg":"listening"}"#), Ok(None));
     }
 
     #[test]
@@ -224,7 +390,7 @@ mod tests {
 
     #[test]
     fn duplicates_missing_and_early_tasks_are_reported() {
-        let entry = |id: &str, slot, t| Entry { task_id: Some(id.into()), user_id: "u".into(), slot: Some(slot), completed_at: t };
+        let entry = |id: &str, slot, t| Entry { task_id: Some(id.into()), slot: Some(slot), ..Entry::new("u", t) };
         let entries = [entry("a", 0, 5), entry("a", 0, 2_000), entry("b", 10_000, 9_000)];
         let expected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let report = check(&entries, Rule::default(), Some(&expected));
@@ -236,7 +402,7 @@ mod tests {
 
     #[test]
     fn own_delay_excludes_what_a_late_predecessor_pushed_back() {
-        let entry = |slot, t| Entry { task_id: None, user_id: "u".into(), slot: Some(slot), completed_at: t };
+        let entry = |slot, t| Entry { slot: Some(slot), ..Entry::new("u", t) };
         // The first task ran 50 ms late, so the second could not start before 1_050: its
         // 60 ms lateness is 50 inherited plus 10 of its own.
         let report = check(&[entry(0, 50), entry(1_000, 1_060)], Rule::default(), None);

@@ -1,16 +1,25 @@
-//! Checks a task log against the schedule rule (SPEC §1) and reports lateness.
+//! Checks a task log against the schedule rule (SPEC §1, §7) and reports lateness.
 //!
 //! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]`
 //! LOG_FILE (default: standard input) holds seed-format lines
 //! (`<user_id>-task completed at-<epoch ms>`, as in task_log.txt or `GET /api/v1/log`) or
 //! NDJSON lines (`GET /api/v1/log` with `Accept: application/x-ndjson`); other lines are
-//! skipped. IDS_FILE lists acknowledged task ids, one a line: each must appear exactly once
-//! (NDJSON only). Prints every violation, then tasks per user (each user with `--per-user`
-//! or when there are at most 50, otherwise the spread), then a summary line with the
-//! lateness percentiles (NDJSON only: text lines carry no slot). Exit status: 0 clean,
-//! 1 rule broken, 2 usage or I/O error.
+//! skipped. An NDJSON line carries `task_id`, `user_id`, `slot`, `completed_at` and, since
+//! kinds and tiers, `kind` (absent: `default`), `cost` (units, absent: 1) and `policy` (the
+//! windows the task was admitted under, `<q>/<window ms>` joined by `,`, e.g.
+//! `"1/1000,20/60000"`; `""` for none). Each lane (user, kind) is checked on its own, every
+//! entry against the windows of its own policy, counting the costs of the lane's entries
+//! completed in each window; entries without a policy (all seed-format lines) are held to
+//! `--per-second` per 1 s and `--per-minute` per 60 s (defaults 1 and 20; 0 switches a
+//! window off), 1 unit each. A line that starts like an NDJSON entry but cannot be read is
+//! reported as `unreadable` and makes the log fail. IDS_FILE lists acknowledged task ids,
+//! one a line: each must appear exactly once (NDJSON only). Prints every violation, then
+//! tasks per user (each user with `--per-user` or when there are at most 50, otherwise the
+//! spread; per lane too when the log has kinds other than `default`), then a summary line
+//! with the lateness percentiles (NDJSON only: text lines carry no slot). Exit status:
+//! 0 clean, 1 rule broken (or entries unreadable), 2 usage or I/O error.
 
-use runtime_tests::check::{Rule, check, parse_line};
+use runtime_tests::check::{DEFAULT_KIND, Rule, check, parse_entry};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -45,6 +54,8 @@ fn run() -> Result<bool, String> {
             "--per-user" => list_users = true,
             "-h" | "--help" => {
                 println!("usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]");
+                println!("NDJSON entries are checked per (user, kind) against their own `policy`; --per-second and");
+                println!("--per-minute (default 1 and 20, 0 = off) limit entries without one, as seed-format lines are.");
                 return Ok(true);
             }
             _ if log_file.is_none() && !arg.starts_with("--") => log_file = Some(arg),
@@ -58,7 +69,15 @@ fn run() -> Result<bool, String> {
             std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
         }
     }
-    let entries: Vec<_> = text.lines().filter_map(parse_line).collect();
+    let mut entries = Vec::new();
+    let mut unreadable = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match parse_entry(line) {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("line {}: {e}", i + 1)),
+        }
+    }
     let expected: Option<Vec<String>> = match &expect_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -72,6 +91,9 @@ fn run() -> Result<bool, String> {
         None => None,
     };
     let report = check(&entries, rule, expected.as_deref());
+    for line in &unreadable {
+        println!("unreadable: {line}");
+    }
     for v in report.violations.iter().chain(&report.early) {
         println!("violation: {v}");
     }
@@ -90,6 +112,12 @@ fn run() -> Result<bool, String> {
         let (min, max) = (counts.clone().min().unwrap_or(&0), counts.max().unwrap_or(&0));
         println!("tasks per user: {min} to {max} over {} users (--per-user lists each)", report.per_user.len());
     }
+    let kinds = report.per_lane.keys().any(|(_, kind)| kind != DEFAULT_KIND);
+    if kinds && (list_users || report.per_lane.len() <= PER_USER_LIST_MAX) {
+        for ((user, kind), count) in &report.per_lane {
+            println!("lane {user:?} {kind:?}: {count} tasks");
+        }
+    }
     println!("{}", report.summary());
-    Ok(report.is_clean())
+    Ok(report.is_clean() && unreadable.is_empty())
 }
