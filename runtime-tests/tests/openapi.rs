@@ -1,7 +1,8 @@
 //! The OpenAPI document at `/api/v1/openapi.json` against the real answers: every response
 //! the app gives to a wide set of requests (good, bad, unauthorised, over the backlog, with
-//! Redis stopped) must be documented for its route, method, status and media type, and its
-//! body and headers must validate against the document's schemas.
+//! kinds, costs and tiers configured, with Redis stopped) must be documented for its route,
+//! method, status and media type, and its body and headers must validate against the
+//! document's schemas.
 
 mod support;
 
@@ -63,12 +64,15 @@ fn check(doc: &Value, method: &str, route: &str, reply: &Reply) -> String {
     // ones the API promises (SPEC §2) must be present.
     let headers = response["headers"].as_object().cloned().unwrap_or_default();
     for (name, spec) in &headers {
-        let pointer = match spec["$ref"].as_str() {
-            Some(reference) => format!("{reference}/schema"),
-            None => format!("{operation}/responses/{status}/headers/{}/schema", token(name)),
+        let (pointer, schema) = match spec["$ref"].as_str() {
+            Some(reference) => {
+                let header = doc.pointer(reference.trim_start_matches('#')).unwrap_or_else(|| panic!("{reference} is not in the document"));
+                (format!("{reference}/schema"), header["schema"].clone())
+            }
+            None => (format!("{operation}/responses/{status}/headers/{}/schema", token(name)), spec["schema"].clone()),
         };
         match reply.header(name) {
-            Some(value) => validate(doc, &pointer, &Value::String(value.to_string()))
+            Some(value) => validate(doc, &pointer, &header_instance(&schema, value))
                 .unwrap_or_else(|e| panic!("{method} {route} {status} header {name}: {e}")),
             None => assert!(
                 !["Retry-After", "Location", "RateLimit", "RateLimit-Policy", "Allow"].contains(&name.as_str()),
@@ -77,6 +81,16 @@ fn check(doc: &Value, method: &str, route: &str, reply: &Reply) -> String {
         }
     }
     format!("{} {route} {status} {content_type}", method.to_uppercase())
+}
+
+/// A header's value as the instance its schema describes: the text itself, or for an
+/// integer schema the number it spells (OpenAPI's `simple` style); text that spells no
+/// integer stays text, so that the schema rejects it.
+fn header_instance(schema: &Value, value: &str) -> Value {
+    match (schema["type"].as_str(), value.parse::<i64>()) {
+        (Some("integer"), Ok(number)) => Value::from(number),
+        _ => Value::String(value.to_string()),
+    }
 }
 
 fn post(host: &Host, headers: &[(&str, &str)], body: &str) -> Reply {
@@ -173,7 +187,13 @@ fn every_answer_matches_the_openapi_document() {
     assert_eq!(see("GET", "/api/v1/openapi.json", host.get("/api/v1/openapi.json")).status, 200);
 
     // Admin routes with a token configured.
-    let guarded = Host::start(&redis, &HostOptions { variables: vec![("admin_token".into(), TOKEN.into())], ..HostOptions::default() });
+    let guarded = Host::start(
+        &redis,
+        &HostOptions {
+            variables: vec![("admin_token".into(), TOKEN.into()), ("x_ratelimit_headers".into(), "off".into())],
+            ..HostOptions::default()
+        },
+    );
     let bearer = format!("Bearer {TOKEN}");
     for (route, path) in [("/api/v1/log", "/api/v1/log"), ("/api/v1/overview", "/api/v1/overview"), ("/metrics", "/metrics"), ("/api/v1/users/{user_id}", "/api/v1/users/oa")] {
         assert_eq!(see("GET", route, guarded.get(path)).status, 401);
@@ -182,6 +202,166 @@ fn every_answer_matches_the_openapi_document() {
         let allowed = request(&guarded.addr, "GET", path, &[("Authorization", &bearer)], b"");
         assert_eq!(see("GET", route, allowed).status, 200);
     }
+
+    // A PUT of a tier takes the admin token too.
+    let tier_route = "/api/v1/users/{user_id}/tier";
+    let put = |addr: &str, path: &str, headers: &[(&str, &str)], body: &str| request(addr, "PUT", path, headers, body.as_bytes());
+    assert_eq!(see("PUT", tier_route, put(&guarded.addr, "/api/v1/users/oa/tier", &json, r#"{"tier":null}"#)).status, 401);
+    let authorized = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+    let cleared = see("PUT", tier_route, put(&guarded.addr, "/api/v1/users/oa/tier", &authorized, r#"{"tier":null}"#));
+    assert_eq!((cleared.status, cleared.json()["tier"].clone()), (200, Value::Null), "{}", cleared.body);
+    // With x_ratelimit_headers=off only the IETF fields are sent.
+    let plain = see("POST", "/api/v1/task", post(&guarded, &json, r#"{"user_id":"oq"}"#));
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert!(plain.header("ratelimit").is_some() && plain.header("x-ratelimit-limit").is_none(), "{:?}", plain.headers);
+
+    // Kinds, costs and tiers (SPEC §7): a host with a `policies` variable, on keys of its own.
+    let policies = r#"{"kinds": {"default": ["1/1s", "20/60s"], "email": ["5/60s"]},
+        "tiers": {"pro": {"default": ["5/30s", "100/60s"], "email": ["50/60s"]}}}"#;
+    let kinds = Host::start(
+        &redis,
+        &HostOptions {
+            variables: vec![("policies".into(), policies.into()), ("key_prefix".into(), "oa-kinds:".into())],
+            ..HostOptions::default()
+        },
+    );
+    let kinds_doc = served_document(&kinds);
+    assert_eq!(kinds_doc, doc, "every host serves the same document");
+    // The bodies sent are what the document's request schema allows.
+    let sent = |body: &str| {
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        validate(&doc, "#/components/schemas/TaskRequest", &body).unwrap_or_else(|e| panic!("request body: {e}"));
+        body.to_string()
+    };
+    let x_limits = |reply: &Reply| {
+        let field = |name: &str| reply.header(name).and_then(|v| v.parse::<i64>().ok());
+        (field("x-ratelimit-limit"), field("x-ratelimit-remaining"))
+    };
+    let emailed = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","kind":"email","cost":2}"#)));
+    assert_eq!(emailed.status, 200, "{}", emailed.body);
+    assert_eq!((emailed.json()["kind"].as_str(), emailed.json()["cost"].as_i64()), (Some("email"), Some(2)), "{}", emailed.body);
+    assert_eq!(emailed.header("ratelimit-policy"), Some(r#""60s";q=5;w=60"#));
+    assert_eq!(x_limits(&emailed), (Some(5), Some(3)), "{:?}", emailed.headers);
+    let filled = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","kind":"email","cost":3}"#)));
+    assert_eq!((filled.status, x_limits(&filled)), (200, (Some(5), Some(0))), "{}", filled.body);
+    let email_key = [("Content-Type", "application/json"), ("Idempotency-Key", "k-email")];
+    let one = sent(r#"{"user_id":"ka","kind":"email","cost":1}"#);
+    let waiting_email = see("POST", "/api/v1/task", post(&kinds, &email_key, &one));
+    assert_eq!(waiting_email.status, 202, "{}", waiting_email.body);
+    assert_eq!((waiting_email.json()["kind"].as_str(), waiting_email.json()["cost"].as_i64()), (Some("email"), Some(1)));
+    let costly = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","kind":"email","cost":6}"#)));
+    assert_eq!(costly.status, 422, "{}", costly.body);
+    assert_eq!(costly.json()["type"], "urn:task-api:problem:cost-over-quota", "{}", costly.body);
+    // Bad kinds and costs are 400s; those the document can judge, it refuses too.
+    for (body, schema_refuses) in [
+        (r#"{"user_id":"ka","kind":"sms"}"#, false),
+        (r#"{"user_id":"ka","kind":7}"#, true),
+        (r#"{"user_id":"ka","kind":"a b"}"#, true),
+        (r#"{"user_id":"ka","cost":0}"#, true),
+        (r#"{"user_id":"ka","cost":1001}"#, true),
+        (r#"{"user_id":"ka","cost":1.5}"#, true),
+        (r#"{"user_id":"ka","cost":"2"}"#, true),
+    ] {
+        let reply = see("POST", "/api/v1/task", post(&kinds, &json, body));
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        let parsed: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        let verdict = validate(&doc, "#/components/schemas/TaskRequest", &parsed);
+        assert_eq!(verdict.is_err(), schema_refuses, "{body} against TaskRequest: {verdict:?}");
+    }
+
+    // Tiers: set, refused, cleared.
+    let tier_path = "/api/v1/users/ka/tier";
+    let sent_tier = |body: &str| {
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        validate(&doc, "#/components/schemas/TierRequest", &body).unwrap_or_else(|e| panic!("request body: {e}"));
+        body.to_string()
+    };
+    let pro = see("PUT", tier_route, put(&kinds.addr, tier_path, &json, &sent_tier(r#"{"tier":"pro"}"#)));
+    assert_eq!((pro.status, pro.json()["user_id"].as_str(), pro.json()["tier"].as_str()), (200, Some("ka"), Some("pro")), "{}", pro.body);
+    for (headers, path, body, status, schema_refuses) in [
+        (&json[..], tier_path, r#"{"tier":"gold"}"#, 400, false),
+        (&json[..], tier_path, r#"{"tier":5}"#, 400, true),
+        (&json[..], tier_path, r#"{"tier":null,"extra":1}"#, 400, true),
+        (&json[..], tier_path, r#"{}"#, 400, true),
+        (&json[..], tier_path, r#"["pro"]"#, 400, true),
+        (&json[..], tier_path, "not json", 400, true),
+        (&json[..], "/api/v1/users/%FF/tier", r#"{"tier":"pro"}"#, 400, false),
+        (&[("Content-Type", "text/plain")][..], tier_path, r#"{"tier":"pro"}"#, 415, false),
+    ] {
+        let reply = see("PUT", tier_route, put(&kinds.addr, path, headers, body));
+        assert_eq!(reply.status, status, "{path} {body}: {}", reply.body);
+        if let Ok(parsed) = serde_json::from_str::<Value>(body) {
+            let verdict = validate(&doc, "#/components/schemas/TierRequest", &parsed);
+            assert_eq!(verdict.is_err(), schema_refuses, "{body} against TierRequest: {verdict:?}");
+        }
+    }
+    for method in ["GET", "DELETE", "POST"] {
+        let reply = see("PUT", tier_route, request(&kinds.addr, method, tier_path, &[], b""));
+        assert_eq!((reply.status, reply.header("allow")), (405, Some("PUT")), "{method}: {}", reply.body);
+    }
+    // Under the tier, the email lane admits 50 units a minute, after the task already queued;
+    // the tier's default kind admits at most 5 units per 30 s (so the next one waits long
+    // enough to be seen queued below).
+    let big = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","kind":"email","cost":6}"#)));
+    assert_eq!((big.status, big.json()["cost"].as_i64()), (202, Some(6)), "{}", big.body);
+    assert_eq!(big.header("ratelimit-policy"), Some(r#""60s";q=50;w=60"#));
+    let over_tier = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","cost":6,"payload":[1]}"#)));
+    assert_eq!(over_tier.status, 422, "{}", over_tier.body);
+    assert!(over_tier.json()["detail"].as_str().is_some_and(|d| d.contains("\"pro\"")), "{}", over_tier.body);
+    let ran_default = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka","kind":null,"cost":5,"payload":{"n":1}}"#)));
+    assert_eq!((ran_default.status, ran_default.json()["kind"].as_str()), (200, Some("default")), "{}", ran_default.body);
+    assert_eq!(ran_default.header("ratelimit-policy"), Some(r#""30s";q=5;w=30, "60s";q=100;w=60"#));
+    let queued_default = see("POST", "/api/v1/task", post(&kinds, &json, &sent(r#"{"user_id":"ka"}"#)));
+    assert_eq!(queued_default.status, 202, "{}", queued_default.body);
+
+    // The user's state, under the tier and after it is cleared.
+    let state = see("GET", users, kinds.get("/api/v1/users/ka"));
+    let body = state.json();
+    assert_eq!((state.status, body["tier"].as_str()), (200, Some("pro")), "{}", state.body);
+    assert_eq!(body["kinds"]["email"]["queued"], 2, "{}", state.body);
+    assert_eq!(body["kinds"]["email"]["remaining"][0]["q"], 50, "{}", state.body);
+    assert_eq!((body["queued"].clone(), body["kinds"]["default"]["queued"].clone()), (1.into(), 1.into()), "{}", state.body);
+    let built_in = see("PUT", tier_route, put(&kinds.addr, tier_path, &json, &sent_tier(r#"{"tier":null}"#)));
+    assert_eq!((built_in.status, built_in.json()["tier"].clone()), (200, Value::Null), "{}", built_in.body);
+    let state = see("GET", users, kinds.get("/api/v1/users/ka"));
+    assert_eq!(state.json()["tier"], Value::Null, "{}", state.body);
+    assert_eq!(state.json()["kinds"]["email"]["remaining"][0]["policy"], "60s", "{}", state.body);
+    assert_eq!(state.json()["kinds"]["email"]["remaining"][0]["q"], 5, "{}", state.body);
+    assert_eq!(see("GET", users, kinds.get("/api/v1/users/nobody")).status, 200);
+
+    // The overview with the user watched: the kinds' windows and every lane.
+    let watched = see("GET", "/api/v1/overview", kinds.get("/api/v1/overview?user_id=ka"));
+    let body = watched.json();
+    assert_eq!(watched.status, 200);
+    assert_eq!(body["kinds"]["email"], serde_json::json!([{"name": "60s", "q": 5, "w": 60}]), "{}", watched.body);
+    let costs = |lane: &Value| lane["queued"].as_array().map(|q| q.iter().map(|t| t["cost"].as_i64()).collect::<Vec<_>>());
+    assert_eq!(costs(&body["user"]["lanes"]["email"]), Some(vec![Some(1), Some(6)]), "{}", watched.body);
+    assert_eq!(costs(&body["user"]), Some(vec![Some(1)]), "{}", watched.body);
+    assert_eq!(body["user"]["lanes"]["email"]["completed"].as_array().map(Vec::len), Some(2), "{}", watched.body);
+    let due = body["next_due"].as_array().cloned().unwrap_or_default();
+    assert!(due.iter().any(|d| d["user_id"] == "ka" && d["kind"] == "email"), "{}", watched.body);
+    let recent = body["recent"].as_array().cloned().unwrap_or_default();
+    assert!(recent.iter().any(|r| r["kind"] == "email" && r["cost"] == 3), "{}", watched.body);
+    assert_eq!(see("GET", "/api/v1/overview", kinds.get("/api/v1/overview")).json()["user"], Value::Null);
+
+    // The NDJSON log names each task's kind, cost and the windows it was admitted under.
+    let log = see("GET", "/api/v1/log", request(&kinds.addr, "GET", "/api/v1/log", &[("Accept", "application/x-ndjson")], b""));
+    let entries: Vec<Value> = log.body.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
+    let entry = |cost: i64| entries.iter().find(|e| e["cost"] == cost).unwrap_or_else(|| panic!("no entry of cost {cost}: {}", log.body));
+    assert_eq!((entry(2)["kind"].as_str(), entry(2)["policy"].as_str()), (Some("email"), Some("5/60000")), "{}", log.body);
+    assert_eq!((entry(5)["kind"].as_str(), entry(5)["policy"].as_str()), (Some("default"), Some("5/30000,100/60000")), "{}", log.body);
+    assert_eq!(entry(5)["payload"], serde_json::json!({"n": 1}), "{}", log.body);
+
+    // One task, read, cancelled and replayed, keeps its kind and cost.
+    let email_path = path(&waiting_email);
+    let read = see("GET", route, kinds.get(&email_path));
+    assert_eq!((read.json()["kind"].as_str(), read.json()["cost"].as_i64(), read.json()["status"].as_str()), (Some("email"), Some(1), Some("queued")));
+    let cancelled = see("DELETE", route, request(&kinds.addr, "DELETE", &email_path, &[], b""));
+    assert_eq!((cancelled.status, cancelled.json()["kind"].as_str()), (200, Some("email")), "{}", cancelled.body);
+    let replayed = see("POST", "/api/v1/task", post(&kinds, &email_key, &one));
+    assert_eq!((replayed.status, replayed.json()["status"].as_str(), replayed.json()["cost"].as_i64()), (200, Some("cancelled"), Some(1)), "{}", replayed.body);
+    let read = see("GET", route, kinds.get(&path(&big)));
+    assert_eq!((read.json()["kind"].as_str(), read.json()["cost"].as_i64()), (Some("email"), Some(6)), "{}", read.body);
 
     // Redis stopped (not answering): 503 problems with Retry-After.
     redis.signal("-STOP");
