@@ -10,6 +10,10 @@
 //!   atomics on Redis's WATCH/MULTI/EXEC, a connection per CAS handle, correct or lossy
 //!   answers), `variables` (spin:variables). Each mirrors the Spin file it names, costs
 //!   included: no timeouts anywhere, as in Spin.
+//! - `trigger::engine`: wasmtime configured as Spin's core configures it (epoch interruption
+//!   with a 10 ms ticker, the pooling allocator where the address space allows, a store
+//!   limiter and a guest-time call hook on every store); `spin-host` also installs Spin's
+//!   tracing subscriber (main.rs), which is what makes the host cost what Spin costs.
 //! - `trigger::http`: serves `wasi:http/handler` over hyper as Spin does: no TCP_NODELAY,
 //!   the response body streamed, instances reused (128 requests, 16 at once, 1 s idle).
 //! - `trigger::redis`: subscribes to the manifest's channels; one message at a time per
@@ -41,6 +45,9 @@ pub struct HostConfig {
     /// Variable values from the command line and `SPIN_VARIABLE_*`, command line first.
     pub variables: HashMap<String, String>,
     pub cas_mode: CasMode,
+    /// Wasmtime's pooling allocator where the system allows it, as `spin up` does unless
+    /// given `--disable-pooling`.
+    pub pooling: bool,
 }
 
 /// Process-wide services shared by every instance: the key-value stores. (Outbound Redis
@@ -112,7 +119,7 @@ pub fn allowed_host(allowed: &[String], address: &str) -> bool {
 /// error when a Redis subscription drops (the caller exits, as Spin does).
 pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
-    let engine = trigger::engine()?;
+    let engine = trigger::engine::engine(config.pooling)?;
     let linker = host::linker(&engine).map_err(trigger::wasm_error)?;
     let services = Arc::new(Services::new(config.cas_mode, &app.stores)?);
     let components = trigger::prepare_components(&engine, &linker, &app, services)?;

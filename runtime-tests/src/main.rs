@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: spin-host [--from spin.toml] [--listen 127.0.0.1:3000] [--runtime-config-file FILE]
-                 [--variable NAME=VALUE]... [--kv-cas correct|lossy]
+                 [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling]
 Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.";
 
 fn main() -> ExitCode {
@@ -19,6 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = init_tracing() {
+        eprintln!("spin-host: cannot set up tracing: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -44,12 +48,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// The subscriber Spin's CLI installs before anything else (crates/telemetry/src/lib.rs `init`,
+/// without the OTLP layers, which need OTEL_* variables): events to stderr filtered by RUST_LOG
+/// (errors only when unset), plus a layer for `alert_in_dev` events
+/// (crates/telemetry/src/alert_in_dev.rs), and the `log` crate bridged in (Spin's
+/// `tracing-log-compat`). What it costs: the span-field directives make every callsite's
+/// interest "sometimes", and the alert layer gives no level hint, so no level is switched off
+/// globally: each trace/debug/`log` call in wasmtime, hyper and the rest asks the filters
+/// when it is hit.
+fn init_tracing() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*, registry};
+    let filter = EnvFilter::from_default_env()
+        .add_directive("wasmtime_wasi_http=warn".parse()?)
+        .add_directive("watchexec=off".parse()?)
+        .add_directive("[{app_log}]=off".parse()?)
+        .add_directive("[{app_log_non_utf8}]=off".parse()?);
+    let fmt_layer = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_filter(filter);
+    let alert_layer = AlertInDev.with_filter(filter_fn(|meta| meta.fields().field("alert_in_dev").is_some()));
+    registry().with(fmt_layer).with(alert_layer).try_init()?;
+    Ok(())
+}
+
+/// Prints the message of an event tagged `alert_in_dev` as a warning, whatever RUST_LOG says.
+struct AlertInDev;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AlertInDev {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message;
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    eprintln!("Warning: {value:?}");
+                }
+            }
+        }
+        event.record(&mut Message);
+    }
+}
+
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, String), String> {
     let mut manifest = PathBuf::from("spin.toml");
     let mut listen = "127.0.0.1:3000".to_string();
     let mut runtime_config = None;
     let mut flag_vars = HashMap::new();
     let mut cas_mode = CasMode::Correct;
+    let mut pooling = true;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -68,6 +112,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
                     other => return Err(format!("--kv-cas is correct or lossy, not {other:?}")),
                 }
             }
+            "--disable-pooling" => pooling = false,
             "-h" | "--help" => return Err("help".to_string()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -80,5 +125,5 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         .filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|name| (name.to_lowercase(), v)))
         .collect();
     variables.extend(flag_vars);
-    Ok((HostConfig { manifest, runtime_config, variables, cas_mode }, listen))
+    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling }, listen))
 }

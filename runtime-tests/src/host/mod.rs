@@ -44,6 +44,10 @@ pub struct Ctx {
     /// CAS handles already swapped: Spin keeps them, and their connections, until the
     /// instance ends (see `key_value`).
     pub swapped: Vec<key_value::CasHandle>,
+    /// What Spin's core keeps per store: its memory limiter and the guest's CPU time (see
+    /// `trigger::engine`).
+    pub limits: crate::trigger::engine::Limits,
+    pub cpu: crate::trigger::engine::CpuTime,
 }
 
 impl Ctx {
@@ -57,6 +61,8 @@ impl Ctx {
             services,
             redis_connections: 0,
             swapped: Vec::new(),
+            limits: Default::default(),
+            cpu: Default::default(),
         }
     }
 }

@@ -11,6 +11,8 @@ use super::Prepared;
 use crate::host::Ctx;
 use crate::manifest::{App, Route};
 use bytes::Bytes;
+use anyhow::Context as _;
+use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -18,13 +20,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
@@ -83,9 +85,11 @@ impl HttpTrigger {
             // `serve_http`), and that is what makes a chunked response's last write stall.
             let routes = self.routes.clone();
             tokio::spawn(async move {
+                // An error here (an unusable Host) makes hyper close the connection without a
+                // response, as Spin's service does (server.rs `instrumented_service_fn`).
                 let service = hyper::service::service_fn(move |req| {
                     let routes = routes.clone();
-                    async move { Ok::<_, Infallible>(handle(&routes, client, req).await) }
+                    async move { handle(&routes, client, req).await }
                 });
                 let served = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                 if let Err(e) = served {
@@ -99,22 +103,114 @@ impl HttpTrigger {
     }
 }
 
-async fn handle(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, mut req: hyper::Request<Incoming>) -> Response<Body> {
+/// One request inside Spin's per-request span (instrument.rs `http_span!`, server.rs
+/// `instrumented_service_fn`, `finalize_http_span`). Under the subscriber `spin-host` installs
+/// as Spin does (main.rs), RUST_LOG unset leaves these INFO spans and events disabled, but each
+/// still asks the filters when hit; what Spin computes eagerly (the method string, the span's
+/// name) is computed here too.
+async fn handle(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
+    let span = tracing::info_span!(
+        "spin_trigger_http.handle_http_request",
+        "otel.kind" = "server",
+        "http.request.method" = %req.method(),
+        "network.peer.address" = %client.ip(),
+        "network.peer.port" = %client.port(),
+        "network.protocol.name" = "http",
+        "url.path" = req.uri().path(),
+        "url.query" = req.uri().query().unwrap_or(""),
+        "url.scheme" = req.uri().scheme_str().unwrap_or(""),
+        "client.address" = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        "error.type" = tracing::field::Empty,
+        "http.response.status_code" = tracing::field::Empty,
+        "http.route" = tracing::field::Empty,
+        "otel.name" = tracing::field::Empty,
+    );
+    let method = req.method().to_string();
+    async move {
+        let result = route(routes, client, req).await;
+        let span = tracing::Span::current();
+        match &result {
+            Ok(response) => {
+                tracing::info!("Request finished, sending response with status code {}", response.status());
+                match response.extensions().get::<MatchedRoute>() {
+                    Some(MatchedRoute(route)) => {
+                        span.record("http.route", route.as_str());
+                        span.record("otel.name", format!("{method} {route}"));
+                    }
+                    None => {
+                        span.record("otel.name", method);
+                    }
+                }
+                span.record("http.response.status_code", response.status().as_u16());
+            }
+            Err(e) => {
+                tracing::info!(error = %e);
+                span.record("error.type", format!("{e:?}"));
+                span.record("http.response.status_code", 500);
+                span.record("otel.name", method);
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The route a response came from, for the span (Spin: instrument.rs `MatchedRoute`).
+#[derive(Clone)]
+struct MatchedRoute(String);
+
+/// Spin's server.rs `handle` and `handle_trigger_route`.
+async fn route(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, mut req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
     // Transport information, removed before the guest sees the request (Spin's headers.rs
     // `strip_forbidden_headers`).
     req.headers_mut().remove(header::CONNECTION);
     let path = req.uri().path().to_string();
+    tracing::info!("Processing request on path '{path}'");
     let Some((route, handler)) = routes.iter().find(|(route, _)| route.matches(&path)) else {
         // Spin's generic 404 and 500 have empty bodies (server.rs `not_found`, `internal_error`).
-        return empty(StatusCode::NOT_FOUND);
+        return Ok(empty(StatusCode::NOT_FOUND));
     };
-    match call(handler, route, client, req).await {
+    set_req_uri(&mut req)?;
+    let component = &handler.state().prepared.config.id;
+    let span = tracing::info_span!("spin_trigger_http.execute_wasm", "otel.name" = format!("execute_wasm_component {component}"));
+    let mut response = match call(handler, route, client, req).instrument(span).await {
         Ok(response) => response,
         Err(e) => {
-            eprintln!("spin-host: component {:?} failed on {path}: {e:#}", handler.state().prepared.config.id);
+            eprintln!("spin-host: component {component:?} failed on {path}: {e:#}");
             empty(StatusCode::INTERNAL_SERVER_ERROR)
         }
-    }
+    };
+    response.extensions_mut().insert(MatchedRoute(route.raw()));
+    Ok(response)
+}
+
+/// The guest sees an absolute URL, its authority from the Host header or the request line
+/// (server.rs `set_req_uri`); when neither gives one, or they disagree, Spin fails the request
+/// before routing it to a component.
+fn set_req_uri(req: &mut hyper::Request<Incoming>) -> anyhow::Result<()> {
+    let from_header = match req.headers().get(header::HOST) {
+        Some(host) => Some(
+            host.to_str()
+                .context("'Host' header is not valid UTF-8")?
+                .parse::<Authority>()
+                .context("'Host' header contains an invalid authority")?,
+        ),
+        None => None,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let authority = match (from_header, parts.authority.take()) {
+        (None, None) => anyhow::bail!("no 'Host' header present in request"),
+        (Some(authority), None) | (None, Some(authority)) => authority,
+        (Some(header), Some(uri)) => {
+            anyhow::ensure!(header == uri, "authority in 'Host' header does not match authority in URI");
+            header
+        }
+    };
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    *req.uri_mut() = Uri::from_parts(parts)?;
+    Ok(())
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
@@ -125,28 +221,7 @@ fn empty(status: StatusCode) -> Response<Body> {
 
 async fn call(handler: &ProxyHandler<Instances>, route: &Route, client: SocketAddr, req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
     let (mut parts, body) = req.into_parts();
-    // The guest sees the full URL (server.rs `set_req_uri`) and Spin's informational headers
-    // (headers.rs `compute_default_headers`).
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
-    let path_info = route.path_info(parts.uri.path()).to_string();
-    let full_url = format!("http://{host}{path_and_query}");
-    parts.uri = Uri::builder().scheme("http").authority(host).path_and_query(path_and_query).build()?;
-    let raw_route = route.raw();
-    let client = client.to_string();
-    for (name, value) in [
-        ("spin-path-info", path_info.as_str()),
-        ("spin-full-url", full_url.as_str()),
-        ("spin-matched-route", raw_route.as_str()),
-        ("spin-base-path", "/"),
-        ("spin-raw-component-route", raw_route.as_str()),
-        ("spin-component-route", route.prefix()),
-        ("spin-client-addr", client.as_str()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            parts.headers.insert(HeaderName::from_static(name), value);
-        }
-    }
+    prepare_headers(&mut parts, route, client)?;
     let body = body.map_err(|e| handler::ErrorCode::from(wasmtime_wasi_http::p2::hyper_response_error(e))).boxed_unsync();
     let response = handler.handle((), http::Request::from_parts(parts, body)).await.map_err(super::wasm_error)?;
     // Streamed, not collected: hyper writes each piece as the guest produces it.
@@ -157,6 +232,43 @@ async fn call(handler: &ProxyHandler<Instances>, route: &Route, client: SocketAd
         })
         .boxed_unsync()
     }))
+}
+
+/// Rebuilds the request's headers as Spin does before the component runs (wasi.rs
+/// `prepare_request`, headers.rs `prepare_request_headers` and `compute_default_headers`):
+/// every header copied out as a pair of strings, then Spin's informational headers added and
+/// the map refilled from the pairs. A header value that is not UTF-8 fails the request, and
+/// the caller answers 500 with an empty body without running the component ("invalid utf-8
+/// sequence").
+fn prepare_headers(parts: &mut http::request::Parts, route: &Route, client: SocketAddr) -> anyhow::Result<()> {
+    let mut pairs = Vec::with_capacity(parts.headers.len() + 7);
+    for (name, value) in &parts.headers {
+        pairs.push((name.to_string(), std::str::from_utf8(value.as_bytes())?.to_string()));
+    }
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => std::str::from_utf8(host.as_bytes())?,
+        None => "localhost",
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let full_url = format!("{}://{host}{path_and_query}", parts.uri.scheme_str().unwrap_or("http"));
+    let raw_route = route.raw();
+    for (name, value) in [
+        ("spin-path-info", route.path_info(parts.uri.path()).to_string()),
+        ("spin-full-url", full_url),
+        ("spin-matched-route", raw_route.clone()),
+        ("spin-base-path", "/".to_string()),
+        ("spin-raw-component-route", raw_route),
+        ("spin-component-route", route.prefix().to_string()),
+        ("spin-client-addr", client.to_string()),
+    ] {
+        pairs.push((name.to_string(), value));
+    }
+    parts.headers.clear();
+    // Appended, as Spin's `extend` does: a client's own `spin-*` header stays beside ours.
+    parts.headers.extend(pairs.into_iter().filter_map(|(name, value)| {
+        Some((name.parse::<HeaderName>().ok()?, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+    }));
+    Ok(())
 }
 
 /// Makes instances of one component for its `ProxyHandler` (Spin: server.rs

@@ -1,6 +1,7 @@
 //! The two triggers, and what they share: the engine and one pre-instantiated component per
 //! manifest component (compiled once per distinct `.wasm`, instantiated per event).
 
+pub mod engine;
 pub mod http;
 pub mod redis;
 
@@ -11,14 +12,8 @@ use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p3::bindings::ServicePre;
-
-pub fn engine() -> anyhow::Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_component_model_async(true);
-    Engine::new(&config).map_err(wasm_error)
-}
 
 /// wasmtime 47 has its own error type; the host speaks anyhow.
 pub fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
@@ -34,7 +29,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn store(&self) -> Store<Ctx> {
-        Store::new(self.pre.engine(), Ctx::new(self.config.clone(), self.services.clone()))
+        engine::store(self.pre.engine(), Ctx::new(self.config.clone(), self.services.clone()))
     }
 
     pub fn http(&self) -> anyhow::Result<ServicePre<Ctx>> {
