@@ -18,15 +18,17 @@
 
 use crate::config::{Config, LedgerBackend};
 use crate::drainer::print_log;
-use crate::keys::{UserKey, new_task_id};
-use crate::ledger::{self, KvLedger, Ledger, LedgerError};
-use crate::queue::{Admission, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
+use crate::keys::{LaneKey, UserKey, new_task_id};
+use crate::ledger::{self, Arrival, KvLedger, Ledger, LedgerError};
+use crate::policy::Policy;
+use crate::queue::{AdmitPolicy, Admission, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
+use crate::slot::{Spent, Window};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// When a task's slot has come but the user's previous task ran a few ms late, admission
+/// When a task's slot has come but the lane's previous task ran a few ms late, admission
 /// waits for it rather than answering 202 for a task that will run almost at once.
 const INLINE_WAIT_STEP: Duration = Duration::from_millis(5);
 const INLINE_WAIT_STEPS: u32 = 10;
@@ -35,21 +37,43 @@ const IDEMPOTENCY_WAIT: Duration = Duration::from_millis(1_500);
 /// How often an admission waiting for its group's commit looks for its result.
 const GROUP_POLL: Duration = Duration::from_millis(1);
 
+/// A validated request for a new task. Its kind is one the configuration defines.
+pub struct NewTask<'a> {
+    pub user_id: &'a str,
+    pub kind: &'a str,
+    pub cost: u32,
+    pub payload: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+}
+
 /// A task as the API shows it.
 pub struct Task {
     pub task_id: String,
     pub user_id: String,
+    pub kind: String,
+    pub cost: u32,
     pub slot: i64,
     pub placement: Placement,
 }
 
+/// The lane's state after an answer, for the rate-limit fields: its recent slots and costs,
+/// the user's tier that chose the policy (`None`: the built-in one), and the Redis clock.
+pub struct LaneNow {
+    pub recent: Vec<Spent>,
+    pub tier: Option<String>,
+    pub now: i64,
+}
+
 pub enum Outcome {
     /// A new task was stored (and run, if its slot was now).
-    Admitted { task: Task, recent: Vec<i64>, now: i64 },
+    Admitted { task: Task, lane: LaneNow },
     /// The Idempotency-Key named an earlier task: that one, as it is now.
-    Replayed { task: Task, recent: Vec<i64>, now: i64 },
-    /// The user's queue is full (`max_backlog`).
+    Replayed { task: Task, lane: LaneNow },
+    /// The lane's queue is full (`max_backlog`).
     BacklogFull,
+    /// The task costs more than `window` of the user's policy for its kind holds: it could
+    /// never run, so nothing was stored.
+    TooCostly { window: Window, tier: Option<String> },
     /// A concurrent request with the same Idempotency-Key is still being admitted.
     KeyInUse,
 }
@@ -60,7 +84,7 @@ pub enum AdmitError {
     Unavailable(String),
     /// Redis did not answer the call that stores the task: it may or may not have run.
     Uncertain(String),
-    /// Too much contention on the user's ledger to commit in time; nothing was stored.
+    /// Too much contention on the lane's ledger to commit in time; nothing was stored.
     Contended,
     /// Something answered what this code did not expect (a bug, or a foreign value).
     Internal(String),
@@ -85,15 +109,20 @@ impl From<LedgerError> for AdmitError {
     }
 }
 
-pub async fn admit(config: &Config, user_id: &str, payload: Option<&str>, idempotency_key: Option<&str>) -> Result<Outcome, AdmitError> {
+pub async fn admit(config: &Config, new: &NewTask<'_>) -> Result<Outcome, AdmitError> {
     let queue = Queue::connect(config).await?;
-    let user = UserKey::new(user_id);
+    let user = UserKey::new(new.user_id);
+    let lane = LaneKey::new(&user, new.kind);
+    let overrides: Vec<(&str, &Policy)> = config.policies.overrides(new.kind).collect();
     let request = Request {
-        idem: idempotency_key.map(|k| config.keys.idempotency(&user, k)),
-        ledger_key: config.keys.ledger(&user),
+        idem: new.idempotency_key.map(|k| config.keys.idempotency(&user, k)),
+        ledger_key: config.keys.ledger(&lane),
+        // The tier is read only where it can change the policy.
+        tier_key: (!overrides.is_empty()).then(|| config.keys.tier(&user)),
+        lane,
         user,
-        user_id,
-        payload,
+        new,
+        overrides,
     };
     match config.ledger {
         LedgerBackend::Redis => admit_in_one_script(config, &queue, &request).await,
@@ -104,35 +133,57 @@ pub async fn admit(config: &Config, user_id: &str, payload: Option<&str>, idempo
 /// What both ledger backends admit: a validated request and its keys.
 struct Request<'a> {
     user: UserKey,
-    user_id: &'a str,
+    lane: LaneKey,
+    new: &'a NewTask<'a>,
     ledger_key: String,
-    payload: Option<&'a str>,
     /// The key of the Idempotency-Key record, if the request has one.
     idem: Option<String>,
+    /// The user's tier key, when a tier overrides the kind's policy.
+    tier_key: Option<String>,
+    /// The tiers that override the kind's policy.
+    overrides: Vec<(&'a str, &'a Policy)>,
+}
+
+impl Request<'_> {
+    /// The kind's policy for the user's `tier` (the kind is known: the API checked it).
+    fn policy<'c>(&self, config: &'c Config, tier: Option<&str>) -> Result<&'c Policy, AdmitError> {
+        config.policies.resolve(self.new.kind, tier).ok_or_else(|| AdmitError::Internal(format!("no policy for kind {:?}", self.new.kind)))
+    }
 }
 
 /// The `redis` ledger: the whole admission is `admit.lua`.
 async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
-    let Request { user, user_id, ledger_key, payload, idem } = request;
+    let Request { lane, new, ledger_key, idem, .. } = request;
+    let (keep, keep_ms) = config.policies.lane_history(new.kind);
+    let policy = AdmitPolicy {
+        kind: new.kind,
+        cost: new.cost,
+        keep,
+        keep_ms,
+        tier_key: request.tier_key.clone(),
+        spec: request.policy(config, None)?.spec(),
+        overrides: request.overrides.iter().map(|(tier, p)| (*tier, p.spec())).collect(),
+    };
     let task_id = new_task_id();
     let started = Instant::now();
     loop {
         // The commit point: if Redis did not answer, the script may still have run.
-        let admission = match queue.admit(user, user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), *payload).await {
+        let admission = match queue.admit(lane, new.user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), new.payload, &policy).await {
             Ok(admission) => admission,
             Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
             Err(e) => return Err(e.into()),
         };
         match admission {
-            Admission::Admitted { slot, ledger, filed } => {
-                let recent = Ledger::decode(Some(&ledger))?.slots();
-                let admitted = wait_if_due(queue, user, &task_id, slot, filed).await?;
-                let task = Task { task_id, user_id: user_id.to_string(), slot, placement: admitted.placement };
-                return Ok(Outcome::Admitted { task, recent, now: admitted.now });
+            Admission::Admitted { slot, ledger, tier, filed } => {
+                let recent = Ledger::decode(Some(&ledger))?.spent();
+                let admitted = wait_if_due(queue, lane, &task_id, slot, filed).await?;
+                let task = new_task(new, task_id, slot, admitted.placement);
+                return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
             }
             Admission::BacklogFull => return Ok(Outcome::BacklogFull),
-            Admission::Earlier { earlier: Earlier::Task(earlier), now, ledger } => {
-                return replay(config, queue, user, &earlier, now, ledger.as_deref()).await;
+            Admission::Costly { tier, quota, window_ms } => return Ok(Outcome::TooCostly { window: Window { quota, window_ms }, tier }),
+            Admission::Earlier { earlier: Earlier::Task(earlier), now, ledger, tier } => {
+                return replay(config, queue, request, &earlier, now, ledger.as_deref(), tier).await;
             }
             // Only a `kv` admission reserves a key ('pending'), e.g. on a replica configured so.
             Admission::Earlier { earlier: Earlier::Pending, .. } if started.elapsed() < IDEMPOTENCY_WAIT => {
@@ -143,6 +194,10 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
     }
 }
 
+fn new_task(new: &NewTask<'_>, task_id: String, slot: i64, placement: Placement) -> Task {
+    Task { task_id, user_id: new.user_id.to_string(), kind: new.kind.to_string(), cost: new.cost, slot, placement }
+}
+
 /// The 48-bit prefix of a task id that tags its ledger entry (it only has to differ from
 /// the entries of admissions racing it).
 fn ledger_tag(task_id: &str) -> &str {
@@ -150,15 +205,15 @@ fn ledger_tag(task_id: &str) -> &str {
 }
 
 /// The `kv` ledger: prepare, commit the ledger in the key-value store (together with the
-/// user's other admissions in this instance), then file.
+/// lane's other admissions in this instance), then file.
 async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
-    let Request { user, user_id, ledger_key, payload, idem } = request;
+    let Request { lane, new, idem, .. } = request;
     let started = Instant::now();
     let prepared = loop {
-        let prepared = queue.prepare(user, idem.as_deref()).await?;
+        let prepared = queue.prepare(lane, idem.as_deref(), request.tier_key.as_deref()).await?;
         match &prepared.earlier {
             Earlier::None => break prepared,
-            Earlier::Task(task_id) => return replay(config, queue, user, task_id, prepared.now, None).await,
+            Earlier::Task(task_id) => return replay(config, queue, request, task_id, prepared.now, None, prepared.tier.clone()).await,
             Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
             Earlier::Pending => return Ok(Outcome::KeyInUse),
         }
@@ -166,10 +221,23 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
     if prepared.backlog_full {
         return Ok(Outcome::BacklogFull);
     }
+    let policy = request.policy(config, prepared.tier.as_deref())?;
+    if let Some(window) = policy.windows().iter().find(|w| new.cost > w.quota) {
+        release(queue, idem.as_deref()).await;
+        return Ok(Outcome::TooCostly { window: *window, tier: prepared.tier });
+    }
     let task_id = new_task_id();
-    let payload = payload.map(Rc::from);
-    let member = Rc::new(Member { task_id: task_id.clone(), idempotency_key: idem.clone(), payload, arrival: prepared.now, result: RefCell::new(None) });
-    let committed = match commit_together(queue, config, user, user_id, ledger_key, member).await {
+    let member = Rc::new(Member {
+        task_id: task_id.clone(),
+        idempotency_key: idem.clone(),
+        payload: new.payload.map(Rc::from),
+        arrival: prepared.now,
+        cost: new.cost,
+        windows: Rc::from(policy.windows()),
+        spec: Rc::from(policy.spec()),
+        result: RefCell::new(None),
+    });
+    let committed = match commit_together(queue, config, request, member).await {
         Ok(committed) => committed,
         Err(e) => {
             // Nothing was stored under the key: let a retry with it start afresh.
@@ -179,30 +247,34 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
             return Err(e);
         }
     };
-    let admitted = wait_if_due(queue, user, &task_id, committed.slot, committed.admitted).await?;
-    let task = Task { task_id, user_id: user_id.to_string(), slot: committed.slot, placement: admitted.placement };
-    Ok(Outcome::Admitted { task, recent: committed.recent, now: admitted.now })
+    let admitted = wait_if_due(queue, lane, &task_id, committed.slot, committed.admitted).await?;
+    let task = new_task(new, task_id, committed.slot, admitted.placement);
+    Ok(Outcome::Admitted { task, lane: LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now } })
 }
 
 /// One committed admission.
 struct Committed {
     slot: i64,
     admitted: Admitted,
-    /// The user's recent slots after the commit, for the rate-limit headers.
-    recent: Vec<i64>,
+    /// The lane's recent slots after the commit, for the rate-limit headers.
+    recent: Vec<Spent>,
 }
 
-/// An admission waiting to be committed with the others of its user in this instance.
+/// An admission waiting to be committed with the others of its lane in this instance.
 struct Member {
     task_id: String,
     idempotency_key: Option<String>,
     payload: Option<Rc<str>>,
     /// The Redis clock when it began.
     arrival: i64,
+    cost: u32,
+    /// Its policy (the user's tier when it began chose it).
+    windows: Rc<[Window]>,
+    spec: Rc<str>,
     result: RefCell<Option<Result<Committed, AdmitError>>>,
 }
 
-/// The admissions of one user (by ledger key) in this instance: those waiting, and whether
+/// The admissions of one lane (by ledger key) in this instance: those waiting, and whether
 /// one of them is committing now.
 #[derive(Default)]
 struct Group {
@@ -214,10 +286,11 @@ thread_local! {
     static GROUPS: RefCell<HashMap<String, Group>> = RefCell::new(HashMap::new());
 }
 
-/// Commits `member` together with whatever other admissions of its user wait in this
+/// Commits `member` together with whatever other admissions of its lane wait in this
 /// instance: if none is committing, it commits everyone waiting (itself included); if one
 /// is, it waits for that commit to bring its result, or to end so it can lead the next.
-async fn commit_together(queue: &Queue<'_>, config: &Config, user: &UserKey, user_id: &str, ledger_key: &str, member: Rc<Member>) -> Result<Committed, AdmitError> {
+async fn commit_together(queue: &Queue<'_>, config: &Config, request: &Request<'_>, member: Rc<Member>) -> Result<Committed, AdmitError> {
+    let ledger_key = request.ledger_key.as_str();
     GROUPS.with_borrow_mut(|groups| groups.entry(ledger_key.to_string()).or_default().waiting.push(member.clone()));
     loop {
         if let Some(result) = member.result.borrow_mut().take() {
@@ -234,7 +307,7 @@ async fn commit_together(queue: &Queue<'_>, config: &Config, user: &UserKey, use
         match batch {
             Some(batch) => {
                 let mut batch = BatchGuard { ledger_key, members: batch, delivered: false };
-                let result = commit_batch(queue, config, user, user_id, ledger_key, &mut batch.members).await;
+                let result = commit_batch(queue, config, request, &mut batch.members).await;
                 batch.deliver(result);
             }
             // Requests are separate component-model tasks, and waking one from another needs
@@ -290,25 +363,29 @@ impl Drop for BatchGuard<'_> {
 }
 
 /// Commits a batch in arrival order in the key-value store, then files its tasks.
-async fn commit_batch(
-    queue: &Queue<'_>,
-    config: &Config,
-    user: &UserKey,
-    user_id: &str,
-    ledger_key: &str,
-    members: &mut [Rc<Member>],
-) -> Result<Vec<Committed>, AdmitError> {
+async fn commit_batch(queue: &Queue<'_>, config: &Config, request: &Request<'_>, members: &mut [Rc<Member>]) -> Result<Vec<Committed>, AdmitError> {
     members.sort_by_key(|m| m.arrival);
-    let arrivals: Vec<(i64, &str)> = members.iter().map(|m| (m.arrival, ledger_tag(&m.task_id))).collect();
-    let mut store = KvLedger::open(ledger_key)?;
+    let arrivals: Vec<Arrival> =
+        members.iter().map(|m| Arrival { at: m.arrival, tag: ledger_tag(&m.task_id), cost: m.cost, windows: &m.windows }).collect();
+    let (history, keep_ms) = config.policies.lane_history(request.new.kind);
+    let mut store = KvLedger::open(&request.ledger_key)?;
     let seen = store.read()?;
-    let committed = ledger::commit(&mut store, config.limits, seen, &arrivals).await?;
+    let committed = ledger::commit(&mut store, history as usize, seen, &arrivals).await?;
     let tasks: Vec<TaskToFile> = members
         .iter()
         .zip(&committed.slots)
-        .map(|(m, slot)| TaskToFile { task_id: m.task_id.clone(), slot: *slot, idempotency_key: m.idempotency_key.clone(), payload: m.payload.clone() })
+        .map(|(m, slot)| TaskToFile {
+            task_id: m.task_id.clone(),
+            slot: *slot,
+            idempotency_key: m.idempotency_key.clone(),
+            payload: m.payload.clone(),
+            cost: m.cost,
+            spec: m.spec.clone(),
+        })
         .collect();
-    let Filed { placements, now, ran } = match queue.file(user, user_id, ledger_key, &tasks, committed.retries).await {
+    let (lane, kind) = (&request.lane, request.new.kind);
+    let filed = queue.file(lane, request.new.user_id, kind, &request.ledger_key, keep_ms, &tasks, committed.retries).await;
+    let Filed { placements, now, ran } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
         Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
@@ -331,10 +408,10 @@ async fn release(queue: &Queue<'_>, idem: Option<&str>) {
     }
 }
 
-/// A task filed as queued although its slot has come (the user's previous task ran a few
+/// A task filed as queued although its slot has come (the lane's previous task ran a few
 /// ms late): wait briefly for it to run, so the answer is 200 rather than a 202 for a task
 /// that runs almost at once.
-async fn wait_if_due(queue: &Queue<'_>, user: &UserKey, task_id: &str, slot: i64, mut admitted: Admitted) -> Result<Admitted, AdmitError> {
+async fn wait_if_due(queue: &Queue<'_>, lane: &LaneKey, task_id: &str, slot: i64, mut admitted: Admitted) -> Result<Admitted, AdmitError> {
     print_log(&admitted.ran);
     let mut waits = 0;
     while let Placement::Queued { .. } = admitted.placement {
@@ -343,7 +420,7 @@ async fn wait_if_due(queue: &Queue<'_>, user: &UserKey, task_id: &str, slot: i64
         }
         spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
         waits += 1;
-        let poked = queue.poke(user, task_id).await?;
+        let poked = queue.poke(lane, task_id).await?;
         print_log(&poked.ran);
         admitted = Admitted {
             placement: match poked.placement {
@@ -356,17 +433,27 @@ async fn wait_if_due(queue: &Queue<'_>, user: &UserKey, task_id: &str, slot: i64
     Ok(admitted)
 }
 
-/// The original task of a repeated request with the same Idempotency-Key, as it is now.
-async fn replay(config: &Config, queue: &Queue<'_>, user: &UserKey, task_id: &str, now: i64, ledger: Option<&[u8]>) -> Result<Outcome, AdmitError> {
+/// The original task of a repeated request with the same Idempotency-Key, as it is now,
+/// with the rate-limit state of the lane this request named (`ledger`: as `admit.lua` read
+/// it).
+async fn replay(
+    config: &Config,
+    queue: &Queue<'_>,
+    request: &Request<'_>,
+    task_id: &str,
+    now: i64,
+    ledger: Option<&[u8]>,
+    tier: Option<String>,
+) -> Result<Outcome, AdmitError> {
     let Some(record) = queue.task(task_id).await? else {
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
     let placement = match (record.completed_at, record.cancelled_at) {
         (Some(completed_at), _) => Placement::Completed { completed_at },
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
-        (None, None) => Placement::Queued { position: queue.position(user, task_id).await? },
+        (None, None) => Placement::Queued { position: queue.position(&LaneKey::new(&request.user, &record.kind), task_id).await? },
     };
-    let recent = ledger::recent_slots(config.ledger, &config.keys.ledger(user), ledger)?;
-    let task = Task { task_id: task_id.to_string(), user_id: record.user_id, slot: record.slot, placement };
-    Ok(Outcome::Replayed { task, recent, now })
+    let recent = ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
+    let task = Task { task_id: task_id.to_string(), user_id: record.user_id, kind: record.kind, cost: record.cost, slot: record.slot, placement };
+    Ok(Outcome::Replayed { task, lane: LaneNow { recent, tier, now } })
 }

@@ -4,7 +4,7 @@
 //! `SPIN_VARIABLE_*` settings, which do not change while it runs.
 
 use crate::keys::Keys;
-use crate::slot::Limits;
+use crate::policy::{DEFAULT_KIND, Policies, Policy};
 use spin_sdk::variables;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,13 +21,23 @@ pub enum LedgerBackend {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub redis_address: String,
-    pub limits: Limits,
+    /// The `per_second` and `per_minute` variables, as set.
+    pub per_second: u32,
+    pub per_minute: u32,
+    /// Every kind's policy and the tiers (the `policies` variable; `per_second` and
+    /// `per_minute` define the `default` kind unless it names that kind).
+    pub policies: Policies,
+    /// Whether answers carry the de-facto `X-RateLimit-*` fields beside the IETF ones.
+    pub x_ratelimit_headers: bool,
     /// Most tasks one user may have queued; 0 = unlimited.
     pub max_backlog: u64,
     /// Bearer token for admin routes; `None` leaves them open (local use).
     pub admin_token: Option<String>,
     pub keys: Keys,
     pub ledger: LedgerBackend,
+    /// What every script gets first (ARGV[1..6], `lib.lua`): key prefix, log key, task
+    /// record lifetime, the default policy, and what a lane's completion history keeps.
+    pub script_header: [String; 6],
 }
 
 thread_local! {
@@ -37,9 +47,6 @@ thread_local! {
 /// The task log stream's key (SPEC §3 default), under no prefix so that tools find it.
 const LOG_KEY: &str = "task_log";
 
-/// Most tasks per window we accept in configuration: the ledger keeps that many slots per
-/// user, so the bound keeps a ledger value small.
-const MAX_QUOTA: u32 = 1_000;
 
 impl Config {
     /// The configuration, read on this instance's first request and kept.
@@ -56,6 +63,13 @@ impl Config {
         let redis_address = get("redis_address").await?;
         let per_second = quota(&get("per_second").await?, "per_second")?;
         let per_minute = quota(&get("per_minute").await?, "per_minute")?;
+        let policies = Policies::parse(&get("policies").await?, Policy::legacy(per_second, per_minute))
+            .map_err(|e| anyhow::anyhow!("variable policies: {e}"))?;
+        let x_ratelimit_headers = match get("x_ratelimit_headers").await?.trim() {
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!("variable x_ratelimit_headers must be on or off, not {other:?}"),
+        };
         let max_backlog = get("max_backlog")
             .await?
             .trim()
@@ -68,13 +82,28 @@ impl Config {
             "kv" => LedgerBackend::Kv,
             other => anyhow::bail!("variable ledger must be redis or kv, not {other:?}"),
         };
+        let keys = Keys::new(&prefix, LOG_KEY);
+        let default_spec = policies.resolve(DEFAULT_KIND, None).map(|p| p.spec().to_string()).unwrap_or_default();
+        let (history, history_ms) = policies.history();
+        let script_header = [
+            keys.prefix().to_string(),
+            keys.log().to_string(),
+            crate::queue::TASK_TTL_MS.to_string(),
+            default_spec,
+            history.to_string(),
+            history_ms.to_string(),
+        ];
         Ok(Config {
             redis_address,
-            limits: Limits { per_second, per_minute },
+            per_second,
+            per_minute,
+            policies,
+            x_ratelimit_headers,
             max_backlog,
             admin_token,
-            keys: Keys::new(&prefix, LOG_KEY),
+            keys,
             ledger,
+            script_header,
         })
     }
 }
@@ -84,6 +113,7 @@ async fn get(name: &str) -> anyhow::Result<String> {
 }
 
 fn quota(value: &str, name: &str) -> anyhow::Result<u32> {
+    use crate::policy::MAX_QUOTA;
     match value.trim().parse::<u32>() {
         Ok(n) if n <= MAX_QUOTA => Ok(n),
         _ => anyhow::bail!("variable {name} must be a whole number from 0 to {MAX_QUOTA}, not {value:?}"),

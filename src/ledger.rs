@@ -22,7 +22,7 @@
 //! slot that no task uses (a later schedule, never a broken limit or a lost/doubled task).
 
 use crate::config::LedgerBackend;
-use crate::slot::{self, Limits};
+use crate::slot::{self, Spent, Window};
 use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -52,8 +52,8 @@ pub enum Swap {
 // A component runs on one thread: its futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait LedgerStore {
-    /// How many entries a ledger keeps: at least what the rule needs.
-    fn keep(&self, limits: Limits) -> usize;
+    /// How many entries a ledger keeps, given `history`, what the rule needs.
+    fn keep(&self, history: usize) -> usize;
 
     /// Writes `new` (which ends with our entries) only if the stored ledger is still
     /// `expected`.
@@ -68,40 +68,48 @@ pub trait LedgerStore {
 pub struct Committed {
     /// One slot per arrival, in the order given.
     pub slots: Vec<i64>,
-    /// The user's recent slots after this commit, oldest first (for the rate-limit headers).
-    pub recent: Vec<i64>,
+    /// The lane's recent slots after this commit, oldest first (for the rate-limit headers).
+    pub recent: Vec<Spent>,
     /// Attempts that did not commit before this one did.
     pub retries: u32,
 }
 
-/// Commits the earliest slots the rule allows for admissions of one user, in FIFO order:
-/// `arrivals` holds, oldest first, when each began (the Redis clock) and the id that tags its
-/// entry (which only has to differ from the writers racing us). `seen` is the ledger last
-/// read.
+/// An admission to commit: when it began (the Redis clock), the id that tags its entry
+/// (which only has to differ from the writers racing us), its cost in units and its policy.
+pub struct Arrival<'a> {
+    pub at: i64,
+    pub tag: &'a str,
+    pub cost: u32,
+    pub windows: &'a [Window],
+}
+
+/// Commits the earliest slots the rule allows for admissions of one lane, in FIFO order
+/// (`arrivals` oldest first). `history` is how many entries the lane's policies can look
+/// at; `seen` is the ledger last read.
 pub async fn commit<S: LedgerStore>(
     store: &mut S,
-    limits: Limits,
+    history: usize,
     mut seen: Ledger,
-    arrivals: &[(i64, &str)],
+    arrivals: &[Arrival<'_>],
 ) -> Result<Committed, LedgerError> {
-    let keep = store.keep(limits).max(arrivals.len());
+    let keep = store.keep(history).max(arrivals.len());
     let started = Instant::now();
     let mut retries = 0;
     loop {
         let mut new = seen.clone();
         let mut slots = Vec::with_capacity(arrivals.len());
-        for (arrival, commit_id) in arrivals {
+        for arrival in arrivals {
             // A task arrives when its admission commits: at its own Redis clock reading
             // advanced by the time spent here (a duration, so no second clock enters).
             // Otherwise a contended first task would start "late" by its own retries, and
             // hold every later task of the user back by as much.
-            let now = arrival + started.elapsed().as_millis() as i64;
-            let slot = slot::next_slot(limits, &new.slots(), now);
-            new.push(slot, commit_id, keep);
+            let now = arrival.at + started.elapsed().as_millis() as i64;
+            let slot = slot::next_slot(arrival.windows, &new.spent(), now, arrival.cost);
+            new.push(slot, arrival.tag, arrival.cost, keep);
             slots.push(slot);
         }
         match store.compare_and_set(&seen, &new).await? {
-            Swap::Landed => return Ok(Committed { slots, recent: new.slots(), retries }),
+            Swap::Landed => return Ok(Committed { slots, recent: new.spent(), retries }),
             Swap::Conflict { current } => seen = current,
         }
         retries += 1;
@@ -148,8 +156,8 @@ impl KvLedger {
 }
 
 impl LedgerStore for KvLedger {
-    fn keep(&self, limits: Limits) -> usize {
-        limits.history().max(KV_MIN_KEPT)
+    fn keep(&self, history: usize) -> usize {
+        history.max(KV_MIN_KEPT)
     }
 
     async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
@@ -200,26 +208,35 @@ fn confirm(after: Ledger, seq: u64, commit_id: &str) -> Swap {
     if after.holds(seq, commit_id) { Swap::Landed } else { Swap::Conflict { current: after } }
 }
 
-/// The user's recent slots (for the rate-limit fields): with the `redis` backend, from the
-/// ledger a script read (`from_redis`); with `kv`, as stored in the key-value store now.
-pub fn recent_slots(backend: LedgerBackend, key: &str, from_redis: Option<&[u8]>) -> Result<Vec<i64>, LedgerError> {
+/// The lane's recent slots and costs (for the rate-limit fields): with the `redis` backend,
+/// from the ledger a script read (`from_redis`); with `kv`, as stored in the key-value store
+/// now.
+pub fn recent_slots(backend: LedgerBackend, key: &str, from_redis: Option<&[u8]>) -> Result<Vec<Spent>, LedgerError> {
     let stored = match backend {
-        LedgerBackend::Redis => return Ok(Ledger::decode(from_redis)?.slots()),
+        LedgerBackend::Redis => return Ok(Ledger::decode(from_redis)?.spent()),
         LedgerBackend::Kv => store::open("default").and_then(|bucket| bucket.get(key)).map_err(store_error)?,
     };
-    Ok(Ledger::decode(stored.as_deref())?.slots())
+    Ok(Ledger::decode(stored.as_deref())?.spent())
 }
 
 fn store_error(e: store::Error) -> LedgerError {
     LedgerError::Unavailable(format!("key-value store: {e:?}"))
 }
 
-/// The decoded ledger value: `v1 <seq> <slot>:<commit id> …`, oldest entry first; the
-/// last entry has sequence number `seq`.
+/// The decoded ledger value: `v1 <seq> <slot>:<commit id>[*<cost>] …`, oldest entry first
+/// (the cost is written only when it is not 1, so an unweighted ledger keeps the fixed
+/// entry width `admit.lua` reads in place); the last entry has sequence number `seq`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ledger {
     seq: u64,
-    entries: VecDeque<(i64, String)>,
+    entries: VecDeque<Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    slot: i64,
+    id: String,
+    cost: u32,
 }
 
 impl Ledger {
@@ -234,32 +251,40 @@ impl Ledger {
         let seq = words.next().and_then(|w| w.parse().ok()).ok_or_else(corrupt)?;
         let mut entries = VecDeque::new();
         for word in words {
-            let (slot, id) = word.split_once(':').ok_or_else(corrupt)?;
-            entries.push_back((slot.parse().map_err(|_| corrupt())?, id.to_string()));
+            let (slot, rest) = word.split_once(':').ok_or_else(corrupt)?;
+            let (id, cost) = match rest.split_once('*') {
+                Some((id, cost)) => (id, cost.parse().ok().filter(|&c| c > 0).ok_or_else(corrupt)?),
+                None => (rest, 1),
+            };
+            entries.push_back(Entry { slot: slot.parse().map_err(|_| corrupt())?, id: id.to_string(), cost });
         }
         Ok(Ledger { seq, entries })
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("v1 {}", self.seq);
-        for (slot, id) in &self.entries {
+        for Entry { slot, id, cost } in &self.entries {
             out.push_str(&format!(" {slot}:{id}"));
+            if *cost != 1 {
+                out.push_str(&format!("*{cost}"));
+            }
         }
         out.into_bytes()
     }
 
-    pub fn slots(&self) -> Vec<i64> {
-        self.entries.iter().map(|(slot, _)| *slot).collect()
+    /// Each entry's slot and cost, oldest first.
+    pub fn spent(&self) -> Vec<Spent> {
+        self.entries.iter().map(|e| (e.slot, e.cost)).collect()
     }
 
     fn newest_id(&self) -> Option<&str> {
-        self.entries.back().map(|(_, id)| id.as_str())
+        self.entries.back().map(|e| e.id.as_str())
     }
 
     /// Appends an entry, keeping the newest `keep`; returns its sequence number.
-    pub fn push(&mut self, slot: i64, commit_id: &str, keep: usize) -> u64 {
+    pub fn push(&mut self, slot: i64, commit_id: &str, cost: u32, keep: usize) -> u64 {
         self.seq += 1;
-        self.entries.push_back((slot, commit_id.to_string()));
+        self.entries.push_back(Entry { slot, id: commit_id.to_string(), cost });
         while self.entries.len() > keep {
             self.entries.pop_front();
         }
@@ -273,7 +298,7 @@ impl Ledger {
             return false;
         }
         let back = (self.seq - seq) as usize;
-        back < self.entries.len() && self.entries[self.entries.len() - 1 - back].1 == commit_id
+        back < self.entries.len() && self.entries[self.entries.len() - 1 - back].id == commit_id
     }
 }
 
@@ -282,11 +307,15 @@ mod tests {
     use super::*;
     use crate::test_rng::XorShift;
 
+    const DEFAULT: [Window; 2] = [Window { quota: 1, window_ms: 1_000 }, Window { quota: 20, window_ms: 60_000 }];
+    const HISTORY: usize = 20;
+
     #[test]
     fn round_trips_through_its_encoding() {
         let mut ledger = Ledger::default();
-        ledger.push(1_000, "aaa", 3);
-        ledger.push(2_000, "bbb", 3);
+        ledger.push(1_000, "aaa", 1, 3);
+        ledger.push(2_000, "bbb", 4, 3);
+        assert_eq!(ledger.encode(), b"v1 2 1000:aaa 2000:bbb*4");
         let back = Ledger::decode(Some(&ledger.encode())).map_err(|e| format!("{e:?}"));
         assert_eq!(back, Ok(ledger));
     }
@@ -295,26 +324,26 @@ mod tests {
     fn keeps_only_the_newest_entries() {
         let mut ledger = Ledger::default();
         for i in 0..10 {
-            ledger.push(i * 1_000, &format!("c{i}"), 4);
+            ledger.push(i * 1_000, &format!("c{i}"), 1, 4);
         }
-        assert_eq!(ledger.slots(), vec![6_000, 7_000, 8_000, 9_000]);
+        assert_eq!(ledger.spent(), vec![(6_000, 1), (7_000, 1), (8_000, 1), (9_000, 1)]);
         assert_eq!(ledger.seq, 10);
     }
 
     #[test]
     fn a_commit_is_recognised_only_at_its_own_sequence_number() {
         let mut ledger = Ledger::default();
-        let mine = ledger.push(1_000, "mine", 3);
+        let mine = ledger.push(1_000, "mine", 1, 3);
         assert!(ledger.holds(mine, "mine"));
         assert!(!ledger.holds(mine, "theirs"));
         assert!(!ledger.holds(mine + 1, "mine"));
         // Someone else won the same sequence number: not ours.
         let mut other = Ledger::default();
-        other.push(1_000, "theirs", 3);
+        other.push(1_000, "theirs", 1, 3);
         assert!(!other.holds(mine, "mine"));
         // Pushed out of the window: unknown, reported as not ours.
         for i in 0..3 {
-            ledger.push(2_000 + i, "later", 3);
+            ledger.push(2_000 + i, "later", 1, 3);
         }
         assert!(!ledger.holds(mine, "mine"));
     }
@@ -323,6 +352,8 @@ mod tests {
     fn foreign_values_are_reported_not_guessed() {
         assert!(matches!(Ledger::decode(Some(b"hello")), Err(LedgerError::Corrupt(_))));
         assert!(matches!(Ledger::decode(Some(b"v1 x")), Err(LedgerError::Corrupt(_))));
+        assert!(matches!(Ledger::decode(Some(b"v1 1 5:a*0")), Err(LedgerError::Corrupt(_))));
+        assert!(matches!(Ledger::decode(Some(b"v1 1 5:a*x")), Err(LedgerError::Corrupt(_))));
         assert_eq!(Ledger::decode(None).map_err(|e| format!("{e:?}")), Ok(Ledger::default()));
     }
 
@@ -332,19 +363,20 @@ mod tests {
     struct FakeStore {
         stored: Ledger,
         rng: XorShift,
-        limits: Limits,
+        windows: Vec<Window>,
         rival_commits: u32,
     }
 
     impl LedgerStore for FakeStore {
-        fn keep(&self, limits: Limits) -> usize {
-            limits.history() + 1
+        fn keep(&self, history: usize) -> usize {
+            history + 1
         }
 
         async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
             if self.rng.next(2) == 0 {
-                let slot = slot::next_slot(self.limits, &self.stored.slots(), 0);
-                self.stored.push(slot, "rival", self.keep(self.limits));
+                let cost = 1 + self.rng.next(2) as u32;
+                let slot = slot::next_slot(&self.windows, &self.stored.spent(), 0, cost);
+                self.stored.push(slot, "rival", cost, self.keep(HISTORY));
                 self.rival_commits += 1;
             }
             if self.stored == *expected {
@@ -371,18 +403,19 @@ mod tests {
     /// at the slot the rule gives after the entries before it.
     #[test]
     fn contended_commits_land_exactly_once_on_the_rule() {
-        let limits = Limits { per_second: 1, per_minute: 20 };
-        let mut store = FakeStore { stored: Ledger::default(), rng: XorShift(0x5DEE_CE66_D1CE_4E5B), limits, rival_commits: 0 };
+        let mut store = FakeStore { stored: Ledger::default(), rng: XorShift(0x5DEE_CE66_D1CE_4E5B), windows: DEFAULT.to_vec(), rival_commits: 0 };
         for i in 0..200 {
             let id = format!("c{i}");
             let seen = store.stored.clone();
-            let Ok(committed) = block_on(commit(&mut store, limits, seen, &[(0, &id)])) else { panic!("commit {i} failed") };
+            let cost = 1 + (i % 3) as u32;
+            let arrival = [Arrival { at: 0, tag: &id, cost, windows: &DEFAULT }];
+            let Ok(committed) = block_on(commit(&mut store, HISTORY, seen, &arrival)) else { panic!("commit {i} failed") };
             let entries = &store.stored.entries;
-            assert_eq!(entries.iter().filter(|(_, e)| *e == id).count(), 1, "commit {i}");
-            let (slot, last_id) = entries.back().cloned().unwrap_or_default();
-            assert_eq!((slot, last_id.as_str()), (committed.slots[0], id.as_str()), "commit {i}");
-            let before: Vec<i64> = entries.iter().rev().skip(1).map(|(s, _)| *s).rev().collect();
-            assert_eq!(slot, slot::next_slot(limits, &before, 0), "commit {i}");
+            assert_eq!(entries.iter().filter(|e| e.id == id).count(), 1, "commit {i}");
+            let last = entries.back().cloned().unwrap_or(Entry { slot: 0, id: String::new(), cost: 0 });
+            assert_eq!((last.slot, last.id.as_str(), last.cost), (committed.slots[0], id.as_str(), cost), "commit {i}");
+            let before: Vec<Spent> = entries.iter().rev().skip(1).map(|e| (e.slot, e.cost)).rev().collect();
+            assert_eq!(last.slot, slot::next_slot(&DEFAULT, &before, 0, cost), "commit {i}");
         }
         assert!(store.rival_commits > 50, "the fake store did contend");
     }
@@ -391,8 +424,8 @@ mod tests {
     struct Accepting(Ledger);
 
     impl LedgerStore for Accepting {
-        fn keep(&self, limits: Limits) -> usize {
-            limits.history()
+        fn keep(&self, history: usize) -> usize {
+            history
         }
 
         async fn compare_and_set(&mut self, _: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
@@ -407,22 +440,22 @@ mod tests {
     /// in FIFO order: here 25 arrivals at 0 after 5 earlier slots, as in SPEC §1's example.
     #[test]
     fn a_batch_gets_the_slots_of_its_members_one_by_one() {
-        let limits = Limits { per_second: 1, per_minute: 20 };
         let mut earlier = Ledger::default();
         for i in 0..5 {
-            earlier.push(i * 1_000, "old", 20);
+            earlier.push(i * 1_000, "old", 1, 20);
         }
         let ids: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
-        let arrivals: Vec<(i64, &str)> = ids.iter().map(|id| (0, id.as_str())).collect();
+        let arrivals: Vec<Arrival> = ids.iter().map(|id| Arrival { at: 0, tag: id, cost: 1, windows: &DEFAULT }).collect();
         let mut store = Accepting(Ledger::default());
-        let Ok(committed) = block_on(commit(&mut store, limits, earlier.clone(), &arrivals)) else { panic!("commit failed") };
-        let mut one_by_one = earlier.slots();
+        let Ok(committed) = block_on(commit(&mut store, HISTORY, earlier.clone(), &arrivals)) else { panic!("commit failed") };
+        let mut one_by_one = earlier.spent();
         for _ in 0..25 {
-            let slot = slot::next_slot(limits, &one_by_one, 0);
-            one_by_one.push(slot);
+            let slot = slot::next_slot(&DEFAULT, &one_by_one, 0, 1);
+            one_by_one.push((slot, 1));
         }
-        assert_eq!(committed.slots, one_by_one[5..]);
+        let slots: Vec<i64> = one_by_one[5..].iter().map(|(s, _)| *s).collect();
+        assert_eq!(committed.slots, slots);
         assert_eq!(committed.slots[14..17], [19_000, 60_000, 61_000]);
-        assert_eq!(store.0.entries.back().map(|(_, id)| id.as_str()), Some("b24"));
+        assert_eq!(store.0.entries.back().map(|e| e.id.as_str()), Some("b24"));
     }
 }

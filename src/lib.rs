@@ -3,8 +3,8 @@
 //! limits allow).
 //!
 //! # Layout
-//! - `slot`: the schedule rule, pure (no I/O, no clock).
-//! - `keys`: every key the app writes; user ids encoded so they cannot collide.
+//! - `slot`: the schedule rule for any policy's windows, pure (no I/O, no clock).
+//! - `keys`: every key the app writes; user ids encoded so they cannot collide; lanes.
 //! - `config`: Spin variables read into one typed `Config`.
 //! - `ledger`: the per-user ledger of recent slots, and its compare-and-set loop over Spin's
 //!   key-value store (the `kv` backend; the `redis` one lives inside `admit.lua`).
@@ -12,7 +12,9 @@
 //! - `queue`: the queue, the executor and the log on Redis: one typed call per script.
 //! - `scripts`: the Lua scripts (`src/scripts/*.lua`), sent once and then called by SHA.
 //! - `deadline`: bounded waits (Spin's Redis client has no timeout).
-//! - `api`: routing, request validation, responses and rate-limit headers.
+//! - `policy`: kinds, tiers and their windows (SPEC §7), as data.
+//! - `http`: the HTTP API, one file per resource; routing, validation, responses and the
+//!   rate-limit fields.
 //! - `problem`: RFC 9457 problem responses.
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
@@ -21,22 +23,23 @@
 //! for HTTP, `drainer` for Redis messages), each with its own trigger and permissions.
 
 pub mod admission;
-pub mod api;
+pub mod http;
 pub mod config;
 pub mod deadline;
 pub mod drainer;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod policy;
 pub mod problem;
 pub mod queue;
 pub mod scripts;
 pub mod slot;
 
-/// The HTTP component: every route of `api::handle`.
+/// The HTTP component: every route of `http::handle`.
 #[spin_sdk::http_service]
 async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
-    api::handle(request).await
+    crate::http::handle(request).await
 }
 
 /// The drainer component: a tick or a lease-expiry notification wakes it.

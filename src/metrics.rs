@@ -20,12 +20,39 @@ pub fn render(counters: &[(String, i64)]) -> String {
         "counter",
         "HTTP answers by status (a 503 for an unreachable Redis cannot be counted in Redis).",
     );
-    for (code, value) in fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, v))) {
+    // An admission's 200 or 202 is counted only as the admission (per kind): add those.
+    let mut statuses: BTreeMap<&str, i64> = fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, *v))).collect();
+    for (placement, status) in [("inline", "200"), ("queued", "202")] {
+        let admitted: i64 = fields.iter().filter_map(|(k, v)| k.strip_prefix("admitted:")?.strip_prefix(placement)?.strip_prefix(':').map(|_| *v)).sum();
+        if admitted != 0 {
+            *statuses.entry(status).or_insert(0) += admitted;
+        }
+    }
+    for (code, value) in statuses {
         let _ = writeln!(out, "{name}{{status=\"{code}\"}} {value}");
     }
+    // Admissions and completions are counted per kind (`admitted:<placement>:<kind>`,
+    // `completed:<kind>`); the totals are their sums (and, for data from before kinds
+    // existed, the plain `admitted:<placement>` and `completed` counters).
+    let per_kind = |prefix: &str| -> BTreeMap<&str, i64> {
+        fields.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_prefix(':')?, *v))).collect()
+    };
     let name = family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
     for placement in ["inline", "queued"] {
-        let _ = writeln!(out, "{name}{{placement=\"{placement}\"}} {}", get(&format!("admitted:{placement}")));
+        let field = format!("admitted:{placement}");
+        let total = get(&field) + per_kind(&field).values().sum::<i64>();
+        let _ = writeln!(out, "{name}{{placement=\"{placement}\"}} {total}");
+    }
+    let name = family(&mut out, "task_api_kind_admissions_total", "counter", "Admitted tasks per kind and placement.");
+    for placement in ["inline", "queued"] {
+        for (kind, value) in per_kind(&format!("admitted:{placement}")) {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\",placement=\"{placement}\"}} {value}");
+        }
+    }
+    let completed_per_kind = per_kind("completed");
+    let name = family(&mut out, "task_api_kind_completions_total", "counter", "Completed tasks per kind.");
+    for (kind, value) in &completed_per_kind {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
     }
     single(&mut out, "task_api_queue_depth", "gauge", "Tasks waiting for their slot, all users.", get("queued"));
     single(&mut out, "task_api_waiting_users", "gauge", "Users with at least one task waiting.", get("waiting_users"));
@@ -41,7 +68,7 @@ pub fn render(counters: &[(String, i64)]) -> String {
         cumulative += get(&format!("lateness_le:{bound}"));
         let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", seconds(bound));
     }
-    let completed = get("completed");
+    let completed = get("completed") + completed_per_kind.values().sum::<i64>();
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {completed}");
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
     let _ = writeln!(out, "{name}_count {completed}");
@@ -50,7 +77,7 @@ pub fn render(counters: &[(String, i64)]) -> String {
     single(&mut out, "task_api_cancelled_total", "counter", cancelled_help, get("cancelled"));
     let retries_help = "kv ledger: compare-and-swap attempts that did not commit (another admission of the user got in first; the redis ledger never conflicts).";
     single(&mut out, "task_api_cas_retries_total", "counter", retries_help, get("cas_retries"));
-    let violations_help = "Tasks the executor found running against the 1/s or per-minute rule (must stay 0).";
+    let violations_help = "Tasks the executor found running against a window of their policy (must stay 0).";
     single(&mut out, "task_api_rule_violations_total", "counter", violations_help, get("rule_violations"));
     let drain_help = "Executor script calls by the drainers (each runs every task due at that instant).";
     single(&mut out, "task_api_drain_calls_total", "counter", drain_help, get("drain_calls"));
@@ -89,7 +116,8 @@ mod tests {
         let text = render(&counters(&[
             ("lateness_le:1", 3),
             ("lateness_le:20", 2),
-            ("completed", 6),
+            ("completed:default", 4),
+            ("completed:email", 2),
             ("lateness_sum_ms", 7_042),
         ]));
         assert!(text.contains("task_api_lateness_seconds_bucket{le=\"0.001\"} 3\n"), "{text}");
@@ -99,12 +127,27 @@ mod tests {
         assert!(text.contains("task_api_lateness_seconds_bucket{le=\"+Inf\"} 6\n"), "{text}");
         assert!(text.contains("task_api_lateness_seconds_sum 7.042\n"), "{text}");
         assert!(text.contains("task_api_lateness_seconds_count 6\n"), "{text}");
+        assert!(text.contains("task_api_kind_completions_total{kind=\"email\"} 2\n"), "{text}");
     }
 
     #[test]
     fn statuses_and_gauges() {
-        let text = render(&counters(&[("status:200", 4), ("status:404", 1), ("queued", 9), ("waiting_users", 2)]));
-        assert!(text.contains("task_api_http_responses_total{status=\"200\"} 4\n"), "{text}");
+        let text = render(&counters(&[
+            ("status:200", 4),
+            ("status:404", 1),
+            ("queued", 9),
+            ("waiting_users", 2),
+            ("admitted:inline:default", 3),
+            ("admitted:inline:email", 1),
+            ("admitted:queued:email", 5),
+        ]));
+        assert!(text.contains("task_api_admissions_total{placement=\"inline\"} 4\n"), "{text}");
+        // Admissions answered 200 (inline) or 202 (queued), counted only as admissions.
+        assert!(text.contains("task_api_http_responses_total{status=\"200\"} 8\n"), "{text}");
+        assert!(text.contains("task_api_http_responses_total{status=\"202\"} 5\n"), "{text}");
+        assert!(text.contains("task_api_admissions_total{placement=\"queued\"} 5\n"), "{text}");
+        assert!(text.contains("task_api_kind_admissions_total{kind=\"email\",placement=\"queued\"} 5\n"), "{text}");
+
         assert!(text.contains("task_api_http_responses_total{status=\"404\"} 1\n"), "{text}");
         assert!(text.contains("task_api_queue_depth 9\n"), "{text}");
         assert!(text.contains("task_api_waiting_users 2\n"), "{text}");

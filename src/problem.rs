@@ -111,9 +111,21 @@ pub fn backlog_full(max_backlog: u64, retry_after_s: i64) -> HttpResponse {
         StatusCode::TOO_MANY_REQUESTS,
         "backlog-full",
         "Too many queued tasks for this user",
-        format!("this user already has {max_backlog} tasks queued; retry when some have run"),
+        format!("this user already has {max_backlog} tasks of this kind queued; retry when some have run"),
     );
     with_header(response, header::RETRY_AFTER, &retry_after_s.max(1).to_string())
+}
+
+/// A task whose cost no slot could ever admit: more units than a window of its policy
+/// holds (for the user's tier, `None` for the built-in one). Nothing was stored.
+pub fn too_costly(quota: u32, window_ms: i64, tier: Option<&str>) -> HttpResponse {
+    let tier = tier.map_or("the built-in tier".to_string(), |t| format!("tier {t:?}"));
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "cost-over-quota",
+        "The task costs more than its policy ever admits",
+        format!("a window of this kind's policy for {tier} admits {quota} units per {} s; the cost must be at most {quota}", window_ms / 1000),
+    )
 }
 
 /// The shared state could not be reached or did not answer in time; nothing was stored.

@@ -1,7 +1,8 @@
 //! The Lua scripts (`src/scripts/*.lua`) and how they reach Redis.
 //!
-//! Every script is `lib.lua` (shared functions, configuration from ARGV[1..7]) followed by
-//! its own body (arguments from ARGV[8]). A script's text is 4–5 KB, so it is sent once:
+//! Every script is `lib.lua` (shared functions, configuration from ARGV[1..6]) followed by
+//! its own body (arguments from ARGV[7]), run as a function whose counters are written when it
+//! returns. A script's text is 4–5 KB, so it is sent once:
 //! calls use `EVALSHA` with the SHA-1 of the text, and only when Redis answers `NOSCRIPT`
 //! (a fresh or restarted Redis, or a new version of the app) is the text sent with `EVAL`,
 //! which also caches it in Redis for every replica.
@@ -27,7 +28,13 @@ impl Script {
     fn compiled(&self) -> &(String, String) {
         self.compiled.get_or_init(|| {
             let buckets: Vec<String> = LATENESS_BUCKETS_MS.iter().map(|b| b.to_string()).collect();
-            let text = format!("local lateness_buckets_ms = {{{}}}\n{LIB}\n{}", buckets.join(", "), self.body);
+            // The body runs as a function so that whichever `return` ends it, the counters it
+            // moved are written after it (`flush_counts` in lib.lua).
+            let text = format!(
+                "local lateness_buckets_ms = {{{}}}\n{LIB}\nlocal function body()\n{}\nend\nlocal reply = body()\nflush_counts()\nreturn reply\n",
+                buckets.join(", "),
+                self.body
+            );
             let sha = sha1_smol::Sha1::from(&text).digest().to_string();
             (text, sha)
         })
@@ -87,7 +94,7 @@ mod tests {
         // Lowercase hex, as Redis names cached scripts (FIPS 180 test vector).
         assert_eq!(sha1_smol::Sha1::from("abc").digest().to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
         let (text, _) = SWEEP.compiled();
-        assert!(text.contains("local function run_due") && text.ends_with(SWEEP.body));
+        assert!(text.contains("local function run_due") && text.contains(SWEEP.body) && text.ends_with("flush_counts()\nreturn reply\n"));
     }
 
     #[test]

@@ -1,77 +1,90 @@
-//! The schedule rule (SPEC §1), pure: no I/O, no clock. Times are epoch milliseconds.
+//! The schedule rule (SPEC §1, generalised by §7), pure: no I/O, no clock. Times are epoch
+//! milliseconds.
 //!
-//! For one user, number the accepted tasks 1, 2, 3, … in admission order. Task *n* gets
+//! A lane's tasks are numbered 1, 2, 3, … in admission order; task *n* costs `c[n]` units
+//! and its policy is a list of windows, each `q` units per `w` ms. Then
 //!
 //! ```text
-//! slot[n] = max(arrival[n], slot[n - per_second] + 1 s, slot[n - per_minute] + 60 s)
+//! slot[n] = max(arrival[n], slot[n-1], and for each window (q, w): slot[j] + w)
 //! ```
 //!
-//! (terms with an index below 1 are left out; with the default limits this is
-//! `max(arrival, slot[n-1] + 1000, slot[n-20] + 60000)`). It is the earliest FIFO schedule in
-//! which every 1-second window holds at most `per_second` tasks and every rolling 60-second
-//! window at most `per_minute`: no fixed windows, no token buckets. A limit of 0 switches that
-//! window off.
+//! where *j* is the newest earlier task with `c[j] + … + c[n-1] + c[n] > q` (no such *j*: no
+//! term). It is the earliest FIFO schedule in which every rolling window of length `w` holds at
+//! most `q` units: no fixed windows, no token buckets. With cost 1 everywhere and SPEC §1's
+//! windows (1 per 1 s, 20 per 60 s) this is `max(arrival, slot[n-1] + 1000, slot[n-20] + 60000)`.
 //!
-//! The executor applies the same rule to the user's *completion* times when it claims a task
-//! (see `queue.rs`, `earliest_start`), so a task that ran late pushes the next one back.
+//! The executor applies the same rule to the lane's *completion* times when it claims a task
+//! (`earliest_start` in `lib.lua`), so a task that ran late pushes the next one back.
 
-/// Length of the short window, in milliseconds.
-pub const SECOND_MS: i64 = 1_000;
-/// Length of the rolling window, in milliseconds.
-pub const MINUTE_MS: i64 = 60_000;
-
-/// How many tasks each window admits.
+/// One window of a policy: at most `quota` units in any `window_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub per_second: u32,
-    pub per_minute: u32,
+pub struct Window {
+    pub quota: u32,
+    pub window_ms: i64,
 }
 
-impl Limits {
-    /// The two windows as `(name, quota, window_ms)`, in the order the rate-limit headers use.
-    pub fn windows(self) -> [(&'static str, u32, i64); 2] {
-        [("burst", self.per_second, SECOND_MS), ("minute", self.per_minute, MINUTE_MS)]
-    }
+/// An earlier task of the lane: its slot (or completion time) and its cost in units.
+pub type Spent = (i64, u32);
 
-    /// How many of a user's most recent slots the rule needs to see.
-    pub fn history(self) -> usize {
-        self.per_second.max(self.per_minute) as usize
-    }
-}
-
-/// The earliest slot for a task arriving at `arrival`, given the user's earlier slots
-/// (`recent`, oldest first; only the last `limits.history()` matter).
-pub fn next_slot(limits: Limits, recent: &[i64], arrival: i64) -> i64 {
-    let mut slot = arrival;
-    for (_, quota, window_ms) in limits.windows() {
-        let quota = quota as usize;
-        if quota > 0 && recent.len() >= quota {
-            slot = slot.max(recent[recent.len() - quota] + window_ms);
+/// The earliest slot for a task of `cost` units arriving at `arrival`, given the lane's
+/// earlier tasks (`recent`, oldest first, in admission order; only the newest few matter).
+pub fn next_slot(windows: &[Window], recent: &[Spent], arrival: i64, cost: u32) -> i64 {
+    let mut slot = recent.last().map_or(arrival, |&(last, _)| arrival.max(last));
+    for window in windows {
+        if let Some(at) = newest_over(window, recent, cost) {
+            slot = slot.max(at + window.window_ms);
         }
     }
     slot
 }
 
-/// What is left of each window at `now`, after the slots in `recent` (oldest first):
-/// `(name, quota, remaining, seconds until more quota is available)`, for the IETF
-/// `RateLimit` field. "Remaining" counts tasks that would still start at once; the seconds
-/// run until the slot that frees the next unit leaves the window (`None` when nothing in the
-/// window is used, so there is no more to come).
-pub fn remaining(limits: Limits, recent: &[i64], now: i64) -> Vec<(&'static str, u32, u32, Option<i64>)> {
-    limits
-        .windows()
-        .into_iter()
-        .filter(|(_, quota, _)| *quota > 0)
-        .map(|(name, quota, window_ms)| {
-            // Slots still inside the window that ends at `now`, plus every future slot: a
-            // queued task holds its place in the window it will run in.
-            let counted: Vec<i64> = recent.iter().copied().filter(|s| s + window_ms > now).collect();
-            let used = counted.len().min(quota as usize) as u32;
-            // With fewer slots than the quota the oldest frees a unit; with more (queued
-            // tasks), the window has room once all but quota - 1 of them have left it.
-            let frees = counted.get(counted.len().saturating_sub(quota as usize)).copied();
-            let reset_s = frees.map(|slot| ((slot + window_ms - now).max(0) + 999) / 1000);
-            (name, quota, quota - used, reset_s)
+/// The slot of the newest earlier task *j* with `c[j] + … + c[n-1] + cost > quota`.
+fn newest_over(window: &Window, recent: &[Spent], cost: u32) -> Option<i64> {
+    let mut units = u64::from(cost);
+    for &(at, spent) in recent.iter().rev() {
+        units += u64::from(spent);
+        if units > u64::from(window.quota) {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// What is left of one window at `now`, for the IETF `RateLimit` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Left {
+    pub window: Window,
+    /// Units a task starting now could still use.
+    pub remaining: u32,
+    /// Seconds until more units are available (the task that frees the next one leaves
+    /// the window); `None` when nothing in the window is used.
+    pub reset_s: Option<i64>,
+}
+
+/// What is left of each window at `now`, after the tasks in `recent` (oldest first).
+/// "Remaining" counts units a task could still use at once; a queued task holds its units in
+/// the window it will run in, so future slots count too.
+pub fn remaining(windows: &[Window], recent: &[Spent], now: i64) -> Vec<Left> {
+    windows
+        .iter()
+        .map(|&window| {
+            let counted: Vec<Spent> = recent.iter().copied().filter(|(at, _)| at + window.window_ms > now).collect();
+            let used: u64 = counted.iter().map(|&(_, c)| u64::from(c)).sum();
+            let remaining = u64::from(window.quota).saturating_sub(used) as u32;
+            // The window has room for one more unit once every task up to the newest one
+            // whose units, with those after it, fill the quota has left it; below the quota,
+            // the oldest one leaving frees a unit.
+            let mut units = 0u64;
+            let mut frees = counted.first().map(|&(at, _)| at);
+            for &(at, c) in counted.iter().rev() {
+                units += u64::from(c);
+                if units >= u64::from(window.quota) {
+                    frees = Some(at);
+                    break;
+                }
+            }
+            let reset_s = frees.map(|at| ((at + window.window_ms - now).max(0) + 999) / 1000);
+            Left { window, remaining, reset_s }
         })
         .collect()
 }
@@ -81,21 +94,24 @@ mod tests {
     use super::*;
     use crate::test_rng::XorShift;
 
-    const DEFAULT: Limits = Limits { per_second: 1, per_minute: 20 };
+    const SECOND: Window = Window { quota: 1, window_ms: 1_000 };
+    const MINUTE: Window = Window { quota: 20, window_ms: 60_000 };
+    const DEFAULT: [Window; 2] = [SECOND, MINUTE];
 
-    fn schedule(limits: Limits, arrivals: &[i64]) -> Vec<i64> {
-        let mut slots = Vec::new();
-        for &arrival in arrivals {
-            let slot = next_slot(limits, &slots, arrival);
-            slots.push(slot);
+    /// Slots for tasks arriving at `arrivals` with `costs`, one by one.
+    fn schedule(windows: &[Window], arrivals: &[i64], costs: &[u32]) -> Vec<i64> {
+        let mut recent: Vec<Spent> = Vec::new();
+        for (&arrival, &cost) in arrivals.iter().zip(costs) {
+            let slot = next_slot(windows, &recent, arrival, cost);
+            recent.push((slot, cost));
         }
-        slots
+        recent.into_iter().map(|(slot, _)| slot).collect()
     }
 
     /// SPEC §1: 100 requests at t=0 run at 0..19 s, 60..79 s, 120..139 s, …, the 100th at 259 s.
     #[test]
     fn hundred_requests_at_once_follow_the_spec_example() {
-        let slots = schedule(DEFAULT, &[0; 100]);
+        let slots = schedule(&DEFAULT, &[0; 100], &[1; 100]);
         for (i, slot) in slots.iter().enumerate() {
             let minute = (i / 20) as i64;
             let second = (i % 20) as i64;
@@ -106,79 +122,97 @@ mod tests {
 
     #[test]
     fn a_lone_task_runs_on_arrival() {
-        assert_eq!(next_slot(DEFAULT, &[], 1234), 1234);
-        assert_eq!(next_slot(DEFAULT, &[0], 5_000), 5_000);
+        assert_eq!(next_slot(&DEFAULT, &[], 1234, 1), 1234);
+        assert_eq!(next_slot(&DEFAULT, &[(0, 1)], 5_000, 1), 5_000);
     }
 
     #[test]
-    fn zero_switches_a_window_off() {
-        let off = Limits { per_second: 0, per_minute: 0 };
-        assert_eq!(schedule(off, &[7; 5]), vec![7; 5]);
-        let minute_only = Limits { per_second: 0, per_minute: 2 };
-        assert_eq!(schedule(minute_only, &[0; 4]), vec![0, 0, 60_000, 60_000]);
+    fn no_windows_no_limit_and_one_window_alone() {
+        assert_eq!(schedule(&[], &[7; 5], &[1; 5]), vec![7; 5]);
+        let minute_only = [Window { quota: 2, window_ms: 60_000 }];
+        assert_eq!(schedule(&minute_only, &[0; 4], &[1; 4]), vec![0, 0, 60_000, 60_000]);
     }
 
-    /// Brute force: count tasks in every window that starts at a slot.
-    fn max_in_window(slots: &[i64], window_ms: i64) -> usize {
-        slots
-            .iter()
-            .map(|&start| slots.iter().filter(|&&s| s >= start && s < start + window_ms).count())
-            .max()
-            .unwrap_or(0)
+    /// SPEC §7 with weights: 5 units per 10 s; tasks of 2, 2, 2, 1, 3 units at once run at 0,
+    /// 0, 10 s (the third would make 6), 10 s, 20 s (2 + 1 + 3 > 5 counts back to the third).
+    #[test]
+    fn weighted_tasks_count_units() {
+        let five_per_ten = [Window { quota: 5, window_ms: 10_000 }];
+        assert_eq!(schedule(&five_per_ten, &[0; 5], &[2, 2, 2, 1, 3]), vec![0, 0, 10_000, 10_000, 20_000]);
+        // A task costing the whole quota waits for the window to empty, and the next waits
+        // for it.
+        assert_eq!(schedule(&five_per_ten, &[0; 3], &[1, 5, 1]), vec![0, 10_000, 20_000]);
     }
 
-    /// Random arrival sequences: the windows are never over quota, the schedule is FIFO, no
-    /// task starts before it arrives, and each slot is the earliest the windows allow (one
+    /// Units of every task in `(slot[n] - w, slot[n]]`, task n's own included, for each n
+    /// (brute force over all earlier tasks).
+    fn worst_window(slots: &[i64], costs: &[u32], n: usize, window: &Window) -> u64 {
+        (0..=n).filter(|&j| slots[j] > slots[n] - window.window_ms).map(|j| u64::from(costs[j])).sum()
+    }
+
+    /// Random policies of 1–3 windows, costs up to the smallest quota and arrival
+    /// sequences: no window ever holds more than its quota, the schedule is FIFO, no task
+    /// starts before it arrives, and each slot is the earliest the windows allow (one
     /// millisecond earlier would overfill a window).
     #[test]
-    fn random_arrivals_keep_both_windows_and_are_earliest() {
+    fn random_policies_and_costs_keep_every_window_and_are_earliest() {
+        let lengths = [1_000, 2_000, 5_000, 10_000, 60_000];
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        for case in 0..300 {
-            let limits = Limits {
-                per_second: 1 + rng.next(3) as u32,
-                per_minute: 1 + rng.next(25) as u32,
-            };
+        let mut delayed = 0;
+        for case in 0..400 {
+            let windows: Vec<Window> = (0..1 + rng.next(3))
+                .map(|_| Window { quota: 1 + rng.next(12) as u32, window_ms: lengths[rng.next(5) as usize] })
+                .collect();
+            let max_cost = windows.iter().map(|w| w.quota).min().unwrap_or(1);
             let mut t = 0;
-            let arrivals: Vec<i64> = (0..1 + rng.next(80))
+            let arrivals: Vec<i64> = (0..1 + rng.next(60))
                 .map(|_| {
                     t += rng.next(4_000) as i64 * (rng.next(2) as i64);
                     t
                 })
                 .collect();
-            let slots = schedule(limits, &arrivals);
-            assert!(max_in_window(&slots, SECOND_MS) <= limits.per_second as usize, "case {case}");
-            assert!(max_in_window(&slots, MINUTE_MS) <= limits.per_minute as usize, "case {case}");
-            for i in 0..slots.len() {
-                assert!(slots[i] >= arrivals[i], "case {case}: before arrival");
-                if i > 0 {
-                    assert!(slots[i] >= slots[i - 1], "case {case}: not FIFO");
+            let costs: Vec<u32> = arrivals.iter().map(|_| 1 + rng.next(u64::from(max_cost)) as u32).collect();
+            let slots = schedule(&windows, &arrivals, &costs);
+            for n in 0..slots.len() {
+                for window in &windows {
+                    assert!(worst_window(&slots, &costs, n, window) <= u64::from(window.quota), "case {case}: task {n} overfills {window:?}");
                 }
-                if slots[i] > arrivals[i] {
-                    let mut earlier = slots[..=i].to_vec();
-                    earlier[i] -= 1;
-                    let over = max_in_window(&earlier, SECOND_MS) > limits.per_second as usize
-                        || max_in_window(&earlier, MINUTE_MS) > limits.per_minute as usize
-                        || (i > 0 && earlier[i] < earlier[i - 1]);
-                    assert!(over, "case {case}: slot {i} could have been earlier");
+                assert!(slots[n] >= arrivals[n], "case {case}: before arrival");
+                let floor = if n > 0 { arrivals[n].max(slots[n - 1]) } else { arrivals[n] };
+                assert!(slots[n] >= floor, "case {case}: not FIFO");
+                if slots[n] > floor {
+                    delayed += 1;
+                    let mut earlier = slots[..=n].to_vec();
+                    earlier[n] -= 1;
+                    let over = windows.iter().any(|w| worst_window(&earlier, &costs, n, w) > u64::from(w.quota));
+                    assert!(over, "case {case}: slot {n} could have been earlier");
                 }
             }
         }
+        assert!(delayed > 1_000, "the cases do reach the windows ({delayed} delayed)");
+    }
+
+    fn left(quota: u32, window_ms: i64, remaining: u32, reset_s: Option<i64>) -> Left {
+        Left { window: Window { quota, window_ms }, remaining, reset_s }
     }
 
     #[test]
     fn remaining_counts_what_is_left_of_each_window() {
         // One task just took the slot at 10_000: the burst window is used up for 1 s, the
         // minute window has 19 left and gets the used one back in 60 s.
-        let left = remaining(DEFAULT, &[10_000], 10_000);
-        assert_eq!(left, vec![("burst", 1, 0, Some(1)), ("minute", 20, 19, Some(60))]);
+        let got = remaining(&DEFAULT, &[(10_000, 1)], 10_000);
+        assert_eq!(got, vec![left(1, 1_000, 0, Some(1)), left(20, 60_000, 19, Some(60))]);
         // Twenty slots from 0 to 19 s, asked at 19.5 s: the minute window reopens at 60 s.
-        let slots: Vec<i64> = (0..20).map(|i| i * 1_000).collect();
-        let left = remaining(DEFAULT, &slots, 19_500);
-        assert_eq!(left[1], ("minute", 20, 0, Some(41)));
+        let slots: Vec<Spent> = (0..20).map(|i| (i * 1_000, 1)).collect();
+        assert_eq!(remaining(&DEFAULT, &slots, 19_500)[1], left(20, 60_000, 0, Some(41)));
         // Two more queued (slots 60 s and 61 s): room again once the slot at 2 s leaves.
-        let queued: Vec<i64> = slots.iter().copied().chain([60_000, 61_000]).collect();
-        assert_eq!(remaining(DEFAULT, &queued, 19_500)[1], ("minute", 20, 0, Some(43)));
+        let queued: Vec<Spent> = slots.iter().copied().chain([(60_000, 1), (61_000, 1)]).collect();
+        assert_eq!(remaining(&DEFAULT, &queued, 19_500)[1], left(20, 60_000, 0, Some(43)));
         // Nothing used: the whole quota is left and nothing is to come back.
-        assert_eq!(remaining(DEFAULT, &[0], 61_000), vec![("burst", 1, 1, None), ("minute", 20, 20, None)]);
+        assert_eq!(remaining(&DEFAULT, &[(0, 1)], 61_000), vec![left(1, 1_000, 1, None), left(20, 60_000, 20, None)]);
+        // Units: 3 of 5 used by one task; a 4-unit task then a 2-unit one fill it past the quota.
+        let five = [Window { quota: 5, window_ms: 10_000 }];
+        assert_eq!(remaining(&five, &[(0, 3)], 1_000), vec![left(5, 10_000, 2, Some(9))]);
+        assert_eq!(remaining(&five, &[(0, 4), (0, 2)], 1_000), vec![left(5, 10_000, 0, Some(9))]);
     }
 }

@@ -1,4 +1,4 @@
--- ARGV[8..]: member, task id.
+-- ARGV[7..]: member (the task's lane), task id.
 -- Cancels a queued task: takes it out of its user's queue and marks its record, in one
 -- script. The executor (`run_due`) is one script too, so a cancel racing it finds the task
 -- either still queued (it is cancelled and never runs) or already completed, never both.
@@ -6,7 +6,7 @@
 -- slot its 202 promised. Returns `[state, at]`: 'cancelled' (now, or when an earlier
 -- cancel did it), 'completed' (completed_at), 'unknown', or 'unqueued' (a record without a
 -- queue entry: a bug).
-local member, id = ARGV[8], ARGV[9]
+local member, id = ARGV[7], ARGV[8]
 local task = prefix .. 't:' .. id
 local record = redis.call('HMGET', task, 's', 'c', 'x')
 if not record[1] then return {'unknown', 0} end
@@ -22,8 +22,7 @@ count('cancelled', 1)
 -- The head may have changed: file the user under the instant the head may start now.
 local head = redis.call('LINDEX', q, 0)
 if head then
-  local slot = split(head)
-  redis.call('ZADD', due_key, int(earliest_start(prefix .. 'done:' .. member, slot)), member)
+  redis.call('ZADD', due_key, int(head_start(member, head)), member)
 else
   redis.call('ZREM', due_key, member)
 end

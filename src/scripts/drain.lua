@@ -1,10 +1,10 @@
--- ARGV[8..]: token, handoff token, lease TTL ms, batch size.
+-- ARGV[7..]: token, handoff token, lease TTL ms, batch size.
 -- Takes or renews the lease (free, ours, or handed to us by the tick we got), runs what is
 -- due for up to `batch` users, and answers when the next task is due. With nothing queued
 -- it drops the lease, ending the tick chain until an admission wakes it again.
 -- Returns `['busy', holder]` or `[state, ms until next due, more due now?, completions…]`.
-local token, handoff = ARGV[8], ARGV[9]
-local lease_ttl, batch = tonumber(ARGV[10]), tonumber(ARGV[11])
+local token, handoff = ARGV[7], ARGV[8]
+local lease_ttl, batch = tonumber(ARGV[9]), tonumber(ARGV[10])
 count('drain_calls', 1)
 local holder = redis.call('GET', lease_key)
 if holder and holder ~= token and holder ~= handoff then return {'busy', holder} end

@@ -1,75 +1,143 @@
 -- Shared by every script (scripts.rs prepends it, after `lateness_buckets_ms`): the
--- configuration from ARGV[1..7], and the functions that run tasks. A script's own
--- arguments start at ARGV[8].
+-- configuration from ARGV[1..6], and the functions that run tasks. A script's own
+-- arguments start at ARGV[7].
 local prefix, log_key = ARGV[1], ARGV[2]
-local per_second, per_minute = tonumber(ARGV[3]), tonumber(ARGV[4])
-local task_ttl = tonumber(ARGV[5])
-local second_ms, minute_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
+local task_ttl = tonumber(ARGV[3])
+-- The policy of a task whose record names none (policy.rs `Policy::spec`: the built-in
+-- tier's `default` kind), and what every lane's completion history keeps: the largest quota
+-- of any policy (entries) and its longest window (ms).
+local default_spec = ARGV[4]
+local history, history_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 -- Keys of the queue and the drainer (keys.rs lists them all).
 local due_key, lease_key = prefix .. 'due', prefix .. 'lease'
 local metrics_key, kick_key, tick_channel = prefix .. 'metrics', prefix .. 'kick', prefix .. 'tick'
-local history = math.max(per_second, per_minute)
 
--- Counters for /metrics (metrics.rs), updated in the same script as what they count.
+-- Counters for /metrics (metrics.rs), updated in the same script as what they count. They
+-- are added up here and written once per field when the script ends (`flush_counts`, which
+-- scripts.rs calls after every script's body), so a field a script moves both ways (a task
+-- queued and run in one admission) costs no command at all.
+local counted = {}
 local function count(field, n)
-  if n ~= 0 then redis.call('HINCRBY', metrics_key, field, n) end
+  counted[field] = (counted[field] or 0) + n
+end
+
+local function flush_counts()
+  for field, n in pairs(counted) do
+    if n ~= 0 then redis.call('HINCRBY', metrics_key, field, n) end
+  end
 end
 
 local function int(x) return string.format('%.0f', x) end
+
+-- A queue entry '<slot>:<task id>'.
+local function split(entry)
+  local sep = string.find(entry, ':', 1, true)
+  return tonumber(string.sub(entry, 1, sep - 1)), string.sub(entry, sep + 1)
+end
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- slot.rs `next_slot`: the earliest instant from `at` that keeps the rule, given a user's
--- earlier times (slots or completions), where `back(k)` is the k-th newest of them (1 = the
--- newest) or nil. `runtime-tests/tests/lua_rule.rs` holds it to slot.rs on random histories.
-local function earliest(at, back)
-  if per_second > 0 then
-    local t = back(per_second)
-    if t then at = math.max(at, t + second_ms) end
+-- A policy's windows, `{{q, w}, …}`, from its spec ('1/1000,20/60000'; '' for none).
+local parsed_specs = {}
+local function windows_of(spec)
+  local windows = parsed_specs[spec]
+  if not windows then
+    windows = {}
+    for q, w in string.gmatch(spec, '(%d+)/(%d+)') do windows[#windows + 1] = {tonumber(q), tonumber(w)} end
+    parsed_specs[spec] = windows
   end
-  if per_minute > 0 then
-    local t = back(per_minute)
-    if t then at = math.max(at, t + minute_ms) end
+  return windows
+end
+
+-- slot.rs `next_slot` (SPEC §7): the earliest instant from `at` for a task of `cost` units
+-- under `windows`, given the lane's earlier times (slots or completions), where `back(k)` is
+-- the k-th newest of them and its cost (1 = the newest), or nil. With `unit` every earlier
+-- cost is 1, so the task *j* of a window is found by its index instead of by walking.
+-- `runtime-tests/tests/lua_rule.rs` holds it to slot.rs on random policies and histories.
+local function earliest(at, windows, cost, back, unit)
+  local newest = back(1)
+  if newest then at = math.max(at, newest) end
+  for _, window in ipairs(windows) do
+    local quota = window[1]
+    local t
+    if unit then
+      t = back(math.max(1, quota - cost + 1))
+    else
+      local units, k = cost, 1
+      while true do
+        local c
+        t, c = back(k)
+        if not t then break end
+        units = units + c
+        if units > quota then break end
+        k = k + 1
+      end
+    end
+    if t then at = math.max(at, t + window[2]) end
   end
   return at
 end
 
--- The rule applied to the user's completion times (SPEC §1: the log is the proof).
-local function earliest_start(done, slot)
-  local n = redis.call('LLEN', done)
-  return earliest(slot, function(k)
-    if n >= k then return tonumber(redis.call('LINDEX', done, n - k)) end
+-- The lane's last completions that `windows` can look at (at least the newest, as the rule's
+-- FIFO term does), oldest first: '<ms>' for a task of 1 unit, '<ms>*<units>' otherwise.
+local function recent_completions(done, windows)
+  local most = 1
+  for _, window in ipairs(windows) do most = math.max(most, window[1]) end
+  return redis.call('LRANGE', done, -most, -1)
+end
+
+local function spent(entry)
+  local star = string.find(entry, '*', 1, true)
+  if not star then return tonumber(entry), 1 end
+  return tonumber(string.sub(entry, 1, star - 1)), tonumber(string.sub(entry, star + 1))
+end
+
+-- The rule applied to the lane's completion times (SPEC §1: the log is the proof).
+local function earliest_start(completions, slot, windows, cost)
+  local n = #completions
+  return earliest(slot, windows, cost, function(k)
+    if k <= n then return spent(completions[n - k + 1]) end
   end)
 end
 
--- The rule checked another way than `earliest_start` (by counting the stored completions in
+-- The rule checked another way than `earliest_start` (by adding up the units completed in
 -- each window), so the `rule_violations` metric is an independent witness; it must stay 0.
-local function breaks_rule(done, slot, now)
+local function breaks_rule(completions, slot, now, windows, cost)
   if now < slot then return true end
-  local in_second, in_minute = 0, 0
-  for _, t in ipairs(redis.call('LRANGE', done, 0, -1)) do
-    local age = now - tonumber(t)
-    if age < second_ms then in_second = in_second + 1 end
-    if age < minute_ms then in_minute = in_minute + 1 end
+  for _, window in ipairs(windows) do
+    local units = cost
+    for _, entry in ipairs(completions) do
+      local t, c = spent(entry)
+      if now - t < window[2] then units = units + c end
+    end
+    if units > window[1] then return true end
   end
-  return (per_second > 0 and in_second >= per_second) or (per_minute > 0 and in_minute >= per_minute)
+  return false
 end
 
--- Whether the user's queue already holds `max_backlog` tasks (0: no limit; SPEC §2's 429).
+-- A task's policy and cost from its record's `l` and `w` fields (absent: the default).
+local function task_rule(spec, cost)
+  return windows_of(spec or default_spec), tonumber(cost) or 1
+end
+
+-- When the lane's head task (queue entry `head`) may start, by the rule on its completions.
+local function head_start(member, head)
+  local slot, id = split(head)
+  local record = redis.call('HMGET', prefix .. 't:' .. id, 'l', 'w')
+  local windows, cost = task_rule(record[1], record[2])
+  return earliest_start(recent_completions(prefix .. 'done:' .. member, windows), slot, windows, cost)
+end
+
+-- Whether the lane's queue already holds `max_backlog` tasks (0: no limit; SPEC §2's 429).
 local function backlog_full(member, max_backlog)
   return max_backlog > 0 and redis.call('LLEN', prefix .. 'q:' .. member) >= max_backlog
 end
 
-local function split(entry)
-  local sep = string.find(entry, ':', 1, true)
-  return tonumber(string.sub(entry, 1, sep - 1)), string.sub(entry, sep + 1)
-end
-
--- Runs the user's head tasks that may start at `now`, appending each completion to `out`,
--- and files the user under the instant their next head task may start.
+-- Runs the lane's head tasks that may start at `now`, appending each completion to `out`,
+-- and files the lane under the instant its next head task may start.
 local function run_due(member, now, out)
   local q = prefix .. 'q:' .. member
   local done = prefix .. 'done:' .. member
@@ -80,31 +148,36 @@ local function run_due(member, now, out)
       return
     end
     local slot, id = split(head)
-    local at = earliest_start(done, slot)
+    local task = prefix .. 't:' .. id
+    -- The task's user, payload, kind, cost and policy (absent: no payload, the `default`
+    -- kind, 1 unit, the default policy).
+    local record = redis.call('HMGET', task, 'u', 'p', 'k', 'w', 'l')
+    local windows, cost = task_rule(record[5], record[4])
+    local completions = recent_completions(done, windows)
+    local at = earliest_start(completions, slot, windows, cost)
     if at > now then
       redis.call('ZADD', due_key, int(at), member)
       return
     end
     redis.call('LPOP', q)
     count('queued', -1)
-    if breaks_rule(done, slot, now) then count('rule_violations', 1) end
+    if breaks_rule(completions, slot, now, windows, cost) then count('rule_violations', 1) end
     if history > 0 then
-      redis.call('RPUSH', done, int(now))
+      if cost == 1 then redis.call('RPUSH', done, int(now)) else redis.call('RPUSH', done, int(now) .. '*' .. cost) end
       redis.call('LTRIM', done, -history, -1)
-      redis.call('PEXPIRE', done, minute_ms + second_ms)
+      redis.call('PEXPIRE', done, history_ms + 1000)
     end
     local late = now - slot
-    count('completed', 1)
+    local user, kind = record[1] or '', record[3] or 'default'
+    count('completed:' .. kind, 1)
     count('lateness_sum_ms', late)
     for _, bound in ipairs(lateness_buckets_ms) do
       if late <= bound then count('lateness_le:' .. bound, 1) break end
     end
-    local task = prefix .. 't:' .. id
-    local record = redis.call('HMGET', task, 'u', 'p')
-    local user = record[1] or ''
     redis.call('HSET', task, 'c', int(now))
     redis.call('PEXPIRE', task, task_ttl)
-    local entry = {'task_id', id, 'user_id', user, 'slot', int(slot), 'completed_at', int(now)}
+    local entry = {'task_id', id, 'user_id', user, 'slot', int(slot), 'completed_at', int(now),
+      'kind', kind, 'cost', cost, 'policy', record[5] or default_spec}
     if record[2] then
       table.insert(entry, 'payload')
       table.insert(entry, record[2])
@@ -124,10 +197,10 @@ local function wake_drainer()
   return 1
 end
 
--- Admission answers are counted here rather than by another round trip from the handler.
-local function count_answer(status, placement, n)
-  count('status:' .. status, n or 1)
-  count('admitted:' .. placement, n or 1)
+-- Admission answers are counted here rather than by another round trip from the handler,
+-- per kind; metrics.rs derives the totals and the 200s and 202s they answered from them.
+local function count_answer(placement, kind, n)
+  count('admitted:' .. placement .. ':' .. kind, n or 1)
 end
 
 local function append(result, out)
@@ -135,30 +208,32 @@ local function append(result, out)
   return result
 end
 
--- Files tasks of one user (`tasks`: {id, slot, idem ('' for none; it then names the task for
--- a day), payload (JSON text, '' for none)}, in slot order; admissions can reach here in
--- another order than they committed), runs what is due now, and wakes the drainer if
--- nobody leads. Returns `['filed', now, k, (status, completed_at | queue position)×k,
--- completions…]`.
-local function file_tasks(member, user, now, tasks)
+-- Files tasks of one lane (`member`: user `user`, kind `kind`; `tasks`: {id, slot, idem (''
+-- for none; it then names the task for a day), payload (JSON text, '' for none), cost,
+-- spec (its policy)}, in slot order; admissions can reach here in another order than they
+-- committed), runs what is due now, and wakes the drainer if nobody leads. A record keeps
+-- kind, cost and policy only where they differ from the defaults. Returns `['filed', now,
+-- k, (status, completed_at | queue position)×k, completions…]`.
+local function file_tasks(member, user, kind, now, tasks)
   local q = prefix .. 'q:' .. member
   -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
   -- (what RPUSH answers), or false.
   local entries = {}
-  -- Whether the user's head task changed: only then can anything of theirs run now, or the
-  -- instant they are filed under in `due` move. A task queued behind others leaves both as
-  -- they were (every script that changes a head refiles the user), so the common queued
+  -- Whether the lane's head task changed: only then can anything of it run now, or the
+  -- instant it is filed under in `due` move. A task queued behind others leaves both as
+  -- they were (every script that changes a head refiles the lane), so the common queued
   -- admission skips `run_due` and its half-dozen commands.
   local new_head = false
   for _, task in ipairs(tasks) do
     local id, slot, idem, payload = task.id, task.slot, task.idem, task.payload
     local slot_s = int(slot)
     if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
-    if payload ~= '' then
-      redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s, 'p', payload)
-    else
-      redis.call('HSET', prefix .. 't:' .. id, 'u', user, 's', slot_s)
-    end
+    local fields = {'u', user, 's', slot_s}
+    if payload ~= '' then table.insert(fields, 'p') table.insert(fields, payload) end
+    if kind ~= 'default' then table.insert(fields, 'k') table.insert(fields, kind) end
+    if task.cost ~= 1 then table.insert(fields, 'w') table.insert(fields, task.cost) end
+    if task.spec ~= default_spec then table.insert(fields, 'l') table.insert(fields, task.spec) end
+    redis.call('HSET', prefix .. 't:' .. id, unpack(fields))
     local entry = slot_s .. ':' .. id
     -- Usually the tail: insert after the last entry with a slot no later than ours.
     local tail = redis.call('LINDEX', q, -1)
@@ -208,7 +283,7 @@ local function file_tasks(member, user, now, tasks)
       end
     end
   end
-  count_answer('200', 'inline', inline)
-  count_answer('202', 'queued', queued)
+  count_answer('inline', kind, inline)
+  count_answer('queued', kind, queued)
   return append(reply, out)
 end

@@ -1,16 +1,17 @@
--- ARGV[8..]: member, task id.
--- Runs the user's due head tasks now; same reply as a committed ADMIT (position 0 when the
+-- ARGV[7..]: member (the task's lane), task id.
+-- Runs the lane's due head tasks now; same reply as a committed ADMIT (position 0 when the
 -- task is still queued). Admission calls it while it waits for a task ADMIT queued, so a
 -- task found completed turns that request's answer from 202 into 200.
-local member, id = ARGV[8], ARGV[9]
+local member, id = ARGV[7], ARGV[8]
 local now = now_ms()
 local out = {}
 run_due(member, now, out)
 wake_drainer()
-local completed = redis.call('HGET', prefix .. 't:' .. id, 'c')
-if completed then
-  count_answer('202', 'queued', -1)
-  count_answer('200', 'inline')
-  return append({'completed', tonumber(completed), now}, out)
+local record = redis.call('HMGET', prefix .. 't:' .. id, 'c', 'k')
+if record[1] then
+  local kind = record[2] or 'default'
+  count_answer('queued', kind, -1)
+  count_answer('inline', kind)
+  return append({'completed', tonumber(record[1]), now}, out)
 end
 return append({'queued', 0, now}, out)

@@ -1,8 +1,9 @@
--- ARGV[8..]: task id, whether to count the answer ('1' for `GET /api/v1/task/{id}`).
--- A task's record: `[u, s, c, x, p]`, nil for each field it lacks. When asked, the answer it
+-- ARGV[7..]: task id, whether to count the answer ('1' for `GET /api/v1/task/{id}`).
+-- A task's record: `[u, s, c, x, p, k, w]` (user, slot, completed, cancelled, payload,
+-- kind, cost), nil for each field it lacks. When asked, the answer it
 -- makes (200, or 404 without a record) is counted here rather than by a second round trip.
-local record = redis.call('HMGET', prefix .. 't:' .. ARGV[8], 'u', 's', 'c', 'x', 'p')
-if ARGV[9] == '1' then
+local record = redis.call('HMGET', prefix .. 't:' .. ARGV[7], 'u', 's', 'c', 'x', 'p', 'k', 'w')
+if ARGV[8] == '1' then
   if record[1] then count('status:200', 1) else count('status:404', 1) end
 end
 return record

@@ -16,7 +16,9 @@
 //! - `saturation`: closed loop, 32 keep-alive connections each sending its next request as
 //!   soon as the last is answered, for the duration: first against the do-nothing fixture
 //!   (`runtime-tests/fixtures/noop`), then against the app (POST /api/v1/task over 1,000
-//!   rotating users) under the same host; prints both throughputs and **app ÷ do-nothing**.
+//!   rotating users) under the same host; prints both throughputs and **app ÷ do-nothing**;
+//!   then (on replicas the bench starts) the app again under a three-window weighted policy
+//!   (`WEIGHTED_POLICIES`: tasks of kind `weighted` costing 1–3 units).
 //! - `admission`: open loop (requests sent at a fixed rate whatever the answers do, latency
 //!   measured from when each request was due, so queueing counts) over 1,000 users, on 1
 //!   and 3 replicas.
@@ -44,6 +46,9 @@ use std::time::{Duration, Instant};
 const SATURATION_CONNECTIONS: usize = 32;
 /// Users the saturation load rotates over.
 const SATURATION_USERS: usize = 1_000;
+/// The weighted saturation run's policy: a burst, a minute and an hour window, as gateways
+/// stack them; at saturation its users queue, as the default policy's do.
+const WEIGHTED_POLICIES: &str = r#"{"kinds": {"weighted": ["3/1s", "60/60s", "1000/1h"]}}"#;
 
 struct Options {
     smoke: bool,
@@ -135,10 +140,11 @@ fn main() {
     for scenario in &options.scenarios {
         match scenario.as_str() {
             "saturation" => {
-                let (noop, app) = saturation(&options);
-                ratio = noop.as_ref().map(|noop| (app.achieved_per_s, noop.achieved_per_s));
+                let (noop, app, weighted) = saturation(&options);
+                ratio = noop.as_ref().map(|noop| (app.achieved_per_s, noop.achieved_per_s, weighted.as_ref().map(|w| w.achieved_per_s)));
                 rows.extend(noop);
                 rows.push(app);
+                rows.extend(weighted);
             }
             "admission" => {
                 for replicas in replica_counts(&options, &[1, 3]) {
@@ -175,9 +181,12 @@ fn main() {
         }
     }
     print_table(&rows);
-    if let Some((app, noop)) = ratio {
+    if let Some((app, noop, weighted)) = ratio {
         println!();
         println!("saturation: app {app:.0} req/s, do-nothing {noop:.0} req/s, app ÷ do-nothing = {:.3}", app / noop.max(1.0));
+        if let Some(weighted) = weighted {
+            println!("saturation, three-window weighted policy: app {weighted:.0} req/s, app ÷ do-nothing = {:.3}", weighted / noop.max(1.0));
+        }
     }
     let broken = rows.iter().any(|r| r.lateness.as_ref().is_some_and(|l| !l.is_clean()));
     if broken {
@@ -217,11 +226,17 @@ struct Cluster {
 
 impl Cluster {
     fn start(options: &Options, replicas: usize, ledger: Ledger) -> Cluster {
+        Self::start_with(options, replicas, ledger, &[])
+    }
+
+    /// `start`, with more of the app's variables for the replicas the bench starts.
+    fn start_with(options: &Options, replicas: usize, ledger: Ledger, more: &[(&str, &str)]) -> Cluster {
         if !options.url.is_empty() {
             return Cluster { addrs: options.url.clone(), redis_url: options.redis.clone(), own: None };
         }
         let redis = Redis::start();
-        let variables = vec![("ledger".to_string(), if ledger == Ledger::Redis { "redis" } else { "kv" }.to_string())];
+        let mut variables = vec![("ledger".to_string(), if ledger == Ledger::Redis { "redis" } else { "kv" }.to_string())];
+        variables.extend(more.iter().map(|(name, value)| (name.to_string(), value.to_string())));
         let host_options = HostOptions { lossy_cas: ledger == Ledger::KvLossy, variables };
         let hosts: Vec<Host> = (0..replicas).map(|_| Host::start(&redis, &host_options)).collect();
         Cluster { addrs: hosts.iter().map(|h| h.addr.clone()).collect(), redis_url: Some(redis.url()), own: Some((redis, hosts)) }
@@ -249,29 +264,53 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// The do-nothing component's row (when one is known) and the app's: closed loop at
-/// saturation, the same requests against both, each on a host of its own.
-fn saturation(options: &Options) -> (Option<Row>, Row) {
+/// The do-nothing component's row (when one is known), the app's, and (on replicas the
+/// bench starts) the app's under `WEIGHTED_POLICIES`: closed loop at saturation, the same
+/// load against each, each on a host of its own.
+fn saturation(options: &Options) -> (Option<Row>, Row, Option<Row>) {
     let duration = options.duration;
     let noop = match (&options.noop_url, options.url.is_empty()) {
-        (Some(addr), _) => Some(saturate("do-nothing component, given by --noop-url", addr, duration, options)),
+        (Some(addr), _) => Some(saturate("do-nothing component, given by --noop-url", addr, duration, options, plain_task)),
         (None, true) => {
             let host = Host::start_manifest(&noop_manifest());
-            Some(saturate("do-nothing component, 1 replica", &host.addr, duration, options))
+            Some(saturate("do-nothing component, 1 replica", &host.addr, duration, options, plain_task))
         }
         (None, false) => None,
     };
+    let ratio = |row: &mut Row| {
+        if let Some(noop) = &noop {
+            row.note = format!("app ÷ do-nothing = {:.3}", row.achieved_per_s / noop.achieved_per_s.max(1.0));
+        }
+    };
     let cluster = Cluster::start(options, 1, Ledger::Redis);
-    let mut app = saturate(&format!("app, {}", cluster.label()), &cluster.addrs[0], duration, options);
-    if let Some(noop) = &noop {
-        app.note = format!("app ÷ do-nothing = {:.3}", app.achieved_per_s / noop.achieved_per_s.max(1.0));
-    }
-    (noop, app)
+    let mut app = saturate(&format!("app, {}", cluster.label()), &cluster.addrs[0], duration, options, plain_task);
+    ratio(&mut app);
+    drop(cluster);
+    let weighted = options.url.is_empty().then(|| {
+        let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("policies", WEIGHTED_POLICIES)]);
+        let target = format!("app, three-window weighted policy, {}", cluster.label());
+        let mut row = saturate(&target, &cluster.addrs[0], duration, options, weighted_task);
+        ratio(&mut row);
+        row
+    });
+    (noop, app, weighted)
 }
 
-/// `SATURATION_CONNECTIONS` keep-alive clients POST tasks to `addr` back to back for
+/// The body of the `n`-th saturation request, for `user`.
+type TaskBody = fn(&str, usize) -> String;
+
+fn plain_task(user: &str, _n: usize) -> String {
+    serde_json::json!({ "user_id": user }).to_string()
+}
+
+/// A task of kind `weighted` (`WEIGHTED_POLICIES`) costing 1, 2 or 3 units.
+fn weighted_task(user: &str, n: usize) -> String {
+    serde_json::json!({ "user_id": user, "kind": "weighted", "cost": 1 + n % 3 }).to_string()
+}
+
+/// `SATURATION_CONNECTIONS` keep-alive clients POST tasks (`body`) to `addr` back to back for
 /// `duration`, rotating over `SATURATION_USERS` users.
-fn saturate(target: &str, addr: &str, duration: Duration, options: &Options) -> Row {
+fn saturate(target: &str, addr: &str, duration: Duration, options: &Options, body: TaskBody) -> Row {
     let sent = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + duration;
@@ -282,7 +321,9 @@ fn saturate(target: &str, addr: &str, duration: Duration, options: &Options) -> 
                 let (mut latencies, mut errors) = (Vec::new(), 0usize);
                 let mut conn = None;
                 while Instant::now() < deadline {
-                    let user = format!("sat-{run}-{}", sent.fetch_add(1, Ordering::Relaxed) % SATURATION_USERS);
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    let user = format!("sat-{run}-{}", n % SATURATION_USERS);
+                    let task = body(&user, n / SATURATION_USERS);
                     if conn.is_none() {
                         conn = KeepAlive::open(&addr).ok();
                     }
@@ -292,7 +333,7 @@ fn saturate(target: &str, addr: &str, duration: Duration, options: &Options) -> 
                         break;
                     };
                     let sent_at = Instant::now();
-                    match open.post_task(&user) {
+                    match open.send("POST", "/api/v1/task", &[("Content-Type", "application/json")], task.as_bytes()) {
                         Ok(reply) if reply.status == 200 || reply.status == 202 => latencies.push(sent_at.elapsed()),
                         Ok(_) => errors += 1,
                         Err(_) => {

@@ -1,0 +1,270 @@
+//! The operator's routes: the task log, the page's overview, `/metrics`, `/healthz`, and the
+//! admin token that guards them (and the user routes).
+
+use super::headers::insert;
+use super::tasks::MAX_USER_ID_CHARS;
+use super::{Loaded, configured, counted, json_response, percent_decode, query_pairs, serialized_response, store_problem, text_response};
+use crate::config::Config;
+use crate::keys::{LaneKey, UserKey};
+use crate::policy::DEFAULT_KIND;
+use crate::problem::{self, HttpResponse};
+use crate::queue::{Completion, Queue};
+use http::{HeaderMap, HeaderName, Response, StatusCode, header};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// Log page size: default and most.
+const LOG_PAGE_DEFAULT: u32 = 1_000;
+const LOG_PAGE_MAX: u32 = 10_000;
+/// Bounds of the overview, so a refresh costs the same with 10 or 10,000 users.
+const OVERVIEW_SOONEST: usize = 20;
+const OVERVIEW_RECENT: usize = 50;
+const OVERVIEW_QUEUED: usize = 100;
+
+/// The configuration for an admin route, or the answer that refuses the request.
+pub fn admin<'c>(config: &'c Loaded, headers: &HeaderMap) -> Result<&'c Config, HttpResponse> {
+    let config = configured(config)?;
+    if authorized(config, headers) { Ok(config) } else { Err(problem::unauthorized()) }
+}
+
+/// Admin routes are open when no token is configured; otherwise the bearer token must
+/// match, compared in constant time.
+fn authorized(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(token) = &config.admin_token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let mut after = None;
+    let mut limit = LOG_PAGE_DEFAULT;
+    for (name, value) in query_pairs(query) {
+        match name {
+            "after" if is_stream_id(value) => after = Some(value.to_string()),
+            "after" => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=LOG_PAGE_MAX).contains(&n) => limit = n,
+                _ => return problem::bad_request(format!("limit must be a whole number from 1 to {LOG_PAGE_MAX}")),
+            },
+            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use after and limit")),
+        }
+    }
+    let page = match Queue::connect(config).await {
+        Ok(queue) => queue.log_page(after.as_deref(), limit).await,
+        Err(e) => Err(e),
+    };
+    let page = match page {
+        Ok(page) => page,
+        Err(e) => return store_problem(e),
+    };
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let mut body = String::new();
+    for (_, completion) in &page {
+        if ndjson {
+            body.push_str(&serde_json::to_string(completion).unwrap_or_default());
+        } else {
+            body.push_str(&completion.line());
+        }
+        body.push('\n');
+    }
+    let mut response = Response::new(body);
+    let content_type = if ndjson { "application/x-ndjson" } else { "text/plain; charset=utf-8" };
+    insert(response.headers_mut(), header::CONTENT_TYPE, content_type);
+    // The cursor for the next page: the last entry's id, or the one given if the page is empty.
+    if let Some(cursor) = page.last().map(|(id, _)| id.clone()).or(after) {
+        insert(response.headers_mut(), HeaderName::from_static("next-cursor"), &cursor);
+    }
+    response
+}
+
+/// A Redis stream id: `<ms>-<seq>`.
+fn is_stream_id(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let digits = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page, with the
+/// configured kinds and their windows, and the watched user's lanes.
+pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let mut user_id = None;
+    for (name, value) in query_pairs(query) {
+        match name {
+            "user_id" => match percent_decode(value, true) {
+                Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => user_id = Some(id),
+                _ => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+            },
+            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
+        }
+    }
+    let kinds: Vec<&str> = config.policies.kinds().collect();
+    let lanes: Vec<LaneKey> = match &user_id {
+        Some(id) => {
+            let user = UserKey::new(id);
+            kinds.iter().map(|kind| LaneKey::new(&user, kind)).collect()
+        }
+        None => Vec::new(),
+    };
+    let snapshot = match Queue::connect(config).await {
+        Ok(queue) => queue.overview(&lanes, OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
+        Err(e) => Err(e),
+    };
+    let snapshot = match snapshot {
+        Ok(snapshot) => snapshot,
+        Err(e) => return store_problem(e),
+    };
+    let next_due = snapshot
+        .next_due
+        .iter()
+        .map(|(user_id, kind, queued, next_slot)| NextDue { user_id, kind, queued: *queued, next_slot: *next_slot })
+        .collect();
+    let user = user_id.map(|user_id| {
+        let lanes: BTreeMap<&str, LaneOverview> = kinds
+            .iter()
+            .zip(&snapshot.lanes)
+            .map(|(kind, lane)| {
+                let queued = lane.queued.iter().map(|q| QueuedView { task_id: &q.task_id, slot: q.slot, cost: q.cost, payload: q.payload.as_deref() }).collect();
+                let completed = lane.completed.iter().map(|(at, _)| *at).collect();
+                (*kind, LaneOverview { queued, completed })
+            })
+            .collect();
+        let default_lane = lanes.get(DEFAULT_KIND).map(|lane| (lane.queued.clone(), lane.completed.clone()));
+        let (queued, completed) = default_lane.unwrap_or_default();
+        UserView { user_id, queued, completed, lanes }
+    });
+    let windows = kinds
+        .iter()
+        .filter_map(|kind| Some((*kind, config.policies.resolve(kind, None)?)))
+        .map(|(kind, policy)| (kind, policy.named().map(|(name, w)| WindowView { name, q: w.quota, w: w.window_ms / 1000 }).collect()))
+        .collect();
+    let body = OverviewView {
+        now: snapshot.now,
+        limits: json!({"per_second": config.per_second, "per_minute": config.per_minute}),
+        kinds: windows,
+        queued_tasks: snapshot.queued_tasks,
+        waiting_users: snapshot.waiting_users,
+        next_due,
+        recent: &snapshot.recent,
+        user,
+    };
+    serialized_response(StatusCode::OK, &body)
+}
+
+/// The overview's body. Serialised from these types rather than built as a `Value`, so that
+/// payloads go out as sent (a `Value` would reorder their keys).
+#[derive(Serialize)]
+struct OverviewView<'a> {
+    now: i64,
+    limits: serde_json::Value,
+    /// Each kind's windows for the built-in tier.
+    kinds: BTreeMap<&'a str, Vec<WindowView<'a>>>,
+    queued_tasks: i64,
+    waiting_users: i64,
+    next_due: Vec<NextDue<'a>>,
+    recent: &'a [Completion],
+    user: Option<UserView<'a>>,
+}
+
+#[derive(Serialize)]
+struct WindowView<'a> {
+    name: &'a str,
+    q: u32,
+    w: i64,
+}
+
+#[derive(Serialize)]
+struct NextDue<'a> {
+    user_id: &'a str,
+    kind: &'a str,
+    queued: i64,
+    next_slot: i64,
+}
+
+/// The watched user: the `default` lane at the top level (as before kinds existed), and
+/// every lane by kind.
+#[derive(Serialize)]
+struct UserView<'a> {
+    user_id: String,
+    queued: Vec<QueuedView<'a>>,
+    completed: Vec<i64>,
+    lanes: BTreeMap<&'a str, LaneOverview<'a>>,
+}
+
+#[derive(Serialize)]
+struct LaneOverview<'a> {
+    queued: Vec<QueuedView<'a>>,
+    completed: Vec<i64>,
+}
+
+#[derive(Clone, Serialize)]
+struct QueuedView<'a> {
+    task_id: &'a str,
+    slot: i64,
+    cost: u32,
+    /// `null` when the task has none.
+    payload: Option<&'a RawValue>,
+}
+
+/// `GET /metrics`: the shared counters in the Prometheus text format.
+pub async fn metrics(config: &Loaded, headers: &HeaderMap) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let counters = match Queue::connect(config).await {
+        Ok(queue) => queue.metrics().await,
+        Err(e) => Err(e),
+    };
+    match counters {
+        Ok(counters) => text_response(crate::metrics::render(&counters), crate::metrics::CONTENT_TYPE),
+        Err(e) => store_problem(e),
+    }
+}
+
+pub async fn health(config: &Loaded) -> HttpResponse {
+    let config = match configured(config) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let queue = match Queue::connect(config).await {
+        Ok(queue) => queue,
+        Err(e) => return store_problem(e),
+    };
+    // Redis answering the sweep is the health check; and so a probe doubles as the sweep
+    // that restarts draining after every drainer was down.
+    if let Err(e) = queue.sweep().await {
+        return store_problem(e);
+    }
+    counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        assert!(is_stream_id("1700000000000-0"));
+        assert!(!is_stream_id("1700000000000"));
+        assert!(!is_stream_id("-"));
+        assert!(!is_stream_id("1-2-3"));
+        assert!(!is_stream_id("abc-1"));
+    }
+}

@@ -1,0 +1,361 @@
+//! `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the rules for a task's body.
+
+use super::{Loaded, TaskView, admission_response, configured, counted, serialized_response, store_problem};
+use crate::admission::{self, NewTask};
+use crate::deadline::with_deadline;
+use crate::keys::{LaneKey, UserKey, is_task_id};
+use crate::policy::{DEFAULT_KIND, Policies};
+use crate::problem::{self, HttpResponse};
+use crate::queue::{Cancelled, Queue};
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use spin_sdk::http::Request;
+use std::time::Duration;
+
+/// Largest accepted request body (SPEC §2: 413 above it).
+pub const MAX_BODY: usize = 4 * 1024;
+/// Longest user id, in characters.
+pub const MAX_USER_ID_CHARS: usize = 128;
+/// Largest task payload: its JSON text as sent, in bytes (413 above it).
+pub const MAX_PAYLOAD: usize = 2 * 1024;
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Most units one task may cost: the largest quota any window can have (a task over its own
+/// policy's smallest quota is refused by admission, which knows the user's tier).
+pub const MAX_COST: u32 = crate::policy::MAX_QUOTA;
+/// A request body must arrive within this long.
+const BODY_DEADLINE: Duration = Duration::from_secs(5);
+
+pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !is_json_media_type(text) {
+            return problem::unsupported_media_type(text);
+        }
+    }
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > MAX_BODY as u64) {
+        return problem::too_large(MAX_BODY);
+    }
+    let (parts, body) = match read_request(request, MAX_BODY).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let idempotency_key = match idempotency_key(&parts.headers) {
+        Ok(key) => key,
+        Err(detail) => return problem::bad_request(detail),
+    };
+    let config = match configured(config) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let task = match parse_task_body(&body, &config.policies) {
+        Ok(task) => task,
+        Err(BodyError::Invalid(detail)) => return problem::bad_request(detail),
+        Err(BodyError::PayloadTooLarge(bytes)) => return problem::payload_too_large(bytes, MAX_PAYLOAD),
+    };
+    let new = NewTask {
+        user_id: &task.user_id,
+        kind: &task.kind,
+        cost: task.cost,
+        payload: task.payload.as_deref(),
+        idempotency_key: idempotency_key.as_deref(),
+    };
+    admission_response(config, admission::admit(config, &new).await)
+}
+
+/// The request's head and at most `limit` bytes of its body, whatever the client declared or
+/// streams, giving up on a client that trickles them (slow loris) instead of holding the
+/// instance.
+pub async fn read_request(request: Request, limit: usize) -> Result<(http::request::Parts, Vec<u8>), HttpResponse> {
+    let (parts, body) = request.into_parts();
+    match with_deadline(Limited::new(body, limit).collect(), BODY_DEADLINE).await {
+        Some(Ok(collected)) => Ok((parts, collected.to_bytes().to_vec())),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(problem::too_large(limit)),
+        Some(Err(e)) => Err(problem::bad_request(format!("could not read the body: {e}"))),
+        None => Err(problem::request_timeout(BODY_DEADLINE.as_secs())),
+    }
+}
+
+/// The Idempotency-Key header: absent, or 1–128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A validated `POST /api/v1/task` body.
+#[derive(Debug, PartialEq)]
+pub struct TaskBody {
+    pub user_id: String,
+    /// One the configuration defines (`default` when the body names none).
+    pub kind: String,
+    /// Units, 1 to `MAX_COST` (1 when the body names none).
+    pub cost: u32,
+    /// The payload's JSON text exactly as sent (`null` or absent: none).
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum BodyError {
+    /// A 400, with what is wrong.
+    Invalid(String),
+    /// A 413: the payload's size in bytes.
+    PayloadTooLarge(usize),
+}
+
+/// The body's members; any others are ignored.
+#[derive(Deserialize)]
+struct Members<'a> {
+    user_id: Option<Value>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    kind: Option<Value>,
+    cost: Option<Value>,
+}
+
+/// The body of a new task: `user_id`, a string of 1–128 characters or a JSON integer taken
+/// as its decimal string; an optional `kind` (a string naming a kind of `policies`); an
+/// optional `cost` (an integer from 1 to `MAX_COST`); and an optional `payload`, any JSON
+/// value of at most `MAX_PAYLOAD` bytes as sent. The payload is kept as sent (its text, not
+/// a re-serialisation) so that key order and number precision come back unchanged.
+pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, BodyError> {
+    let invalid = BodyError::Invalid;
+    // A struct also deserialises from a JSON array: only an object may name the members.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let fields: Members = match (first, serde_json::from_slice::<Members>(body)) {
+        (_, Err(e)) if e.is_syntax() || e.is_eof() => return Err(invalid(format!("the body is not valid JSON: {e}"))),
+        (Some(b'{'), Ok(fields)) => fields,
+        (Some(b'{'), Err(e)) => return Err(invalid(format!("the body is not a valid task: {e}"))),
+        _ => return Err(invalid(r#"the body must be a JSON object such as {"user_id": "alice"}"#.to_string())),
+    };
+    let user_id = match fields.user_id {
+        None => return Err(invalid("user_id is missing".to_string())),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(other) => return Err(invalid(format!("user_id must be a string or an integer, not {}", json_type(&other)))),
+    };
+    if user_id.is_empty() {
+        return Err(invalid("user_id must not be empty".to_string()));
+    }
+    if user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(invalid(format!("user_id must be at most {MAX_USER_ID_CHARS} characters")));
+    }
+    let kind = match fields.kind {
+        None | Some(Value::Null) => DEFAULT_KIND.to_string(),
+        Some(Value::String(kind)) if policies.is_kind(&kind) => kind,
+        Some(Value::String(kind)) => {
+            return Err(invalid(format!("kind {kind:?} is not one of the configured kinds: {}", policies.kind_names())));
+        }
+        Some(other) => return Err(invalid(format!("kind must be a string, not {}", json_type(&other)))),
+    };
+    let cost = match fields.cost {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(units) if (1..=u64::from(MAX_COST)).contains(&units) => units as u32,
+            _ => return Err(invalid(format!("cost must be a whole number of units from 1 to {MAX_COST}, not {n}"))),
+        },
+        Some(other) => return Err(invalid(format!("cost must be a whole number of units, not {}", json_type(&other)))),
+    };
+    let payload = fields.payload.map(|p| p.get().to_string());
+    if let Some(size) = payload.as_ref().map(String::len).filter(|&n| n > MAX_PAYLOAD) {
+        return Err(BodyError::PayloadTooLarge(size));
+    }
+    Ok(TaskBody { user_id, kind, cost, payload })
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a non-integer number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `application/json`, or any `+json` type, with or without parameters.
+pub fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// For a route on one task: a connection to Redis, or the answer (404 for an id we could
+/// not have made, without asking Redis; 503 if Redis cannot be reached).
+async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, HttpResponse> {
+    if !is_task_id(id) {
+        return Err(problem::not_found(format!("no task {id:?}")));
+    }
+    let config = configured(config)?;
+    Queue::connect(config).await.map_err(store_problem)
+}
+
+pub async fn get(config: &Loaded, id: &str) -> HttpResponse {
+    let queue = match task_route(config, id).await {
+        Ok(queue) => queue,
+        Err(response) => return response,
+    };
+    match queue.read_task(id).await {
+        Ok(Some(task)) => counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))),
+        Ok(None) => counted(problem::not_found(format!("no task {id}"))),
+        Err(e) => store_problem(e),
+    }
+}
+
+/// `DELETE /api/v1/task/{id}`: cancels a queued task (`cancel.lua`). Like `GET`, it needs
+/// no admin token: the id (96 random bits) is the capability.
+pub async fn cancel(config: &Loaded, id: &str) -> HttpResponse {
+    let queue = match task_route(config, id).await {
+        Ok(queue) => queue,
+        Err(response) => return response,
+    };
+    // The record names the lane, whose queue holds the task; the script checks it again.
+    let mut task = match queue.task(id).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return problem::not_found(format!("no task {id}")),
+        Err(e) => return store_problem(e),
+    };
+    if let Some(at) = task.completed_at {
+        return problem::already_completed(id, at);
+    }
+    if task.cancelled_at.is_none() {
+        let lane = LaneKey::new(&UserKey::new(&task.user_id), &task.kind);
+        match queue.cancel(&lane, id).await {
+            Ok(Cancelled::Cancelled { at }) => task.cancelled_at = Some(at),
+            Ok(Cancelled::Completed { at }) => return problem::already_completed(id, at),
+            Ok(Cancelled::Unknown) => return problem::not_found(format!("no task {id}")),
+            Err(e) => return store_problem(e),
+        }
+    }
+    serialized_response(StatusCode::OK, &TaskView::of(id, &task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::XorShift;
+
+    fn policies() -> Policies {
+        let json = r#"{"kinds": {"email": ["5/60s"], "report": ["1/10s", "100/24h"]}}"#;
+        Policies::parse(json, crate::policy::Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse(body: &[u8]) -> Result<TaskBody, BodyError> {
+        parse_task_body(body, &policies())
+    }
+
+    fn user_id(body: &[u8]) -> Result<String, BodyError> {
+        parse(body).map(|task| task.user_id)
+    }
+
+    #[test]
+    fn user_ids_of_every_accepted_shape() {
+        assert_eq!(user_id(br#"{"user_id":"123"}"#), Ok("123".to_string()));
+        assert_eq!(user_id(br#"{"user_id":123}"#), Ok("123".to_string()));
+        assert_eq!(user_id(br#" {"user_id":-5,"extra":true}"#), Ok("-5".to_string()));
+        let emoji = "😀".repeat(128);
+        assert_eq!(user_id(format!(r#"{{"user_id":"{emoji}"}}"#).as_bytes()), Ok(emoji));
+        assert_eq!(user_id(br#"{"user_id":"a\u0000b\n"}"#), Ok("a\0b\n".to_string()));
+    }
+
+    #[test]
+    fn every_wrong_shape_is_an_error() {
+        let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
+        for body in [
+            &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", b"{}", br#"{"user_id":""}"#,
+            br#"{"user_id":null}"#, br#"{"user_id":1.5}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
+            br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"", br#"{"user_id":"a"} x"#,
+            br#"{"user_id":"a","payload":}"#, br#"{"user_id":"a","user_id":"b"}"#,
+        ] {
+            assert!(matches!(parse(body), Err(BodyError::Invalid(_))), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn payloads_are_kept_as_sent_and_bounded() {
+        let sent = r#"{"z": 1, "a": [1.0, 12345678901234567890123, "\u00e9"]}"#;
+        let body = format!(r#"{{"user_id":"u","payload":{sent}}}"#);
+        assert_eq!(parse(body.as_bytes()), Ok(TaskBody { user_id: "u".into(), kind: "default".into(), cost: 1, payload: Some(sent.to_string()) }));
+        for (body, payload) in [(r#"{"user_id":"u"}"#, None), (r#"{"user_id":"u","payload":null}"#, None), (r#"{"user_id":"u","payload":0}"#, Some("0"))] {
+            assert_eq!(parse(body.as_bytes()).map(|t| t.payload), Ok(payload.map(str::to_string)), "{body}");
+        }
+        // The limit is on the payload's own text: a string of n characters is n + 2 bytes.
+        let at_limit = format!(r#"{{"user_id":"u","payload":"{}"}}"#, "x".repeat(MAX_PAYLOAD - 2));
+        assert!(parse(at_limit.as_bytes()).is_ok());
+        let over = format!(r#"{{"user_id":"u","payload":"{}"}}"#, "x".repeat(MAX_PAYLOAD - 1));
+        assert_eq!(parse(over.as_bytes()), Err(BodyError::PayloadTooLarge(MAX_PAYLOAD + 1)));
+    }
+
+    /// 20,000 random bodies spliced from JSON fragments, wrong types, escapes and junk
+    /// bytes: parsing never panics, and whatever it accepts is a 1–128 character id that
+    /// came from a `user_id` member, with a payload that is valid JSON.
+    #[test]
+    fn random_bodies_parse_or_fail_cleanly() {
+        let pieces: [&[u8]; 26] = [
+            b"{", b"}", b"[", b"]", b"\"user_id\"", b"\"user\"", b":", b",", b"\"", b"\"a\"", b"123", b"-1.5e9",
+            b"null", b"true", b"\\u0000", b"\\ud800", b"\\n", "😀".as_bytes(), b"\xff\xfe", b" ", b"\0", b"{\"user_id\":",
+            b"99999999999999999999999", b"\"x\"}", b"\"payload\":", b",\"payload\":{\"k\":[1,2]}",
+        ];
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let body: Vec<u8> = (0..rng.next(10)).flat_map(|_| rng.pick(&pieces).iter().copied()).collect();
+            if let Ok(task) = parse(&body) {
+                accepted += 1;
+                let id = task.user_id;
+                assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
+                assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
+                if let Some(payload) = task.payload {
+                    assert!(serde_json::from_str::<Value>(&payload).is_ok(), "{payload:?}");
+                }
+            }
+        }
+        // The generator does reach the accepting path, so both branches are exercised.
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn kinds_and_costs() {
+        let task = |body: &str| parse(body.as_bytes()).map(|t| (t.kind, t.cost));
+        assert_eq!(task(r#"{"user_id":"u"}"#), Ok(("default".to_string(), 1)));
+        assert_eq!(task(r#"{"user_id":"u","kind":null,"cost":null}"#), Ok(("default".to_string(), 1)));
+        assert_eq!(task(r#"{"user_id":"u","kind":"email","cost":3}"#), Ok(("email".to_string(), 3)));
+        assert_eq!(task(r#"{"user_id":"u","cost":1000}"#), Ok(("default".to_string(), 1000)));
+        for (body, says) in [
+            (r#"{"user_id":"u","kind":"sms"}"#, "default, email, report"),
+            (r#"{"user_id":"u","kind":7}"#, "kind must be a string"),
+            (r#"{"user_id":"u","cost":0}"#, "from 1 to 1000"),
+            (r#"{"user_id":"u","cost":1001}"#, "from 1 to 1000"),
+            (r#"{"user_id":"u","cost":-1}"#, "from 1 to 1000"),
+            (r#"{"user_id":"u","cost":1.5}"#, "from 1 to 1000"),
+            (r#"{"user_id":"u","cost":"2"}"#, "whole number of units"),
+            (r#"{"user_id":"u","cost":99999999999999999999999}"#, "from 1 to 1000"),
+        ] {
+            match task(body) {
+                Err(BodyError::Invalid(detail)) => assert!(detail.contains(says), "{body}: {detail}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_media_type("application/problem+json"));
+        assert!(!is_json_media_type("text/plain"));
+        assert!(!is_json_media_type("application/x-www-form-urlencoded"));
+        assert!(!is_json_media_type(""));
+    }
+
+}

@@ -1,0 +1,137 @@
+//! `GET /api/v1/users/{user_id}` (where one user stands, per lane) and
+//! `PUT /api/v1/users/{user_id}/tier` (their tier, live on every replica). The id is
+//! percent-encoded in the path; both routes take the admin token.
+
+use super::admin::admin;
+use super::headers::rate_windows;
+use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, read_request};
+use super::{Loaded, ok_json, percent_decode, store_problem};
+use crate::config::LedgerBackend;
+use crate::keys::{LaneKey, UserKey};
+use crate::ledger::{self, LedgerError};
+use crate::policy::{DEFAULT_KIND, Policy};
+use crate::problem::{self, HttpResponse};
+use crate::queue::Queue;
+use crate::slot;
+use http::{HeaderMap, header};
+use serde_json::{Map, Value, json};
+use spin_sdk::http::Request;
+
+/// Largest `PUT …/tier` body.
+const MAX_TIER_BODY: usize = 1024;
+
+fn user_id(encoded: &str) -> Result<String, HttpResponse> {
+    match percent_decode(encoded, false) {
+        Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => Ok(id),
+        _ => Err(problem::bad_request(format!("the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"))),
+    }
+}
+
+/// Where one user stands, in work bounded whatever their backlog: their tier and, per kind,
+/// queued tasks, the next task, the next slot and what is left of each window. The
+/// `default` kind's lane is also given at the top level, as before kinds existed.
+pub async fn state(config: &Loaded, headers: &HeaderMap, encoded: &str) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let user_id = match user_id(encoded) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let user = UserKey::new(&user_id);
+    let kinds: Vec<&str> = config.policies.kinds().collect();
+    let lanes: Vec<(LaneKey, Option<String>)> = kinds
+        .iter()
+        .map(|kind| {
+            let lane = LaneKey::new(&user, kind);
+            let ledger = (config.ledger == LedgerBackend::Redis).then(|| config.keys.ledger(&lane));
+            (lane, ledger)
+        })
+        .collect();
+    let state = match Queue::connect(config).await {
+        Ok(queue) => queue.user_state(&config.keys.tier(&user), &lanes).await,
+        Err(e) => Err(e),
+    };
+    let state = match state {
+        Ok(state) => state,
+        Err(e) => return store_problem(e),
+    };
+    let no_windows = Policy::default();
+    let mut per_kind = Map::new();
+    for ((kind, (lane, _)), lane_state) in kinds.iter().zip(&lanes).zip(&state.lanes) {
+        let recent = match ledger::recent_slots(config.ledger, &config.keys.ledger(lane), lane_state.ledger.as_deref()) {
+            Ok(recent) => recent,
+            Err(LedgerError::Unavailable(e)) => return problem::unavailable(e),
+            Err(e) => return problem::internal(format!("the ledger of {user_id:?}, kind {kind}: {e:?}")),
+        };
+        let policy = config.policies.resolve(kind, state.tier.as_deref()).unwrap_or(&no_windows);
+        let view = json!({
+            "queued": lane_state.queued,
+            "next_task": lane_state.next_task.as_ref().map(|(task_id, slot)| json!({"task_id": task_id, "slot": slot})),
+            "next_slot": slot::next_slot(policy.windows(), &recent, state.now, 1),
+            "remaining": rate_windows(policy, &recent, state.now),
+            "recent_completions": lane_state.recent_completions.iter().map(|(at, _)| at).collect::<Vec<_>>(),
+        });
+        per_kind.insert(kind.to_string(), view);
+    }
+    let default_lane = per_kind.get(DEFAULT_KIND).cloned().unwrap_or(Value::Null);
+    let mut body = json!({
+        "user_id": user_id,
+        "now": state.now,
+        "tier": state.tier,
+        "limits": {"per_second": config.per_second, "per_minute": config.per_minute},
+        "kinds": per_kind,
+    });
+    // The default lane's fields at the top level, as before kinds existed.
+    if let (Some(body), Value::Object(lane)) = (body.as_object_mut(), default_lane) {
+        body.extend(lane);
+    }
+    ok_json(body)
+}
+
+/// Sets the user's tier (`{"tier": "pro"}`, or `null` for the built-in one). The next
+/// admission of theirs on every replica reads it; queued tasks keep their slots.
+pub async fn set_tier(request: Request, config: &Loaded, encoded: &str) -> HttpResponse {
+    let config = match admin(config, request.headers()) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let user_id = match user_id(encoded) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !is_json_media_type(text) {
+            return problem::unsupported_media_type(text);
+        }
+    }
+    let (_, body) = match read_request(request, MAX_TIER_BODY).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let shape = r#"the body must be {"tier": "<name>"}, or {"tier": null} for the built-in tier"#;
+    let tier = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(members)) if members.len() == 1 => match members.get("tier") {
+            Some(Value::Null) => None,
+            Some(Value::String(tier)) if config.policies.is_tier(tier) => Some(tier.clone()),
+            Some(Value::String(tier)) => {
+                let known = config.policies.tier_names();
+                return problem::bad_request(format!("tier {tier:?} is not one of the configured tiers: {known}"));
+            }
+            _ => return problem::bad_request(shape),
+        },
+        Ok(_) => return problem::bad_request(shape),
+        Err(e) => return problem::bad_request(format!("{shape}: {e}")),
+    };
+    let user = UserKey::new(&user_id);
+    let set = match Queue::connect(config).await {
+        Ok(queue) => queue.set_tier(&config.keys.tier(&user), tier.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    match set {
+        Ok(()) => ok_json(json!({"user_id": user_id, "tier": tier})),
+        Err(e) => store_problem(e),
+    }
+}
