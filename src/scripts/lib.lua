@@ -82,36 +82,41 @@ local function earliest(at, windows, cost, back, unit)
 end
 
 -- The lane's last completions that `windows` can look at (at least the newest, as the rule's
--- FIFO term does), oldest first: '<ms>' for a task of 1 unit, '<ms>*<units>' otherwise.
+-- FIFO term does), oldest first, parsed once: stored as '<ms>' for a task of 1 unit and
+-- '<ms>*<units>' otherwise. `unit`: every one of them cost 1 unit.
 local function recent_completions(done, windows)
   local most = 1
   for _, window in ipairs(windows) do most = math.max(most, window[1]) end
-  return redis.call('LRANGE', done, -most, -1)
-end
-
-local function spent(entry)
-  local star = string.find(entry, '*', 1, true)
-  if not star then return tonumber(entry), 1 end
-  return tonumber(string.sub(entry, 1, star - 1)), tonumber(string.sub(entry, star + 1))
+  local times, costs, unit = {}, {}, true
+  for i, entry in ipairs(redis.call('LRANGE', done, -most, -1)) do
+    local star = string.find(entry, '*', 1, true)
+    if star then
+      times[i], costs[i], unit = tonumber(string.sub(entry, 1, star - 1)), tonumber(string.sub(entry, star + 1)), false
+    else
+      times[i], costs[i] = tonumber(entry), 1
+    end
+  end
+  return {times = times, costs = costs, unit = unit}
 end
 
 -- The rule applied to the lane's completion times (SPEC §1: the log is the proof).
 local function earliest_start(completions, slot, windows, cost)
-  local n = #completions
+  local times, costs = completions.times, completions.costs
+  local n = #times
   return earliest(slot, windows, cost, function(k)
-    if k <= n then return spent(completions[n - k + 1]) end
-  end)
+    if k <= n then return times[n - k + 1], costs[n - k + 1] end
+  end, completions.unit)
 end
 
 -- The rule checked another way than `earliest_start` (by adding up the units completed in
 -- each window), so the `rule_violations` metric is an independent witness; it must stay 0.
 local function breaks_rule(completions, slot, now, windows, cost)
   if now < slot then return true end
+  local times, costs = completions.times, completions.costs
   for _, window in ipairs(windows) do
     local units = cost
-    for _, entry in ipairs(completions) do
-      local t, c = spent(entry)
-      if now - t < window[2] then units = units + c end
+    for i = 1, #times do
+      if now - times[i] < window[2] then units = units + costs[i] end
     end
     if units > window[1] then return true end
   end
