@@ -90,11 +90,12 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
     response
 }
 
-/// A Redis stream id: `<ms>-<seq>`.
+/// A Redis stream id: `<ms>-<seq>`, each a 64-bit unsigned number (Redis refuses a larger one
+/// with an error that is the client's fault, not an outage).
 fn is_stream_id(s: &str) -> bool {
     let mut parts = s.split('-');
-    let digits = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
-    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+    let number = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok());
+    number(parts.next()) && number(parts.next()) && parts.next().is_none()
 }
 
 /// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page, with the
@@ -266,5 +267,9 @@ mod tests {
         assert!(!is_stream_id("-"));
         assert!(!is_stream_id("1-2-3"));
         assert!(!is_stream_id("abc-1"));
+        assert!(is_stream_id("18446744073709551615-18446744073709551615"));
+        assert!(!is_stream_id("18446744073709551616-0"));
+        assert!(!is_stream_id("0-18446744073709551616"));
+        assert!(!is_stream_id("+1-0"));
     }
 }
