@@ -321,6 +321,23 @@ fn every_answer_matches_the_openapi_document() {
     assert_eq!(body["kinds"]["email"]["queued"], 2, "{}", state.body);
     assert_eq!(body["kinds"]["email"]["remaining"][0]["q"], 50, "{}", state.body);
     assert_eq!((body["queued"].clone(), body["kinds"]["default"]["queued"].clone()), (1.into(), 1.into()), "{}", state.body);
+    // The overview watching the user under the tier: their tier, each lane's windows for it,
+    // and each completion's units (the email lane ran 2 then 3 units, the default lane 5).
+    let tiered = see("GET", "/api/v1/overview", kinds.get("/api/v1/overview?user_id=ka"));
+    let body = tiered.json();
+    let user = &body["user"];
+    assert_eq!((tiered.status, user["tier"].as_str()), (200, Some("pro")), "{}", tiered.body);
+    assert_eq!(user["lanes"]["email"]["windows"], serde_json::json!([{"name": "60s", "q": 50, "w": 60}]), "{}", tiered.body);
+    let pro_default = serde_json::json!([{"name": "30s", "q": 5, "w": 30}, {"name": "60s", "q": 100, "w": 60}]);
+    assert_eq!(user["lanes"]["default"]["windows"], pro_default, "{}", tiered.body);
+    assert_eq!(body["kinds"]["email"], serde_json::json!([{"name": "60s", "q": 5, "w": 60}]), "{}", tiered.body);
+    assert_eq!(user["lanes"]["email"]["completed_units"], serde_json::json!([2, 3]), "{}", tiered.body);
+    assert_eq!(user["lanes"]["default"]["completed_units"], serde_json::json!([5]), "{}", tiered.body);
+    for kind in ["default", "email"] {
+        let lane = &user["lanes"][kind];
+        let count = |field: &str| lane[field].as_array().map(Vec::len);
+        assert_eq!(count("completed"), count("completed_units"), "lane {kind}: {}", tiered.body);
+    }
     let built_in = see("PUT", tier_route, put(&kinds.addr, tier_path, &json, &sent_tier(r#"{"tier":null}"#)));
     assert_eq!((built_in.status, built_in.json()["tier"].clone()), (200, Value::Null), "{}", built_in.body);
     let state = see("GET", users, kinds.get("/api/v1/users/ka"));
@@ -338,6 +355,11 @@ fn every_answer_matches_the_openapi_document() {
     assert_eq!(costs(&body["user"]["lanes"]["email"]), Some(vec![Some(1), Some(6)]), "{}", watched.body);
     assert_eq!(costs(&body["user"]), Some(vec![Some(1)]), "{}", watched.body);
     assert_eq!(body["user"]["lanes"]["email"]["completed"].as_array().map(Vec::len), Some(2), "{}", watched.body);
+    // Back on the built-in tier: no tier, and the lanes' windows are the top-level ones.
+    assert_eq!(body["user"]["tier"], Value::Null, "{}", watched.body);
+    assert_eq!(body["user"]["lanes"]["email"]["windows"], body["kinds"]["email"], "{}", watched.body);
+    assert_eq!(body["user"]["lanes"]["default"]["windows"], body["kinds"]["default"], "{}", watched.body);
+    assert_eq!(body["user"]["lanes"]["email"]["completed_units"], serde_json::json!([2, 3]), "{}", watched.body);
     let due = body["next_due"].as_array().cloned().unwrap_or_default();
     assert!(due.iter().any(|d| d["user_id"] == "ka" && d["kind"] == "email"), "{}", watched.body);
     let recent = body["recent"].as_array().cloned().unwrap_or_default();

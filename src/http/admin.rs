@@ -6,7 +6,7 @@ use super::tasks::MAX_USER_ID_CHARS;
 use super::{Loaded, configured, counted, json_response, percent_decode, query_pairs, serialized_response, store_problem, text_response};
 use crate::config::Config;
 use crate::keys::{LaneKey, UserKey};
-use crate::policy::DEFAULT_KIND;
+use crate::policy::{DEFAULT_KIND, Policy};
 use crate::problem::{self, HttpResponse};
 use crate::queue::{Completion, Queue};
 use http::{HeaderMap, HeaderName, Response, StatusCode, header};
@@ -116,15 +116,15 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         }
     }
     let kinds: Vec<&str> = config.policies.kinds().collect();
-    let lanes: Vec<LaneKey> = match &user_id {
+    let (tier_key, lanes): (String, Vec<LaneKey>) = match &user_id {
         Some(id) => {
             let user = UserKey::new(id);
-            kinds.iter().map(|kind| LaneKey::new(&user, kind)).collect()
+            (config.keys.tier(&user), kinds.iter().map(|kind| LaneKey::new(&user, kind)).collect())
         }
-        None => Vec::new(),
+        None => (String::new(), Vec::new()),
     };
     let snapshot = match Queue::connect(config).await {
-        Ok(queue) => queue.overview(&lanes, OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
+        Ok(queue) => queue.overview(&tier_key, &lanes, OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
         Err(e) => Err(e),
     };
     let snapshot = match snapshot {
@@ -136,6 +136,7 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         .iter()
         .map(|(user_id, kind, queued, next_slot)| NextDue { user_id, kind, queued: *queued, next_slot: *next_slot })
         .collect();
+    let tier = snapshot.tier.as_deref();
     let user = user_id.map(|user_id| {
         let lanes: BTreeMap<&str, LaneOverview> = kinds
             .iter()
@@ -143,18 +144,16 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
             .map(|(kind, lane)| {
                 let queued = lane.queued.iter().map(|q| QueuedView { task_id: &q.task_id, slot: q.slot, cost: q.cost, payload: q.payload.as_deref() }).collect();
                 let completed = lane.completed.iter().map(|(at, _)| *at).collect();
-                (*kind, LaneOverview { queued, completed })
+                let completed_units = lane.completed.iter().map(|(_, units)| *units).collect();
+                let windows = config.policies.resolve(kind, tier).map(window_views).unwrap_or_default();
+                (*kind, LaneOverview { queued, completed, completed_units, windows })
             })
             .collect();
         let default_lane = lanes.get(DEFAULT_KIND).map(|lane| (lane.queued.clone(), lane.completed.clone()));
         let (queued, completed) = default_lane.unwrap_or_default();
-        UserView { user_id, queued, completed, lanes }
+        UserView { user_id, tier, queued, completed, lanes }
     });
-    let windows = kinds
-        .iter()
-        .filter_map(|kind| Some((*kind, config.policies.resolve(kind, None)?)))
-        .map(|(kind, policy)| (kind, policy.named().map(|(name, w)| WindowView { name, q: w.quota, w: w.window_ms / 1000 }).collect()))
-        .collect();
+    let windows = kinds.iter().filter_map(|kind| Some((*kind, window_views(config.policies.resolve(kind, None)?)))).collect();
     let body = OverviewView {
         now: snapshot.now,
         limits: json!({"per_second": config.per_second, "per_minute": config.per_minute}),
@@ -166,6 +165,11 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         user,
     };
     serialized_response(StatusCode::OK, &body)
+}
+
+/// A policy's windows as the overview names them.
+fn window_views(policy: &Policy) -> Vec<WindowView<'_>> {
+    policy.named().map(|(name, w)| WindowView { name, q: w.quota, w: w.window_ms / 1000 }).collect()
 }
 
 /// The overview's body. Serialised from these types rather than built as a `Value`, so that
@@ -203,6 +207,8 @@ struct NextDue<'a> {
 #[derive(Serialize)]
 struct UserView<'a> {
     user_id: String,
+    /// `null` for the built-in tier.
+    tier: Option<&'a str>,
     queued: Vec<QueuedView<'a>>,
     completed: Vec<i64>,
     lanes: BTreeMap<&'a str, LaneOverview<'a>>,
@@ -212,6 +218,10 @@ struct UserView<'a> {
 struct LaneOverview<'a> {
     queued: Vec<QueuedView<'a>>,
     completed: Vec<i64>,
+    /// Each completion's units, parallel to `completed`.
+    completed_units: Vec<u32>,
+    /// The kind's windows for the user's tier.
+    windows: Vec<WindowView<'a>>,
 }
 
 #[derive(Clone, Serialize)]

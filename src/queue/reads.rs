@@ -9,6 +9,8 @@ pub struct Overview {
     pub now: i64,
     pub queued_tasks: i64,
     pub waiting_users: i64,
+    /// The watched user's tier (`None`: the built-in one, or no user watched).
+    pub tier: Option<String>,
     /// The lanes whose next task may start soonest: (user id, kind, tasks queued, when).
     pub next_due: Vec<(String, String, i64, i64)>,
     /// The newest completions, newest first.
@@ -101,10 +103,11 @@ impl Queue<'_> {
         self.eval(&scripts::COUNT_STATUS, &[&status.to_string()]).await.map(|_| ())
     }
 
-    /// The snapshot for the page, with the watched user's `lanes`.
-    pub async fn overview(&self, lanes: &[LaneKey], soonest: usize, recent: usize, queued: usize) -> Result<Overview, StoreError> {
+    /// The snapshot for the page, with the watched user's tier (at `tier_key`; `""` when no
+    /// user is watched) and `lanes`.
+    pub async fn overview(&self, tier_key: &str, lanes: &[LaneKey], soonest: usize, recent: usize, queued: usize) -> Result<Overview, StoreError> {
         let (soonest, recent, queued) = (soonest.to_string(), recent.to_string(), queued.to_string());
-        let mut args = vec![soonest.as_str(), &recent, &queued];
+        let mut args = vec![soonest.as_str(), &recent, &queued, tier_key];
         args.extend(lanes.iter().map(|lane| lane.0.as_str()));
         parse_overview(&self.eval(&scripts::OVERVIEW, &args).await?, lanes.len())
     }
@@ -183,7 +186,7 @@ fn parse_user_state(reply: &[RedisResult], lanes: usize) -> Result<UserState, St
 
 /// `overview.lua` (its layout is described there), with `lanes` watched lanes.
 fn parse_overview(reply: &[RedisResult], lanes: usize) -> Result<Overview, StoreError> {
-    let mut at = 3;
+    let mut at = 4;
     let next_due = groups(reply, &mut at, 4)?
         .chunks(4)
         .map(|g| Ok((text_at(g, 0)?, text_at(g, 1)?, int_at(g, 2)?, int_at(g, 3)?)))
@@ -210,7 +213,18 @@ fn parse_overview(reply: &[RedisResult], lanes: usize) -> Result<Overview, Store
         let completed = groups(reply, &mut at, 1)?.iter().map(spent).collect::<Result<_, _>>()?;
         views.push(LaneView { queued, completed });
     }
-    Ok(Overview { now: int_at(reply, 0)?, queued_tasks: int_at(reply, 1)?, waiting_users: int_at(reply, 2)?, next_due, recent, lanes: views })
+    if at != reply.len() {
+        return Err(StoreError::Unexpected(format!("overview: {} items left over", reply.len().saturating_sub(at))));
+    }
+    Ok(Overview {
+        now: int_at(reply, 0)?,
+        queued_tasks: int_at(reply, 1)?,
+        waiting_users: int_at(reply, 2)?,
+        tier: tier_at(reply, 3)?,
+        next_due,
+        recent,
+        lanes: views,
+    })
 }
 
 #[cfg(test)]
@@ -279,15 +293,16 @@ mod tests {
 
     #[test]
     fn overview_groups() {
-        let mut reply = vec![Int64(100), Int64(5), Int64(2)];
+        let mut reply = vec![Int64(100), Int64(5), Int64(2), text("pro")];
         reply.extend([Int64(1), text("alice"), text("email"), Int64(3), text("150")]);
         reply.push(Int64(1));
         reply.extend(completion("t9", "bob", 90, 95));
         reply.extend([text(r#"{"job":7}"#), text("email"), text("2")]);
         reply.extend([Int64(2), text("q1"), text("150"), text(""), text("1"), text("q2"), text("1150"), text("true"), text("4")]);
-        reply.extend([Int64(1), text("99*4")]);
+        reply.extend([Int64(2), text("98"), text("99*4")]);
         let Ok(overview) = parse_overview(&reply, 1) else { panic!("parse failed") };
         assert_eq!((overview.now, overview.queued_tasks, overview.waiting_users), (100, 5, 2));
+        assert_eq!(overview.tier.as_deref(), Some("pro"));
         assert_eq!(overview.next_due, vec![("alice".to_string(), "email".to_string(), 3, 150)]);
         assert_eq!(overview.recent.len(), 1);
         assert_eq!(overview.recent[0].payload.as_ref().map(|p| p.get()), Some(r#"{"job":7}"#));
@@ -295,8 +310,13 @@ mod tests {
         let lane = &overview.lanes[0];
         let queued: Vec<_> = lane.queued.iter().map(|q| (q.task_id.as_str(), q.slot, q.cost, q.payload.as_ref().map(|p| p.get()))).collect();
         assert_eq!(queued, [("q1", 150, 1, None), ("q2", 1_150, 4, Some("true"))]);
-        assert_eq!(lane.completed, vec![(99, 4)]);
+        assert_eq!(lane.completed, vec![(98, 1), (99, 4)]);
         assert!(parse_overview(&reply, 2).is_err());
-        assert!(parse_overview(&[Int64(1), Int64(2), Int64(3), Int64(5)], 0).is_err());
+        // One lane fewer than the reply holds is a bug too.
+        assert!(parse_overview(&reply, 0).is_err());
+        assert!(parse_overview(&[Int64(1), Int64(2), Int64(3), text(""), Int64(5)], 0).is_err());
+        // No user watched: no tier, no lanes.
+        let Ok(idle) = parse_overview(&[Int64(1), Int64(2), Int64(3), text(""), Int64(0), Int64(0)], 0) else { panic!("parse failed") };
+        assert!(idle.tier.is_none() && idle.lanes.is_empty() && idle.next_due.is_empty() && idle.recent.is_empty());
     }
 }

@@ -1,11 +1,16 @@
--- ARGV[7..]: how many soonest lanes, recent completions, queued tasks per watched lane, then
--- the members of the watched user's lanes (none when no user is watched). A bounded snapshot
--- for the page (work independent of the number of users), flattened: `now, queued, waiting,
--- n, (user, kind, queued, next)×n, m, (task, user, slot, completed, payload, kind, cost)×m`,
--- then per watched lane `k, (task, slot, payload, cost)×k, j, (completion)×j` (a payload is
--- its JSON text, '' for none; a completion '<ms>' or '<ms>*<units>').
+-- ARGV[7..]: how many soonest lanes, recent completions, queued tasks per watched lane, the
+-- watched user's tier key ('' when no user is watched), then the members of the watched
+-- user's lanes (none when no user is watched). A bounded snapshot for the page (work
+-- independent of the number of users), flattened: `now, queued, waiting, tier ('' for the
+-- built-in one or no user), n, (user, kind, queued, next)×n, m, (task, user, slot,
+-- completed, payload, kind, cost)×m`, then per watched lane `k, (task, slot, payload,
+-- cost)×k, j, (completion)×j` (a payload is its JSON text, '' for none; a completion '<ms>'
+-- or '<ms>*<units>').
 local soonest, recent, queued_max = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local reply = {now_ms(), tonumber(redis.call('HGET', metrics_key, 'queued') or '0'), redis.call('ZCARD', due_key)}
+local tier_key = ARGV[10]
+local tier = ''
+if tier_key ~= '' then tier = redis.call('GET', tier_key) or '' end
+local reply = {now_ms(), tonumber(redis.call('HGET', metrics_key, 'queued') or '0'), redis.call('ZCARD', due_key), tier}
 local next = redis.call('ZRANGE', due_key, 0, soonest - 1, 'WITHSCORES')
 table.insert(reply, #next / 2)
 for i = 1, #next, 2 do
@@ -29,7 +34,7 @@ for _, entry in ipairs(log) do
     table.insert(reply, v)
   end
 end
-for a = 10, #ARGV do
+for a = 11, #ARGV do
   local member = ARGV[a]
   local waiting = redis.call('LRANGE', prefix .. 'q:' .. member, 0, queued_max - 1)
   table.insert(reply, #waiting)
