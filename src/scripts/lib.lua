@@ -141,6 +141,40 @@ local function backlog_full(member, max_backlog)
   return max_backlog > 0 and redis.call('LLEN', prefix .. 'q:' .. member) >= max_backlog
 end
 
+-- Records that task `id` (slot `slot`, of `user`, `kind`, `cost`, policy `spec` and its
+-- `windows`, payload or nil) ran at `now`: the lane's completion history (`done`, whose
+-- entries the rule looked at are `completions`), the counters, the task's record (`fields`:
+-- more of it to write in the same HSET, for a task that never was queued) and the log entry;
+-- appends (id, user, slot, completed_at) to `out`.
+local function complete(done, task, fields, now, out)
+  local id, slot, cost = task.id, task.slot, task.cost
+  if breaks_rule(task.completions, slot, now, task.windows, cost) then count('rule_violations', 1) end
+  if history > 0 then
+    if cost == 1 then redis.call('RPUSH', done, int(now)) else redis.call('RPUSH', done, int(now) .. '*' .. cost) end
+    redis.call('LTRIM', done, -history, -1)
+    redis.call('PEXPIRE', done, history_ms + 1000)
+  end
+  local late = now - slot
+  count('completed:' .. task.kind, 1)
+  count('lateness_sum_ms', late)
+  for _, bound in ipairs(lateness_buckets_ms) do
+    if late <= bound then count('lateness_le:' .. bound, 1) break end
+  end
+  local record = prefix .. 't:' .. id
+  table.insert(fields, 'c')
+  table.insert(fields, int(now))
+  redis.call('HSET', record, unpack(fields))
+  redis.call('PEXPIRE', record, task_ttl)
+  local entry = {'task_id', id, 'user_id', task.user, 'slot', int(slot), 'completed_at', int(now),
+    'kind', task.kind, 'cost', cost, 'policy', task.spec}
+  if task.payload then
+    table.insert(entry, 'payload')
+    table.insert(entry, task.payload)
+  end
+  redis.call('XADD', log_key, '*', unpack(entry))
+  for _, v in ipairs({id, task.user, int(slot), int(now)}) do table.insert(out, v) end
+end
+
 -- Runs the lane's head tasks that may start at `now`, appending each completion to `out`,
 -- and files the lane under the instant its next head task may start.
 local function run_due(member, now, out)
@@ -153,10 +187,9 @@ local function run_due(member, now, out)
       return
     end
     local slot, id = split(head)
-    local task = prefix .. 't:' .. id
     -- The task's user, payload, kind, cost and policy (absent: no payload, the `default`
     -- kind, 1 unit, the default policy).
-    local record = redis.call('HMGET', task, 'u', 'p', 'k', 'w', 'l')
+    local record = redis.call('HMGET', prefix .. 't:' .. id, 'u', 'p', 'k', 'w', 'l')
     local windows, cost = task_rule(record[5], record[4])
     local completions = recent_completions(done, windows)
     local at = earliest_start(completions, slot, windows, cost)
@@ -166,37 +199,18 @@ local function run_due(member, now, out)
     end
     redis.call('LPOP', q)
     count('queued', -1)
-    if breaks_rule(completions, slot, now, windows, cost) then count('rule_violations', 1) end
-    if history > 0 then
-      if cost == 1 then redis.call('RPUSH', done, int(now)) else redis.call('RPUSH', done, int(now) .. '*' .. cost) end
-      redis.call('LTRIM', done, -history, -1)
-      redis.call('PEXPIRE', done, history_ms + 1000)
-    end
-    local late = now - slot
-    local user, kind = record[1] or '', record[3] or 'default'
-    count('completed:' .. kind, 1)
-    count('lateness_sum_ms', late)
-    for _, bound in ipairs(lateness_buckets_ms) do
-      if late <= bound then count('lateness_le:' .. bound, 1) break end
-    end
-    redis.call('HSET', task, 'c', int(now))
-    redis.call('PEXPIRE', task, task_ttl)
-    local entry = {'task_id', id, 'user_id', user, 'slot', int(slot), 'completed_at', int(now),
-      'kind', kind, 'cost', cost, 'policy', record[5] or default_spec}
-    if record[2] then
-      table.insert(entry, 'payload')
-      table.insert(entry, record[2])
-    end
-    redis.call('XADD', log_key, '*', unpack(entry))
-    for _, v in ipairs({id, user, int(slot), int(now)}) do table.insert(out, v) end
+    local task = {id = id, slot = slot, user = record[1] or '', kind = record[3] or 'default', cost = cost,
+      spec = record[5] or default_spec, windows = windows, completions = completions, payload = record[2] or nil}
+    complete(done, task, {}, now, out)
   end
 end
 
 -- Wakes the drainers (a tick on their channel, spin.toml) when tasks wait but no drainer
 -- holds the lease; at most once per 200 ms, so a burst of requests publishes one wake-up,
 -- not one each. Publishing here saves the caller a round trip. Returns 1 if it published.
-local function wake_drainer()
-  if redis.call('EXISTS', lease_key) == 1 or redis.call('ZCARD', due_key) == 0 then return 0 end
+-- `waiting`: the caller knows tasks wait (it just queued one), so `due` needs no look.
+local function wake_drainer(waiting)
+  if redis.call('EXISTS', lease_key) == 1 or (not waiting and redis.call('ZCARD', due_key) == 0) then return 0 end
   if not redis.call('SET', kick_key, '1', 'NX', 'PX', 200) then return 0 end
   redis.call('PUBLISH', tick_channel, '')
   return 1
@@ -229,6 +243,8 @@ local function file_tasks(member, user, kind, now, tasks)
   -- they were (every script that changes a head refiles the lane), so the common queued
   -- admission skips `run_due` and its half-dozen commands.
   local new_head = false
+  -- Completions of tasks that ran without being queued, and how many tasks were queued.
+  local ran_now, queued_now = {}, 0
   for _, task in ipairs(tasks) do
     local id, slot, idem, payload = task.id, task.slot, task.idem, task.payload
     local slot_s = int(slot)
@@ -238,38 +254,59 @@ local function file_tasks(member, user, kind, now, tasks)
     if kind ~= 'default' then table.insert(fields, 'k') table.insert(fields, kind) end
     if task.cost ~= 1 then table.insert(fields, 'w') table.insert(fields, task.cost) end
     if task.spec ~= default_spec then table.insert(fields, 'l') table.insert(fields, task.spec) end
-    redis.call('HSET', prefix .. 't:' .. id, unpack(fields))
     local entry = slot_s .. ':' .. id
-    -- Usually the tail: insert after the last entry with a slot no later than ours.
     local tail = redis.call('LINDEX', q, -1)
-    local position = false
-    if not tail or split(tail) <= slot then
-      position = redis.call('RPUSH', q, entry)
-      if position == 1 then new_head = true end
-    else
-      local i, pivot = redis.call('LLEN', q) - 2, nil
-      while i >= 0 do
-        local e = redis.call('LINDEX', q, i)
-        if split(e) <= slot then pivot = e break end
-        i = i - 1
+    -- With nothing queued in the lane, a task whose slot has come and that the rule allows on
+    -- the lane's completions runs here and now, never entering the queue: what queueing it
+    -- and `run_due` would do, without their round of commands. (An empty queue is never
+    -- filed in `due`: every script that empties one removes it.)
+    local runs_now = false
+    if not tail and slot <= now then
+      local windows = windows_of(task.spec)
+      local done = prefix .. 'done:' .. member
+      local completions = recent_completions(done, windows)
+      if earliest_start(completions, slot, windows, task.cost) <= now then
+        local ran = {id = id, slot = slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
+          windows = windows, completions = completions}
+        if payload ~= '' then ran.payload = payload end
+        complete(done, ran, fields, now, ran_now)
+        runs_now = true
       end
-      if pivot then redis.call('LINSERT', q, 'AFTER', pivot, entry)
+    end
+    local position = false
+    if not runs_now then
+      redis.call('HSET', prefix .. 't:' .. id, unpack(fields))
+      queued_now = queued_now + 1
+      -- Usually the tail: insert after the last entry with a slot no later than ours.
+      if not tail or split(tail) <= slot then
+        position = redis.call('RPUSH', q, entry)
+        if position == 1 then new_head = true end
       else
-        redis.call('LPUSH', q, entry)
-        new_head = true
+        local i, pivot = redis.call('LLEN', q) - 2, nil
+        while i >= 0 do
+          local e = redis.call('LINDEX', q, i)
+          if split(e) <= slot then pivot = e break end
+          i = i - 1
+        end
+        if pivot then redis.call('LINSERT', q, 'AFTER', pivot, entry)
+        else
+          redis.call('LPUSH', q, entry)
+          new_head = true
+        end
       end
     end
     table.insert(entries, {id, entry, position})
   end
-  count('queued', #entries)
+  count('queued', queued_now)
 
   local out = {}
   if new_head then run_due(member, now, out) end
-  wake_drainer()
+  if queued_now > 0 then wake_drainer(true) end
   -- `run_due` reports each task it ran as (id, user, slot, completed_at); all of them were
   -- ahead of any of ours it left queued.
   local ran, ran_count = {}, #out / 4
   for r = 1, #out, 4 do ran[out[r]] = out[r + 3] end
+  for r = 1, #ran_now, 4 do ran[ran_now[r]] = ran_now[r + 3] end
   local inline, queued = 0, 0
   local reply = {'filed', now, #entries}
   for _, e in ipairs(entries) do
@@ -290,5 +327,5 @@ local function file_tasks(member, user, kind, now, tasks)
   end
   count_answer('inline', kind, inline)
   count_answer('queued', kind, queued)
-  return append(reply, out)
+  return append(append(reply, ran_now), out)
 end

@@ -1,0 +1,88 @@
+//! What an admission costs Redis, counted with `MONITOR` on a real redis-server: the
+//! commands the admission script runs for a fresh user's task (run inline) and for a task
+//! queued behind others, the two common cases. A change that adds commands to either fails
+//! here, not only in a benchmark.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+use support::{Host, HostOptions, Redis};
+
+/// Most commands a fresh user's inline admission may run: the clock, the ledger (read and
+/// written), the backlog, the lane's tail and completions, the completion record and its
+/// history, the log entry, and three counters.
+const FRESH_INLINE_BUDGET: usize = 15;
+/// Most commands for a task queued behind the lane's others: the clock, the ledger, the
+/// backlog, the record, the tail and the push, the drainer's lease (and, when no drainer
+/// leads yet, the 200 ms wake-up's key), and two counters.
+const QUEUED_BEHIND_BUDGET: usize = 11;
+
+#[test]
+fn admissions_stay_within_their_command_budget() {
+    let redis = Redis::start();
+    let host = Host::start(&redis, &HostOptions::default());
+    // Loads the scripts (the first call of each answers NOSCRIPT and sends the text).
+    assert_eq!(host.post_task(r#"{"user_id":"warm-up"}"#).status, 200);
+
+    let mut monitor = Command::new("redis-cli")
+        .args(["-u", &redis.url(), "monitor"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-cli monitor: {e}"));
+    let (sender, lines) = channel();
+    if let Some(out) = monitor.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // MONITOR answers OK once it is listening.
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).ok().as_deref(), Some("OK"));
+
+    let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"counted"}"#).status).collect();
+    assert_eq!(statuses, [200, 202, 202]);
+    // A marker after the admissions: every line before it belongs to them or the drainer.
+    redis.cli(&["ECHO", "end-of-admissions"]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("end-of-admissions") => break,
+            Ok(line) => seen.push(line),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!("no end marker in MONITOR"),
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+
+    // Each script's own commands follow the client's EVALSHA line, marked `[0 lua]`; scripts
+    // are atomic, so no other client's lines come between them.
+    let mut admissions: Vec<Vec<String>> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in &seen {
+        if line.contains(" lua] ") {
+            if let Some(i) = current {
+                admissions[i].push(line.split(" lua] ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string());
+            }
+        } else if line.contains("\"EVALSHA\"") && line.contains("\"counted\"") {
+            admissions.push(Vec::new());
+            current = Some(admissions.len() - 1);
+        } else {
+            current = None;
+        }
+    }
+    assert_eq!(admissions.len(), 3, "three admissions in:\n{}", seen.join("\n"));
+    let (fresh, behind) = (&admissions[0], &admissions[2]);
+    assert!(fresh.iter().any(|c| c == "\"XADD\""), "the fresh task ran inline: {fresh:?}");
+    assert!(fresh.len() <= FRESH_INLINE_BUDGET, "{} commands for a fresh inline admission: {fresh:?}", fresh.len());
+    assert!(behind.iter().any(|c| c == "\"RPUSH\""), "the third task was queued: {behind:?}");
+    assert!(behind.len() <= QUEUED_BEHIND_BUDGET, "{} commands for a queued admission: {behind:?}", behind.len());
+    eprintln!("commands per admission: fresh inline {} {fresh:?}; queued behind others {} {behind:?}", fresh.len(), behind.len());
+}
