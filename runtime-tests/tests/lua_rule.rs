@@ -117,7 +117,7 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap_or_else(|e| panic!("FLUSHALL: {e}"));
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).unwrap_or_else(|e| panic!("TIME: {e}"));
         let mut t = secs * 1_000 + micros / 1_000 - 62_000 + rng.next(4_000) as i64;
-        let seq = rng.next(1_000) as u64;
+        let seq = rng.next(1_000);
         // Tags of the app's width (12 characters) with unit costs (read in place by the
         // script), of another width, mixed, or weighted (read entry by entry).
         let shape = case % 4;
