@@ -20,10 +20,16 @@ pub fn render(counters: &[(String, i64)]) -> String {
         "counter",
         "HTTP answers by status (a 503 for an unreachable Redis cannot be counted in Redis).",
     );
+    // Admissions and completions are counted per kind (`admitted:<placement>:<kind>`,
+    // `completed:<kind>`); the totals are their sums (and, for data from before kinds
+    // existed, the plain `admitted:<placement>` and `completed` counters).
+    let per_kind = |prefix: &str| -> BTreeMap<&str, i64> {
+        fields.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_prefix(':')?, *v))).collect()
+    };
     // An admission's 200 or 202 is counted only as the admission (per kind): add those.
     let mut statuses: BTreeMap<&str, i64> = fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, *v))).collect();
     for (placement, status) in [("inline", "200"), ("queued", "202")] {
-        let admitted: i64 = fields.iter().filter_map(|(k, v)| k.strip_prefix("admitted:")?.strip_prefix(placement)?.strip_prefix(':').map(|_| *v)).sum();
+        let admitted: i64 = per_kind(&format!("admitted:{placement}")).values().sum();
         if admitted != 0 {
             *statuses.entry(status).or_insert(0) += admitted;
         }
@@ -31,12 +37,6 @@ pub fn render(counters: &[(String, i64)]) -> String {
     for (code, value) in statuses {
         let _ = writeln!(out, "{name}{{status=\"{code}\"}} {value}");
     }
-    // Admissions and completions are counted per kind (`admitted:<placement>:<kind>`,
-    // `completed:<kind>`); the totals are their sums (and, for data from before kinds
-    // existed, the plain `admitted:<placement>` and `completed` counters).
-    let per_kind = |prefix: &str| -> BTreeMap<&str, i64> {
-        fields.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_prefix(':')?, *v))).collect()
-    };
     let name = family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
     for placement in ["inline", "queued"] {
         let field = format!("admitted:{placement}");
