@@ -11,5 +11,7 @@ prereqs_tag=test.sh
 need_wasm_target
 need_commands redis-server=redis-server redis-cli=redis-server chromium=chromium node=nodejs npm=npm
 
+# Incremental state only pays off across edits; a one-shot run would leave gigabytes of it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --target wasm32-wasip2 --release
 cargo test --workspace "$@"
