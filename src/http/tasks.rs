@@ -85,12 +85,16 @@ pub async fn read_request(request: Request, limit: usize) -> Result<(http::reque
 
 /// The Idempotency-Key header: absent, or 1–128 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let bytes = value.as_bytes();
+    headers.get("idempotency-key").map(|value| check_idempotency_key(value.as_bytes())).transpose()
+}
+
+/// An Idempotency-Key header's bytes, if they are 1–128 visible ASCII characters (public for
+/// the fuzz target).
+pub fn check_idempotency_key(bytes: &[u8]) -> Result<String, String> {
     if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Err(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"));
     }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// A validated `POST /api/v1/task` body.
