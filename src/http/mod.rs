@@ -6,10 +6,10 @@
 //! - `admin`: the log, the page's overview, `/metrics`, `/healthz`, and the admin token;
 //! - `headers`: the rate-limit fields, from the windows of a task's policy.
 
-mod admin;
+pub mod admin;
 pub mod headers;
 pub mod tasks;
-mod users;
+pub mod users;
 
 use crate::admission::{AdmitError, LaneNow, Outcome, Task};
 use crate::config::Config;
