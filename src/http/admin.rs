@@ -50,8 +50,10 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
     let mut limit = LOG_PAGE_DEFAULT;
     for (name, value) in query_pairs(query) {
         match name {
-            "after" if is_stream_id(value) => after = Some(value.to_string()),
-            "after" => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
+            "after" => match parse_stream_id(value) {
+                Some(id) => after = Some(id),
+                None => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
+            },
             "limit" => match value.parse::<u32>() {
                 Ok(n) if (1..=LOG_PAGE_MAX).contains(&n) => limit = n,
                 _ => return problem::bad_request(format!("limit must be a whole number from 1 to {LOG_PAGE_MAX}")),
@@ -59,7 +61,11 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
             _ => return problem::bad_request(format!("unknown query parameter {name:?}; use after and limit")),
         }
     }
+    // Written as Redis writes ids (no leading zeros) for the query and the Next-Cursor.
+    let after = after.map(|(ms, seq)| format!("{ms}-{seq}"));
     let page = match Queue::connect(config).await {
+        // Nothing can follow the largest id, and Redis refuses to start a range after it.
+        Ok(_) if after.as_deref() == Some(LAST_STREAM_ID) => Ok(Vec::new()),
         Ok(queue) => queue.log_page(after.as_deref(), limit).await,
         Err(e) => Err(e),
     };
@@ -90,12 +96,17 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
     response
 }
 
-/// A Redis stream id: `<ms>-<seq>`, each a 64-bit unsigned number (Redis refuses a larger one
-/// with an error that is the client's fault, not an outage).
-fn is_stream_id(s: &str) -> bool {
-    let mut parts = s.split('-');
-    let number = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok());
-    number(parts.next()) && number(parts.next()) && parts.next().is_none()
+/// The largest Redis stream id.
+const LAST_STREAM_ID: &str = "18446744073709551615-18446744073709551615";
+
+/// A Redis stream id: `<ms>-<seq>`, each a 64-bit unsigned decimal, leading zeros allowed as
+/// Redis allows them (Redis refuses a larger one with an error that is the client's fault,
+/// not an outage). The contract's pattern for `after` says the same (the fuzz target
+/// `log_cursor` checks that they agree).
+pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
+    let number = |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u64>().ok() } else { None };
+    let (ms, seq) = s.split_once('-')?;
+    Some((number(ms)?, number(seq)?))
 }
 
 /// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page, with the
@@ -272,14 +283,11 @@ mod tests {
 
     #[test]
     fn stream_ids() {
-        assert!(is_stream_id("1700000000000-0"));
-        assert!(!is_stream_id("1700000000000"));
-        assert!(!is_stream_id("-"));
-        assert!(!is_stream_id("1-2-3"));
-        assert!(!is_stream_id("abc-1"));
-        assert!(is_stream_id("18446744073709551615-18446744073709551615"));
-        assert!(!is_stream_id("18446744073709551616-0"));
-        assert!(!is_stream_id("0-18446744073709551616"));
-        assert!(!is_stream_id("+1-0"));
+        assert_eq!(parse_stream_id("1700000000000-0"), Some((1_700_000_000_000, 0)));
+        assert_eq!(parse_stream_id("0000000000000000000000000007-01"), Some((7, 1)));
+        assert_eq!(parse_stream_id(LAST_STREAM_ID), Some((u64::MAX, u64::MAX)));
+        for bad in ["1700000000000", "-", "1-2-3", "abc-1", "18446744073709551616-0", "0-18446744073709551616", "+1-0", "1-+0", "1-"] {
+            assert_eq!(parse_stream_id(bad), None, "{bad}");
+        }
     }
 }
