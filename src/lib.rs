@@ -36,13 +36,18 @@ pub mod queue;
 pub mod scripts;
 pub mod slot;
 
-/// The HTTP component: every route of `http::handle`.
+/// The HTTP component: every route of `http::handle`. The entry points exist only in the
+/// `.wasm`: natively (the fuzz targets link this crate) the rlib's cdylib twin would export
+/// names such as `[async-lift]spin:redis/…`, which the native linker's version script cannot
+/// spell.
+#[cfg(target_arch = "wasm32")]
 #[spin_sdk::http_service]
 async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
     crate::http::handle(request).await
 }
 
 /// The drainer component: a tick or a lease-expiry notification wakes it.
+#[cfg(target_arch = "wasm32")]
 #[spin_sdk::redis_subscriber]
 async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     drainer::on_message(message).await

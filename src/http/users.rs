@@ -21,10 +21,13 @@ use spin_sdk::http::Request;
 const MAX_TIER_BODY: usize = 1024;
 
 fn user_id(encoded: &str) -> Result<String, HttpResponse> {
-    match percent_decode(encoded, false) {
-        Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => Ok(id),
-        _ => Err(problem::bad_request(format!("the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"))),
-    }
+    decode_user_id(encoded)
+        .ok_or_else(|| problem::bad_request(format!("the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")))
+}
+
+/// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, 1 to 128 characters.
+pub fn decode_user_id(encoded: &str) -> Option<String> {
+    percent_decode(encoded, false).filter(|id| (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()))
 }
 
 /// Where one user stands, in work bounded whatever their backlog: their tier and, per kind,
