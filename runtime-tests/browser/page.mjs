@@ -9,7 +9,7 @@
 // policies={"kinds": {"email": ["2/10s"]}}:
 //   BASE_URL=http://127.0.0.1:3000 SCREENSHOT=/tmp/page.png node runtime-tests/browser/page.mjs
 // Exits non-zero with a message on any failure.
-import { chromium } from 'playwright-core';
+import { Failure, collectProblems, exitWith, fail, launch } from './lib.mjs';
 
 const BASE_URL = (process.env.BASE_URL || '').replace(/\/+$/, '');
 const SCREENSHOT = process.env.SCREENSHOT || '';
@@ -27,21 +27,12 @@ const lane = (kind) => `.lane[data-kind="${kind}"]`;
 // A user id that must come out as text, never as markup.
 const NASTY = `<img src=x onerror="window.__xss=1">'"<script>window.__xss=2</script> 😀`;
 
-class Failure extends Error {}
-function fail(message) {
-  throw new Failure(message);
-}
 async function api(path) {
   const res = await fetch(`${BASE_URL}${path}`);
   const text = await res.text();
   if (res.status !== 200) fail(`GET ${path} answered ${res.status}: ${text}`);
   return JSON.parse(text);
 }
-function exitWith(message) {
-  console.error(`page test FAILED: ${message}`);
-  process.exit(1);
-}
-
 if (!BASE_URL) exitWith('set BASE_URL, e.g. BASE_URL=http://127.0.0.1:3000');
 if (!SCREENSHOT) exitWith('set SCREENSHOT to the output path of the screenshot');
 
@@ -54,33 +45,13 @@ const problems = [];
 let step = 'launching Chromium';
 let expecting422 = false;
 try {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launch(CHROMIUM);
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
   page.setDefaultTimeout(10_000);
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   // Chromium reports every non-2xx answer to fetch on the console; the 422 this test provokes
   // is expected (`expecting422` is set from then on: the console message may come late, and
   // every later submission's answer is checked on the page).
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    const url = m.location()?.url ?? '';
-    if (expecting422 && url.endsWith('/api/v1/task') && m.text().includes('status of 422')) return;
-    problems.push(`console error: ${m.text()} (${url})`);
-  });
-  page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText ?? ''}`));
+  collectProblems(page, problems, (text, url) => expecting422 && url.endsWith('/api/v1/task') && text.includes('status of 422'));
 
   // Submits the form once and returns the answer shown (the result line changes from
   // "submitting…" to the answer).

@@ -9,14 +9,22 @@
 //! its 10 s window, until they run; both lanes are checked against `GET /api/v1/users/{id}`
 //! and the log. It saves a screenshot (to `docs/page.png`, the README's picture, with
 //! `UPDATE_SCREENSHOT=1`).
+//!
+//! With `auth = api_key` (`runtime-tests/browser/page-auth.mjs`), a user's API key in the
+//! "Token or key" field: the page shows the user's own view (the overview is the admin's),
+//! takes the user from the key when the user id is left empty, lists the tasks it submitted
+//! in "my tasks" (one run, one cancelled from there) and the user's lanes, and shows a bad
+//! key's 401 detail.
 
 mod support;
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use support::{Host, HostOptions, Redis};
+use support::{Host, HostOptions, Redis, request};
 
 fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
@@ -72,12 +80,42 @@ fn install_playwright(browser_dir: &Path) {
     );
 }
 
+/// One browser test at a time: each runs a host and Chromium, and the first one's timings
+/// (tasks a second apart) should not compete with a second Chromium; `npm ci` runs once.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `runtime-tests/browser/<script>` in Node against `host` (its `BASE_URL`), with Chromium
+/// and `env`, and returns what it printed; fails the test with everything said when it fails.
+fn drive_browser(script: &str, host: &Host, env: &[(&str, OsString)]) -> String {
+    let chromium = chromium();
+    assert!(
+        chromium.exists(),
+        "{} is missing: the browser test needs Debian's Chromium (`apt-get install -y chromium`), or set CHROMIUM to a Chromium binary",
+        chromium.display()
+    );
+    let root = support::repo_root();
+    let browser_dir = root.join("runtime-tests/browser");
+    install_playwright(&browser_dir);
+    let mut node = Command::new("node");
+    node.current_dir(&root).arg(browser_dir.join(script)).env("BASE_URL", format!("http://{}", host.addr)).env("CHROMIUM", &chromium);
+    for (name, value) in env {
+        node.env(name, value);
+    }
+    let (ok, stdout, stderr) = run(node, Duration::from_secs(150));
+    assert!(ok, "the browser test {script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nhost stderr:\n{}", host.stderr_text());
+    stdout
+}
+
 /// The default kind as SPEC §1 has it (1 per second, 20 per minute), and `email`.
 const POLICIES: &str = r#"{"kinds": {"email": ["2/10s"]}}"#;
 const USER: &str = "browser-user";
 
 #[test]
 fn the_page_shows_queued_tasks_completing_within_the_limits() {
+    let _turn = one_at_a_time();
     let redis = Redis::start();
     let options = HostOptions { variables: vec![("policies".into(), POLICIES.into())], ..HostOptions::default() };
     let host = Host::start(&redis, &options);
@@ -88,40 +126,17 @@ fn the_page_shows_queued_tasks_completing_within_the_limits() {
     assert!(content_type.starts_with("text/html"), "GET / has content-type {content_type:?}");
     assert!(page.body.contains("id=\"lanes\"") && page.body.contains("id=\"kind\""), "GET / is not the page:\n{}", page.body);
 
-    let chromium = chromium();
-    assert!(
-        chromium.exists(),
-        "{} is missing: the browser test needs Debian's Chromium (`apt-get install -y chromium`), or set CHROMIUM to a Chromium binary",
-        chromium.display()
-    );
-
-    let root = support::repo_root();
-    let browser_dir = root.join("runtime-tests/browser");
-    install_playwright(&browser_dir);
-
     // The README's picture is written only when asked for (UPDATE_SCREENSHOT=1), so that a
     // test run leaves the work tree as it found it.
     let dir = match std::env::var_os("UPDATE_SCREENSHOT") {
-        Some(_) => root.join("docs"),
+        Some(_) => support::repo_root().join("docs"),
         None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
     };
     let _ = std::fs::create_dir_all(&dir);
     let screenshot = dir.join("page.png");
     let _ = std::fs::remove_file(&screenshot);
 
-    let mut node = Command::new("node");
-    node.current_dir(&root)
-        .arg(browser_dir.join("page.mjs"))
-        .env("BASE_URL", format!("http://{}", host.addr))
-        .env("SCREENSHOT", &screenshot)
-        .env("CHROMIUM", &chromium);
-    let (ok, stdout, stderr) = run(node, Duration::from_secs(150));
-    assert!(
-        ok,
-        "the browser test failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nhost stderr:\n{}",
-        host.stderr_text()
-    );
-    print!("{stdout}");
+    print!("{}", drive_browser("page.mjs", &host, &[("SCREENSHOT", screenshot.clone().into())]));
 
     // What the browser saw, once more from here: the user's two lanes, everything run.
     let state = host.get(&format!("/api/v1/users/{USER}"));
@@ -135,4 +150,41 @@ fn the_page_shows_queued_tasks_completing_within_the_limits() {
 
     let png = std::fs::read(&screenshot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG ({} bytes)", screenshot.display(), png.len());
+}
+
+const ADMIN_TOKEN: &str = "page-admin-t0ken";
+/// One task per minute in the default lane, so that a second one waits long enough to be
+/// cancelled from the page; `email` shows that every kind has its row.
+const AUTH_POLICIES: &str = r#"{"kinds": {"default": ["1/60s"], "email": ["2/10s"]}}"#;
+const KEY_USER: &str = "key-user";
+
+#[test]
+fn with_an_api_key_the_page_shows_the_users_own_tasks_and_lanes() {
+    let _turn = one_at_a_time();
+    let redis = Redis::start();
+    let variables = [("auth", "api_key"), ("admin_token", ADMIN_TOKEN), ("policies", AUTH_POLICIES)];
+    let variables = variables.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+    let options = HostOptions { variables, ..HostOptions::default() };
+    let host = Host::start(&redis, &options);
+
+    // The admin makes the user's key.
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let body = format!(r#"{{"user_id": "{KEY_USER}"}}"#);
+    let headers = [("Authorization", admin.as_str()), ("Content-Type", "application/json")];
+    let made = request(&host.addr, "POST", "/api/v1/keys", &headers, body.as_bytes());
+    assert_eq!(made.status, 201, "POST /api/v1/keys answered {}: {}", made.status, made.body);
+    let key = made.json()["key"].as_str().unwrap_or_else(|| panic!("no key in {}", made.body)).to_string();
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-auth.png");
+    let env = [("KEY", key.clone().into()), ("USER_ID", KEY_USER.into()), ("SCREENSHOT", screenshot.into())];
+    print!("{}", drive_browser("page-auth.mjs", &host, &env));
+
+    // What the page did, as the admin sees it: one task run, the other cancelled.
+    let state = request(&host.addr, "GET", &format!("/api/v1/users/{KEY_USER}"), &[("Authorization", &admin)], b"");
+    assert_eq!(state.status, 200, "GET /api/v1/users/{KEY_USER} answered {}: {}", state.status, state.body);
+    let lane = &state.json()["kinds"]["default"];
+    assert!(
+        lane["queued"] == 0 && lane["recent_completions"].as_array().map_or(0, Vec::len) == 1,
+        "the default lane of {KEY_USER} should have run 1 task and hold none: {lane}"
+    );
 }
