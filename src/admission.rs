@@ -23,6 +23,7 @@ use crate::ledger::{self, Arrival, KvLedger, Ledger, LedgerError};
 use crate::policy::Policy;
 use crate::queue::{AdmitPolicy, Admission, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
 use crate::slot::{Spent, Window};
+use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -76,6 +77,9 @@ pub enum Outcome {
     TooCostly { window: Window, tier: Option<String> },
     /// A concurrent request with the same Idempotency-Key is still being admitted.
     KeyInUse,
+    /// The Idempotency-Key named an earlier task with another kind, cost or payload
+    /// (draft-ietf-httpapi-idempotency-key-header §2.7: a 422, not the earlier task).
+    KeyReused,
 }
 
 #[derive(Clone, Debug)]
@@ -448,6 +452,10 @@ async fn replay(
     let Some(record) = queue.task(task_id).await? else {
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
+    let new = request.new;
+    if record.kind != new.kind || record.cost != new.cost || record.payload.as_deref().map(RawValue::get) != new.payload {
+        return Ok(Outcome::KeyReused);
+    }
     let placement = match (record.completed_at, record.cancelled_at) {
         (Some(completed_at), _) => Placement::Completed { completed_at },
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },

@@ -15,6 +15,7 @@
 //! - `policy`: kinds, tiers and their windows (SPEC §7), as data.
 //! - `http`: the HTTP API, one file per resource; routing, validation, responses and the
 //!   rate-limit fields.
+//! - `auth`: who is calling (the `auth` variable: none, JWT or API keys) and what they may do.
 //! - `problem`: RFC 9457 problem responses.
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
@@ -23,6 +24,7 @@
 //! for HTTP, `drainer` for Redis messages), each with its own trigger and permissions.
 
 pub mod admission;
+pub mod auth;
 pub mod http;
 pub mod config;
 pub mod deadline;

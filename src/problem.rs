@@ -102,6 +102,29 @@ pub fn unauthorized() -> HttpResponse {
     with_header(response, header::WWW_AUTHENTICATE, "Bearer")
 }
 
+/// Missing or bad credentials (`auth` on). `error` is RFC 6750 §3.1's code (`""` when no
+/// credentials came, which §3.1 says to answer without one); `detail` never repeats them.
+pub fn unauthenticated(error: &str, detail: impl Into<String>) -> HttpResponse {
+    let response = problem(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", detail);
+    let challenge = if error.is_empty() { "Bearer".to_string() } else { format!("Bearer error=\"{error}\"") };
+    with_header(response, header::WWW_AUTHENTICATE, &challenge)
+}
+
+/// A verified caller asking to act for someone else.
+pub fn forbidden(detail: impl Into<String>) -> HttpResponse {
+    problem(StatusCode::FORBIDDEN, "forbidden", "Not yours", detail)
+}
+
+/// A repeated Idempotency-Key with another request behind it (the IETF draft's 422).
+pub fn idempotency_key_reused() -> HttpResponse {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        "Idempotency-Key already used for another request",
+        "this Idempotency-Key named an earlier task with a different kind, cost or payload; use a new key for a new task",
+    )
+}
+
 pub fn conflict(detail: impl Into<String>) -> HttpResponse {
     with_header(problem(StatusCode::CONFLICT, "conflict", "Conflict", detail), header::RETRY_AFTER, "1")
 }

@@ -55,6 +55,9 @@ pub static OVERVIEW: Script = Script::new(include_str!("scripts/overview.lua"));
 pub static READ_TASK: Script = Script::new(include_str!("scripts/read_task.lua"));
 pub static CANCEL: Script = Script::new(include_str!("scripts/cancel.lua"));
 pub static USER_STATE: Script = Script::new(include_str!("scripts/user_state.lua"));
+pub static KEY_CREATE: Script = Script::new(include_str!("scripts/key_create.lua"));
+pub static KEY_LIST: Script = Script::new(include_str!("scripts/key_list.lua"));
+pub static KEY_REVOKE: Script = Script::new(include_str!("scripts/key_revoke.lua"));
 
 /// Runs `script` with `args` (ARGV from 1: the shared header, then the script's own).
 pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, Error> {
@@ -85,7 +88,7 @@ mod tests {
 
     #[test]
     fn every_script_has_its_own_sha_of_its_full_text() {
-        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &CANCEL, &USER_STATE, &READ_TASK];
+        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &CANCEL, &USER_STATE, &READ_TASK, &KEY_CREATE, &KEY_LIST, &KEY_REVOKE];
         let mut shas: Vec<&str> = all.iter().map(|s| s.compiled().1.as_str()).collect();
         assert!(shas.iter().all(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())));
         shas.sort_unstable();

@@ -242,6 +242,28 @@ fn a_repeated_idempotency_key_returns_the_original_task() {
     }
 }
 
+/// The same Idempotency-Key with another payload, kind or cost is a 422 (the IETF draft), not
+/// the earlier task, and stores nothing; the original body still replays.
+#[test]
+fn an_idempotency_key_reused_for_another_request_is_422() {
+    let (redis, host) = start();
+    let send = |body: &str| {
+        request(&host.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json"), ("Idempotency-Key", "order-9")], body.as_bytes())
+    };
+    let original = r#"{"user_id":"frank","payload":{"n":1}}"#;
+    let first = send(original);
+    assert_eq!(first.status, 200, "{}", first.body);
+    for other in [r#"{"user_id":"frank","payload":{"n":2}}"#, r#"{"user_id":"frank"}"#, r#"{"user_id":"frank","payload":{"n":1},"cost":2}"#] {
+        let reply = send(other);
+        assert_eq!(reply.status, 422, "{other}: {}", reply.body);
+        assert_eq!(reply.json()["type"], "urn:task-api:problem:idempotency-key-reused");
+    }
+    let again = send(original);
+    assert_eq!((again.status, again.header("idempotency-replayed")), (200, Some("true")), "{}", again.body);
+    assert_eq!(again.json()["task_id"], first.json()["task_id"]);
+    assert_eq!(redis.cli(&["XLEN", "task_log"]).trim(), "1");
+}
+
 /// Concurrent duplicates (same user, same key) create exactly one task.
 #[test]
 fn concurrent_duplicates_create_one_task() {

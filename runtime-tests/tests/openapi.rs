@@ -385,6 +385,55 @@ fn every_answer_matches_the_openapi_document() {
     let read = see("GET", route, kinds.get(&path(&big)));
     assert_eq!((read.json()["kind"].as_str(), read.json()["cost"].as_i64()), (Some("email"), Some(6)), "{}", read.body);
 
+    // An Idempotency-Key reused for another request: 422.
+    let reused = see("POST", "/api/v1/task", post(&host, &keyed, r#"{"user_id":"oa","cost":2}"#));
+    assert_eq!(reused.status, 422, "{}", reused.body);
+
+    // `auth = api_key`: keys made, listed and revoked; 401 without or with bad credentials,
+    // 403 for another user, 404 for another user's task.
+    let keyed_host = Host::start(
+        &redis,
+        &HostOptions { variables: vec![("auth".into(), "api_key".into()), ("admin_token".into(), TOKEN.into())], ..HostOptions::default() },
+    );
+    let admin = format!("Bearer {TOKEN}");
+    let as_admin = [("Content-Type", "application/json"), ("Authorization", admin.as_str())];
+    let keys_route = "/api/v1/keys";
+    let make = |user: &str| request(&keyed_host.addr, "POST", keys_route, &as_admin, format!(r#"{{"user_id":"{user}"}}"#).as_bytes());
+    let made = see("POST", keys_route, make("ka"));
+    assert_eq!(made.status, 201, "{}", made.body);
+    let other = make("kb").json();
+    let (key_id, key) = (made.json()["key_id"].as_str().unwrap_or_default().to_string(), made.json()["key"].as_str().unwrap_or_default().to_string());
+    let other_key = format!("Bearer {}", other["key"].as_str().unwrap_or_default());
+    assert_eq!(see("POST", keys_route, request(&keyed_host.addr, "POST", keys_route, &as_admin, b"[]")).status, 400);
+    assert_eq!(see("POST", keys_route, request(&keyed_host.addr, "POST", keys_route, &json, br#"{"user_id":"ka"}"#)).status, 401);
+    assert_eq!(see("GET", keys_route, request(&keyed_host.addr, "GET", "/api/v1/keys?user_id=ka", &as_admin, b"")).status, 200);
+    assert_eq!(see("GET", keys_route, request(&keyed_host.addr, "GET", keys_route, &as_admin, b"")).status, 400);
+    let bearer = format!("Bearer {key}");
+    let as_ka = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+    let as_kb = [("Content-Type", "application/json"), ("Authorization", other_key.as_str())];
+    let mine = see("POST", "/api/v1/task", post(&keyed_host, &as_ka, "{}"));
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(see("POST", "/api/v1/task", post(&keyed_host, &as_ka, r#"{"user_id":"kb"}"#)).status, 403);
+    assert_eq!(see("POST", "/api/v1/task", post(&keyed_host, &json, r#"{"user_id":"ka"}"#)).status, 401);
+    let bad_key = [("Authorization", "Bearer tk_nope")];
+    assert_eq!(see("POST", "/api/v1/task", post(&keyed_host, &bad_key, "{}")).status, 401);
+    let task_path = format!("/api/v1/task/{}", mine.json()["task_id"].as_str().unwrap_or_default());
+    let task_route = "/api/v1/task/{task_id}";
+    assert_eq!(see("GET", task_route, request(&keyed_host.addr, "GET", &task_path, &as_ka, b"")).status, 200);
+    assert_eq!(see("GET", task_route, request(&keyed_host.addr, "GET", &task_path, &as_kb, b"")).status, 404);
+    assert_eq!(see("GET", task_route, request(&keyed_host.addr, "GET", &task_path, &[], b"")).status, 401);
+    assert_eq!(see("DELETE", task_route, request(&keyed_host.addr, "DELETE", &task_path, &[], b"")).status, 401);
+    let user_route = "/api/v1/users/{user_id}";
+    assert_eq!(see("GET", user_route, request(&keyed_host.addr, "GET", "/api/v1/users/ka", &as_ka, b"")).status, 200);
+    assert_eq!(see("GET", user_route, request(&keyed_host.addr, "GET", "/api/v1/users/ka", &as_kb, b"")).status, 403);
+    assert_eq!(see("GET", user_route, request(&keyed_host.addr, "GET", "/api/v1/users/ka", &[], b"")).status, 401);
+    let revoke_route = "/api/v1/keys/{key_id}";
+    let revoke_path = format!("/api/v1/keys/{key_id}");
+    assert_eq!(see("DELETE", revoke_route, request(&keyed_host.addr, "DELETE", &revoke_path, &as_admin, b"")).status, 200);
+    assert_eq!(see("DELETE", revoke_route, request(&keyed_host.addr, "DELETE", &revoke_path, &as_admin, b"")).status, 404);
+    assert_eq!(see("DELETE", revoke_route, request(&keyed_host.addr, "DELETE", &revoke_path, &[], b"")).status, 401);
+    assert_eq!(see("POST", "/api/v1/task", post(&keyed_host, &as_ka, "{}")).status, 401);
+
     // Redis stopped (not answering): 503 problems with Retry-After.
     redis.signal("-STOP");
     let unavailable = see("POST", "/api/v1/task", post(&host, &json, r#"{"user_id":"oa2"}"#));

@@ -30,15 +30,9 @@ pub fn admin<'c>(config: &'c Loaded, headers: &HeaderMap) -> Result<&'c Config, 
 }
 
 /// Admin routes are open when no token is configured; otherwise the bearer token must
-/// match, compared in constant time.
+/// match (`auth::is_admin`).
 fn authorized(config: &Config, headers: &HeaderMap) -> bool {
-    let Some(token) = &config.admin_token else { return true };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::auth::is_admin(config, headers)
 }
 
 pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {

@@ -4,14 +4,17 @@
 //! - `tasks`: `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the body rules;
 //! - `users`: `GET /api/v1/users/{id}` and `PUT /api/v1/users/{id}/tier`;
 //! - `admin`: the log, the page's overview, `/metrics`, `/healthz`, and the admin token;
+//! - `keys`: `POST`/`GET /api/v1/keys` and `DELETE /api/v1/keys/{id}` (`auth = api_key`);
 //! - `headers`: the rate-limit fields, from the windows of a task's policy.
 
 pub mod admin;
 pub mod headers;
+mod keys;
 pub mod tasks;
 pub mod users;
 
 use crate::admission::{AdmitError, LaneNow, Outcome, Task};
+use crate::auth::{self, Auth, Caller, Refusal};
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::problem::{self, HttpResponse};
@@ -50,7 +53,13 @@ async fn route(request: Request, config: &Loaded) -> HttpResponse {
     let is_get = method == Method::GET || method == Method::HEAD;
     let (headers, query) = (request.headers(), request.uri().query());
     match path.as_str() {
-        "/api/v1/task" if method == Method::POST => tasks::create(request, config).await,
+        "/api/v1/task" if method == Method::POST => match caller(config, headers).await {
+            Ok(caller) => tasks::create(request, config, &caller).await,
+            Err(response) => response,
+        },
+        "/api/v1/keys" if method == Method::POST => keys::create(request, config).await,
+        "/api/v1/keys" if is_get => keys::list(config, headers, query).await,
+        "/api/v1/keys" => problem::method_not_allowed("GET, HEAD, POST"),
         "/api/v1/task" => problem::method_not_allowed("POST"),
         "/api/v1/log" if is_get => admin::read_log(config, headers, query).await,
         "/api/v1/overview" if is_get => admin::overview(config, headers, query).await,
@@ -63,10 +72,19 @@ async fn route(request: Request, config: &Loaded) -> HttpResponse {
         }
         _ => {
             if let Some(id) = path.strip_prefix("/api/v1/task/") {
+                if !is_get && method != Method::DELETE {
+                    return problem::method_not_allowed("GET, HEAD, DELETE");
+                }
+                let caller = match caller(config, headers).await {
+                    Ok(caller) => caller,
+                    Err(response) => return response,
+                };
+                return if is_get { tasks::get(config, &caller, id).await } else { tasks::cancel(config, &caller, id).await };
+            }
+            if let Some(id) = path.strip_prefix("/api/v1/keys/") {
                 return match method {
-                    _ if is_get => tasks::get(config, id).await,
-                    Method::DELETE => tasks::cancel(config, id).await,
-                    _ => problem::method_not_allowed("GET, HEAD, DELETE"),
+                    Method::DELETE => keys::revoke(config, headers, id).await,
+                    _ => problem::method_not_allowed("DELETE"),
                 };
             }
             let Some(rest) = path.strip_prefix("/api/v1/users/") else {
@@ -75,11 +93,26 @@ async fn route(request: Request, config: &Loaded) -> HttpResponse {
             match rest.strip_suffix("/tier") {
                 Some(user) if method == Method::PUT => users::set_tier(request, config, user).await,
                 Some(_) => problem::method_not_allowed("PUT"),
-                None if is_get => users::state(config, headers, rest).await,
+                None if is_get => match caller(config, headers).await {
+                    Ok(caller) => users::state(config, &caller, headers, rest).await,
+                    Err(response) => response,
+                },
                 None => problem::method_not_allowed("GET, HEAD"),
             }
         }
     }
+}
+
+/// Who is calling a route that acts for a user (`auth.rs`), or the answer that refuses them.
+/// Every such route asks here, once.
+async fn caller(config: &Loaded, headers: &HeaderMap) -> Result<Caller, HttpResponse> {
+    let config = configured(config)?;
+    let auth = Auth::get(config).await.map_err(|e| problem::internal(format!("configuration: {e}")))?;
+    auth::identify(&auth, config, headers).await.map_err(|refusal| match refusal {
+        Refusal::Unauthenticated(code, why) => problem::unauthenticated(code, why),
+        Refusal::Unavailable(e) => problem::unavailable(e),
+        Refusal::Internal(e) => problem::internal(e),
+    })
 }
 
 /// Marks a response that the script behind it already counted in the metrics.
@@ -116,6 +149,7 @@ fn admission_response(config: &Config, outcome: Result<Outcome, AdmitError>) -> 
         Ok(Outcome::Replayed { task, lane }) => task_response(config, task, &lane, true),
         Ok(Outcome::BacklogFull) => problem::backlog_full(config.max_backlog, 1),
         Ok(Outcome::TooCostly { window, tier }) => problem::too_costly(window.quota, window.window_ms, tier.as_deref()),
+        Ok(Outcome::KeyReused) => problem::idempotency_key_reused(),
         Ok(Outcome::KeyInUse) => problem::conflict("a request with this Idempotency-Key is still being admitted; retry"),
         Err(AdmitError::Unavailable(e)) => problem::unavailable(format!("{e}; the task was not stored")),
         Err(AdmitError::Uncertain(e)) => problem::unavailable(format!(

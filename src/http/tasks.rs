@@ -2,6 +2,7 @@
 
 use super::{Loaded, TaskView, admission_response, configured, counted, serialized_response, store_problem};
 use crate::admission::{self, NewTask};
+use crate::auth::{Caller, Denied};
 use crate::deadline::with_deadline;
 use crate::keys::{LaneKey, UserKey, is_task_id};
 use crate::policy::{DEFAULT_KIND, Policies};
@@ -28,7 +29,7 @@ pub const MAX_COST: u32 = crate::policy::MAX_QUOTA;
 /// A request body must arrive within this long.
 const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
-pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
+pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpResponse {
     if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         if !is_json_media_type(text) {
@@ -60,8 +61,13 @@ pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
         Err(BodyError::Invalid(detail)) => return problem::bad_request(detail),
         Err(BodyError::PayloadTooLarge(bytes)) => return problem::payload_too_large(bytes, MAX_PAYLOAD),
     };
+    let user_id = match caller.task_user(task.user_id) {
+        Ok(user_id) => user_id,
+        Err(Denied::NoUser) => return problem::bad_request("user_id is missing"),
+        Err(Denied::OtherUser) => return problem::forbidden("user_id names another user than the caller's credentials; leave it out or name your own"),
+    };
     let new = NewTask {
-        user_id: &task.user_id,
+        user_id: &user_id,
         kind: &task.kind,
         cost: task.cost,
         payload: task.payload.as_deref(),
@@ -100,7 +106,8 @@ pub fn check_idempotency_key(bytes: &[u8]) -> Result<String, String> {
 /// A validated `POST /api/v1/task` body.
 #[derive(Debug, PartialEq)]
 pub struct TaskBody {
-    pub user_id: String,
+    /// `None` when the body names no user: the caller's identity decides (`auth.rs`).
+    pub user_id: Option<String>,
     /// One the configuration defines (`default` when the body names none).
     pub kind: String,
     /// Units, 1 to `MAX_COST` (1 when the body names none).
@@ -120,15 +127,15 @@ pub enum BodyError {
 /// The body's members; any others are ignored.
 #[derive(Deserialize)]
 struct Members<'a> {
-    user_id: Option<Value>,
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
     #[serde(borrow)]
     payload: Option<&'a RawValue>,
     kind: Option<Value>,
     cost: Option<Value>,
 }
 
-/// The body of a new task: `user_id`, a string of 1–128 characters or a JSON integer taken
-/// as its decimal string; an optional `kind` (a string naming a kind of `policies`); an
+/// The body of a new task: an optional `user_id` (`user_id_of`); an optional `kind` (a string naming a kind of `policies`); an
 /// optional `cost` (an integer from 1 to `MAX_COST`); and an optional `payload`, any JSON
 /// value of at most `MAX_PAYLOAD` bytes as sent. The payload is kept as sent (its text, not
 /// a re-serialisation) so that key order and number precision come back unchanged.
@@ -142,18 +149,7 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
         (Some(b'{'), Err(e)) => return Err(invalid(format!("the body is not a valid task: {e}"))),
         _ => return Err(invalid(r#"the body must be a JSON object such as {"user_id": "alice"}"#.to_string())),
     };
-    let user_id = match fields.user_id {
-        None => return Err(invalid("user_id is missing".to_string())),
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        Some(other) => return Err(invalid(format!("user_id must be a string or an integer, not {}", json_type(&other)))),
-    };
-    if user_id.is_empty() {
-        return Err(invalid("user_id must not be empty".to_string()));
-    }
-    if user_id.chars().count() > MAX_USER_ID_CHARS {
-        return Err(invalid(format!("user_id must be at most {MAX_USER_ID_CHARS} characters")));
-    }
+    let user_id = fields.user_id.map(user_id_of).transpose().map_err(invalid)?;
     let kind = match fields.kind {
         None | Some(Value::Null) => DEFAULT_KIND.to_string(),
         Some(Value::String(kind)) if policies.is_kind(&kind) => kind,
@@ -177,11 +173,50 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
     Ok(TaskBody { user_id, kind, cost, payload })
 }
 
+/// A `user_id` member: a string of 1–128 characters, or a JSON integer of any length (the
+/// contract's `integer`) taken as its decimal text: as sent, which JSON's grammar (no leading
+/// zeros) makes the one decimal form of the number, but for `-0`, which is `0`.
+pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
+    let text = raw.get();
+    let id = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).map_err(|e| format!("user_id is not a valid string: {e}"))?
+    } else if text == "-0" {
+        "0".to_string()
+    } else if is_integer_literal(text) {
+        match serde_json::from_str::<serde_json::Number>(text) {
+            Ok(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            _ => text.to_string(),
+        }
+    } else {
+        let what = serde_json::from_str::<Value>(text).map(|v| json_type(&v)).unwrap_or("not JSON");
+        let what = if what == "a number" { "a number with a fraction or an exponent" } else { what };
+        return Err(format!("user_id must be a string or an integer, not {what}"));
+    };
+    if id.is_empty() {
+        return Err("user_id must not be empty".to_string());
+    }
+    if !is_user_id(&id) {
+        return Err(format!("user_id must be at most {MAX_USER_ID_CHARS} characters"));
+    }
+    Ok(id)
+}
+
+/// A user id's one rule wherever it comes from (body, path, query, token): 1–128 characters.
+pub fn is_user_id(id: &str) -> bool {
+    (1..=MAX_USER_ID_CHARS).contains(&id.chars().count())
+}
+
+/// `-?[0-9]+`: a JSON number without fraction or exponent.
+fn is_integer_literal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a non-integer number",
+        Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
@@ -204,11 +239,19 @@ async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, HttpR
     Queue::connect(config).await.map_err(store_problem)
 }
 
-pub async fn get(config: &Loaded, id: &str) -> HttpResponse {
+pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
     let queue = match task_route(config, id).await {
         Ok(queue) => queue,
         Err(response) => return response,
     };
+    // A verified user's answer depends on the owner, so it is counted after (by `handle`).
+    if let Caller::User(_) = caller {
+        return match queue.task(id).await {
+            Ok(Some(task)) if caller.may_act_for(&task.user_id) => serialized_response(StatusCode::OK, &TaskView::of(id, &task)),
+            Ok(_) => problem::not_found(format!("no task {id}")),
+            Err(e) => store_problem(e),
+        };
+    }
     match queue.read_task(id).await {
         Ok(Some(task)) => counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))),
         Ok(None) => counted(problem::not_found(format!("no task {id}"))),
@@ -217,16 +260,17 @@ pub async fn get(config: &Loaded, id: &str) -> HttpResponse {
 }
 
 /// `DELETE /api/v1/task/{id}`: cancels a queued task (`cancel.lua`). Like `GET`, it needs
-/// no admin token: the id (96 random bits) is the capability.
-pub async fn cancel(config: &Loaded, id: &str) -> HttpResponse {
+/// no admin token: without `auth` the id (96 random bits) is the capability; with it, only
+/// the task's owner (or the admin) finds the task, others get the 404 of an unknown id.
+pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
     let queue = match task_route(config, id).await {
         Ok(queue) => queue,
         Err(response) => return response,
     };
     // The record names the lane, whose queue holds the task; the script checks it again.
     let mut task = match queue.task(id).await {
-        Ok(Some(task)) => task,
-        Ok(None) => return problem::not_found(format!("no task {id}")),
+        Ok(Some(task)) if caller.may_act_for(&task.user_id) => task,
+        Ok(_) => return problem::not_found(format!("no task {id}")),
         Err(e) => return store_problem(e),
     };
     if let Some(at) = task.completed_at {
@@ -259,7 +303,7 @@ mod tests {
     }
 
     fn user_id(body: &[u8]) -> Result<String, BodyError> {
-        parse(body).map(|task| task.user_id)
+        parse(body).map(|task| task.user_id.unwrap_or_else(|| "<none>".to_string()))
     }
 
     #[test]
@@ -270,14 +314,23 @@ mod tests {
         let emoji = "😀".repeat(128);
         assert_eq!(user_id(format!(r#"{{"user_id":"{emoji}"}}"#).as_bytes()), Ok(emoji));
         assert_eq!(user_id(br#"{"user_id":"a\u0000b\n"}"#), Ok("a\0b\n".to_string()));
+        // Any JSON integer, however long, as its decimal text; up to 64 bits as before.
+        let long = "123456789012345678901234567890";
+        assert_eq!(user_id(format!(r#"{{"user_id":{long}}}"#).as_bytes()), Ok(long.to_string()));
+        assert_eq!(user_id(format!(r#"{{"user_id":-{long}}}"#).as_bytes()), Ok(format!("-{long}")));
+        assert_eq!(user_id(br#"{"user_id":18446744073709551615}"#), Ok("18446744073709551615".to_string()));
+        assert_eq!(user_id(br#"{"user_id":-0}"#), Ok("0".to_string()));
+        // None named (or null): the caller's identity decides (auth.rs).
+        assert_eq!(user_id(b"{}"), Ok("<none>".to_string()));
+        assert_eq!(user_id(br#"{"user_id":null}"#), Ok("<none>".to_string()));
     }
 
     #[test]
     fn every_wrong_shape_is_an_error() {
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         for body in [
-            &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", b"{}", br#"{"user_id":""}"#,
-            br#"{"user_id":null}"#, br#"{"user_id":1.5}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
+            &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", br#"{"user_id":""}"#,
+            br#"{"user_id":1.5}"#, br#"{"user_id":1e3}"#, br#"{"user_id":-}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
             br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"", br#"{"user_id":"a"} x"#,
             br#"{"user_id":"a","payload":}"#, br#"{"user_id":"a","user_id":"b"}"#,
         ] {
@@ -289,7 +342,7 @@ mod tests {
     fn payloads_are_kept_as_sent_and_bounded() {
         let sent = r#"{"z": 1, "a": [1.0, 12345678901234567890123, "\u00e9"]}"#;
         let body = format!(r#"{{"user_id":"u","payload":{sent}}}"#);
-        assert_eq!(parse(body.as_bytes()), Ok(TaskBody { user_id: "u".into(), kind: "default".into(), cost: 1, payload: Some(sent.to_string()) }));
+        assert_eq!(parse(body.as_bytes()), Ok(TaskBody { user_id: Some("u".into()), kind: "default".into(), cost: 1, payload: Some(sent.to_string()) }));
         for (body, payload) in [(r#"{"user_id":"u"}"#, None), (r#"{"user_id":"u","payload":null}"#, None), (r#"{"user_id":"u","payload":0}"#, Some("0"))] {
             assert_eq!(parse(body.as_bytes()).map(|t| t.payload), Ok(payload.map(str::to_string)), "{body}");
         }
@@ -316,9 +369,10 @@ mod tests {
             let body: Vec<u8> = (0..rng.next(10)).flat_map(|_| rng.pick(&pieces).iter().copied()).collect();
             if let Ok(task) = parse(&body) {
                 accepted += 1;
-                let id = task.user_id;
-                assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
-                assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
+                if let Some(id) = task.user_id {
+                    assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
+                    assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
+                }
                 if let Some(payload) = task.payload {
                     assert!(serde_json::from_str::<Value>(&payload).is_ok(), "{payload:?}");
                 }

@@ -1,11 +1,13 @@
 //! `GET /api/v1/users/{user_id}` (where one user stands, per lane) and
 //! `PUT /api/v1/users/{user_id}/tier` (their tier, live on every replica). The id is
-//! percent-encoded in the path; both routes take the admin token.
+//! percent-encoded in the path. Setting a tier takes the admin token; reading the state, the
+//! admin token or (with `auth` on) the user's own credentials.
 
 use super::admin::admin;
 use super::headers::rate_windows;
-use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, read_request};
-use super::{Loaded, ok_json, percent_decode, store_problem};
+use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, is_user_id, read_request};
+use super::{Loaded, configured, ok_json, percent_decode, store_problem};
+use crate::auth::Caller;
 use crate::config::LedgerBackend;
 use crate::keys::{LaneKey, UserKey};
 use crate::ledger::{self, LedgerError};
@@ -27,21 +29,32 @@ fn user_id(encoded: &str) -> Result<String, HttpResponse> {
 
 /// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, 1 to 128 characters.
 pub fn decode_user_id(encoded: &str) -> Option<String> {
-    percent_decode(encoded, false).filter(|id| (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()))
+    percent_decode(encoded, false).filter(|id| is_user_id(id))
 }
 
 /// Where one user stands, in work bounded whatever their backlog: their tier and, per kind,
 /// queued tasks, the next task, the next slot and what is left of each window. The
 /// `default` kind's lane is also given at the top level, as before kinds existed.
-pub async fn state(config: &Loaded, headers: &HeaderMap, encoded: &str) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
+pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encoded: &str) -> HttpResponse {
+    // Without authentication the admin token guards it, as before `auth` existed; with it,
+    // the user themself may look too.
+    let config = match caller {
+        Caller::Anyone => match admin(config, headers) {
+            Ok(config) => config,
+            Err(response) => return response,
+        },
+        _ => match configured(config) {
+            Ok(config) => config,
+            Err(response) => return response,
+        },
     };
     let user_id = match user_id(encoded) {
         Ok(id) => id,
         Err(response) => return response,
     };
+    if !caller.may_act_for(&user_id) {
+        return problem::forbidden("a caller may look only at their own user");
+    }
     let user = UserKey::new(&user_id);
     let kinds: Vec<&str> = config.policies.kinds().collect();
     let lanes: Vec<(LaneKey, Option<String>)> = kinds

@@ -18,7 +18,9 @@
 //! - `tier:<u>` the user's tier (absent: the built-in one);
 //! - `lease`    the drainer lease (see `drainer.rs`); `kick` rate-limits wake-ups; `tick`
 //!   is the drainers' channel;
-//! - `metrics`  hash of the counters behind `/metrics` (see `metrics.rs`).
+//! - `metrics`  hash of the counters behind `/metrics` (see `metrics.rs`);
+//! - `apikey:<id>` hash of an API key (`u` user id, `h` SHA-256 of the key, `c` created-at,
+//!   `s` the user's set) and `apikeys:<u>` the set of a user's key ids (`auth.rs`).
 //!
 //! "Running" a task is `run_due` in `lib.lua`: it takes the user's head task when the slot
 //! rule allows it on the user's actual completion times, records the completion, and
@@ -34,10 +36,11 @@
 //!
 //! The calls are grouped by what they serve, each file with its reply parsers beside its
 //! calls: `admission` (admitting, filing, withdrawing tasks and setting tiers), `execution`
-//! (the drainer's calls) and `reads` (what the API shows: task records, one user's state,
-//! the log, the overview, the metrics).
+//! (the drainer's calls), `reads` (what the API shows: task records, one user's state,
+//! the log, the overview, the metrics) and `api_keys` (the keys of `auth = api_key`).
 
 mod admission;
+mod api_keys;
 mod execution;
 mod reads;
 

@@ -140,11 +140,12 @@ fn main() {
     for scenario in &options.scenarios {
         match scenario.as_str() {
             "saturation" => {
-                let (noop, app, weighted) = saturation(&options);
-                ratio = noop.as_ref().map(|noop| (app.achieved_per_s, noop.achieved_per_s, weighted.as_ref().map(|w| w.achieved_per_s)));
+                let (noop, app, more) = saturation(&options);
+                let more_rates: Vec<(String, f64)> = more.iter().map(|r| (r.scenario.clone(), r.achieved_per_s)).collect();
+                ratio = noop.as_ref().map(|noop| (app.achieved_per_s, noop.achieved_per_s, more_rates));
                 rows.extend(noop);
                 rows.push(app);
-                rows.extend(weighted);
+                rows.extend(more);
             }
             "admission" => {
                 for replicas in replica_counts(&options, &[1, 3]) {
@@ -181,11 +182,11 @@ fn main() {
         }
     }
     print_table(&rows);
-    if let Some((app, noop, weighted)) = ratio {
+    if let Some((app, noop, more)) = ratio {
         println!();
         println!("saturation: app {app:.0} req/s, do-nothing {noop:.0} req/s, app ÷ do-nothing = {:.3}", app / noop.max(1.0));
-        if let Some(weighted) = weighted {
-            println!("saturation, three-window weighted policy: app {weighted:.0} req/s, app ÷ do-nothing = {:.3}", weighted / noop.max(1.0));
+        for (scenario, rate) in more {
+            println!("{scenario}: {rate:.0} req/s, app ÷ do-nothing = {:.3}", rate / noop.max(1.0));
         }
     }
     let broken = rows.iter().any(|r| r.lateness.as_ref().is_some_and(|l| !l.is_clean()));
@@ -265,15 +266,15 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
 }
 
 /// The do-nothing component's row (when one is known), the app's, and (on replicas the
-/// bench starts) the app's under `WEIGHTED_POLICIES`: closed loop at saturation, the same
-/// load against each, each on a host of its own.
-fn saturation(options: &Options) -> (Option<Row>, Row, Option<Row>) {
+/// bench starts) the app's under `WEIGHTED_POLICIES` and with each `auth` mode: closed loop
+/// at saturation, the same load against each, each on a host of its own.
+fn saturation(options: &Options) -> (Option<Row>, Row, Vec<Row>) {
     let duration = options.duration;
     let noop = match (&options.noop_url, options.url.is_empty()) {
-        (Some(addr), _) => Some(saturate("do-nothing component, given by --noop-url", addr, duration, options, plain_task)),
+        (Some(addr), _) => Some(saturate("do-nothing component, given by --noop-url", addr, duration, options, plain_task())),
         (None, true) => {
             let host = Host::start_manifest(&noop_manifest());
-            Some(saturate("do-nothing component, 1 replica", &host.addr, duration, options, plain_task))
+            Some(saturate("do-nothing component, 1 replica", &host.addr, duration, options, plain_task()))
         }
         (None, false) => None,
     };
@@ -283,47 +284,103 @@ fn saturation(options: &Options) -> (Option<Row>, Row, Option<Row>) {
         }
     };
     let cluster = Cluster::start(options, 1, Ledger::Redis);
-    let mut app = saturate(&format!("app, {}", cluster.label()), &cluster.addrs[0], duration, options, plain_task);
+    let mut app = saturate(&format!("app, {}", cluster.label()), &cluster.addrs[0], duration, options, plain_task());
     ratio(&mut app);
     drop(cluster);
-    let weighted = options.url.is_empty().then(|| {
+    let mut more = Vec::new();
+    if options.url.is_empty() {
         let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("policies", WEIGHTED_POLICIES)]);
         let target = format!("app, three-window weighted policy, {}", cluster.label());
-        let mut row = saturate(&target, &cluster.addrs[0], duration, options, weighted_task);
-        ratio(&mut row);
-        row
-    });
-    (noop, app, weighted)
+        more.push(saturate(&target, &cluster.addrs[0], duration, options, weighted_task()));
+        drop(cluster);
+        let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("auth", "jwt"), ("jwt_hs256_secret", JWT_SECRET), ("admin_token", ADMIN_TOKEN)]);
+        let target = format!("app, auth = jwt (HS256), {}", cluster.label());
+        more.push(saturate(&target, &cluster.addrs[0], duration, options, jwt_task(&options.run)));
+        drop(cluster);
+        let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("auth", "api_key"), ("admin_token", ADMIN_TOKEN)]);
+        let target = format!("app, auth = api_key, {}", cluster.label());
+        match api_key_task(&cluster.addrs[0], &options.run) {
+            Ok(task) => more.push(saturate(&target, &cluster.addrs[0], duration, options, task)),
+            Err(e) => eprintln!("bench: auth = api_key: {e}"),
+        }
+    }
+    more.iter_mut().for_each(ratio);
+    (noop, app, more)
 }
 
-/// The body of the `n`-th saturation request, for `user`.
-type TaskBody = fn(&str, usize) -> String;
+/// The admin token and HS256 secret of the bench's `auth` runs.
+const ADMIN_TOKEN: &str = "bench-admin-token";
+const JWT_SECRET: &str = "bench-secret-of-at-least-32-bytes";
 
-fn plain_task(user: &str, _n: usize) -> String {
-    serde_json::json!({ "user_id": user }).to_string()
+/// The `n`-th saturation request of `user`, number `i`: its body, and its bearer credentials.
+type TaskRequest = Arc<dyn Fn(&str, usize, usize) -> (String, Option<String>) + Send + Sync>;
+
+fn saturation_user(run: &str, i: usize) -> String {
+    format!("sat-{run}-{i}")
+}
+
+fn plain_task() -> TaskRequest {
+    Arc::new(|user, _, _| (serde_json::json!({ "user_id": user }).to_string(), None))
 }
 
 /// A task of kind `weighted` (`WEIGHTED_POLICIES`) costing 1, 2 or 3 units.
-fn weighted_task(user: &str, n: usize) -> String {
-    serde_json::json!({ "user_id": user, "kind": "weighted", "cost": 1 + n % 3 }).to_string()
+fn weighted_task() -> TaskRequest {
+    Arc::new(|user, _, n| (serde_json::json!({ "user_id": user, "kind": "weighted", "cost": 1 + n % 3 }).to_string(), None))
+}
+
+/// `auth = jwt`: each user sends their own HS256 token and no `user_id`.
+fn jwt_task(run: &str) -> TaskRequest {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let Ok(key) = key else { return Arc::new(|_, _, _| ("{}".to_string(), None)) };
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() + 3_600).unwrap_or(0);
+    let tokens: Vec<String> = (0..SATURATION_USERS)
+        .map(|i| {
+            let claims = serde_json::json!({ "sub": saturation_user(run, i), "exp": exp });
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+        })
+        .collect();
+    Arc::new(move |_, i, _| ("{}".to_string(), tokens.get(i).cloned()))
+}
+
+/// `auth = api_key`: a key made for each user through the admin API, then sent by that user.
+fn api_key_task(addr: &str, run: &str) -> Result<TaskRequest, String> {
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let mut conn = KeepAlive::open(addr).map_err(|e| format!("connecting: {e}"))?;
+    let keys = (0..SATURATION_USERS)
+        .map(|i| {
+            let body = serde_json::json!({ "user_id": saturation_user(run, i) }).to_string();
+            let reply = conn.send("POST", "/api/v1/keys", &[("Content-Type", "application/json"), ("Authorization", &admin)], body.as_bytes());
+            match reply {
+                Ok(reply) if reply.status == 201 => reply.json()["key"].as_str().map(str::to_string).ok_or("no key in the answer".to_string()),
+                Ok(reply) => Err(format!("making a key: {} {}", reply.status, reply.body)),
+                Err(e) => Err(format!("making a key: {e}")),
+            }
+        })
+        .collect::<Result<Vec<String>, String>>()?;
+    Ok(Arc::new(move |_, i, _| ("{}".to_string(), keys.get(i).cloned())))
 }
 
 /// `SATURATION_CONNECTIONS` keep-alive clients POST tasks (`body`) to `addr` back to back for
 /// `duration`, rotating over `SATURATION_USERS` users.
-fn saturate(target: &str, addr: &str, duration: Duration, options: &Options, body: TaskBody) -> Row {
+fn saturate(target: &str, addr: &str, duration: Duration, options: &Options, task: TaskRequest) -> Row {
     let sent = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + duration;
     let threads: Vec<_> = (0..SATURATION_CONNECTIONS)
         .map(|_| {
-            let (sent, addr, run) = (sent.clone(), addr.to_string(), options.run.clone());
+            let (sent, addr, run, task) = (sent.clone(), addr.to_string(), options.run.clone(), task.clone());
             std::thread::spawn(move || {
                 let (mut latencies, mut errors) = (Vec::new(), 0usize);
                 let mut conn = None;
                 while Instant::now() < deadline {
                     let n = sent.fetch_add(1, Ordering::Relaxed);
-                    let user = format!("sat-{run}-{}", n % SATURATION_USERS);
-                    let task = body(&user, n / SATURATION_USERS);
+                    let i = n % SATURATION_USERS;
+                    let (body, bearer) = task(&saturation_user(&run, i), i, n / SATURATION_USERS);
+                    let authorization = bearer.map(|b| format!("Bearer {b}"));
+                    let mut headers = vec![("Content-Type", "application/json")];
+                    if let Some(authorization) = &authorization {
+                        headers.push(("Authorization", authorization));
+                    }
                     if conn.is_none() {
                         conn = KeepAlive::open(&addr).ok();
                     }
@@ -333,7 +390,7 @@ fn saturate(target: &str, addr: &str, duration: Duration, options: &Options, bod
                         break;
                     };
                     let sent_at = Instant::now();
-                    match open.send("POST", "/api/v1/task", &[("Content-Type", "application/json")], task.as_bytes()) {
+                    match open.send("POST", "/api/v1/task", &headers, body.as_bytes()) {
                         Ok(reply) if reply.status == 200 || reply.status == 202 => latencies.push(sent_at.elapsed()),
                         Ok(_) => errors += 1,
                         Err(_) => {

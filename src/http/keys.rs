@@ -1,0 +1,128 @@
+//! The API keys of `auth = api_key` (`auth.rs`), all under the admin token:
+//! `POST /api/v1/keys` makes one for a user and answers it once, `GET /api/v1/keys?user_id=`
+//! lists a user's keys without their secrets, and `DELETE /api/v1/keys/{key_id}` revokes one.
+
+use super::admin::admin;
+use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, is_user_id, read_request, user_id_of};
+use super::{Loaded, ok_json, percent_decode, query_pairs, serialized_response, store_problem};
+use crate::auth::{self, is_key_id};
+use crate::problem::{self, HttpResponse};
+use crate::queue::Queue;
+use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use spin_sdk::http::Request;
+
+/// Largest `POST /api/v1/keys` body.
+const MAX_KEY_BODY: usize = 1024;
+
+/// The body of `POST /api/v1/keys` (other members are ignored, as for a task).
+#[derive(Deserialize)]
+struct KeyRequest<'a> {
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct NewKey<'a> {
+    key_id: &'a str,
+    user_id: &'a str,
+    /// The whole key: shown here once, never stored.
+    key: &'a str,
+    created_at: i64,
+}
+
+pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
+    let config = match admin(config, request.headers()) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !is_json_media_type(text) {
+            return problem::unsupported_media_type(text);
+        }
+    }
+    let (_, body) = match read_request(request, MAX_KEY_BODY).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let shape = r#"the body must be a JSON object {"user_id": "<id>"}"#;
+    // A struct also deserialises from a JSON array: only an object may name the user.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return problem::bad_request(shape);
+    }
+    let user_id = match serde_json::from_slice::<KeyRequest>(&body) {
+        Ok(KeyRequest { user_id: Some(raw) }) => match user_id_of(raw) {
+            Ok(id) => id,
+            Err(detail) => return problem::bad_request(detail),
+        },
+        Ok(KeyRequest { user_id: None }) => return problem::bad_request(shape),
+        Err(e) => return problem::bad_request(format!("{shape}: {e}")),
+    };
+    let (key_id, key) = auth::new_api_key();
+    let created = match Queue::connect(config).await {
+        Ok(queue) => queue.create_api_key(&key_id, &user_id, &auth::key_digest(&key)).await,
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok(created_at) => {
+            let body = NewKey { key_id: &key_id, user_id: &user_id, key: &key, created_at };
+            let mut response = serialized_response(StatusCode::CREATED, &body);
+            super::headers::insert(response.headers_mut(), header::LOCATION, &format!("/api/v1/keys/{key_id}"));
+            // The key is a credential: no cache may keep the answer.
+            super::headers::insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
+            response
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    let mut user_id = None;
+    for (name, value) in query_pairs(query) {
+        match name {
+            "user_id" => match percent_decode(value, true).filter(|id| is_user_id(id)) {
+                Some(id) => user_id = Some(id),
+                None => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+            },
+            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
+        }
+    }
+    let Some(user_id) = user_id else { return problem::bad_request("name the user: GET /api/v1/keys?user_id=<id>") };
+    let keys = match Queue::connect(config).await {
+        Ok(queue) => queue.list_api_keys(&user_id).await,
+        Err(e) => Err(e),
+    };
+    match keys {
+        Ok(keys) => {
+            let keys: Vec<Value> = keys.iter().map(|(key_id, created_at)| json!({"key_id": key_id, "created_at": created_at})).collect();
+            ok_json(json!({"user_id": user_id, "keys": keys}))
+        }
+        Err(e) => store_problem(e),
+    }
+}
+
+pub async fn revoke(config: &Loaded, headers: &HeaderMap, key_id: &str) -> HttpResponse {
+    let config = match admin(config, headers) {
+        Ok(config) => config,
+        Err(response) => return response,
+    };
+    if !is_key_id(key_id) {
+        return problem::not_found(format!("no key {key_id:?}"));
+    }
+    let revoked = match Queue::connect(config).await {
+        Ok(queue) => queue.revoke_api_key(key_id).await,
+        Err(e) => Err(e),
+    };
+    match revoked {
+        Ok(Some((user_id, revoked_at))) => ok_json(json!({"key_id": key_id, "user_id": user_id, "revoked_at": revoked_at})),
+        Ok(None) => problem::not_found(format!("no key {key_id}")),
+        Err(e) => store_problem(e),
+    }
+}
