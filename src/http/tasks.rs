@@ -160,7 +160,8 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
     };
     let cost = match fields.cost {
         None | Some(Value::Null) => 1,
-        Some(Value::Number(n)) => match n.as_u64() {
+        // A whole number however written (`3`, `3.0`, `3e0`), as the contract's `integer` is.
+        Some(Value::Number(n)) => match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
             Some(units) if (1..=u64::from(MAX_COST)).contains(&units) => units as u32,
             _ => return Err(invalid(format!("cost must be a whole number of units from 1 to {MAX_COST}, not {n}"))),
         },
@@ -389,6 +390,8 @@ mod tests {
         assert_eq!(task(r#"{"user_id":"u","kind":null,"cost":null}"#), Ok(("default".to_string(), 1)));
         assert_eq!(task(r#"{"user_id":"u","kind":"email","cost":3}"#), Ok(("email".to_string(), 3)));
         assert_eq!(task(r#"{"user_id":"u","cost":1000}"#), Ok(("default".to_string(), 1000)));
+        assert_eq!(task(r#"{"user_id":"u","cost":234.0}"#), Ok(("default".to_string(), 234)));
+        assert_eq!(task(r#"{"user_id":"u","cost":1e3}"#), Ok(("default".to_string(), 1000)));
         for (body, says) in [
             (r#"{"user_id":"u","kind":"sms"}"#, "default, email, report"),
             (r#"{"user_id":"u","kind":7}"#, "kind must be a string"),
@@ -396,6 +399,7 @@ mod tests {
             (r#"{"user_id":"u","cost":1001}"#, "from 1 to 1000"),
             (r#"{"user_id":"u","cost":-1}"#, "from 1 to 1000"),
             (r#"{"user_id":"u","cost":1.5}"#, "from 1 to 1000"),
+            (r#"{"user_id":"u","cost":1e300}"#, "from 1 to 1000"),
             (r#"{"user_id":"u","cost":"2"}"#, "whole number of units"),
             (r#"{"user_id":"u","cost":99999999999999999999999}"#, "from 1 to 1000"),
         ] {
