@@ -167,7 +167,7 @@ fn store_refusal(e: StoreError) -> Refusal {
 }
 
 /// The bearer token of `Authorization` (RFC 6750 §2.1; the scheme is case-insensitive).
-fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     let missing = || Refusal::Unauthenticated("", "send Authorization: Bearer <token>".to_string());
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
     let value = value
