@@ -5,6 +5,8 @@
 #   need_commands CMD=PKG...  each command CMD on the PATH, else Debian package PKG is installed:
 #                             with apt-get when running as root, otherwise one line says what to
 #                             run, and the script exits 1
+#   need_schemathesis         schemathesis $SCHEMATHESIS_VERSION (PyPI) in a venv under
+#                             target/schemathesis-venv, for runtime-tests/tests/schemathesis.rs
 #
 # Set `prereqs_tag` (e.g. "test.sh") before sourcing: it starts every line printed here.
 
@@ -30,6 +32,11 @@ need_commands() {
   [ ${#packages[@]} -eq 0 ] && return 0
   # One package may provide several commands (redis-server and redis-cli).
   mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
+  install_packages "${packages[@]}"
+}
+
+install_packages() {
+  local packages=("$@")
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     prereqs_say "missing ${packages[*]}; install with: sudo apt-get install -y ${packages[*]} (or your system's package manager), then run this again"
     exit 1
@@ -38,4 +45,19 @@ need_commands() {
   # The package lists of a fresh machine may be empty or stale: update them first.
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2
+}
+
+# One version, so every machine runs the same checks; bump it on purpose.
+SCHEMATHESIS_VERSION=4.32.5
+
+need_schemathesis() {
+  local venv=target/schemathesis-venv
+  "$venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION" && return 0
+  need_commands python3=python3
+  # Debian splits venv's pip bootstrap into its own package.
+  python3 -c 'import ensurepip, venv' 2>/dev/null || install_packages python3-venv
+  prereqs_say "installing schemathesis $SCHEMATHESIS_VERSION into $venv (python3 -m venv; pip install schemathesis==$SCHEMATHESIS_VERSION)"
+  rm -rf "$venv"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
 }
