@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let Some(decoded) = percent_decode(text, plus_is_space) else { continue };
         assert_eq!(percent_decode(&encode(&decoded), plus_is_space).as_ref(), Some(&decoded), "{text:?}");
         // Without escapes (or, in the query, a +) the text is the value.
-        if !text.contains('%') && !(plus_is_space && text.contains('+')) {
+        if !(text.contains('%') || plus_is_space && text.contains('+')) {
             assert_eq!(decoded, text);
         }
     }
