@@ -1,0 +1,38 @@
+//! The JWT path of `auth = jwt`: an `Authorization` header's bytes through the bearer parser
+//! and the verifier (an HS256 secret and the test RSA and P-256 keys). Never panics; whatever
+//! it accepts names a user of 1–128 characters, and a refusal never repeats the token.
+#![no_main]
+
+use http::{HeaderMap, HeaderValue, header};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use task_api::auth::{JwtSettings, JwtVerifier, bearer};
+
+fn verifier() -> &'static JwtVerifier {
+    static VERIFIER: OnceLock<JwtVerifier> = OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        let public_keys = concat!(
+            include_str!("../../runtime-tests/fixtures/jwt/rsa-public.pem"),
+            include_str!("../../runtime-tests/fixtures/jwt/ec-public.pem")
+        );
+        let settings = JwtSettings {
+            hs256_secret: "a-fuzz-secret-of-at-least-32-bytes!",
+            public_keys,
+            issuer: "https://issuer.test",
+            audience: "task-api",
+            user_claim: "sub",
+        };
+        JwtVerifier::new(&settings).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(value) = HeaderValue::from_bytes(data) else { return };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, value);
+    let Ok(token) = bearer(&headers) else { return };
+    match verifier().verify(token) {
+        Ok(user) => assert!((1..=128).contains(&user.chars().count()), "{user:?}"),
+        Err(why) => assert!(token.len() < 8 || !why.contains(token), "{why:?} repeats the token"),
+    }
+});
