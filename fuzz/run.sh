@@ -34,10 +34,13 @@ for target in "${targets[@]}"; do
   work="$PWD/target/corpus/$target"
   mkdir -p "$work" "corpus/$target"
   say "$target: ${seconds}s"
-  if ! cargo fuzz run "$target" "$work" "$PWD/corpus/$target" -- -max_total_time="$seconds" -print_final_stats=1 \
+  # RUST_LIB_BACKTRACE=0: no backtrace of cargo fuzz itself when a target fails.
+  if ! RUST_LIB_BACKTRACE=0 cargo fuzz run "$target" "$work" "$PWD/corpus/$target" -- -max_total_time="$seconds" -print_final_stats=1 \
       > "target/$target.log" 2>&1; then
     failed+=("$target")
-    tail -n 60 "target/$target.log" >&2
+    # What failed (a panic's message, or the sanitizer's report), then where the input went.
+    { grep -m1 -A4 -E 'panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)' "target/$target.log"; echo "…"
+      tail -n 12 "target/$target.log"; } >&2
   else
     grep -E '^stat::number_of_executed_units' "target/$target.log" | sed "s/^/fuzz\/run.sh: $target: /" >&2 || true
   fi
