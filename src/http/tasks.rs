@@ -174,9 +174,10 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
     Ok(TaskBody { user_id, kind, cost, payload })
 }
 
-/// A `user_id` member: a string of 1–128 characters, or a JSON integer of any length (the
-/// contract's `integer`) taken as its decimal text: as sent, which JSON's grammar (no leading
-/// zeros) makes the one decimal form of the number, but for `-0`, which is `0`.
+/// A `user_id` member: a string of 1–128 characters, or a JSON integer (the contract's
+/// `integer`) taken as its decimal text of at most 128 digits: as sent, which JSON's grammar
+/// (no leading zeros) makes the one decimal form of the number, but for `-0`, which is `0`,
+/// and an integral number written with a fraction or exponent (`17.0`), exact below 2^53.
 pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
     let text = raw.get();
     let id = if text.starts_with('"') {
@@ -188,6 +189,9 @@ pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
             Ok(n) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => text.to_string(),
         }
+    } else if let Some(n) = serde_json::from_str::<f64>(text).ok().filter(|n| n.fract() == 0.0 && n.abs() < 2f64.powi(53)) {
+        // `17.0` or `1.7e1`: an integer as JSON Schema counts them (exact below 2^53).
+        format!("{}", n as i64)
     } else {
         let what = serde_json::from_str::<Value>(text).map(|v| json_type(&v)).unwrap_or("not JSON");
         let what = if what == "a number" { "a number with a fraction or an exponent" } else { what };
@@ -321,6 +325,8 @@ mod tests {
         assert_eq!(user_id(format!(r#"{{"user_id":-{long}}}"#).as_bytes()), Ok(format!("-{long}")));
         assert_eq!(user_id(br#"{"user_id":18446744073709551615}"#), Ok("18446744073709551615".to_string()));
         assert_eq!(user_id(br#"{"user_id":-0}"#), Ok("0".to_string()));
+        assert_eq!(user_id(br#"{"user_id":17.0}"#), Ok("17".to_string()));
+        assert_eq!(user_id(br#"{"user_id":1.7e1}"#), Ok("17".to_string()));
         // None named (or null): the caller's identity decides (auth.rs).
         assert_eq!(user_id(b"{}"), Ok("<none>".to_string()));
         assert_eq!(user_id(br#"{"user_id":null}"#), Ok("<none>".to_string()));
@@ -331,7 +337,7 @@ mod tests {
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         for body in [
             &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", br#"{"user_id":""}"#,
-            br#"{"user_id":1.5}"#, br#"{"user_id":1e3}"#, br#"{"user_id":-}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
+            br#"{"user_id":1.5}"#, br#"{"user_id":1e300}"#, br#"{"user_id":-}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
             br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"", br#"{"user_id":"a"} x"#,
             br#"{"user_id":"a","payload":}"#, br#"{"user_id":"a","user_id":"b"}"#,
         ] {
