@@ -13,9 +13,11 @@ seconds="${1:-5}"
 
 say() { echo "fuzz/run.sh: $*" >&2; }
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  say "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
-  cargo install cargo-fuzz --locked --quiet
+# One version, so every machine fuzzes alike; bump it on purpose.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+  say "installing cargo-fuzz $cargo_fuzz_version (cargo install cargo-fuzz --version $cargo_fuzz_version --locked)"
+  cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked --quiet
 fi
 
 # cargo fuzz needs nightly-only flags (-Zsanitizer=address and the coverage passes); the only
