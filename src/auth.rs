@@ -330,7 +330,7 @@ impl JwtVerifier {
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return Err(format!("the token has no string claim {claim:?} naming its user")),
         };
-        if !(1..=MAX_USER_ID_CHARS).contains(&user.chars().count()) {
+        if !crate::http::tasks::is_user_id(&user) {
             return Err(format!("the token's {claim:?} claim must be 1 to {MAX_USER_ID_CHARS} characters"));
         }
         Ok(user)

@@ -2,8 +2,7 @@
 //! admin token that guards them (and the user routes).
 
 use super::headers::insert;
-use super::tasks::MAX_USER_ID_CHARS;
-use super::{Loaded, configured, counted, json_response, percent_decode, query_pairs, serialized_response, store_problem, text_response};
+use super::{Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, store_problem, text_response};
 use crate::config::Config;
 use crate::keys::{LaneKey, UserKey};
 use crate::policy::{DEFAULT_KIND, Policy};
@@ -113,9 +112,9 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
     let mut user_id = None;
     for (name, value) in query_pairs(query) {
         match name {
-            "user_id" => match percent_decode(value, true) {
-                Some(id) if (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()) => user_id = Some(id),
-                _ => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+            "user_id" => match query_user_id(value) {
+                Ok(id) => user_id = Some(id),
+                Err(response) => return response,
             },
             _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
         }

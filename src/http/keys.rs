@@ -3,8 +3,8 @@
 //! lists a user's keys without their secrets, and `DELETE /api/v1/keys/{key_id}` revokes one.
 
 use super::admin::admin;
-use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, is_user_id, read_request, user_id_of};
-use super::{Loaded, ok_json, percent_decode, query_pairs, serialized_response, store_problem};
+use super::tasks::{read_request, user_id_of};
+use super::{Loaded, ok_json, query_pairs, query_user_id, serialized_response, store_problem};
 use crate::auth::{self, is_key_id};
 use crate::problem::{self, HttpResponse};
 use crate::queue::Queue;
@@ -38,12 +38,6 @@ pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
         Ok(config) => config,
         Err(response) => return response,
     };
-    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
-        let text = content_type.to_str().unwrap_or("");
-        if !is_json_media_type(text) {
-            return problem::unsupported_media_type(text);
-        }
-    }
     let (_, body) = match read_request(request, MAX_KEY_BODY).await {
         Ok(read) => read,
         Err(response) => return response,
@@ -87,9 +81,9 @@ pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
     let mut user_id = None;
     for (name, value) in query_pairs(query) {
         match name {
-            "user_id" => match percent_decode(value, true).filter(|id| is_user_id(id)) {
-                Some(id) => user_id = Some(id),
-                None => return problem::bad_request(format!("user_id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")),
+            "user_id" => match query_user_id(value) {
+                Ok(id) => user_id = Some(id),
+                Err(response) => return response,
             },
             _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
         }

@@ -261,6 +261,14 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
     query.unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
+/// A `user_id` query parameter (the overview's, the keys listing's): percent-decoded with
+/// `+` as a space, then a user id by `tasks::is_user_id`; else the 400.
+fn query_user_id(value: &str) -> Result<String, HttpResponse> {
+    percent_decode(value, true).filter(|id| tasks::is_user_id(id)).ok_or_else(|| {
+        problem::bad_request(format!("user_id must be 1 to {} characters of UTF-8, percent-encoded", tasks::MAX_USER_ID_CHARS))
+    })
+}
+
 /// A percent-encoded query value (with `plus_is_space`, `+` is a space, as forms send it)
 /// or path segment; `None` if it is not valid UTF-8 once decoded.
 pub fn percent_decode(value: &str, plus_is_space: bool) -> Option<String> {

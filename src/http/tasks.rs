@@ -30,20 +30,6 @@ pub const MAX_COST: u32 = crate::policy::MAX_QUOTA;
 const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpResponse {
-    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
-        let text = content_type.to_str().unwrap_or("");
-        if !is_json_media_type(text) {
-            return problem::unsupported_media_type(text);
-        }
-    }
-    let declared_length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|n| n > MAX_BODY as u64) {
-        return problem::too_large(MAX_BODY);
-    }
     let (parts, body) = match read_request(request, MAX_BODY).await {
         Ok(read) => read,
         Err(response) => return response,
@@ -76,10 +62,20 @@ pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpR
     admission_response(config, admission::admit(config, &new).await)
 }
 
-/// The request's head and at most `limit` bytes of its body, whatever the client declared or
-/// streams, giving up on a client that trickles them (slow loris) instead of holding the
-/// instance.
+/// The head and JSON body of a request (every route with a body takes JSON): 415 for another
+/// `Content-Type`, 413 past `limit` bytes, whether declared or streamed, and 408 for a client
+/// that trickles them (slow loris) instead of holding the instance.
 pub async fn read_request(request: Request, limit: usize) -> Result<(http::request::Parts, Vec<u8>), HttpResponse> {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        if !is_json_media_type(text) {
+            return Err(problem::unsupported_media_type(text));
+        }
+    }
+    let declared_length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|n| n > limit as u64) {
+        return Err(problem::too_large(limit));
+    }
     let (parts, body) = request.into_parts();
     match with_deadline(Limited::new(body, limit).collect(), BODY_DEADLINE).await {
         Some(Ok(collected)) => Ok((parts, collected.to_bytes().to_vec())),

@@ -5,7 +5,7 @@
 
 use super::admin::admin;
 use super::headers::rate_windows;
-use super::tasks::{MAX_USER_ID_CHARS, is_json_media_type, is_user_id, read_request};
+use super::tasks::{MAX_USER_ID_CHARS, is_user_id, read_request};
 use super::{Loaded, configured, ok_json, percent_decode, store_problem};
 use crate::auth::Caller;
 use crate::config::LedgerBackend;
@@ -15,7 +15,7 @@ use crate::policy::{DEFAULT_KIND, Policy};
 use crate::problem::{self, HttpResponse};
 use crate::queue::Queue;
 use crate::slot;
-use http::{HeaderMap, header};
+use http::HeaderMap;
 use serde_json::{Map, Value, json};
 use spin_sdk::http::Request;
 
@@ -117,12 +117,6 @@ pub async fn set_tier(request: Request, config: &Loaded, encoded: &str) -> HttpR
         Ok(id) => id,
         Err(response) => return response,
     };
-    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
-        let text = content_type.to_str().unwrap_or("");
-        if !is_json_media_type(text) {
-            return problem::unsupported_media_type(text);
-        }
-    }
     let (_, body) = match read_request(request, MAX_TIER_BODY).await {
         Ok(read) => read,
         Err(response) => return response,
