@@ -100,17 +100,28 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
                     queue.publish_tick(&token).await.map_err(store_error)?;
                     return Ok(());
                 }
-                // Sleep until just before the next slot, then ask again at once: a task that
-                // runs late pushes the user's next task back by as much (the rule holds on
-                // completion times), so waking late would add up along a user's backlog.
+                // Sleep until just before the next slot, then ask again every millisecond
+                // until it has run: a task that runs late pushes the user's next task back by
+                // as much (the rule holds on completion times), so waking late would add up
+                // along a user's backlog. Asking again at once instead of after 1 ms would
+                // spin: with many users a slot is due every few ms, and each call that runs
+                // nothing costs a script call.
                 let left_ms = (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64;
-                let wait_ms = (next_due_in_ms - WAKE_EARLY_MS).min(POLL_MS).min(left_ms);
+                let wait_ms = leader_wait_ms(next_due_in_ms, left_ms);
                 if wait_ms > 0 {
                     spin_sdk::time::sleep(Duration::from_millis(wait_ms as u64)).await;
                 }
             }
         }
     }
+}
+
+/// How long a leader sleeps before its next call, with the next task due in `next_due_in_ms`
+/// and `left_ms` left of its two windows: until `WAKE_EARLY_MS` before the slot, at least 1 ms
+/// (a slot is due every few ms with many users, and a call at once would mostly run nothing),
+/// at most `POLL_MS`.
+fn leader_wait_ms(next_due_in_ms: i64, left_ms: i64) -> i64 {
+    (next_due_in_ms - WAKE_EARLY_MS).clamp(1, POLL_MS).min(left_ms)
 }
 
 /// Each completion's seed-format line on stdout (Spin keeps it under `.spin/logs/`).
@@ -122,4 +133,22 @@ pub fn print_log(ran: &[Completion]) {
 
 fn store_error(e: StoreError) -> anyhow::Error {
     anyhow::anyhow!("drainer: {e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_sleeps_to_just_before_the_slot_then_polls_each_millisecond() {
+        assert_eq!(leader_wait_ms(500, 1_000), POLL_MS);
+        assert_eq!(leader_wait_ms(WAKE_EARLY_MS + 4, 1_000), 4);
+        // Within WAKE_EARLY_MS of the slot, and past it: 1 ms, never a call at once.
+        for next in [WAKE_EARLY_MS, 1, 0] {
+            assert_eq!(leader_wait_ms(next, 1_000), 1);
+        }
+        // Never past the end of its windows.
+        assert_eq!(leader_wait_ms(500, 2), 2);
+        assert_eq!(leader_wait_ms(500, 0), 0);
+    }
 }

@@ -1,38 +1,49 @@
 //! The Lua scripts (`src/scripts/*.lua`) and how they reach Redis.
 //!
-//! Every script is `lib.lua` (shared functions, configuration from ARGV[1..6]) followed by
-//! its own body (arguments from ARGV[7]), run as a function whose counters are written when it
-//! returns. A script's text is 4–5 KB, so it is sent once:
-//! calls use `EVALSHA` with the SHA-1 of the text, and only when Redis answers `NOSCRIPT`
-//! (a fresh or restarted Redis, or a new version of the app) is the text sent with `EVAL`,
-//! which also caches it in Redis for every replica.
+//! Every script is `lib.lua` (shared functions; `configure` takes the configuration from
+//! ARGV[1..6]) and its own body (arguments from ARGV[7]), run as a function whose counters
+//! are written when it returns. They reach Redis in one of two ways:
+//!
+//! - **As one Redis Functions library** (`FUNCTION LOAD` once, then `FCALL`), so the 15 KB
+//!   of shared code is compiled and run once, not on every call (measured with `redis-cli -r
+//!   20000` on Redis 7.0: a script that only runs the shared prelude costs 4.1–4.8 µs per
+//!   `EVALSHA`, the same as a function 1.5 µs per `FCALL`). Library and function names carry
+//!   a hash of the library's text, so replicas of two versions of the app share a Redis
+//!   during a rolling upgrade without replacing each other's functions. A fresh or
+//!   restarted Redis answers "Function not found", and the caller loads the library then.
+//! - **As scripts, where Redis refuses functions** (before 7.0, or with the commands renamed
+//!   or denied): `EVALSHA` with the SHA-1 of the script's text, and only when Redis answers
+//!   `NOSCRIPT` the text itself with `EVAL` (4–20 KB), which caches it for every replica.
+//!   An instance that met a refusal keeps to scripts for the requests it still serves.
 
 use crate::queue::LATENESS_BUCKETS_MS;
 use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 const LIB: &str = include_str!("scripts/lib.lua");
 
-/// One script: its body, and its full text and SHA-1, built on first use.
+/// One script: its name (a Lua identifier), its body, and its full text and SHA-1 as a
+/// script, built on first use.
 pub struct Script {
+    name: &'static str,
     body: &'static str,
     compiled: OnceLock<(String, String)>,
 }
 
 impl Script {
-    const fn new(body: &'static str) -> Script {
-        Script { body, compiled: OnceLock::new() }
+    const fn new(name: &'static str, body: &'static str) -> Script {
+        Script { name, body, compiled: OnceLock::new() }
     }
 
-    /// The full text and its SHA-1 (hex), as `EVALSHA` names it.
+    /// The full text as a script and its SHA-1 (hex), as `EVALSHA` names it.
     fn compiled(&self) -> &(String, String) {
         self.compiled.get_or_init(|| {
-            let buckets: Vec<String> = LATENESS_BUCKETS_MS.iter().map(|b| b.to_string()).collect();
             // The body runs as a function so that whichever `return` ends it, the counters it
             // moved are written after it (`flush_counts` in lib.lua).
             let text = format!(
-                "local lateness_buckets_ms = {{{}}}\n{LIB}\nlocal function body()\n{}\nend\nlocal reply = body()\nflush_counts()\nreturn reply\n",
-                buckets.join(", "),
+                "{}\n{LIB}\nlocal function body(ARGV)\n{}\nend\nconfigure(ARGV)\nlocal reply = body(ARGV)\nflush_counts()\nreturn reply\n",
+                buckets_line(),
                 self.body
             );
             let sha = sha1_smol::Sha1::from(&text).digest().to_string();
@@ -41,26 +52,83 @@ impl Script {
     }
 }
 
-pub static PREPARE: Script = Script::new(include_str!("scripts/prepare.lua"));
-pub static ADMIT: Script = Script::new(include_str!("scripts/admit.lua"));
-pub static FILE: Script = Script::new(include_str!("scripts/file.lua"));
-pub static POKE: Script = Script::new(include_str!("scripts/poke.lua"));
-pub static DRAIN: Script = Script::new(include_str!("scripts/drain.lua"));
-pub static SWEEP: Script = Script::new(include_str!("scripts/sweep.lua"));
-pub static RELEASE: Script = Script::new(include_str!("scripts/release.lua"));
-pub static POSITION: Script = Script::new(include_str!("scripts/position.lua"));
-pub static METRICS: Script = Script::new(include_str!("scripts/metrics.lua"));
-pub static COUNT_STATUS: Script = Script::new(include_str!("scripts/count_status.lua"));
-pub static OVERVIEW: Script = Script::new(include_str!("scripts/overview.lua"));
-pub static READ_TASK: Script = Script::new(include_str!("scripts/read_task.lua"));
-pub static CANCEL: Script = Script::new(include_str!("scripts/cancel.lua"));
-pub static USER_STATE: Script = Script::new(include_str!("scripts/user_state.lua"));
-pub static KEY_CREATE: Script = Script::new(include_str!("scripts/key_create.lua"));
-pub static KEY_LIST: Script = Script::new(include_str!("scripts/key_list.lua"));
-pub static KEY_REVOKE: Script = Script::new(include_str!("scripts/key_revoke.lua"));
+pub static PREPARE: Script = Script::new("prepare", include_str!("scripts/prepare.lua"));
+pub static ADMIT: Script = Script::new("admit", include_str!("scripts/admit.lua"));
+pub static FILE: Script = Script::new("file", include_str!("scripts/file.lua"));
+pub static POKE: Script = Script::new("poke", include_str!("scripts/poke.lua"));
+pub static DRAIN: Script = Script::new("drain", include_str!("scripts/drain.lua"));
+pub static SWEEP: Script = Script::new("sweep", include_str!("scripts/sweep.lua"));
+pub static RELEASE: Script = Script::new("release", include_str!("scripts/release.lua"));
+pub static POSITION: Script = Script::new("position", include_str!("scripts/position.lua"));
+pub static METRICS: Script = Script::new("metrics", include_str!("scripts/metrics.lua"));
+pub static COUNT_STATUS: Script = Script::new("count_status", include_str!("scripts/count_status.lua"));
+pub static OVERVIEW: Script = Script::new("overview", include_str!("scripts/overview.lua"));
+pub static READ_TASK: Script = Script::new("read_task", include_str!("scripts/read_task.lua"));
+pub static CANCEL: Script = Script::new("cancel", include_str!("scripts/cancel.lua"));
+pub static USER_STATE: Script = Script::new("user_state", include_str!("scripts/user_state.lua"));
+pub static KEY_CREATE: Script = Script::new("key_create", include_str!("scripts/key_create.lua"));
+pub static KEY_LIST: Script = Script::new("key_list", include_str!("scripts/key_list.lua"));
+pub static KEY_REVOKE: Script = Script::new("key_revoke", include_str!("scripts/key_revoke.lua"));
+
+/// Every script, in the library in this order.
+const ALL: [&Script; 17] = [
+    &PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &READ_TASK,
+    &CANCEL, &USER_STATE, &KEY_CREATE, &KEY_LIST, &KEY_REVOKE,
+];
+
+/// The lateness histogram's bounds, as both forms of the scripts declare them.
+fn buckets_line() -> String {
+    let buckets: Vec<String> = LATENESS_BUCKETS_MS.iter().map(|b| b.to_string()).collect();
+    format!("local lateness_buckets_ms = {{{}}}", buckets.join(", "))
+}
+
+/// The Functions library: its name's version tag (`task_api_<16 hex>`, from the hash of
+/// everything in it) and its text, which registers `<tag>_<script>` for every script.
+fn library() -> &'static (String, String) {
+    static LIBRARY: OnceLock<(String, String)> = OnceLock::new();
+    LIBRARY.get_or_init(|| {
+        let mut code = format!("{}\n{LIB}\n", buckets_line());
+        code.push_str("local function run(body, args)\n  configure(args)\n  local reply = body(args)\n  flush_counts()\n  return reply\nend\n");
+        for script in ALL {
+            // `script_` keeps a body's name from hiding a function of lib.lua's.
+            code.push_str(&format!("local function script_{}(ARGV)\n{}\nend\n", script.name, script.body));
+        }
+        let tag = format!("task_api_{}", &sha1_smol::Sha1::from(&code).digest().to_string()[..16]);
+        for script in ALL {
+            code.push_str(&format!(
+                "redis.register_function('{tag}_{name}', function(_, args) return run(script_{name}, args) end)\n",
+                name = script.name
+            ));
+        }
+        (tag.clone(), format!("#!lua name={tag}\n{code}"))
+    })
+}
+
+thread_local! {
+    /// Whether this instance's Redis refused functions (so it calls scripts instead).
+    static FUNCTIONS_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Runs `script` with `args` (ARGV from 1: the shared header, then the script's own).
 pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, Error> {
+    if !FUNCTIONS_REFUSED.get() {
+        let (tag, text) = library();
+        let function = format!("{tag}_{}", script.name);
+        match conn.execute("FCALL", params(&function, args)).await {
+            Err(Error::Other(message)) if is_function_missing(&message) => {
+                match conn.execute("FUNCTION", vec![binary("LOAD"), binary(text)]).await {
+                    Err(Error::Other(message)) if message.contains("already exists") => {}
+                    Err(_) => FUNCTIONS_REFUSED.set(true),
+                    Ok(_) => {}
+                }
+                if !FUNCTIONS_REFUSED.get() {
+                    return conn.execute("FCALL", params(&function, args)).await;
+                }
+            }
+            Err(Error::Other(message)) if is_refusal(&message) => FUNCTIONS_REFUSED.set(true),
+            reply => return reply,
+        }
+    }
     let (text, sha) = script.compiled();
     match conn.execute("EVALSHA", params(sha, args)).await {
         Err(Error::Other(message)) if is_noscript(&message) => conn.execute("EVAL", params(text, args)).await,
@@ -68,11 +136,16 @@ pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<V
     }
 }
 
+fn binary(text: &str) -> RedisParameter {
+    RedisParameter::Binary(text.as_bytes().to_vec())
+}
+
+/// `FCALL`/`EVALSHA`/`EVAL` arguments: the function, SHA-1 or text, no keys, then `args`.
 fn params(script: &str, args: &[&str]) -> Vec<RedisParameter> {
     let mut params = Vec::with_capacity(args.len() + 2);
-    params.push(RedisParameter::Binary(script.as_bytes().to_vec()));
+    params.push(binary(script));
     params.push(RedisParameter::Int64(0));
-    params.extend(args.iter().map(|a| RedisParameter::Binary(a.as_bytes().to_vec())));
+    params.extend(args.iter().map(|a| binary(a)));
     params
 }
 
@@ -82,22 +155,63 @@ fn is_noscript(message: &str) -> bool {
     message.contains("NOSCRIPT") || message.contains("NoScript") || message.contains("No matching script")
 }
 
+/// Whether `FCALL` failed because the library is not loaded ("ERR Function not found").
+fn is_function_missing(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("function not found")
+}
+
+/// Whether Redis will not run functions at all: a Redis before 7.0 or with `FCALL` renamed
+/// ("unknown command"), or an ACL that denies it ("NOPERM").
+fn is_refusal(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("unknown command") || message.contains("noperm")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_script_has_its_own_sha_of_its_full_text() {
-        let all = [&PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &CANCEL, &USER_STATE, &READ_TASK, &KEY_CREATE, &KEY_LIST, &KEY_REVOKE];
-        let mut shas: Vec<&str> = all.iter().map(|s| s.compiled().1.as_str()).collect();
+        let mut shas: Vec<&str> = ALL.iter().map(|s| s.compiled().1.as_str()).collect();
         assert!(shas.iter().all(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())));
         shas.sort_unstable();
         shas.dedup();
-        assert_eq!(shas.len(), all.len());
+        assert_eq!(shas.len(), ALL.len());
         // Lowercase hex, as Redis names cached scripts (FIPS 180 test vector).
         assert_eq!(sha1_smol::Sha1::from("abc").digest().to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
         let (text, _) = SWEEP.compiled();
         assert!(text.contains("local function run_due") && text.contains(SWEEP.body) && text.ends_with("flush_counts()\nreturn reply\n"));
+    }
+
+    #[test]
+    fn the_library_registers_every_script_once_under_its_versioned_name() {
+        let (tag, text) = library();
+        assert!(tag.starts_with("task_api_") && tag.len() == 25);
+        assert!(text.starts_with(&format!("#!lua name={tag}\n")));
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        for name in &names {
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name} is a Lua identifier");
+            let registration = format!("redis.register_function('{tag}_{name}', function(_, args) return run(script_{name}, args) end)");
+            assert_eq!(text.matches(&registration).count(), 1, "{name}");
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        // Every body is in it, and the configuration is read per call, never at load (a
+        // library's top level runs once, without ARGV).
+        assert!(ALL.iter().all(|s| text.contains(s.body)));
+        assert!(!LIB.lines().any(|line| line.starts_with("local") && line.contains("ARGV")));
+    }
+
+    #[test]
+    fn function_errors_are_told_apart() {
+        assert!(is_function_missing("An error was signalled by the server - ResponseError: Function not found"));
+        assert!(is_function_missing("ERR Function not found"));
+        assert!(is_refusal("An error was signalled by the server - ResponseError: unknown command 'FCALL', with args beginning with: "));
+        assert!(is_refusal("NOPERM User default has no permissions to run the 'fcall' command"));
+        assert!(!is_refusal("ERR user_script:12: Script attempted to access nonexistent global variable 'x'"));
+        assert!(!is_function_missing("connection refused") && !is_refusal("connection refused"));
     }
 
     #[test]

@@ -208,6 +208,11 @@ impl Host {
     /// Runs `command` and waits until it reports its address.
     fn spawn(mut command: Command, config_dir: TempDir) -> Host {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // No backtrace captured for every error value, as `spin up` runs where RUST_BACKTRACE
+        // is unset: wasmtime makes errors in the course of ordinary requests, and with
+        // RUST_BACKTRACE=1 inherited each one walked the stack (measured: ~5% of the host's
+        // CPU at saturation). A panic still prints its backtrace.
+        command.env("RUST_LIB_BACKTRACE", "0");
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start spin-host: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(err) = child.stderr.take() {

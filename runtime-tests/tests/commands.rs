@@ -23,8 +23,30 @@ const QUEUED_BEHIND_BUDGET: usize = 11;
 #[test]
 fn admissions_stay_within_their_command_budget() {
     let redis = Redis::start();
-    let host = Host::start(&redis, &HostOptions::default());
-    // Loads the scripts (the first call of each answers NOSCRIPT and sends the text).
+    let (fresh, behind) = count_admission_commands(&redis, "FCALL");
+    eprintln!("commands per admission: fresh inline {} {fresh:?}; queued behind others {} {behind:?}", fresh.len(), behind.len());
+    // The scripts are one library in Redis, loaded once (scripts.rs).
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains("task_api_"), "the library is loaded");
+}
+
+/// Where Redis refuses functions (here: `FCALL` and `FUNCTION` renamed, as a Redis before 7.0
+/// or an ACL would refuse them), the same scripts run with `EVALSHA`, in the same budgets,
+/// and queued tasks still run.
+#[test]
+fn admissions_fall_back_to_scripts_where_redis_refuses_functions() {
+    let redis = Redis::start_with(&["--rename-command", "FCALL", "fcall-renamed-by-test", "--rename-command", "FUNCTION", "function-renamed-by-test"]);
+    let (fresh, behind) = count_admission_commands(&redis, "EVALSHA");
+    eprintln!("with EVALSHA: fresh inline {}; queued behind others {}", fresh.len(), behind.len());
+}
+
+/// Three admissions of one user (inline, then two queued) on a fresh host, watched with
+/// `MONITOR`: the commands the script ran for the first and the third, which the client's
+/// `caller` command (`FCALL` or `EVALSHA`) started. Asserts both budgets and that the two
+/// queued tasks then ran.
+fn count_admission_commands(redis: &Redis, caller: &str) -> (Vec<String>, Vec<String>) {
+    let host = Host::start(redis, &HostOptions::default());
+    // Loads the scripts (the first call of each finds no library or answers NOSCRIPT, and
+    // sends the text).
     assert_eq!(host.post_task(r#"{"user_id":"warm-up"}"#).status, 200);
 
     let mut monitor = Command::new("redis-cli")
@@ -62,8 +84,9 @@ fn admissions_stay_within_their_command_budget() {
     let _ = monitor.kill();
     let _ = monitor.wait();
 
-    // Each script's own commands follow the client's EVALSHA line, marked `[0 lua]`; scripts
-    // are atomic, so no other client's lines come between them.
+    // Each script's own commands follow the client's call line, marked `[0 lua]`; scripts
+    // and functions are atomic, so no other client's lines come between them.
+    let call = format!("\"{caller}\"");
     let mut admissions: Vec<Vec<String>> = Vec::new();
     let mut current: Option<usize> = None;
     for line in &seen {
@@ -71,18 +94,21 @@ fn admissions_stay_within_their_command_budget() {
             if let Some(i) = current {
                 admissions[i].push(line.split(" lua] ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string());
             }
-        } else if line.contains("\"EVALSHA\"") && line.contains("\"counted\"") {
+        } else if line.contains(&call) && line.contains("\"counted\"") {
             admissions.push(Vec::new());
             current = Some(admissions.len() - 1);
         } else {
             current = None;
         }
     }
-    assert_eq!(admissions.len(), 3, "three admissions in:\n{}", seen.join("\n"));
-    let (fresh, behind) = (&admissions[0], &admissions[2]);
+    assert_eq!(admissions.len(), 3, "three admissions by {caller} in:\n{}", seen.join("\n"));
+    let (fresh, behind) = (admissions[0].clone(), admissions[2].clone());
     assert!(fresh.iter().any(|c| c == "\"XADD\""), "the fresh task ran inline: {fresh:?}");
     assert!(fresh.len() <= FRESH_INLINE_BUDGET, "{} commands for a fresh inline admission: {fresh:?}", fresh.len());
     assert!(behind.iter().any(|c| c == "\"RPUSH\""), "the third task was queued: {behind:?}");
     assert!(behind.len() <= QUEUED_BEHIND_BUDGET, "{} commands for a queued admission: {behind:?}", behind.len());
-    eprintln!("commands per admission: fresh inline {} {fresh:?}; queued behind others {} {behind:?}", fresh.len(), behind.len());
+    // The drainer runs the queued two (a log line per task).
+    let ran = host.wait_for_lines(3, Duration::from_secs(20), |line| line.starts_with("counted-task completed at-"));
+    assert_eq!(ran, 3, "the queued tasks ran; host stderr:\n{}", host.stderr_text());
+    (fresh, behind)
 }

@@ -57,7 +57,7 @@ fn lua_earliest_start_agrees_with_slot_next_slot() {
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
     let mut conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
     let script = format!(
-        "local lateness_buckets_ms = {{}}\n{LIB}\nlocal windows = windows_of(ARGV[7])\n\
+        "local lateness_buckets_ms = {{}}\n{LIB}\nconfigure(ARGV)\nlocal windows = windows_of(ARGV[7])\n\
          return earliest_start(recent_completions(KEYS[1], windows), tonumber(ARGV[8]), windows, tonumber(ARGV[9]))"
     );
     let mut rng = XorShift(0xA076_1D64_78BD_642F);
@@ -109,7 +109,7 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
     let mut conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
-    let script = format!("local lateness_buckets_ms = {{}}\n{LIB}\n{ADMIT}");
+    let script = format!("local lateness_buckets_ms = {{}}\n{LIB}\nconfigure(ARGV)\n{ADMIT}");
     let mut rng = XorShift(0x94D0_49BB_1331_11EB);
     let (mut constrained, mut refused) = (0, 0);
     for case in 0..1_000 {

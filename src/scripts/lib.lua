@@ -1,22 +1,32 @@
--- Shared by every script (scripts.rs prepends it, after `lateness_buckets_ms`): the
--- configuration from ARGV[1..6], and the functions that run tasks. A script's own
--- arguments start at ARGV[7].
-local prefix, log_key = ARGV[1], ARGV[2]
-local task_ttl = tonumber(ARGV[3])
+-- Shared by every script (scripts.rs puts it before the scripts' bodies, after
+-- `lateness_buckets_ms`): the configuration, and the functions that run tasks. Loaded once
+-- as a Redis Functions library (or sent with each script where Redis refuses functions), so
+-- the configuration is not read here but by `configure`, which every call runs first: ARGV[1..6].
+-- A script's own arguments start at ARGV[7].
+local prefix, log_key, task_ttl
 -- The policy of a task whose record names none (policy.rs `Policy::spec`: the built-in
 -- tier's `default` kind), and what every lane's completion history keeps: the largest quota
 -- of any policy (entries) and its longest window (ms).
-local default_spec = ARGV[4]
-local history, history_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local default_spec, history, history_ms
 -- Keys of the queue and the drainer (keys.rs lists them all).
-local due_key, lease_key = prefix .. 'due', prefix .. 'lease'
-local metrics_key, kick_key, tick_channel = prefix .. 'metrics', prefix .. 'kick', prefix .. 'tick'
+local due_key, lease_key, metrics_key, kick_key, tick_channel
 
 -- Counters for /metrics (metrics.rs), updated in the same script as what they count. They
 -- are added up here and written once per field when the script ends (`flush_counts`, which
 -- scripts.rs calls after every script's body), so a field a script moves both ways (a task
 -- queued and run in one admission) costs no command at all.
-local counted = {}
+local counted
+
+-- The start of every call: the configuration from its ARGV[1..6], and no counts yet. (A
+-- library's locals outlive a call, so nothing of an earlier call may be left in them.)
+local function configure(argv)
+  prefix, log_key, task_ttl = argv[1], argv[2], tonumber(argv[3])
+  default_spec, history, history_ms = argv[4], tonumber(argv[5]), tonumber(argv[6])
+  due_key, lease_key = prefix .. 'due', prefix .. 'lease'
+  metrics_key, kick_key, tick_channel = prefix .. 'metrics', prefix .. 'kick', prefix .. 'tick'
+  counted = {}
+end
+
 local function count(field, n)
   counted[field] = (counted[field] or 0) + n
 end
@@ -40,7 +50,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A policy's windows, `{{q, w}, …}`, from its spec ('1/1000,20/60000'; '' for none).
+-- A policy's windows, `{{q, w}, …}`, from its spec ('1/1000,20/60000'; '' for none). The
+-- parsed ones are kept across calls where the library outlives them: a spec always means the same.
 local parsed_specs = {}
 local function windows_of(spec)
   local windows = parsed_specs[spec]

@@ -22,6 +22,11 @@ pub fn engine(pooling: bool) -> anyhow::Result<Engine> {
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
+    // A diagnostic, not Spin's: `SPIN_HOST_PERFMAP=1` writes /tmp/perf-<pid>.map so that `perf
+    // record` names the guest's functions (docs/numbers.md, "Where an admission's time goes").
+    if std::env::var_os("SPIN_HOST_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling && use_pooling()? {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()?));
     }
