@@ -546,12 +546,12 @@ fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
     }
 }
 
-/// Average `MEMORY USAGE` per queued task of the users `ARGV[1] .. i` for i below `ARGV[2]`
-/// (ids that need no encoding in keys): their queue lists and each queued task's record
-/// (the `due` entry and the ledger are per user, not per task).
+/// Average `MEMORY USAGE` per queued task of the users `ARGV[1] .. i` for i from `ARGV[2]` to
+/// below `ARGV[3]` (ids that need no encoding in keys): their queue lists and each queued
+/// task's record (the `due` entry and the ledger are per user, not per task).
 const MEMORY_PER_QUEUED_TASK: &str = r#"
 local bytes, tasks = 0, 0
-for i = 0, tonumber(ARGV[2]) - 1 do
+for i = tonumber(ARGV[2]), tonumber(ARGV[3]) - 1 do
   local q = 'taskq:q:' .. ARGV[1] .. i
   bytes = bytes + (redis.call('MEMORY', 'USAGE', q) or 0)
   for _, e in ipairs(redis.call('LRANGE', q, 0, -1)) do
@@ -597,9 +597,10 @@ fn scale(options: &Options) -> Result<Row, String> {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let queued: i64 = redis_cli(&redis, &["ZCARD", "taskq:due"]).trim().parse().unwrap_or(0);
-    // Bytes Redis holds per queued task: the queue entries and task records of the first 100
-    // users (MEMORY USAGE, sampled), divided by their tasks still queued.
-    let per_task = memory_per_queued_task(&redis, &prefix, users.min(100));
+    // Bytes Redis holds per queued task: the queue entries and task records of the last 100
+    // users submitted (MEMORY USAGE, sampled), divided by their tasks still queued. (The
+    // first users' backlogs may have run by now: on a slow day the submission outlasts them.)
+    let per_task = memory_per_queued_task(&redis, &prefix, users.saturating_sub(100)..users);
     let total = users * tasks - errors;
     let deadline = Instant::now() + Duration::from_secs(120 + tasks as u64 * 3);
     let log = || read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect::<Vec<_>>();
@@ -658,8 +659,9 @@ fn scale(options: &Options) -> Result<Row, String> {
     })
 }
 
-fn memory_per_queued_task(redis: &str, user_prefix: &str, users: usize) -> f64 {
-    redis_cli(redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0", user_prefix, &users.to_string()]).trim().parse().unwrap_or(0.0)
+fn memory_per_queued_task(redis: &str, user_prefix: &str, users: std::ops::Range<usize>) -> f64 {
+    let (first, end) = (users.start.to_string(), users.end.to_string());
+    redis_cli(redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0", user_prefix, &first, &end]).trim().parse().unwrap_or(0.0)
 }
 
 /// Redis memory per queued task without a payload, with a typical small one, and with the
@@ -693,7 +695,7 @@ fn memory(options: &Options) -> Result<Vec<Row>, String> {
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let per_task = memory_per_queued_task(&redis, &prefix, users);
+        let per_task = memory_per_queued_task(&redis, &prefix, 0..users);
         rows.push(Row {
             scenario: format!("memory, {}, {users} users x {tasks} tasks, {label}", cluster.label()),
             offered: "one client, sequential".to_string(),
