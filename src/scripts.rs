@@ -23,17 +23,23 @@ use std::sync::OnceLock;
 
 const LIB: &str = include_str!("scripts/lib.lua");
 
-/// One script: its name (a Lua identifier), its body, and its full text and SHA-1 as a
-/// script, built on first use.
+/// One script: its name (a Lua identifier), its body, and, built on first use, its full text
+/// and SHA-1 as a script and its function's name in the library.
 pub struct Script {
     name: &'static str,
     body: &'static str,
     compiled: OnceLock<(String, String)>,
+    function: OnceLock<String>,
 }
 
 impl Script {
     const fn new(name: &'static str, body: &'static str) -> Script {
-        Script { name, body, compiled: OnceLock::new() }
+        Script { name, body, compiled: OnceLock::new(), function: OnceLock::new() }
+    }
+
+    /// The name `FCALL` calls it by (`<library tag>_<name>`).
+    fn function(&self) -> &str {
+        self.function.get_or_init(|| format!("{}_{}", library().0, self.name))
     }
 
     /// The full text as a script and its SHA-1 (hex), as `EVALSHA` names it.
@@ -112,18 +118,12 @@ thread_local! {
 /// Runs `script` with `args` (ARGV from 1: the shared header, then the script's own).
 pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, Error> {
     if !FUNCTIONS_REFUSED.get() {
-        let (tag, text) = library();
-        let function = format!("{tag}_{}", script.name);
-        match conn.execute("FCALL", params(&function, args)).await {
+        match conn.execute("FCALL", params(script.function(), args)).await {
             Err(Error::Other(message)) if is_function_missing(&message) => {
-                match conn.execute("FUNCTION", vec![binary("LOAD"), binary(text)]).await {
-                    Err(Error::Other(message)) if message.contains("already exists") => {}
-                    Err(_) => FUNCTIONS_REFUSED.set(true),
-                    Ok(_) => {}
+                if load_library(conn).await {
+                    return conn.execute("FCALL", params(script.function(), args)).await;
                 }
-                if !FUNCTIONS_REFUSED.get() {
-                    return conn.execute("FCALL", params(&function, args)).await;
-                }
+                FUNCTIONS_REFUSED.set(true);
             }
             Err(Error::Other(message)) if is_refusal(&message) => FUNCTIONS_REFUSED.set(true),
             reply => return reply,
@@ -133,6 +133,15 @@ pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<V
     match conn.execute("EVALSHA", params(sha, args)).await {
         Err(Error::Other(message)) if is_noscript(&message) => conn.execute("EVAL", params(text, args)).await,
         reply => reply,
+    }
+}
+
+/// Loads the library; whether it is there now (loaded, or already loaded by another replica).
+async fn load_library(conn: &Connection) -> bool {
+    match conn.execute("FUNCTION", vec![binary("LOAD"), binary(&library().1)]).await {
+        Ok(_) => true,
+        Err(Error::Other(message)) => message.contains("already exists"),
+        Err(_) => false,
     }
 }
 
@@ -189,6 +198,7 @@ mod tests {
         let (tag, text) = library();
         assert!(tag.starts_with("task_api_") && tag.len() == 25);
         assert!(text.starts_with(&format!("#!lua name={tag}\n")));
+        assert!(ALL.iter().all(|s| s.function() == format!("{tag}_{}", s.name)));
         let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
         for name in &names {
             assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name} is a Lua identifier");
