@@ -21,7 +21,7 @@ use crate::drainer::print_log;
 use crate::keys::{LaneKey, UserKey, new_task_id};
 use crate::ledger::{self, Arrival, KvLedger, Ledger, LedgerError};
 use crate::policy::Policy;
-use crate::queue::{AdmitPolicy, Admission, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
+use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
 use crate::slot::{Spent, Window};
 use serde_json::value::RawValue;
 use std::cell::RefCell;
@@ -151,7 +151,10 @@ struct Request<'a> {
 impl Request<'_> {
     /// The kind's policy for the user's `tier` (the kind is known: the API checked it).
     fn policy<'c>(&self, config: &'c Config, tier: Option<&str>) -> Result<&'c Policy, AdmitError> {
-        config.policies.resolve(self.new.kind, tier).ok_or_else(|| AdmitError::Internal(format!("no policy for kind {:?}", self.new.kind)))
+        config
+            .policies
+            .resolve(self.new.kind, tier)
+            .ok_or_else(|| AdmitError::Internal(format!("no policy for kind {:?}", self.new.kind)))
     }
 }
 
@@ -172,7 +175,10 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
     let started = Instant::now();
     loop {
         // The commit point: if Redis did not answer, the script may still have run.
-        let admission = match queue.admit(lane, new.user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), new.payload, &policy).await {
+        let admission = match queue
+            .admit(lane, new.user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), new.payload, &policy)
+            .await
+        {
             Ok(admission) => admission,
             Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
             Err(e) => return Err(e.into()),
@@ -185,7 +191,9 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
                 return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
             }
             Admission::BacklogFull => return Ok(Outcome::BacklogFull),
-            Admission::Costly { tier, quota, window_ms } => return Ok(Outcome::TooCostly { window: Window { quota, window_ms }, tier }),
+            Admission::Costly { tier, quota, window_ms } => {
+                return Ok(Outcome::TooCostly { window: Window { quota, window_ms }, tier });
+            }
             Admission::Earlier { earlier: Earlier::Task(earlier), now, ledger, tier } => {
                 return replay(config, queue, request, &earlier, now, ledger.as_deref(), tier).await;
             }
@@ -217,7 +225,9 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
         let prepared = queue.prepare(lane, idem.as_deref(), request.tier_key.as_deref()).await?;
         match &prepared.earlier {
             Earlier::None => break prepared,
-            Earlier::Task(task_id) => return replay(config, queue, request, task_id, prepared.now, None, prepared.tier.clone()).await,
+            Earlier::Task(task_id) => {
+                return replay(config, queue, request, task_id, prepared.now, None, prepared.tier.clone()).await;
+            }
             Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
             Earlier::Pending => return Ok(Outcome::KeyInUse),
         }
@@ -293,7 +303,12 @@ thread_local! {
 /// Commits `member` together with whatever other admissions of its lane wait in this
 /// instance: if none is committing, it commits everyone waiting (itself included); if one
 /// is, it waits for that commit to bring its result, or to end so it can lead the next.
-async fn commit_together(queue: &Queue<'_>, config: &Config, request: &Request<'_>, member: Rc<Member>) -> Result<Committed, AdmitError> {
+async fn commit_together(
+    queue: &Queue<'_>,
+    config: &Config,
+    request: &Request<'_>,
+    member: Rc<Member>,
+) -> Result<Committed, AdmitError> {
     let ledger_key = request.ledger_key.as_str();
     GROUPS.with_borrow_mut(|groups| groups.entry(ledger_key.to_string()).or_default().waiting.push(member.clone()));
     loop {
@@ -367,10 +382,17 @@ impl Drop for BatchGuard<'_> {
 }
 
 /// Commits a batch in arrival order in the key-value store, then files its tasks.
-async fn commit_batch(queue: &Queue<'_>, config: &Config, request: &Request<'_>, members: &mut [Rc<Member>]) -> Result<Vec<Committed>, AdmitError> {
+async fn commit_batch(
+    queue: &Queue<'_>,
+    config: &Config,
+    request: &Request<'_>,
+    members: &mut [Rc<Member>],
+) -> Result<Vec<Committed>, AdmitError> {
     members.sort_by_key(|m| m.arrival);
-    let arrivals: Vec<Arrival> =
-        members.iter().map(|m| Arrival { at: m.arrival, tag: ledger_tag(&m.task_id), cost: m.cost, windows: &m.windows }).collect();
+    let arrivals: Vec<Arrival> = members
+        .iter()
+        .map(|m| Arrival { at: m.arrival, tag: ledger_tag(&m.task_id), cost: m.cost, windows: &m.windows })
+        .collect();
     let (history, keep_ms) = config.policies.lane_history(request.new.kind);
     let mut store = KvLedger::open(&request.ledger_key)?;
     let seen = store.read()?;
@@ -388,7 +410,8 @@ async fn commit_batch(queue: &Queue<'_>, config: &Config, request: &Request<'_>,
         })
         .collect();
     let (lane, kind) = (&request.lane, request.new.kind);
-    let filed = queue.file(lane, request.new.user_id, kind, &request.ledger_key, keep_ms, &tasks, committed.retries).await;
+    let filed =
+        queue.file(lane, request.new.user_id, kind, &request.ledger_key, keep_ms, &tasks, committed.retries).await;
     let Filed { placements, now, ran } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
@@ -401,7 +424,11 @@ async fn commit_batch(queue: &Queue<'_>, config: &Config, request: &Request<'_>,
         .slots
         .into_iter()
         .zip(placements)
-        .map(|(slot, placement)| Committed { slot, admitted: Admitted { placement, now, ran: Vec::new() }, recent: recent.clone() })
+        .map(|(slot, placement)| Committed {
+            slot,
+            admitted: Admitted { placement, now, ran: Vec::new() },
+            recent: recent.clone(),
+        })
         .collect())
 }
 
@@ -415,7 +442,13 @@ async fn release(queue: &Queue<'_>, idem: Option<&str>) {
 /// A task filed as queued although its slot has come (the lane's previous task ran a few
 /// ms late): wait briefly for it to run, so the answer is 200 rather than a 202 for a task
 /// that runs almost at once.
-async fn wait_if_due(queue: &Queue<'_>, lane: &LaneKey, task_id: &str, slot: i64, mut admitted: Admitted) -> Result<Admitted, AdmitError> {
+async fn wait_if_due(
+    queue: &Queue<'_>,
+    lane: &LaneKey,
+    task_id: &str,
+    slot: i64,
+    mut admitted: Admitted,
+) -> Result<Admitted, AdmitError> {
     print_log(&admitted.ran);
     let mut waits = 0;
     while let Placement::Queued { .. } = admitted.placement {
@@ -453,15 +486,25 @@ async fn replay(
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
     let new = request.new;
-    if record.kind != new.kind || record.cost != new.cost || record.payload.as_deref().map(RawValue::get) != new.payload {
+    if record.kind != new.kind || record.cost != new.cost || record.payload.as_deref().map(RawValue::get) != new.payload
+    {
         return Ok(Outcome::KeyReused);
     }
     let placement = match (record.completed_at, record.cancelled_at) {
         (Some(completed_at), _) => Placement::Completed { completed_at },
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
-        (None, None) => Placement::Queued { position: queue.position(&LaneKey::new(&request.user, &record.kind), task_id).await? },
+        (None, None) => {
+            Placement::Queued { position: queue.position(&LaneKey::new(&request.user, &record.kind), task_id).await? }
+        }
     };
     let recent = ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
-    let task = Task { task_id: task_id.to_string(), user_id: record.user_id, kind: record.kind, cost: record.cost, slot: record.slot, placement };
+    let task = Task {
+        task_id: task_id.to_string(),
+        user_id: record.user_id,
+        kind: record.kind,
+        cost: record.cost,
+        slot: record.slot,
+        placement,
+    };
     Ok(Outcome::Replayed { task, lane: LaneNow { recent, tier, now } })
 }

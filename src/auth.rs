@@ -145,10 +145,15 @@ pub async fn identify(auth: &Auth, config: &Config, headers: &HeaderMap) -> Resu
     }
     match auth {
         Auth::None => Ok(Caller::Anyone),
-        Auth::Jwt(verifier) => verifier.verify(token).map(Caller::User).map_err(|why| Refusal::Unauthenticated("invalid_token", why)),
+        Auth::Jwt(verifier) => {
+            verifier.verify(token).map(Caller::User).map_err(|why| Refusal::Unauthenticated("invalid_token", why))
+        }
         Auth::ApiKey => {
             let presented = parse_api_key(token).ok_or_else(|| {
-                Refusal::Unauthenticated("invalid_token", "the key is not one this API issues (tk_<id>_<secret>)".to_string())
+                Refusal::Unauthenticated(
+                    "invalid_token",
+                    "the key is not one this API issues (tk_<id>_<secret>)".to_string(),
+                )
             })?;
             let queue = Queue::connect(config).await.map_err(store_refusal)?;
             match queue.api_key(presented.key_id).await.map_err(store_refusal)? {
@@ -170,12 +175,15 @@ fn store_refusal(e: StoreError) -> Refusal {
 pub fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     let missing = || Refusal::Unauthenticated("", "send Authorization: Bearer <token>".to_string());
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
-    let value = value
-        .to_str()
-        .map_err(|_| Refusal::Unauthenticated("invalid_request", "the Authorization header is not visible ASCII".to_string()))?;
+    let value = value.to_str().map_err(|_| {
+        Refusal::Unauthenticated("invalid_request", "the Authorization header is not visible ASCII".to_string())
+    })?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
-        _ => Err(Refusal::Unauthenticated("invalid_request", "the Authorization header must be Bearer <token>".to_string())),
+        _ => Err(Refusal::Unauthenticated(
+            "invalid_request",
+            "the Authorization header must be Bearer <token>".to_string(),
+        )),
     }
 }
 
@@ -266,7 +274,8 @@ impl JwtVerifier {
             if settings.hs256_secret.len() < 32 {
                 return Err("jwt_hs256_secret must be at least 32 bytes".to_string());
             }
-            let key = DecodingKey::from_secret(settings.hs256_secret.as_bytes()).map_err(|e| format!("jwt_hs256_secret: {e}"))?;
+            let key = DecodingKey::from_secret(settings.hs256_secret.as_bytes())
+                .map_err(|e| format!("jwt_hs256_secret: {e}"))?;
             keys.push(VerifyKey { algorithm: Algorithm::HS256, kid: None, key });
         }
         let public = settings.public_keys.trim();
@@ -359,14 +368,18 @@ fn jwks_keys(text: &str) -> Result<Vec<VerifyKey>, String> {
         .enumerate()
         .map(|(i, jwk)| {
             let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_)) | (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_)) | (None, AlgorithmParameters::RSA(_)) => {
+                    Algorithm::RS256
+                }
                 (Some(KeyAlgorithm::ES256), AlgorithmParameters::EllipticCurve(ec))
                 | (None, AlgorithmParameters::EllipticCurve(ec))
                     if ec.curve == EllipticCurve::P256 =>
                 {
                     Algorithm::ES256
                 }
-                _ => return Err(format!("jwt_public_keys: key {i} is neither an RS256 RSA key nor an ES256 P-256 key")),
+                _ => {
+                    return Err(format!("jwt_public_keys: key {i} is neither an RS256 RSA key nor an ES256 P-256 key"));
+                }
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("jwt_public_keys: key {i}: {e}"))?;
             Ok(VerifyKey { algorithm, kid: jwk.common.key_id.clone(), key })
@@ -393,7 +406,9 @@ fn pem_keys(text: &str) -> Result<Vec<VerifyKey>, String> {
         keys.push(key);
     }
     if keys.is_empty() || !rest.trim().is_empty() {
-        return Err(format!("jwt_public_keys must be PEM public keys (-----BEGIN PUBLIC KEY----- ... {END}) or a JWKS document"));
+        return Err(format!(
+            "jwt_public_keys must be PEM public keys (-----BEGIN PUBLIC KEY----- ... {END}) or a JWKS document"
+        ));
     }
     Ok(keys)
 }
@@ -502,7 +517,9 @@ mod tests {
         refused(&v, &sign(Algorithm::HS256, &other, good.clone()), "signature");
         let token = hs256(good.clone());
         let parts: Vec<&str> = token.split('.').collect();
-        let mallory = b64(&json!({"sub": "mallory", "exp": now() + 60, "iss": "https://issuer.example", "aud": "task-api"}).to_string());
+        let mallory =
+            b64(&json!({"sub": "mallory", "exp": now() + 60, "iss": "https://issuer.example", "aud": "task-api"})
+                .to_string());
         refused(&v, &format!("{}.{mallory}.{}", parts[0], parts[2]), "signature");
         // `alg: none` and an unsigned token are not JWTs this API accepts.
         let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&good.to_string()));
@@ -543,7 +560,8 @@ mod tests {
         // Only RSA configured: an ES256 token is refused by its algorithm.
         refused(&verifier("", RSA_PUBLIC, "", ""), &es_token, "ES256");
         // A JWKS document, keys told apart by `kid`.
-        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap_or_else(|e| panic!("{e}"));
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap_or_else(|e| panic!("{e}"));
         jwk.common.key_id = Some("k1".to_string());
         let jwks = json!({"keys": [jwk]}).to_string();
         let v = verifier("", &jwks, "", "");
@@ -558,7 +576,13 @@ mod tests {
 
     #[test]
     fn verifier_configuration_errors_name_the_variable() {
-        let settings = |hs256_secret, public_keys| JwtSettings { hs256_secret, public_keys, issuer: "", audience: "", user_claim: "" };
+        let settings = |hs256_secret, public_keys| JwtSettings {
+            hs256_secret,
+            public_keys,
+            issuer: "",
+            audience: "",
+            user_claim: "",
+        };
         for (secret, keys, says) in [
             ("", "", "set jwt_hs256_secret or jwt_public_keys"),
             ("short", "", "at least 32 bytes"),

@@ -47,7 +47,6 @@ thread_local! {
 /// The task log stream's key (SPEC §3 default), under no prefix so that tools find it.
 const LOG_KEY: &str = "task_log";
 
-
 impl Config {
     /// The configuration, read on this instance's first request and kept.
     pub async fn get() -> anyhow::Result<Rc<Config>> {

@@ -103,7 +103,11 @@ pub struct LaneKey(pub String);
 
 impl LaneKey {
     pub fn new(user: &UserKey, kind: &str) -> Self {
-        if kind == crate::policy::DEFAULT_KIND { LaneKey(user.0.clone()) } else { LaneKey(format!("{}:{kind}", user.0)) }
+        if kind == crate::policy::DEFAULT_KIND {
+            LaneKey(user.0.clone())
+        } else {
+            LaneKey(format!("{}:{kind}", user.0))
+        }
     }
 }
 

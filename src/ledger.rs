@@ -403,13 +403,20 @@ mod tests {
     /// at the slot the rule gives after the entries before it.
     #[test]
     fn contended_commits_land_exactly_once_on_the_rule() {
-        let mut store = FakeStore { stored: Ledger::default(), rng: XorShift(0x5DEE_CE66_D1CE_4E5B), windows: DEFAULT.to_vec(), rival_commits: 0 };
+        let mut store = FakeStore {
+            stored: Ledger::default(),
+            rng: XorShift(0x5DEE_CE66_D1CE_4E5B),
+            windows: DEFAULT.to_vec(),
+            rival_commits: 0,
+        };
         for i in 0..200 {
             let id = format!("c{i}");
             let seen = store.stored.clone();
             let cost = 1 + (i % 3) as u32;
             let arrival = [Arrival { at: 0, tag: &id, cost, windows: &DEFAULT }];
-            let Ok(committed) = block_on(commit(&mut store, HISTORY, seen, &arrival)) else { panic!("commit {i} failed") };
+            let Ok(committed) = block_on(commit(&mut store, HISTORY, seen, &arrival)) else {
+                panic!("commit {i} failed")
+            };
             let entries = &store.stored.entries;
             assert_eq!(entries.iter().filter(|e| e.id == id).count(), 1, "commit {i}");
             let last = entries.back().cloned().unwrap_or(Entry { slot: 0, id: String::new(), cost: 0 });
@@ -445,9 +452,12 @@ mod tests {
             earlier.push(i * 1_000, "old", 1, 20);
         }
         let ids: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
-        let arrivals: Vec<Arrival> = ids.iter().map(|id| Arrival { at: 0, tag: id, cost: 1, windows: &DEFAULT }).collect();
+        let arrivals: Vec<Arrival> =
+            ids.iter().map(|id| Arrival { at: 0, tag: id, cost: 1, windows: &DEFAULT }).collect();
         let mut store = Accepting(Ledger::default());
-        let Ok(committed) = block_on(commit(&mut store, HISTORY, earlier.clone(), &arrivals)) else { panic!("commit failed") };
+        let Ok(committed) = block_on(commit(&mut store, HISTORY, earlier.clone(), &arrivals)) else {
+            panic!("commit failed")
+        };
         let mut one_by_one = earlier.spent();
         for _ in 0..25 {
             let slot = slot::next_slot(&DEFAULT, &one_by_one, 0, 1);

@@ -25,10 +25,10 @@
 
 pub mod admission;
 pub mod auth;
-pub mod http;
 pub mod config;
 pub mod deadline;
 pub mod drainer;
+pub mod http;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;

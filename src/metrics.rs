@@ -27,7 +27,8 @@ pub fn render(counters: &[(String, i64)]) -> String {
         fields.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_prefix(':')?, *v))).collect()
     };
     // An admission's 200 or 202 is counted only as the admission (per kind): add those.
-    let mut statuses: BTreeMap<&str, i64> = fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, *v))).collect();
+    let mut statuses: BTreeMap<&str, i64> =
+        fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("status:")?, *v))).collect();
     for (placement, status) in [("inline", "200"), ("queued", "202")] {
         let admitted: i64 = per_kind(&format!("admitted:{placement}")).values().sum();
         if admitted != 0 {
@@ -37,7 +38,8 @@ pub fn render(counters: &[(String, i64)]) -> String {
     for (code, value) in statuses {
         let _ = writeln!(out, "{name}{{status=\"{code}\"}} {value}");
     }
-    let name = family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
+    let name =
+        family(&mut out, "task_api_admissions_total", "counter", "Admitted tasks: run inline (200) or queued (202).");
     for placement in ["inline", "queued"] {
         let field = format!("admitted:{placement}");
         let total = get(&field) + per_kind(&field).values().sum::<i64>();

@@ -279,7 +279,8 @@ mod tests {
         // A lane keeps what its largest quota and longest window need over every tier.
         assert_eq!(policies.lane_history("email"), (50, 60_000));
         assert_eq!(policies.history(), (100, 86_400_000));
-        let names: Vec<&str> = policies.resolve("report", None).map(|p| p.named().map(|(n, _)| n).collect()).unwrap_or_default();
+        let names: Vec<&str> =
+            policies.resolve("report", None).map(|p| p.named().map(|(n, _)| n).collect()).unwrap_or_default();
         assert_eq!(names, ["10s", "24h"]);
         assert_eq!(policies.resolve("report", None).map(Policy::spec), Some("1/10000,100/86400000"));
     }
@@ -292,7 +293,8 @@ mod tests {
         let names: Vec<&str> = default.map(|p| p.named().map(|(n, _)| n).collect()).unwrap_or_default();
         assert_eq!(names, ["burst", "minute"]);
         // Without a `default` kind in the JSON, per_second/per_minute still define it.
-        let policies = Policies::parse(r#"{"kinds": {"email": ["5/60s"]}}"#, Policy::legacy(2, 0)).unwrap_or_else(|e| panic!("{e}"));
+        let policies = Policies::parse(r#"{"kinds": {"email": ["5/60s"]}}"#, Policy::legacy(2, 0))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(quotas(policies.resolve(DEFAULT_KIND, None)), [(2, 1_000)]);
         assert_eq!(policies.kind_names(), "default, email");
     }

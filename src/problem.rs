@@ -15,9 +15,7 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: impl Into<String
     });
     let mut response = Response::new(body.to_string());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }
 
@@ -147,18 +145,16 @@ pub fn too_costly(quota: u32, window_ms: i64, tier: Option<&str>) -> HttpRespons
         StatusCode::UNPROCESSABLE_ENTITY,
         "cost-over-quota",
         "The task costs more than its policy ever admits",
-        format!("a window of this kind's policy for {tier} admits {quota} units per {} s; the cost must be at most {quota}", window_ms / 1000),
+        format!(
+            "a window of this kind's policy for {tier} admits {quota} units per {} s; the cost must be at most {quota}",
+            window_ms / 1000
+        ),
     )
 }
 
 /// The shared state could not be reached or did not answer in time; nothing was stored.
 pub fn unavailable(detail: impl Into<String>) -> HttpResponse {
-    let response = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "Shared state unavailable",
-        detail,
-    );
+    let response = problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Shared state unavailable", detail);
     with_header(response, header::RETRY_AFTER, "1")
 }
 

@@ -78,8 +78,23 @@ pub static KEY_REVOKE: Script = Script::new("key_revoke", include_str!("scripts/
 
 /// Every script, in the library in this order.
 const ALL: [&Script; 17] = [
-    &PREPARE, &ADMIT, &FILE, &POKE, &DRAIN, &SWEEP, &RELEASE, &POSITION, &METRICS, &COUNT_STATUS, &OVERVIEW, &READ_TASK,
-    &CANCEL, &USER_STATE, &KEY_CREATE, &KEY_LIST, &KEY_REVOKE,
+    &PREPARE,
+    &ADMIT,
+    &FILE,
+    &POKE,
+    &DRAIN,
+    &SWEEP,
+    &RELEASE,
+    &POSITION,
+    &METRICS,
+    &COUNT_STATUS,
+    &OVERVIEW,
+    &READ_TASK,
+    &CANCEL,
+    &USER_STATE,
+    &KEY_CREATE,
+    &KEY_LIST,
+    &KEY_REVOKE,
 ];
 
 /// The lateness histogram's bounds, as both forms of the scripts declare them.
@@ -190,7 +205,11 @@ mod tests {
         // Lowercase hex, as Redis names cached scripts (FIPS 180 test vector).
         assert_eq!(sha1_smol::Sha1::from("abc").digest().to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
         let (text, _) = SWEEP.compiled();
-        assert!(text.contains("local function run_due") && text.contains(SWEEP.body) && text.ends_with("flush_counts()\nreturn reply\n"));
+        assert!(
+            text.contains("local function run_due")
+                && text.contains(SWEEP.body)
+                && text.ends_with("flush_counts()\nreturn reply\n")
+        );
     }
 
     #[test]
@@ -202,7 +221,9 @@ mod tests {
         let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
         for name in &names {
             assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name} is a Lua identifier");
-            let registration = format!("redis.register_function('{tag}_{name}', function(_, args) return run(script_{name}, args) end)");
+            let registration = format!(
+                "redis.register_function('{tag}_{name}', function(_, args) return run(script_{name}, args) end)"
+            );
             assert_eq!(text.matches(&registration).count(), 1, "{name}");
         }
         names.sort_unstable();
@@ -218,7 +239,9 @@ mod tests {
     fn function_errors_are_told_apart() {
         assert!(is_function_missing("An error was signalled by the server - ResponseError: Function not found"));
         assert!(is_function_missing("ERR Function not found"));
-        assert!(is_refusal("An error was signalled by the server - ResponseError: unknown command 'FCALL', with args beginning with: "));
+        assert!(is_refusal(
+            "An error was signalled by the server - ResponseError: unknown command 'FCALL', with args beginning with: "
+        ));
         assert!(is_refusal("NOPERM User default has no permissions to run the 'fcall' command"));
         assert!(!is_refusal("ERR user_script:12: Script attempted to access nonexistent global variable 'x'"));
         assert!(!is_function_missing("connection refused") && !is_refusal("connection refused"));
@@ -226,7 +249,9 @@ mod tests {
 
     #[test]
     fn noscript_is_recognised_in_each_hosts_words() {
-        assert!(is_noscript("An error was signalled by the server - NoScriptError: No matching script. Please use EVAL."));
+        assert!(is_noscript(
+            "An error was signalled by the server - NoScriptError: No matching script. Please use EVAL."
+        ));
         assert!(is_noscript("NOSCRIPT No matching script. Please use EVAL."));
         assert!(!is_noscript("connection refused"));
     }

@@ -175,7 +175,10 @@ mod tests {
             let slots = schedule(&windows, &arrivals, &costs);
             for n in 0..slots.len() {
                 for window in &windows {
-                    assert!(worst_window(&slots, &costs, n, window) <= u64::from(window.quota), "case {case}: task {n} overfills {window:?}");
+                    assert!(
+                        worst_window(&slots, &costs, n, window) <= u64::from(window.quota),
+                        "case {case}: task {n} overfills {window:?}"
+                    );
                 }
                 assert!(slots[n] >= arrivals[n], "case {case}: before arrival");
                 let floor = if n > 0 { arrivals[n].max(slots[n - 1]) } else { arrivals[n] };

@@ -7,7 +7,8 @@ use task_api::http::tasks::{MAX_IDEMPOTENCY_KEY, check_idempotency_key};
 use task_api::keys::{Keys, UserKey};
 
 fuzz_target!(|data: &[u8]| {
-    let visible = !data.is_empty() && data.len() <= MAX_IDEMPOTENCY_KEY && data.iter().all(|b| (0x21..=0x7e).contains(b));
+    let visible =
+        !data.is_empty() && data.len() <= MAX_IDEMPOTENCY_KEY && data.iter().all(|b| (0x21..=0x7e).contains(b));
     match check_idempotency_key(data) {
         Ok(key) => {
             assert!(visible, "{data:?} accepted");

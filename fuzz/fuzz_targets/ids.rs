@@ -13,7 +13,13 @@ use task_api::keys::{Keys, TASK_ID_LEN, UserKey, is_task_id};
 /// Every byte but the unreserved ones as `%XX`: valid input to either decoding mode.
 fn encode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

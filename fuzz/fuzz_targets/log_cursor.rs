@@ -11,7 +11,8 @@ use task_api::http::admin::parse_stream_id;
 
 /// The pattern of `after` in the document the app serves.
 static CONTRACT: LazyLock<Regex> = LazyLock::new(|| {
-    let doc: serde_json::Value = serde_json::from_str(include_str!("../../src/openapi.json")).unwrap_or_else(|e| panic!("{e}"));
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../src/openapi.json")).unwrap_or_else(|e| panic!("{e}"));
     let parameters = doc["paths"]["/api/v1/log"]["get"]["parameters"].as_array().cloned().unwrap_or_default();
     let after = parameters.iter().find(|p| p["name"] == "after").unwrap_or_else(|| panic!("no after parameter"));
     let pattern = after["schema"]["pattern"].as_str().unwrap_or_else(|| panic!("after has no pattern"));

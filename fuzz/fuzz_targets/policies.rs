@@ -15,7 +15,10 @@ fn spec_windows(spec: &str) -> Vec<(u32, i64)> {
     spec.split(',')
         .map(|part| {
             let (q, ms) = part.split_once('/').unwrap_or_else(|| panic!("spec part {part:?}"));
-            (q.parse().unwrap_or_else(|e| panic!("{spec:?}: {e}")), ms.parse().unwrap_or_else(|e| panic!("{spec:?}: {e}")))
+            (
+                q.parse().unwrap_or_else(|e| panic!("{spec:?}: {e}")),
+                ms.parse().unwrap_or_else(|e| panic!("{spec:?}: {e}")),
+            )
         })
         .collect()
 }
@@ -45,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
     for kind in &kinds {
         // The built-in tier, every configured tier, and one that is not configured.
         for tier in [None, Some("not-a-tier")].into_iter().chain(tiers.iter().map(|t| Some(t.as_str()))) {
-            let policy = policies.resolve(kind, tier).unwrap_or_else(|| panic!("kind {kind} does not resolve for {tier:?}"));
+            let policy =
+                policies.resolve(kind, tier).unwrap_or_else(|| panic!("kind {kind} does not resolve for {tier:?}"));
             check(policy);
         }
         let (entries, ms) = policies.lane_history(kind);

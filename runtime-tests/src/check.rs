@@ -49,7 +49,15 @@ impl Entry {
     /// An entry as a seed-format line gives it: `user_id` completed at `completed_at`, of the
     /// default kind, 1 unit, without a task id, slot or policy.
     pub fn new(user_id: impl Into<String>, completed_at: i64) -> Entry {
-        Entry { task_id: None, user_id: user_id.into(), slot: None, completed_at, kind: DEFAULT_KIND.to_string(), cost: 1, policy: None }
+        Entry {
+            task_id: None,
+            user_id: user_id.into(),
+            slot: None,
+            completed_at,
+            kind: DEFAULT_KIND.to_string(),
+            cost: 1,
+            policy: None,
+        }
     }
 }
 
@@ -353,7 +361,10 @@ mod tests {
         let json = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"kind":"email","cost":3,"policy":"1/1000,20/60000"}"#;
         let Ok(Some(entry)) = parse_entry(json) else { panic!("{json} not read") };
         assert_eq!((entry.kind.as_str(), entry.cost), ("email", 3));
-        assert_eq!(entry.policy, Some(vec![Window { quota: 1, window_ms: 1_000 }, Window { quota: 20, window_ms: 60_000 }]));
+        assert_eq!(
+            entry.policy,
+            Some(vec![Window { quota: 1, window_ms: 1_000 }, Window { quota: 20, window_ms: 60_000 }])
+        );
         let none = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":12,"kind":"report","cost":1,"policy":""}"#;
         assert_eq!(parse_line(none).and_then(|e| e.policy), Some(vec![]));
         for bad in [

@@ -129,10 +129,7 @@ impl Redis {
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).stderr(Stdio::null()).status();
     }
 }
 
@@ -240,7 +237,8 @@ impl Host {
                 }
             });
         }
-        let mut host = Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: config_dir };
+        let mut host =
+            Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: config_dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let next = match host.lines.lock() {
@@ -353,7 +351,13 @@ fn build_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
 }
 
 /// A request that may fail at the connection (the replica was killed).
-pub fn try_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     try_raw_request(addr, &request_bytes(addr, method, path, headers, body))
 }
 
@@ -394,10 +398,8 @@ fn parse_response(response: &[u8], elapsed: Duration) -> Reply {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
     let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if chunked { dechunk(body) } else { body.to_string() };
     Reply { status, headers, body, elapsed }
@@ -440,7 +442,11 @@ impl KeepAlive {
         let started = Instant::now();
         self.reader.get_mut().write_all(&build_request(&self.addr, method, path, headers, body, false))?;
         let (status, headers) = read_head(&mut self.reader)?;
-        let body = if method == "HEAD" || status == 204 || status == 304 { Vec::new() } else { read_body(&mut self.reader, &headers)? };
+        let body = if method == "HEAD" || status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            read_body(&mut self.reader, &headers)?
+        };
         Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
     }
 
@@ -470,7 +476,11 @@ fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
 /// The status line and headers.
 fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let status_line = read_line(reader)?;
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let line = read_line(reader)?;
@@ -491,7 +501,11 @@ fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> std::io
     if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         loop {
             let line = read_line(reader)?;
-            let size = line.split(';').next().and_then(|s| usize::from_str_radix(s.trim(), 16).ok()).ok_or_else(|| invalid(format!("bad chunk size {line:?}")))?;
+            let size = line
+                .split(';')
+                .next()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .ok_or_else(|| invalid(format!("bad chunk size {line:?}")))?;
             if size == 0 {
                 // Trailers, up to the empty line.
                 while !read_line(reader)?.is_empty() {}

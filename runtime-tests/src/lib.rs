@@ -61,7 +61,10 @@ enum Store {
     /// One shared connection per store, opened on first use (key-value-redis store.rs
     /// `KeyValueRedis::get`: a `OnceCell`, `get_connection_manager` with its defaults, so
     /// no timeouts).
-    Redis { client: redis::Client, shared: OnceCell<ConnectionManager> },
+    Redis {
+        client: redis::Client,
+        shared: OnceCell<ConnectionManager>,
+    },
     Memory(Arc<Mutex<HashMap<String, Vec<u8>>>>),
 }
 
@@ -71,7 +74,8 @@ impl Services {
         for (label, backend) in backends {
             let store = match backend {
                 StoreBackend::Redis { url } => Store::Redis {
-                    client: redis::Client::open(url.as_str()).with_context(|| format!("key-value store {label:?}: invalid Redis URL"))?,
+                    client: redis::Client::open(url.as_str())
+                        .with_context(|| format!("key-value store {label:?}: invalid Redis URL"))?,
                     shared: OnceCell::new(),
                 },
                 StoreBackend::Memory => Store::Memory(Default::default()),
@@ -87,7 +91,10 @@ impl Services {
         match self.stores.get(label) {
             None => Err(Error::NoSuchStore),
             Some(Store::Redis { client, shared }) => {
-                let shared = shared.get_or_try_init(|| client.get_connection_manager()).await.map_err(|e| Error::Other(e.to_string()))?;
+                let shared = shared
+                    .get_or_try_init(|| client.get_connection_manager())
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?;
                 Ok(Backend::Redis { client: client.clone(), shared: shared.clone() })
             }
             Some(Store::Memory(map)) => Ok(Backend::Memory(map.clone())),
@@ -109,9 +116,10 @@ pub fn allowed_host(allowed: &[String], address: &str) -> bool {
         Some((scheme.to_string(), host, port))
     }
     let Some((scheme, host, port)) = parts(address) else { return false };
-    allowed.iter().filter_map(|a| parts(a)).any(|(s, h, p)| {
-        s == scheme && (h == "*" || h.eq_ignore_ascii_case(&host)) && (p == "*" || p == port)
-    })
+    allowed
+        .iter()
+        .filter_map(|a| parts(a))
+        .any(|(s, h, p)| s == scheme && (h == "*" || h.eq_ignore_ascii_case(&host)) && (p == "*" || p == port))
 }
 
 /// Loads the app, subscribes its Redis triggers, serves HTTP on `listener`, and prints

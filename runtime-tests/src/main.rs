@@ -64,7 +64,8 @@ fn init_tracing() -> anyhow::Result<()> {
         .add_directive("watchexec=off".parse()?)
         .add_directive("[{app_log}]=off".parse()?)
         .add_directive("[{app_log_non_utf8}]=off".parse()?);
-    let fmt_layer = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_filter(filter);
+    let fmt_layer =
+        fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_filter(filter);
     let alert_layer = AlertInDev.with_filter(filter_fn(|meta| meta.fields().field("alert_in_dev").is_some()));
     registry().with(fmt_layer).with(alert_layer).try_init()?;
     Ok(())

@@ -156,7 +156,9 @@ impl Route {
 /// A key-value store's backend, from the runtime config.
 #[derive(Debug, Clone)]
 pub enum StoreBackend {
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
     /// No runtime config for the label: process-local memory (Spin would use SQLite).
     Memory,
 }
@@ -190,8 +192,13 @@ struct StoreConfig {
 
 /// Loads `spin.toml`; `overrides` are variable values given on the command line or by
 /// `SPIN_VARIABLE_*` (already merged, command line first).
-pub fn load(manifest_path: &Path, runtime_config: Option<&Path>, overrides: &HashMap<String, String>) -> anyhow::Result<App> {
-    let text = std::fs::read_to_string(manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+pub fn load(
+    manifest_path: &Path,
+    runtime_config: Option<&Path>,
+    overrides: &HashMap<String, String>,
+) -> anyhow::Result<App> {
+    let text =
+        std::fs::read_to_string(manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
     let manifest: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
     if manifest.spin_manifest_version != 2 {
         bail!("{}: only spin_manifest_version = 2 is supported", manifest_path.display());
@@ -280,7 +287,9 @@ pub fn load(manifest_path: &Path, runtime_config: Option<&Path>, overrides: &Has
                 ("redis", Some(url)) => StoreBackend::Redis { url },
                 ("redis", None) => bail!("key_value_store.{label}: type \"redis\" needs a url"),
                 ("spin", _) => StoreBackend::Memory,
-                (other, _) => bail!("key_value_store.{label}: unsupported type {other:?} (this host knows redis and spin)"),
+                (other, _) => {
+                    bail!("key_value_store.{label}: unsupported type {other:?} (this host knows redis and spin)")
+                }
             };
             stores.insert(label, backend);
         }
@@ -288,7 +297,9 @@ pub fn load(manifest_path: &Path, runtime_config: Option<&Path>, overrides: &Has
     for component in components.values() {
         for label in &component.key_value_stores {
             if !stores.contains_key(label) {
-                eprintln!("warning: key-value store {label:?} has no runtime config; using process memory (not shared between replicas)");
+                eprintln!(
+                    "warning: key-value store {label:?} has no runtime config; using process memory (not shared between replicas)"
+                );
                 stores.insert(label.clone(), StoreBackend::Memory);
             }
         }

@@ -14,11 +14,13 @@ const POLICY: [(&str, [(&str, i64); 2]); 2] = [("burst", [("q", 1), ("w", 1)]), 
 /// name) whose parameters are Integers. Returns (policy, [(parameter, value)]) in order.
 fn structured(reply: &support::Reply, field: &str) -> Vec<(String, Vec<(String, i64)>)> {
     let value = reply.header(field).unwrap_or_else(|| panic!("no {field} field in {:?}", reply.headers));
-    let list: sfv::List = sfv::Parser::new(value).parse().unwrap_or_else(|e| panic!("{field}: {value:?} is not a structured List: {e}"));
+    let list: sfv::List =
+        sfv::Parser::new(value).parse().unwrap_or_else(|e| panic!("{field}: {value:?} is not a structured List: {e}"));
     list.iter()
         .map(|entry| {
             let sfv::ListEntry::Item(item) = entry else { panic!("{field}: {value:?} holds an inner list") };
-            let name = item.bare_item.as_string().unwrap_or_else(|| panic!("{field}: policy name not a String in {value:?}"));
+            let name =
+                item.bare_item.as_string().unwrap_or_else(|| panic!("{field}: policy name not a String in {value:?}"));
             let params = item
                 .params
                 .iter()
@@ -34,7 +36,10 @@ fn structured(reply: &support::Reply, field: &str) -> Vec<(String, Vec<(String, 
 
 /// `RateLimit-Policy` checked against the default policies; the `RateLimit` field parsed.
 fn rate_limit(reply: &support::Reply) -> Vec<(String, Vec<(String, i64)>)> {
-    let policy: Vec<_> = POLICY.iter().map(|(n, ps)| (n.to_string(), ps.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>())).collect();
+    let policy: Vec<_> = POLICY
+        .iter()
+        .map(|(n, ps)| (n.to_string(), ps.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()))
+        .collect();
     assert_eq!(structured(reply, "ratelimit-policy"), policy);
     structured(reply, "ratelimit")
 }
@@ -217,7 +222,13 @@ fn integer_and_hostile_user_ids_are_separate_users() {
 
 fn post_with_key(host: &Host, user: &str, key: &str) -> support::Reply {
     let body = format!(r#"{{"user_id":"{user}"}}"#);
-    request(&host.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json"), ("Idempotency-Key", key)], body.as_bytes())
+    request(
+        &host.addr,
+        "POST",
+        "/api/v1/task",
+        &[("Content-Type", "application/json"), ("Idempotency-Key", key)],
+        body.as_bytes(),
+    )
 }
 
 /// A retried POST with the same Idempotency-Key returns the original task and creates none;
@@ -248,12 +259,22 @@ fn a_repeated_idempotency_key_returns_the_original_task() {
 fn an_idempotency_key_reused_for_another_request_is_422() {
     let (redis, host) = start();
     let send = |body: &str| {
-        request(&host.addr, "POST", "/api/v1/task", &[("Content-Type", "application/json"), ("Idempotency-Key", "order-9")], body.as_bytes())
+        request(
+            &host.addr,
+            "POST",
+            "/api/v1/task",
+            &[("Content-Type", "application/json"), ("Idempotency-Key", "order-9")],
+            body.as_bytes(),
+        )
     };
     let original = r#"{"user_id":"frank","payload":{"n":1}}"#;
     let first = send(original);
     assert_eq!(first.status, 200, "{}", first.body);
-    for other in [r#"{"user_id":"frank","payload":{"n":2}}"#, r#"{"user_id":"frank"}"#, r#"{"user_id":"frank","payload":{"n":1},"cost":2}"#] {
+    for other in [
+        r#"{"user_id":"frank","payload":{"n":2}}"#,
+        r#"{"user_id":"frank"}"#,
+        r#"{"user_id":"frank","payload":{"n":1},"cost":2}"#,
+    ] {
         let reply = send(other);
         assert_eq!(reply.status, 422, "{other}: {}", reply.body);
         assert_eq!(reply.json()["type"], "urn:task-api:problem:idempotency-key-reused");
@@ -301,7 +322,8 @@ fn a_full_backlog_answers_429() {
         let host = Host::start(&redis, &HostOptions { variables, ..HostOptions::default() });
         let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"frank"}"#).status).collect();
         assert_eq!(statuses, vec![200, 202, 202], "{ledger}");
-        let refused = support::try_post_task(&host.addr, "frank", Some("full-1")).unwrap_or_else(|e| panic!("POST: {e}"));
+        let refused =
+            support::try_post_task(&host.addr, "frank", Some("full-1")).unwrap_or_else(|e| panic!("POST: {e}"));
         assert_eq!(refused.status, 429, "{ledger}: {}", refused.body);
         assert!(refused.header("retry-after").is_some(), "{ledger}");
         assert_eq!(refused.json()["status"], 429, "{ledger}");
@@ -391,7 +413,8 @@ fn the_overview_shows_queue_and_recent_completions() {
     assert_eq!(view["recent"][0]["task_id"], replies[0].json()["task_id"]);
     assert_eq!(view["user"]["user_id"], user);
     let queued: Vec<_> = view["user"]["queued"].as_array().cloned().unwrap_or_default();
-    let expected: Vec<_> = replies[1..].iter().map(|r| (r.json()["task_id"].clone(), r.json()["slot"].clone())).collect();
+    let expected: Vec<_> =
+        replies[1..].iter().map(|r| (r.json()["task_id"].clone(), r.json()["slot"].clone())).collect();
     let got: Vec<_> = queued.iter().map(|q| (q["task_id"].clone(), q["slot"].clone())).collect();
     assert_eq!(got, expected);
     assert_eq!(view["user"]["completed"], serde_json::json!([replies[0].json()["completed_at"]]));
@@ -449,7 +472,10 @@ fn delete(host: &Host, path: &str) -> support::Reply {
 fn a_queued_task_can_be_cancelled_and_never_runs() {
     let (_redis, host) = start();
     let replies: Vec<_> = (0..4).map(|_| host.post_task(r#"{"user_id":"cancel-me"}"#).json()).collect();
-    assert_eq!(replies.iter().map(|r| r["status"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["completed", "queued", "queued", "queued"]);
+    assert_eq!(
+        replies.iter().map(|r| r["status"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        ["completed", "queued", "queued", "queued"]
+    );
     let id = |i: usize| replies[i]["task_id"].as_str().unwrap_or_default().to_string();
     let victim = format!("/api/v1/task/{}", id(2));
 
@@ -514,7 +540,10 @@ fn one_users_state_at_a_glance() {
     assert_eq!((fresh["user_id"].as_str(), fresh["queued"].as_i64()), (Some(user), Some(0)));
     assert_eq!(fresh["next_task"], serde_json::Value::Null);
     assert_eq!(fresh["next_slot"], fresh["now"], "a fresh user's next slot is now");
-    assert_eq!(fresh["remaining"], serde_json::json!([{"policy": "burst", "q": 1, "w": 1, "r": 1}, {"policy": "minute", "q": 20, "w": 60, "r": 20}]));
+    assert_eq!(
+        fresh["remaining"],
+        serde_json::json!([{"policy": "burst", "q": 1, "w": 1, "r": 1}, {"policy": "minute", "q": 20, "w": 60, "r": 20}])
+    );
 
     let body = serde_json::json!({ "user_id": user }).to_string();
     let replies: Vec<_> = (0..3).map(|_| host.post_task(&body)).collect();
@@ -534,7 +563,10 @@ fn one_users_state_at_a_glance() {
         assert_eq!(window["policy"].as_str(), Some(name.as_str()));
         for (key, value) in params {
             let now = window[key.as_str()].as_i64().unwrap_or(-1);
-            assert!(now == *value || (key == "t" && (value - 1..=*value).contains(&now)), "{key}: {now} vs header {value}");
+            assert!(
+                now == *value || (key == "t" && (value - 1..=*value).contains(&now)),
+                "{key}: {now} vs header {value}"
+            );
         }
     }
 

@@ -7,7 +7,7 @@ mod support;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{Host, HostOptions, Redis, Reply, request, repo_root};
+use support::{Host, HostOptions, Redis, Reply, repo_root, request};
 
 const ADMIN_TOKEN: &str = "admin-t0ken";
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
@@ -83,16 +83,27 @@ fn base64url(bytes: &[u8]) -> String {
 fn jwt_users_act_only_for_themselves_and_bad_tokens_are_refused() {
     let redis = Redis::start();
     let keys = format!("{}\n{}", fixture("rsa-public.pem"), fixture("ec-public.pem"));
-    let host = host(&redis, &[
-        ("auth", "jwt"),
-        ("jwt_hs256_secret", SECRET),
-        ("jwt_public_keys", &keys),
-        ("jwt_issuer", ISSUER),
-        ("jwt_audience", AUDIENCE),
-    ]);
+    let host = host(
+        &redis,
+        &[
+            ("auth", "jwt"),
+            ("jwt_hs256_secret", SECRET),
+            ("jwt_public_keys", &keys),
+            ("jwt_issuer", ISSUER),
+            ("jwt_audience", AUDIENCE),
+        ],
+    );
     let alice = hs256(&claims("alice"));
-    let bob = sign(Algorithm::ES256, &EncodingKey::from_ec_pem(fixture("ec-private.pem").as_bytes()).unwrap_or_else(|e| panic!("{e}")), &claims("bob"));
-    let alice_rs = sign(Algorithm::RS256, &EncodingKey::from_rsa_pem(fixture("rsa-private.pem").as_bytes()).unwrap_or_else(|e| panic!("{e}")), &claims("alice"));
+    let bob = sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(fixture("ec-private.pem").as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+        &claims("bob"),
+    );
+    let alice_rs = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(fixture("rsa-private.pem").as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+        &claims("alice"),
+    );
 
     // Refused, each for what is wrong with it.
     let with = |field: &str, value: Value| {
@@ -101,7 +112,11 @@ fn jwt_users_act_only_for_themselves_and_bad_tokens_are_refused() {
         hs256(&c)
     };
     let forged = sign(Algorithm::HS256, &secret(b"not the secret, but just as long!!"), &claims("alice"));
-    let alg_none = format!("{}.{}.", base64url(br#"{"alg":"none","typ":"JWT"}"#), base64url(claims("alice").to_string().as_bytes()));
+    let alg_none = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims("alice").to_string().as_bytes())
+    );
     // Algorithm confusion: HS256 "signed" with the RSA public key, which a naive verifier
     // would take as the HMAC secret.
     let confused = sign(Algorithm::HS256, &secret(fixture("rsa-public.pem").as_bytes()), &claims("alice"));
@@ -168,7 +183,8 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
     let redis = Redis::start();
     let replicas: Vec<Host> = (0..3).map(|_| host(&redis, &[("auth", "api_key")])).collect();
     let make = |user: &str| {
-        let reply = call(&replicas[0], "POST", "/api/v1/keys", Some(ADMIN_TOKEN), &json!({"user_id": user}).to_string());
+        let reply =
+            call(&replicas[0], "POST", "/api/v1/keys", Some(ADMIN_TOKEN), &json!({"user_id": user}).to_string());
         assert_eq!(reply.status, 201, "{}", reply.body);
         assert_eq!(reply.header("cache-control"), Some("no-store"));
         let body = reply.json();
@@ -185,7 +201,8 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
     let listed = call(&replicas[2], "GET", "/api/v1/keys?user_id=alice", Some(ADMIN_TOKEN), "");
     assert_eq!(listed.status, 200, "{}", listed.body);
     let listing = listed.json();
-    let mut ids: Vec<&str> = listing["keys"].as_array().map(|k| k.iter().filter_map(|k| k["key_id"].as_str()).collect()).unwrap_or_default();
+    let mut ids: Vec<&str> =
+        listing["keys"].as_array().map(|k| k.iter().filter_map(|k| k["key_id"].as_str()).collect()).unwrap_or_default();
     ids.sort_unstable();
     let mut expected = vec![alice_id.as_str(), spare_id.as_str()];
     expected.sort_unstable();
@@ -214,7 +231,11 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
     // Keys of the right shape that were never made, or tampered with, are refused.
     let unknown = format!("tk_{}_{}", "0".repeat(16), "0".repeat(64));
     let tampered = format!("{}{}", &alice[..alice.len() - 1], if alice.ends_with('0') { '1' } else { '0' });
-    for (token, says) in [(unknown.as_str(), "unknown or revoked"), (&tampered, "unknown or revoked"), ("tk_short", "not one this API issues")] {
+    for (token, says) in [
+        (unknown.as_str(), "unknown or revoked"),
+        (&tampered, "unknown or revoked"),
+        ("tk_short", "not one this API issues"),
+    ] {
         assert_unauthenticated(&call(&replicas[0], "POST", "/api/v1/task", Some(token), "{}"), token, says);
     }
 
@@ -222,7 +243,11 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
     let revoked = call(&replicas[0], "DELETE", &format!("/api/v1/keys/{alice_id}"), Some(ADMIN_TOKEN), "");
     assert_eq!((revoked.status, revoked.json()["user_id"].clone()), (200, json!("alice")), "{}", revoked.body);
     for replica in &replicas {
-        assert_unauthenticated(&call(replica, "POST", "/api/v1/task", Some(&alice), "{}"), &alice, "unknown or revoked");
+        assert_unauthenticated(
+            &call(replica, "POST", "/api/v1/task", Some(&alice), "{}"),
+            &alice,
+            "unknown or revoked",
+        );
     }
     assert_eq!(call(&replicas[0], "DELETE", &format!("/api/v1/keys/{alice_id}"), Some(ADMIN_TOKEN), "").status, 404);
     let left = call(&replicas[1], "GET", "/api/v1/keys?user_id=alice", Some(ADMIN_TOKEN), "");
@@ -236,11 +261,17 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
 #[test]
 fn authentication_without_an_admin_token_is_a_configuration_error() {
     let redis = Redis::start();
-    let host = Host::start(&redis, &HostOptions { variables: vec![("auth".to_string(), "api_key".to_string())], lossy_cas: false });
+    let host = Host::start(
+        &redis,
+        &HostOptions { variables: vec![("auth".to_string(), "api_key".to_string())], lossy_cas: false },
+    );
     let reply = call(&host, "POST", "/api/v1/task", None, r#"{"user_id":"alice"}"#);
     assert_eq!(reply.status, 500, "{}", reply.body);
     assert!(reply.body.contains("admin_token"), "{}", reply.body);
-    let wrong = Host::start(&redis, &HostOptions { variables: vec![("auth".to_string(), "oauth".to_string())], lossy_cas: false });
+    let wrong = Host::start(
+        &redis,
+        &HostOptions { variables: vec![("auth".to_string(), "oauth".to_string())], lossy_cas: false },
+    );
     let reply = call(&wrong, "POST", "/api/v1/task", None, r#"{"user_id":"alice"}"#);
     assert_eq!(reply.status, 500, "{}", reply.body);
     assert!(reply.body.contains("none, jwt or api_key"), "{}", reply.body);

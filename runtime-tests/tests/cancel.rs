@@ -68,7 +68,8 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
         let queued = hosts[0].post_task(&body);
         assert_eq!(queued.status, 202, "{}", queued.body);
         let queued = queued.json();
-        let (task_id, slot) = (queued["task_id"].as_str().unwrap_or_default().to_string(), queued["slot"].as_i64().unwrap_or(0));
+        let (task_id, slot) =
+            (queued["task_id"].as_str().unwrap_or_default().to_string(), queued["slot"].as_i64().unwrap_or(0));
         assert!(to_send.send((task_id, slot, next_offset())).is_ok());
     }
     drop(to_send);
@@ -88,10 +89,11 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), None);
     assert!(report.is_clean(), "{}", report.summary());
-    let ran: HashMap<&str, usize> = entries.iter().filter_map(|e| e.task_id.as_deref()).fold(HashMap::new(), |mut m, id| {
-        *m.entry(id).or_default() += 1;
-        m
-    });
+    let ran: HashMap<&str, usize> =
+        entries.iter().filter_map(|e| e.task_id.as_deref()).fold(HashMap::new(), |mut m, id| {
+            *m.entry(id).or_default() += 1;
+            m
+        });
     let (mut cancelled, mut too_late) = (Vec::new(), Vec::new());
     for (task_id, offset, status, body) in &outcomes {
         let record = hosts[0].get(&format!("/api/v1/task/{task_id}")).json();
@@ -102,7 +104,12 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
                 cancelled.push(*offset);
             }
             409 => {
-                assert_eq!(ran.get(task_id.as_str()), Some(&1), "{task_id} answered 409 but ran {:?} times", ran.get(task_id.as_str()));
+                assert_eq!(
+                    ran.get(task_id.as_str()),
+                    Some(&1),
+                    "{task_id} answered 409 but ran {:?} times",
+                    ran.get(task_id.as_str())
+                );
                 assert_eq!(record["status"], "completed", "{record}");
                 too_late.push(*offset);
             }
@@ -111,7 +118,8 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
     }
     assert_eq!(entries.len(), USERS + too_late.len(), "{}", report.summary());
     let metrics = hosts[0].get("/metrics").body;
-    let counted = metrics.lines().find_map(|l| l.strip_prefix("task_api_cancelled_total ")).and_then(|v| v.parse::<usize>().ok());
+    let counted =
+        metrics.lines().find_map(|l| l.strip_prefix("task_api_cancelled_total ")).and_then(|v| v.parse::<usize>().ok());
     assert_eq!(counted, Some(cancelled.len()), "{metrics}");
 
     // The race was run both ways, not just on one side of it.

@@ -35,7 +35,9 @@ fn a_broken_log_fails_and_names_the_violation() {
 
 #[test]
 fn ndjson_reports_lateness_and_respects_configured_limits() {
-    let line = |id: &str, slot: i64, at: i64| format!(r#"{{"task_id":"{id}","user_id":"u","slot":{slot},"completed_at":{at}}}"#);
+    let line = |id: &str, slot: i64, at: i64| {
+        format!(r#"{{"task_id":"{id}","user_id":"u","slot":{slot},"completed_at":{at}}}"#)
+    };
     let log = [line("a", 0, 3), line("b", 500, 510)].join("\n");
     // Two within a second break the default rule but not a 2-per-second one.
     assert_eq!(run_on("default", &log, &[]).0, 1);
@@ -52,7 +54,9 @@ use runtime_tests::check::{self, Entry, Rule, Window};
 
 /// An NDJSON log line as `GET /api/v1/log` writes it since kinds existed.
 fn ndjson(id: &str, user: &str, kind: &str, cost: u64, policy: &str, slot: i64, at: i64) -> String {
-    format!(r#"{{"task_id":"{id}","user_id":"{user}","slot":{slot},"completed_at":{at},"kind":"{kind}","cost":{cost},"policy":"{policy}"}}"#)
+    format!(
+        r#"{{"task_id":"{id}","user_id":"{user}","slot":{slot},"completed_at":{at},"kind":"{kind}","cost":{cost},"policy":"{policy}"}}"#
+    )
 }
 
 /// A line from before kinds: no kind, cost or policy.
@@ -116,7 +120,11 @@ fn entries_are_held_to_their_own_policy_not_the_default_rule() {
     }
     let report = check::check(&entries, Rule::default(), None);
     assert_eq!(report.violations.len(), 2, "{:?}", report.violations);
-    assert!(report.violations.iter().all(|v| v.contains("over 1 per 1000 ms of the default rule")), "{:?}", report.violations);
+    assert!(
+        report.violations.iter().all(|v| v.contains("over 1 per 1000 ms of the default rule")),
+        "{:?}",
+        report.violations
+    );
 }
 
 #[test]
@@ -135,12 +143,19 @@ fn lanes_of_one_user_are_independent() {
 
 #[test]
 fn a_weighted_entry_that_overfills_a_window_is_flagged() {
-    let two = |cost: u64, at: i64| [ndjson("w1", "u", "email", 3, EMAIL, 0, 0), ndjson("w2", "u", "email", cost, EMAIL, at, at)];
+    let two = |cost: u64, at: i64| {
+        [ndjson("w1", "u", "email", 3, EMAIL, 0, 0), ndjson("w2", "u", "email", cost, EMAIL, at, at)]
+    };
     // (-30000, 30000] holds 3 + 3 = 6 units of 5: w2 is flagged, w1 (3 units alone) is not.
     let report = checked(&two(3, 30_000));
     assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
     let v = &report.violations[0];
-    for part in [r#"user "u" kind "email": 6 units"#, "within (-30000, 30000]", "over 5 per 60000 ms of its policy", r#"task "w2""#] {
+    for part in [
+        r#"user "u" kind "email": 6 units"#,
+        "within (-30000, 30000]",
+        "over 5 per 60000 ms of its policy",
+        r#"task "w2""#,
+    ] {
         assert!(v.contains(part), "{part:?} not in {v}");
     }
     // 3 + 2 = 5 fits; at 60000, w1 (at 0) has left the window; at 59999 it has not.
@@ -154,7 +169,8 @@ fn a_weighted_entry_that_overfills_a_window_is_flagged() {
 #[test]
 fn an_entry_that_breaks_its_policy_but_not_the_default_rule_is_flagged() {
     // 1 per 5 s: (-3000, 2000] holds both. The default rule (1/s, 20/min) would allow them.
-    let lines = [ndjson("r1", "u", "report", 1, "1/5000", 0, 0), ndjson("r2", "u", "report", 1, "1/5000", 2_000, 2_000)];
+    let lines =
+        [ndjson("r1", "u", "report", 1, "1/5000", 0, 0), ndjson("r2", "u", "report", 1, "1/5000", 2_000, 2_000)];
     let report = checked(&lines);
     assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
     assert!(report.violations[0].contains("over 1 per 5000 ms of its policy"), "{:?}", report.violations);
@@ -162,9 +178,11 @@ fn an_entry_that_breaks_its_policy_but_not_the_default_rule_is_flagged() {
     entries.iter_mut().for_each(|e| e.policy = None);
     assert!(check::check(&entries, Rule::default(), None).is_clean());
     // A tier change: the second task's own policy is what counts, not the first's.
-    let pro_then_free = [ndjson("t1", "u", "default", 1, "5/1000", 0, 0), ndjson("t2", "u", "default", 1, "1/1000", 500, 500)];
+    let pro_then_free =
+        [ndjson("t1", "u", "default", 1, "5/1000", 0, 0), ndjson("t2", "u", "default", 1, "1/1000", 500, 500)];
     assert_eq!(checked(&pro_then_free).violations.len(), 1);
-    let free_then_pro = [ndjson("t1", "u", "default", 1, "1/1000", 0, 0), ndjson("t2", "u", "default", 1, "5/1000", 500, 500)];
+    let free_then_pro =
+        [ndjson("t1", "u", "default", 1, "1/1000", 0, 0), ndjson("t2", "u", "default", 1, "5/1000", 500, 500)];
     assert!(checked(&free_then_pro).is_clean());
     // No windows: no limit.
     let unlimited = [ndjson("n1", "u", "bulk", 1, "", 0, 0), ndjson("n2", "u", "bulk", 1, "", 0, 0)];
@@ -176,7 +194,12 @@ fn own_delay_follows_the_entrys_policy_and_costs() {
     // 3 units per 10 s. o1 (2 units) ran 100 ms late; o2 (2 units) could not run before
     // o1's completion + 10000 = 10100, as 2 + 2 > 3: of its 130 ms lateness 100 are
     // inherited and 30 its own.
-    let run = |first_cost: u64| checked(&[ndjson("o1", "u", "default", first_cost, "3/10000", 0, 100), ndjson("o2", "u", "default", 2, "3/10000", 10_000, 10_130)]);
+    let run = |first_cost: u64| {
+        checked(&[
+            ndjson("o1", "u", "default", first_cost, "3/10000", 0, 100),
+            ndjson("o2", "u", "default", 2, "3/10000", 10_000, 10_130),
+        ])
+    };
     let report = run(2);
     assert!(report.is_clean(), "{:?}", report.violations);
     assert_eq!(report.lateness_ms, vec![100, 130]);
@@ -193,13 +216,18 @@ fn a_long_lane_is_checked_and_one_planted_violation_found() {
     // entry was in them before and is now), that of 201000 still leaves it out, and earlier
     // entries never saw it.
     let policy = Some(vec![Window { quota: 1_000, window_ms: 60_000 }]);
-    let mut entries: Vec<Entry> = (0..250_000).map(|i| Entry { policy: policy.clone(), ..Entry::new("u", 60 * i) }).collect();
+    let mut entries: Vec<Entry> =
+        (0..250_000).map(|i| Entry { policy: policy.clone(), ..Entry::new("u", 60 * i) }).collect();
     assert!(check::check(&entries, Rule::default(), None).is_clean());
     entries[200_000].completed_at -= 1;
     let report = check::check(&entries, Rule::default(), None);
     assert_eq!(report.violations.len(), 1, "{:?}", report.violations.iter().take(3).collect::<Vec<_>>());
     assert!(report.violations[0].contains("1001 units"), "{}", report.violations[0]);
-    assert!(report.violations[0].contains(&format!("({}, {}]", 60 * 200_000 - 1 - 60_000, 60 * 200_000 - 1)), "{}", report.violations[0]);
+    assert!(
+        report.violations[0].contains(&format!("({}, {}]", 60 * 200_000 - 1 - 60_000, 60 * 200_000 - 1)),
+        "{}",
+        report.violations[0]
+    );
 }
 
 #[test]
@@ -218,12 +246,16 @@ fn the_command_reads_kinds_costs_and_policies() {
 
 #[test]
 fn the_command_fails_on_an_unreadable_entry_and_still_answers_help() {
-    let log = [ndjson("a1", "u", "default", 1, FREE, 0, 0), ndjson("a2", "u", "default", 1, "1/soon", 1_000, 1_000)].join("\n");
+    let log = [ndjson("a1", "u", "default", 1, FREE, 0, 0), ndjson("a2", "u", "default", 1, "1/soon", 1_000, 1_000)]
+        .join("\n");
     let (code, out) = run_on("unreadable", &log, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unreadable: line 2: policy \"1/soon\""), "{out}");
     assert!(out.contains("entries=1 "), "{out}");
-    let output = Command::new(env!("CARGO_BIN_EXE_check_log")).arg("--help").output().unwrap_or_else(|e| panic!("cannot run check_log: {e}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_check_log"))
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run check_log: {e}"));
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("usage: check_log [--per-second N]"));
 }

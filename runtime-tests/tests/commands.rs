@@ -24,7 +24,11 @@ const QUEUED_BEHIND_BUDGET: usize = 11;
 fn admissions_stay_within_their_command_budget() {
     let redis = Redis::start();
     let (fresh, behind) = count_admission_commands(&redis, "FCALL");
-    eprintln!("commands per admission: fresh inline {} {fresh:?}; queued behind others {} {behind:?}", fresh.len(), behind.len());
+    eprintln!(
+        "commands per admission: fresh inline {} {fresh:?}; queued behind others {} {behind:?}",
+        fresh.len(),
+        behind.len()
+    );
     // The scripts are one library in Redis, loaded once (scripts.rs).
     assert!(redis.cli(&["FUNCTION", "LIST"]).contains("task_api_"), "the library is loaded");
 }
@@ -34,7 +38,14 @@ fn admissions_stay_within_their_command_budget() {
 /// and queued tasks still run.
 #[test]
 fn admissions_fall_back_to_scripts_where_redis_refuses_functions() {
-    let redis = Redis::start_with(&["--rename-command", "FCALL", "fcall-renamed-by-test", "--rename-command", "FUNCTION", "function-renamed-by-test"]);
+    let redis = Redis::start_with(&[
+        "--rename-command",
+        "FCALL",
+        "fcall-renamed-by-test",
+        "--rename-command",
+        "FUNCTION",
+        "function-renamed-by-test",
+    ]);
     let (fresh, behind) = count_admission_commands(&redis, "EVALSHA");
     eprintln!("with EVALSHA: fresh inline {}; queued behind others {}", fresh.len(), behind.len());
 }
@@ -92,7 +103,8 @@ fn count_admission_commands(redis: &Redis, caller: &str) -> (Vec<String>, Vec<St
     for line in &seen {
         if line.contains(" lua] ") {
             if let Some(i) = current {
-                admissions[i].push(line.split(" lua] ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string());
+                admissions[i]
+                    .push(line.split(" lua] ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string());
             }
         } else if line.contains(&call) && line.contains("\"counted\"") {
             admissions.push(Vec::new());

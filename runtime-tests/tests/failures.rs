@@ -124,7 +124,8 @@ fn chaos() {
         .chunks(jobs.len().div_ceil(4))
         .map(|chunk| {
             let chunk = chunk.to_vec();
-            let (addrs, acknowledged, cancelled, outage_503s) = (addrs.clone(), acknowledged.clone(), cancelled.clone(), outage_503s.clone());
+            let (addrs, acknowledged, cancelled, outage_503s) =
+                (addrs.clone(), acknowledged.clone(), cancelled.clone(), outage_503s.clone());
             let replica = move |i: usize| addrs.lock().ok().and_then(|a| a.get(i % a.len().max(1)).cloned());
             std::thread::spawn(move || {
                 for (i, (user, key)) in chunk.iter().enumerate() {
@@ -229,7 +230,8 @@ fn chaos() {
     // Nothing is queued any more, so no cancelled task can still turn up.
     assert_eq!(redis.cli(&["HGET", "taskq:metrics", "queued"]).trim(), "0", "tasks are still queued");
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
-    let ran_cancelled: Vec<&str> = entries.iter().filter_map(|e| e.task_id.as_deref()).filter(|id| cancelled.contains(*id)).collect();
+    let ran_cancelled: Vec<&str> =
+        entries.iter().filter_map(|e| e.task_id.as_deref()).filter(|id| cancelled.contains(*id)).collect();
     let mut waits = outage_503s.lock().map(|t| t.clone()).unwrap_or_default();
     println!(
         "chaos: {} users x {} tasks, {} kills incl. one Redis restart, {:.0} s; acknowledged={} cancelled={} logged={} 503s={} (slowest {:.0} ms); {}",
@@ -244,7 +246,14 @@ fn chaos() {
         support::percentile_ms(&mut waits, 100.0),
         report.summary()
     );
-    assert!(report.is_clean(), "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}", report.summary(), report.violations, report.missing, report.duplicated);
+    assert!(
+        report.is_clean(),
+        "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}",
+        report.summary(),
+        report.violations,
+        report.missing,
+        report.duplicated
+    );
     assert!(ran_cancelled.is_empty(), "cancelled tasks ran: {ran_cancelled:?}");
     assert!(!cancelled.is_empty(), "no DELETE cancelled anything, so the run tested nothing of it");
 }

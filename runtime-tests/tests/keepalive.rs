@@ -24,7 +24,11 @@ fn fifty_sequential_requests_on_one_keep_alive_connection_answer_fast() {
             1 => ("GET /healthz", 200, conn.get("/healthz")),
             2 => ("GET /api/v1/task/{id}", 200, conn.get(&task_path)),
             3 => ("GET /api/v1/nope", 404, conn.get("/api/v1/nope")),
-            _ => ("POST /api/v1/task {}", 400, conn.send("POST", "/api/v1/task", &[("Content-Type", "application/json")], b"{}")),
+            _ => (
+                "POST /api/v1/task {}",
+                400,
+                conn.send("POST", "/api/v1/task", &[("Content-Type", "application/json")], b"{}"),
+            ),
         };
         let reply = reply.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(reply.status, expected, "{what}: {}", reply.body);
@@ -39,7 +43,11 @@ fn fifty_sequential_requests_on_one_keep_alive_connection_answer_fast() {
         elapsed.push(reply.elapsed);
     }
     let median = percentile_ms(&mut elapsed, 50.0);
-    eprintln!("50 requests on one keep-alive connection: median {median:.2} ms, {} at 35 ms or more:\n{}", slow.len(), slow.join("\n"));
+    eprintln!(
+        "50 requests on one keep-alive connection: median {median:.2} ms, {} at 35 ms or more:\n{}",
+        slow.len(),
+        slow.join("\n")
+    );
     // A stall costs every response 40 ms or more; a loaded machine slows a few, not most.
     assert!(median < 20.0 && slow.len() <= 5, "median {median:.2} ms; slow answers:\n{}", slow.join("\n"));
 }

@@ -9,10 +9,10 @@
 #[path = "../../src/slot.rs"]
 #[allow(dead_code)]
 mod slot;
+mod support;
 #[path = "../../src/test_rng.rs"]
 #[allow(dead_code)]
 mod test_rng;
-mod support;
 
 use support::Redis;
 use test_rng::XorShift;
@@ -71,12 +71,14 @@ fn lua_earliest_start_agrees_with_slot_next_slot() {
                 (t, random_cost(&mut rng, &windows))
             })
             .collect();
-        let stored: Vec<String> = history.iter().map(|&(at, c)| if c == 1 { at.to_string() } else { format!("{at}*{c}") }).collect();
+        let stored: Vec<String> =
+            history.iter().map(|&(at, c)| if c == 1 { at.to_string() } else { format!("{at}*{c}") }).collect();
         let task_slot = t - 60_000 + rng.next(62_000) as i64;
         let cost = random_cost(&mut rng, &windows);
         let _: () = redis::cmd("DEL").arg("done").query(&mut conn).unwrap_or_else(|e| panic!("DEL: {e}"));
         if !stored.is_empty() {
-            let _: i64 = redis::cmd("RPUSH").arg("done").arg(&stored).query(&mut conn).unwrap_or_else(|e| panic!("RPUSH: {e}"));
+            let _: i64 =
+                redis::cmd("RPUSH").arg("done").arg(&stored).query(&mut conn).unwrap_or_else(|e| panic!("RPUSH: {e}"));
         }
         let lua: i64 = redis::cmd("EVAL")
             .arg(&script)
@@ -138,7 +140,11 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let entries: Vec<String> = history.into_iter().map(|(e, _)| e).collect();
         let before = format!("v1 {} {}", seq + entries.len() as u64, entries.join(" "));
         if !entries.is_empty() {
-            let _: () = redis::cmd("SET").arg("taskq:ledger:u").arg(&before).query(&mut conn).unwrap_or_else(|e| panic!("SET: {e}"));
+            let _: () = redis::cmd("SET")
+                .arg("taskq:ledger:u")
+                .arg(&before)
+                .query(&mut conn)
+                .unwrap_or_else(|e| panic!("SET: {e}"));
         }
         let most = windows.iter().map(|w| w.quota).min();
         let cost = match most {
@@ -165,11 +171,17 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
             Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             other => panic!("case {case}: item {i} of {reply:?} is {other:?}"),
         };
-        let mut stored = || -> Option<String> { redis::cmd("GET").arg("taskq:ledger:u").query(&mut conn).unwrap_or_else(|e| panic!("GET: {e}")) };
+        let mut stored = || -> Option<String> {
+            redis::cmd("GET").arg("taskq:ledger:u").query(&mut conn).unwrap_or_else(|e| panic!("GET: {e}"))
+        };
         if most.is_some_and(|most| cost > most) {
             assert_eq!(text(0), "costly", "case {case}: cost {cost} under {windows:?}");
             assert_eq!(i64::from(most.unwrap_or(0)), int(2), "case {case}");
-            assert_eq!(stored(), (!entries.is_empty()).then(|| before.clone()), "case {case}: a refused task wrote the ledger");
+            assert_eq!(
+                stored(),
+                (!entries.is_empty()).then(|| before.clone()),
+                "case {case}: a refused task wrote the ledger"
+            );
             refused += 1;
             continue;
         }
@@ -178,7 +190,8 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let rust = slot::next_slot(&windows, &spent, now, cost);
         assert_eq!(slot, rust, "case {case}: windows {windows:?}, ledger {spent:?}, arrival {now}, cost {cost}");
         let kept = (keep as usize).max(1);
-        let mut expected: Vec<String> = entries.iter().skip((entries.len() + 1).saturating_sub(kept)).cloned().collect();
+        let mut expected: Vec<String> =
+            entries.iter().skip((entries.len() + 1).saturating_sub(kept)).cloned().collect();
         expected.push(if cost == 1 { format!("{slot}:0123456789ab") } else { format!("{slot}:0123456789ab*{cost}") });
         let written = format!("v1 {} {}", seq + entries.len() as u64 + 1, expected.join(" "));
         let written = if entries.is_empty() { format!("v1 1 {}", expected.join(" ")) } else { written };
@@ -188,5 +201,8 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
             constrained += 1;
         }
     }
-    assert!(constrained > 100 && refused > 30, "{constrained} of 1000 admissions were delayed by a window, {refused} refused");
+    assert!(
+        constrained > 100 && refused > 30,
+        "{constrained} of 1000 admissions were delayed by a window, {refused} refused"
+    );
 }

@@ -100,12 +100,19 @@ fn drive_browser(script: &str, host: &Host, env: &[(&str, OsString)]) -> String 
     let browser_dir = root.join("runtime-tests/browser");
     install_playwright(&browser_dir);
     let mut node = Command::new("node");
-    node.current_dir(&root).arg(browser_dir.join(script)).env("BASE_URL", format!("http://{}", host.addr)).env("CHROMIUM", &chromium);
+    node.current_dir(&root)
+        .arg(browser_dir.join(script))
+        .env("BASE_URL", format!("http://{}", host.addr))
+        .env("CHROMIUM", &chromium);
     for (name, value) in env {
         node.env(name, value);
     }
     let (ok, stdout, stderr) = run(node, Duration::from_secs(150));
-    assert!(ok, "the browser test {script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nhost stderr:\n{}", host.stderr_text());
+    assert!(
+        ok,
+        "the browser test {script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nhost stderr:\n{}",
+        host.stderr_text()
+    );
     stdout
 }
 
@@ -124,7 +131,11 @@ fn the_page_shows_queued_tasks_completing_within_the_limits() {
     assert_eq!(page.status, 200, "GET / answered {}: {}", page.status, page.body);
     let content_type = page.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/html"), "GET / has content-type {content_type:?}");
-    assert!(page.body.contains("id=\"lanes\"") && page.body.contains("id=\"kind\""), "GET / is not the page:\n{}", page.body);
+    assert!(
+        page.body.contains("id=\"lanes\"") && page.body.contains("id=\"kind\""),
+        "GET / is not the page:\n{}",
+        page.body
+    );
 
     // The README's picture is written only when asked for (UPDATE_SCREENSHOT=1), so that a
     // test run leaves the work tree as it found it.
@@ -145,7 +156,10 @@ fn the_page_shows_queued_tasks_completing_within_the_limits() {
     for (kind, ran) in [("default", 4), ("email", 3)] {
         let lane = &state["kinds"][kind];
         let completions = lane["recent_completions"].as_array().map_or(0, Vec::len);
-        assert!(lane["queued"] == 0 && completions == ran, "lane {kind} of {USER} should have run {ran} tasks and hold none: {lane}");
+        assert!(
+            lane["queued"] == 0 && completions == ran,
+            "lane {kind} of {USER} should have run {ran} tasks and hold none: {lane}"
+        );
     }
 
     let png = std::fs::read(&screenshot).unwrap_or_default();

@@ -80,7 +80,12 @@ fn one_user_with_two_kinds_runs_each_lane_on_its_own_limits() {
     let default: Vec<Reply> = (0..3).map(|_| post(&host, serde_json::json!({"user_id": "u"}))).collect();
     let email: Vec<Reply> = (0..3).map(|_| post(&host, serde_json::json!({"user_id": "u", "kind": "email"}))).collect();
     assert_eq!(default.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 202, 202]);
-    assert_eq!(email.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200, 202], "{:?}", email.iter().map(|r| &r.body).collect::<Vec<_>>());
+    assert_eq!(
+        email.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 200, 202],
+        "{:?}",
+        email.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
     let (d0, e0) = (slot(&default[0]), slot(&email[0]));
     assert_eq!([slot(&default[1]), slot(&default[2])], [d0 + 1_000, d0 + 2_000]);
     assert!(slot(&email[1]) - e0 < 1_000, "the second email ran on arrival");
@@ -220,17 +225,28 @@ fn weighted_tasks(ledger: &str) {
 fn a_day_long_window_with_a_small_quota_holds() {
     let redis = Redis::start();
     let host = host_with(&redis, r#"{"kinds": {"daily": ["2/24h"]}}"#);
-    let replies: Vec<Reply> = (0..3).map(|_| post(&host, serde_json::json!({"user_id": "d", "kind": "daily"}))).collect();
+    let replies: Vec<Reply> =
+        (0..3).map(|_| post(&host, serde_json::json!({"user_id": "d", "kind": "daily"}))).collect();
     assert_eq!(replies.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200, 202]);
     let first = slot(&replies[0]);
     assert_eq!(slot(&replies[2]), first + 86_400_000);
     let retry_after: i64 = replies[2].header("Retry-After").and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!((86_390..=86_400).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(replies[2].header("RateLimit-Policy"), Some(r#""24h";q=2;w=86400"#));
-    assert!(replies[2].header("RateLimit").is_some_and(|v| v.starts_with(r#""24h";r=0;t="#)), "{:?}", replies[2].header("RateLimit"));
-    assert_eq!((replies[2].header("X-RateLimit-Limit"), replies[2].header("X-RateLimit-Remaining")), (Some("2"), Some("0")));
+    assert!(
+        replies[2].header("RateLimit").is_some_and(|v| v.starts_with(r#""24h";r=0;t="#)),
+        "{:?}",
+        replies[2].header("RateLimit")
+    );
+    assert_eq!(
+        (replies[2].header("X-RateLimit-Limit"), replies[2].header("X-RateLimit-Remaining")),
+        (Some("2"), Some("0"))
+    );
     let reset: i64 = replies[2].header("X-RateLimit-Reset").and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert!((reset * 1_000 - (first + 86_400_000)).abs() <= 1_000, "reset {reset} is when the first report leaves the window");
+    assert!(
+        (reset * 1_000 - (first + 86_400_000)).abs() <= 1_000,
+        "reset {reset} is when the first report leaves the window"
+    );
 
     let id = replies[2].json()["task_id"].as_str().unwrap_or_default().to_string();
     let cancelled = request(&host.addr, "DELETE", &format!("/api/v1/task/{id}"), &[], b"");

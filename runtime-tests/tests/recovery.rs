@@ -149,7 +149,16 @@ impl Supervisor {
         let mut child = Command::new("bash")
             .current_dir(repo_root())
             .arg("runtime-tests/start.sh")
-            .args(["--listen", &addr, "--redis-url", &redis.url(), "--skip-build", "--probe-every", probe_every, "--host-bin"])
+            .args([
+                "--listen",
+                &addr,
+                "--redis-url",
+                &redis.url(),
+                "--skip-build",
+                "--probe-every",
+                probe_every,
+                "--host-bin",
+            ])
             .arg(host_binary())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -382,7 +391,10 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
             percentile(&added, 50.0),
             percentile(&added, 100.0),
         );
-        assert!(!due_in_outage.is_empty(), "outage {n}: no task fell due while Redis was down; the scenario tests nothing");
+        assert!(
+            !due_in_outage.is_empty(),
+            "outage {n}: no task fell due while Redis was down; the scenario tests nothing"
+        );
         // Generous for a loaded 2-core machine: a restart compiles the component, then the
         // next probe (1 s) wakes the drainer; a stranded queue would never resume at all.
         assert!(resume_ms.is_some_and(|ms| ms < 30_000), "outage {n}: draining resumed after {resume_ms:?} ms");

@@ -29,7 +29,8 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
     // 1000 units so that every cost the contract allows can run (a cost over the smallest quota
     // is a 422 that depends on the configuration); the admin token so that the admin routes are
     // exercised past their 401.
-    let policies = r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"]}, "tiers": {"pro": {"email": ["1000/10s"]}}}"#;
+    let policies =
+        r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"]}, "tiers": {"pro": {"email": ["1000/10s"]}}}"#;
     let host = Host::start(
         &redis,
         &HostOptions {
@@ -57,13 +58,24 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", schemathesis.display()));
     let _ = std::fs::remove_dir_all(&scratch);
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "schemathesis found problems ({}):\n{report}\nhost stderr:\n{}", output.status, host.stderr_text());
+    assert!(
+        output.status.success(),
+        "schemathesis found problems ({}):\n{report}\nhost stderr:\n{}",
+        output.status,
+        host.stderr_text()
+    );
     // A run that tested nothing, or not every operation, would also exit 0.
     let number_after = |label: &str| {
-        let line = report.lines().find_map(|l| l.trim().strip_prefix(label)).unwrap_or_else(|| panic!("no {label:?} in the report:\n{report}"));
+        let line = report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in the report:\n{report}"));
         line.trim().split('/').map(|n| n.trim().parse::<usize>().unwrap_or(0)).collect::<Vec<_>>()
     };
     let (selected, tested) = (number_after("Selected:"), number_after("Tested:"));
-    assert!(selected.len() == 2 && selected[0] == selected[1] && selected[0] > 0, "not every operation was selected:\n{report}");
+    assert!(
+        selected.len() == 2 && selected[0] == selected[1] && selected[0] > 0,
+        "not every operation was selected:\n{report}"
+    );
     assert_eq!(tested[..], selected[..1], "not every operation was tested:\n{report}");
 }

@@ -2,7 +2,10 @@
 //! admin token that guards them (and the user routes).
 
 use super::headers::insert;
-use super::{Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, store_problem, text_response};
+use super::{
+    Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, store_problem,
+    text_response,
+};
 use crate::config::Config;
 use crate::keys::{LaneKey, UserKey};
 use crate::policy::{DEFAULT_KIND, Policy};
@@ -45,7 +48,9 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         match name {
             "after" => match parse_stream_id(value) {
                 Some(id) => after = Some(id),
-                None => return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)"),
+                None => {
+                    return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)");
+                }
             },
             "limit" => match value.parse::<u32>() {
                 Ok(n) if (1..=LOG_PAGE_MAX).contains(&n) => limit = n,
@@ -66,10 +71,8 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         Ok(page) => page,
         Err(e) => return store_problem(e),
     };
-    let ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let ndjson =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
     let mut body = String::new();
     for (_, completion) in &page {
         if ndjson {
@@ -97,7 +100,8 @@ const LAST_STREAM_ID: &str = "18446744073709551615-18446744073709551615";
 /// not an outage). The contract's pattern for `after` says the same (the fuzz target
 /// `log_cursor` checks that they agree).
 pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
-    let number = |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u64>().ok() } else { None };
+    let number =
+        |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u64>().ok() } else { None };
     let (ms, seq) = s.split_once('-')?;
     Some((number(ms)?, number(seq)?))
 }
@@ -146,7 +150,16 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
             .iter()
             .zip(&snapshot.lanes)
             .map(|(kind, lane)| {
-                let queued = lane.queued.iter().map(|q| QueuedView { task_id: &q.task_id, slot: q.slot, cost: q.cost, payload: q.payload.as_deref() }).collect();
+                let queued = lane
+                    .queued
+                    .iter()
+                    .map(|q| QueuedView {
+                        task_id: &q.task_id,
+                        slot: q.slot,
+                        cost: q.cost,
+                        payload: q.payload.as_deref(),
+                    })
+                    .collect();
                 let completed = lane.completed.iter().map(|(at, _)| *at).collect();
                 let completed_units = lane.completed.iter().map(|(_, units)| *units).collect();
                 let windows = config.policies.resolve(kind, tier).map(window_views).unwrap_or_default();
@@ -157,7 +170,8 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         let (queued, completed) = default_lane.unwrap_or_default();
         UserView { user_id, tier, queued, completed, lanes }
     });
-    let windows = kinds.iter().filter_map(|kind| Some((*kind, window_views(config.policies.resolve(kind, None)?)))).collect();
+    let windows =
+        kinds.iter().filter_map(|kind| Some((*kind, window_views(config.policies.resolve(kind, None)?)))).collect();
     let body = OverviewView {
         now: snapshot.now,
         limits: json!({"per_second": config.per_second, "per_minute": config.per_minute}),
@@ -279,7 +293,17 @@ mod tests {
         assert_eq!(parse_stream_id("1700000000000-0"), Some((1_700_000_000_000, 0)));
         assert_eq!(parse_stream_id("0000000000000000000000000007-01"), Some((7, 1)));
         assert_eq!(parse_stream_id(LAST_STREAM_ID), Some((u64::MAX, u64::MAX)));
-        for bad in ["1700000000000", "-", "1-2-3", "abc-1", "18446744073709551616-0", "0-18446744073709551616", "+1-0", "1-+0", "1-"] {
+        for bad in [
+            "1700000000000",
+            "-",
+            "1-2-3",
+            "abc-1",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+            "+1-0",
+            "1-+0",
+            "1-",
+        ] {
             assert_eq!(parse_stream_id(bad), None, "{bad}");
         }
     }

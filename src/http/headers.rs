@@ -37,7 +37,13 @@ pub fn rate_windows<'p>(policy: &'p Policy, recent: &[Spent], now: i64) -> Vec<R
     slot::remaining(policy.windows(), recent, now)
         .into_iter()
         .zip(policy.named())
-        .map(|(left, (name, window))| RateWindow { policy: name, q: window.quota, w: window.window_ms / 1000, r: left.remaining, t: left.reset_s })
+        .map(|(left, (name, window))| RateWindow {
+            policy: name,
+            q: window.quota,
+            w: window.window_ms / 1000,
+            r: left.remaining,
+            t: left.reset_s,
+        })
         .collect()
 }
 

@@ -95,7 +95,8 @@ pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
     };
     match keys {
         Ok(keys) => {
-            let keys: Vec<Value> = keys.iter().map(|(key_id, created_at)| json!({"key_id": key_id, "created_at": created_at})).collect();
+            let keys: Vec<Value> =
+                keys.iter().map(|(key_id, created_at)| json!({"key_id": key_id, "created_at": created_at})).collect();
             ok_json(json!({"user_id": user_id, "keys": keys}))
         }
         Err(e) => store_problem(e),
@@ -115,7 +116,9 @@ pub async fn revoke(config: &Loaded, headers: &HeaderMap, key_id: &str) -> HttpR
         Err(e) => Err(e),
     };
     match revoked {
-        Ok(Some((user_id, revoked_at))) => ok_json(json!({"key_id": key_id, "user_id": user_id, "revoked_at": revoked_at})),
+        Ok(Some((user_id, revoked_at))) => {
+            ok_json(json!({"key_id": key_id, "user_id": user_id, "revoked_at": revoked_at}))
+        }
         Ok(None) => problem::not_found(format!("no key {key_id}")),
         Err(e) => store_problem(e),
     }

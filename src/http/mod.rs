@@ -79,7 +79,11 @@ async fn route(request: Request, config: &Loaded) -> HttpResponse {
                     Ok(caller) => caller,
                     Err(response) => return response,
                 };
-                return if is_get { tasks::get(config, &caller, id).await } else { tasks::cancel(config, &caller, id).await };
+                return if is_get {
+                    tasks::get(config, &caller, id).await
+                } else {
+                    tasks::cancel(config, &caller, id).await
+                };
             }
             if let Some(id) = path.strip_prefix("/api/v1/keys/") {
                 return match method {
@@ -128,7 +132,8 @@ fn counted(mut response: HttpResponse) -> HttpResponse {
 /// Counts the answer in the shared metrics unless a script already did. Best effort, and
 /// skipped for 503s: Redis is what failed, and a second wait on it would only delay them.
 async fn count_response(config: &Config, response: &HttpResponse) {
-    if response.extensions().get::<CountedByScript>().is_some() || response.status() == StatusCode::SERVICE_UNAVAILABLE {
+    if response.extensions().get::<CountedByScript>().is_some() || response.status() == StatusCode::SERVICE_UNAVAILABLE
+    {
         return;
     }
     if let Ok(queue) = Queue::connect(config).await {
@@ -150,12 +155,16 @@ fn admission_response(config: &Config, outcome: Result<Outcome, AdmitError>) -> 
         Ok(Outcome::BacklogFull) => problem::backlog_full(config.max_backlog, 1),
         Ok(Outcome::TooCostly { window, tier }) => problem::too_costly(window.quota, window.window_ms, tier.as_deref()),
         Ok(Outcome::KeyReused) => problem::idempotency_key_reused(),
-        Ok(Outcome::KeyInUse) => problem::conflict("a request with this Idempotency-Key is still being admitted; retry"),
+        Ok(Outcome::KeyInUse) => {
+            problem::conflict("a request with this Idempotency-Key is still being admitted; retry")
+        }
         Err(AdmitError::Unavailable(e)) => problem::unavailable(format!("{e}; the task was not stored")),
         Err(AdmitError::Uncertain(e)) => problem::unavailable(format!(
             "{e}; Redis did not confirm the task, so it may have been stored: retry with the same Idempotency-Key to get it rather than a second one"
         )),
-        Err(AdmitError::Contended) => problem::unavailable("too many concurrent requests for this user; the task was not stored"),
+        Err(AdmitError::Contended) => {
+            problem::unavailable("too many concurrent requests for this user; the task was not stored")
+        }
         Err(AdmitError::Internal(e)) => problem::internal(e),
     }
 }
@@ -265,7 +274,10 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
 /// `+` as a space, then a user id by `tasks::is_user_id`; else the 400.
 fn query_user_id(value: &str) -> Result<String, HttpResponse> {
     percent_decode(value, true).filter(|id| tasks::is_user_id(id)).ok_or_else(|| {
-        problem::bad_request(format!("user_id must be 1 to {} characters of UTF-8, percent-encoded", tasks::MAX_USER_ID_CHARS))
+        problem::bad_request(format!(
+            "user_id must be 1 to {} characters of UTF-8, percent-encoded",
+            tasks::MAX_USER_ID_CHARS
+        ))
     })
 }
 

@@ -50,7 +50,11 @@ pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpR
     let user_id = match caller.task_user(task.user_id) {
         Ok(user_id) => user_id,
         Err(Denied::NoUser) => return problem::bad_request("user_id is missing"),
-        Err(Denied::OtherUser) => return problem::forbidden("user_id names another user than the caller's credentials; leave it out or name your own"),
+        Err(Denied::OtherUser) => {
+            return problem::forbidden(
+                "user_id names another user than the caller's credentials; leave it out or name your own",
+            );
+        }
     };
     let new = NewTask {
         user_id: &user_id,
@@ -72,7 +76,8 @@ pub async fn read_request(request: Request, limit: usize) -> Result<(http::reque
             return Err(problem::unsupported_media_type(text));
         }
     }
-    let declared_length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared_length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|n| n > limit as u64) {
         return Err(problem::too_large(limit));
     }
@@ -150,14 +155,20 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
         None | Some(Value::Null) => DEFAULT_KIND.to_string(),
         Some(Value::String(kind)) if policies.is_kind(&kind) => kind,
         Some(Value::String(kind)) => {
-            return Err(invalid(format!("kind {kind:?} is not one of the configured kinds: {}", policies.kind_names())));
+            return Err(invalid(format!(
+                "kind {kind:?} is not one of the configured kinds: {}",
+                policies.kind_names()
+            )));
         }
         Some(other) => return Err(invalid(format!("kind must be a string, not {}", json_type(&other)))),
     };
     let cost = match fields.cost {
         None | Some(Value::Null) => 1,
         // A whole number however written (`3`, `3.0`, `3e0`), as the contract's `integer` is.
-        Some(Value::Number(n)) => match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
+        Some(Value::Number(n)) => match n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        {
             Some(units) if (1..=u64::from(MAX_COST)).contains(&units) => units as u32,
             _ => return Err(invalid(format!("cost must be a whole number of units from 1 to {MAX_COST}, not {n}"))),
         },
@@ -185,7 +196,9 @@ pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
             Ok(n) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => text.to_string(),
         }
-    } else if let Some(n) = serde_json::from_str::<f64>(text).ok().filter(|n| n.fract() == 0.0 && n.abs() < 2f64.powi(53)) {
+    } else if let Some(n) =
+        serde_json::from_str::<f64>(text).ok().filter(|n| n.fract() == 0.0 && n.abs() < 2f64.powi(53))
+    {
         // `17.0` or `1.7e1`: an integer as JSON Schema counts them (exact below 2^53).
         format!("{}", n as i64)
     } else {
@@ -248,7 +261,9 @@ pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
     // A verified user's answer depends on the owner, so it is counted after (by `handle`).
     if let Caller::User(_) = caller {
         return match queue.task(id).await {
-            Ok(Some(task)) if caller.may_act_for(&task.user_id) => serialized_response(StatusCode::OK, &TaskView::of(id, &task)),
+            Ok(Some(task)) if caller.may_act_for(&task.user_id) => {
+                serialized_response(StatusCode::OK, &TaskView::of(id, &task))
+            }
             Ok(_) => problem::not_found(format!("no task {id}")),
             Err(e) => store_problem(e),
         };
@@ -332,10 +347,24 @@ mod tests {
     fn every_wrong_shape_is_an_error() {
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
         for body in [
-            &b""[..], b"not json", b"[]", br#"["alice", null]"#, b"\"user\"", b"null", br#"{"user_id":""}"#,
-            br#"{"user_id":1.5}"#, br#"{"user_id":1e300}"#, br#"{"user_id":-}"#, br#"{"user_id":true}"#, br#"{"user_id":["a"]}"#,
-            br#"{"user_id":{"a":1}}"#, long.as_bytes(), b"{\"user_id\":\"a\"", br#"{"user_id":"a"} x"#,
-            br#"{"user_id":"a","payload":}"#, br#"{"user_id":"a","user_id":"b"}"#,
+            &b""[..],
+            b"not json",
+            b"[]",
+            br#"["alice", null]"#,
+            b"\"user\"",
+            b"null",
+            br#"{"user_id":""}"#,
+            br#"{"user_id":1.5}"#,
+            br#"{"user_id":1e300}"#,
+            br#"{"user_id":-}"#,
+            br#"{"user_id":true}"#,
+            br#"{"user_id":["a"]}"#,
+            br#"{"user_id":{"a":1}}"#,
+            long.as_bytes(),
+            b"{\"user_id\":\"a\"",
+            br#"{"user_id":"a"} x"#,
+            br#"{"user_id":"a","payload":}"#,
+            br#"{"user_id":"a","user_id":"b"}"#,
         ] {
             assert!(matches!(parse(body), Err(BodyError::Invalid(_))), "{:?}", String::from_utf8_lossy(body));
         }
@@ -345,8 +374,20 @@ mod tests {
     fn payloads_are_kept_as_sent_and_bounded() {
         let sent = r#"{"z": 1, "a": [1.0, 12345678901234567890123, "\u00e9"]}"#;
         let body = format!(r#"{{"user_id":"u","payload":{sent}}}"#);
-        assert_eq!(parse(body.as_bytes()), Ok(TaskBody { user_id: Some("u".into()), kind: "default".into(), cost: 1, payload: Some(sent.to_string()) }));
-        for (body, payload) in [(r#"{"user_id":"u"}"#, None), (r#"{"user_id":"u","payload":null}"#, None), (r#"{"user_id":"u","payload":0}"#, Some("0"))] {
+        assert_eq!(
+            parse(body.as_bytes()),
+            Ok(TaskBody {
+                user_id: Some("u".into()),
+                kind: "default".into(),
+                cost: 1,
+                payload: Some(sent.to_string())
+            })
+        );
+        for (body, payload) in [
+            (r#"{"user_id":"u"}"#, None),
+            (r#"{"user_id":"u","payload":null}"#, None),
+            (r#"{"user_id":"u","payload":0}"#, Some("0")),
+        ] {
             assert_eq!(parse(body.as_bytes()).map(|t| t.payload), Ok(payload.map(str::to_string)), "{body}");
         }
         // The limit is on the payload's own text: a string of n characters is n + 2 bytes.
@@ -362,9 +403,32 @@ mod tests {
     #[test]
     fn random_bodies_parse_or_fail_cleanly() {
         let pieces: [&[u8]; 26] = [
-            b"{", b"}", b"[", b"]", b"\"user_id\"", b"\"user\"", b":", b",", b"\"", b"\"a\"", b"123", b"-1.5e9",
-            b"null", b"true", b"\\u0000", b"\\ud800", b"\\n", "😀".as_bytes(), b"\xff\xfe", b" ", b"\0", b"{\"user_id\":",
-            b"99999999999999999999999", b"\"x\"}", b"\"payload\":", b",\"payload\":{\"k\":[1,2]}",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"user_id\"",
+            b"\"user\"",
+            b":",
+            b",",
+            b"\"",
+            b"\"a\"",
+            b"123",
+            b"-1.5e9",
+            b"null",
+            b"true",
+            b"\\u0000",
+            b"\\ud800",
+            b"\\n",
+            "😀".as_bytes(),
+            b"\xff\xfe",
+            b" ",
+            b"\0",
+            b"{\"user_id\":",
+            b"99999999999999999999999",
+            b"\"x\"}",
+            b"\"payload\":",
+            b",\"payload\":{\"k\":[1,2]}",
         ];
         let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
         let mut accepted = 0;
@@ -373,7 +437,11 @@ mod tests {
             if let Ok(task) = parse(&body) {
                 accepted += 1;
                 if let Some(id) = task.user_id {
-                    assert!((1..=MAX_USER_ID_CHARS).contains(&id.chars().count()), "{:?} -> {id:?}", String::from_utf8_lossy(&body));
+                    assert!(
+                        (1..=MAX_USER_ID_CHARS).contains(&id.chars().count()),
+                        "{:?} -> {id:?}",
+                        String::from_utf8_lossy(&body)
+                    );
                     assert!(body.windows(9).any(|w| w == b"\"user_id\""), "{:?}", String::from_utf8_lossy(&body));
                 }
                 if let Some(payload) = task.payload {
@@ -421,5 +489,4 @@ mod tests {
         assert!(!is_json_media_type("application/x-www-form-urlencoded"));
         assert!(!is_json_media_type(""));
     }
-
 }

@@ -23,8 +23,11 @@ use spin_sdk::http::Request;
 const MAX_TIER_BODY: usize = 1024;
 
 fn user_id(encoded: &str) -> Result<String, HttpResponse> {
-    decode_user_id(encoded)
-        .ok_or_else(|| problem::bad_request(format!("the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded")))
+    decode_user_id(encoded).ok_or_else(|| {
+        problem::bad_request(format!(
+            "the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"
+        ))
+    })
 }
 
 /// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, 1 to 128 characters.
@@ -76,7 +79,8 @@ pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encode
     let no_windows = Policy::default();
     let mut per_kind = Map::new();
     for ((kind, (lane, _)), lane_state) in kinds.iter().zip(&lanes).zip(&state.lanes) {
-        let recent = match ledger::recent_slots(config.ledger, &config.keys.ledger(lane), lane_state.ledger.as_deref()) {
+        let recent = match ledger::recent_slots(config.ledger, &config.keys.ledger(lane), lane_state.ledger.as_deref())
+        {
             Ok(recent) => recent,
             Err(LedgerError::Unavailable(e)) => return problem::unavailable(e),
             Err(e) => return problem::internal(format!("the ledger of {user_id:?}, kind {kind}: {e:?}")),

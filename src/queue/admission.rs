@@ -55,9 +55,13 @@ pub enum Earlier {
 /// What `DELETE /api/v1/task/{id}` found (`cancel.lua`).
 pub enum Cancelled {
     /// Cancelled now, or by an earlier request, at this instant.
-    Cancelled { at: i64 },
+    Cancelled {
+        at: i64,
+    },
     /// It had already run.
-    Completed { at: i64 },
+    Completed {
+        at: i64,
+    },
     Unknown,
 }
 
@@ -83,7 +87,12 @@ pub struct Filed {
 
 impl Queue<'_> {
     /// Reads what an admission with the `kv` ledger starts from (`prepare.lua`).
-    pub async fn prepare(&self, lane: &LaneKey, idem: Option<&str>, tier_key: Option<&str>) -> Result<Prepared, StoreError> {
+    pub async fn prepare(
+        &self,
+        lane: &LaneKey,
+        idem: Option<&str>,
+        tier_key: Option<&str>,
+    ) -> Result<Prepared, StoreError> {
         let max_backlog = self.config.max_backlog.to_string();
         let args = [&lane.0, idem.unwrap_or(""), &max_backlog, tier_key.unwrap_or("")];
         parse_prepared(&self.eval(&scripts::PREPARE, &args).await?)
@@ -105,7 +114,8 @@ impl Queue<'_> {
     ) -> Result<Admission, StoreError> {
         let max_backlog = self.config.max_backlog.to_string();
         let (cost, keep, keep_ms) = (policy.cost.to_string(), policy.keep.to_string(), policy.keep_ms.to_string());
-        let mut args = vec![&lane.0, user_id, ledger_key, idem.unwrap_or(""), &max_backlog, task_id, tag, payload.unwrap_or("")];
+        let mut args =
+            vec![&lane.0, user_id, ledger_key, idem.unwrap_or(""), &max_backlog, task_id, tag, payload.unwrap_or("")];
         args.extend([policy.kind, &cost, &keep, &keep_ms, policy.tier_key.as_deref().unwrap_or(""), policy.spec]);
         for (tier, spec) in &policy.overrides {
             args.extend([*tier, *spec]);
@@ -145,7 +155,14 @@ impl Queue<'_> {
         let mut args: Vec<&str> = vec![&lane.0, user_id, ledger_key, &expire_at, &retries, kind];
         for (task, (slot, cost)) in tasks.iter().zip(&numbers) {
             let (idem, payload) = (task.idempotency_key.as_deref(), task.payload.as_deref());
-            args.extend([task.task_id.as_str(), slot.as_str(), idem.unwrap_or(""), payload.unwrap_or(""), cost, &task.spec]);
+            args.extend([
+                task.task_id.as_str(),
+                slot.as_str(),
+                idem.unwrap_or(""),
+                payload.unwrap_or(""),
+                cost,
+                &task.spec,
+            ]);
         }
         let reply = self.eval(&scripts::FILE, &args).await?;
         parse_filed(&reply, tasks.len())
@@ -198,7 +215,6 @@ fn parse_prepared(reply: &[RedisResult]) -> Result<Prepared, StoreError> {
     })
 }
 
-
 /// `admit.lua`: `['earlier', now, earlier, ledger present, ledger, tier]`, `['full', now]`,
 /// `['corrupt', ledger]`, `['costly', tier, quota, window ms]` or `['admitted', slot, ledger,
 /// tier, <file_tasks reply>…]`.
@@ -213,13 +229,15 @@ fn parse_admission(reply: &[RedisResult]) -> Result<Admission, StoreError> {
         "full" => Ok(Admission::BacklogFull),
         "costly" => Ok(Admission::Costly {
             tier: tier_at(reply, 1)?,
-            quota: u32::try_from(int_at(reply, 2)?).map_err(|_| StoreError::Unexpected("quota out of range".to_string()))?,
+            quota: u32::try_from(int_at(reply, 2)?)
+                .map_err(|_| StoreError::Unexpected("quota out of range".to_string()))?,
             window_ms: int_at(reply, 3)?,
         }),
         "corrupt" => Err(StoreError::Unexpected(format!("the ledger holds a foreign value {:?}", text_at(reply, 1)?))),
         "admitted" => {
             let mut filed = parse_filed(reply.get(4..).unwrap_or_default(), 1)?;
-            let placement = filed.placements.pop().ok_or_else(|| StoreError::Unexpected("admit placed no task".to_string()))?;
+            let placement =
+                filed.placements.pop().ok_or_else(|| StoreError::Unexpected("admit placed no task".to_string()))?;
             Ok(Admission::Admitted {
                 slot: int_at(reply, 1)?,
                 ledger: ledger_text(reply, 2)?,
@@ -242,7 +260,8 @@ fn parse_filed(reply: &[RedisResult], tasks: usize) -> Result<Filed, StoreError>
     if count != tasks as i64 {
         return Err(StoreError::Unexpected(format!("filed {count} tasks of {tasks}")));
     }
-    let placements = (0..tasks).map(|i| placement(reply.get(3 + 2 * i..).unwrap_or_default())).collect::<Result<_, _>>()?;
+    let placements =
+        (0..tasks).map(|i| placement(reply.get(3 + 2 * i..).unwrap_or_default())).collect::<Result<_, _>>()?;
     let ran = completions(reply.get(3 + 2 * tasks..).unwrap_or_default())?;
     Ok(Filed { placements, now: int_at(reply, 1)?, ran })
 }
@@ -259,7 +278,11 @@ fn placement(pair: &[RedisResult]) -> Result<Placement, StoreError> {
 
 /// `poke.lua`: `[status, completed_at | position, now, completions…]`.
 fn parse_poked(reply: &[RedisResult]) -> Result<Admitted, StoreError> {
-    Ok(Admitted { placement: placement(reply)?, now: int_at(reply, 2)?, ran: completions(reply.get(3..).unwrap_or_default())? })
+    Ok(Admitted {
+        placement: placement(reply)?,
+        now: int_at(reply, 2)?,
+        ran: completions(reply.get(3..).unwrap_or_default())?,
+    })
 }
 
 #[cfg(test)]
@@ -279,39 +302,78 @@ mod tests {
         assert!(matches!(parse_prepared(&reply), Ok(Prepared { earlier: Earlier::Pending, tier: None, .. })));
 
         let reply = [Int64(1_000), Int64(0), text("0123456789abcdef01234567"), text("")];
-        assert!(matches!(parse_prepared(&reply).map(|p| p.earlier), Ok(Earlier::Task(id)) if id == "0123456789abcdef01234567"));
+        assert!(
+            matches!(parse_prepared(&reply).map(|p| p.earlier), Ok(Earlier::Task(id)) if id == "0123456789abcdef01234567")
+        );
         assert!(parse_prepared(&reply[..3]).is_err());
     }
 
     #[test]
     fn admissions_of_every_kind() {
-        let mut reply = vec![text("admitted"), Int64(2_000), text("v1 2 1000:a 2000:b*3"), text("pro"), text("filed"), Int64(1_006), Int64(1), text("queued"), Int64(2)];
+        let mut reply = vec![
+            text("admitted"),
+            Int64(2_000),
+            text("v1 2 1000:a 2000:b*3"),
+            text("pro"),
+            text("filed"),
+            Int64(1_006),
+            Int64(1),
+            text("queued"),
+            Int64(2),
+        ];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
-        let Ok(Admission::Admitted { slot, ledger, tier, filed }) = parse_admission(&reply) else { panic!("not admitted") };
-        assert_eq!((slot, ledger.as_slice(), filed.now, filed.ran.len()), (2_000, &b"v1 2 1000:a 2000:b*3"[..], 1_006, 1));
+        let Ok(Admission::Admitted { slot, ledger, tier, filed }) = parse_admission(&reply) else {
+            panic!("not admitted")
+        };
+        assert_eq!(
+            (slot, ledger.as_slice(), filed.now, filed.ran.len()),
+            (2_000, &b"v1 2 1000:a 2000:b*3"[..], 1_006, 1)
+        );
         assert_eq!(tier.as_deref(), Some("pro"));
         assert!(matches!(filed.placement, Placement::Queued { position: 2 }));
 
         let reply = [text("earlier"), Int64(7), text("0123456789abcdef01234567"), Int64(1), text("v1 1 5:a"), text("")];
-        let Ok(Admission::Earlier { earlier: Earlier::Task(id), now: 7, ledger: Some(ledger), tier: None }) = parse_admission(&reply) else { panic!("not a replay") };
+        let Ok(Admission::Earlier { earlier: Earlier::Task(id), now: 7, ledger: Some(ledger), tier: None }) =
+            parse_admission(&reply)
+        else {
+            panic!("not a replay")
+        };
         assert_eq!((id.as_str(), ledger.as_slice()), ("0123456789abcdef01234567", &b"v1 1 5:a"[..]));
         let reply = [text("earlier"), Int64(7), text("pending"), Int64(0), text(""), text("")];
-        assert!(matches!(parse_admission(&reply), Ok(Admission::Earlier { earlier: Earlier::Pending, ledger: None, .. })));
+        assert!(matches!(
+            parse_admission(&reply),
+            Ok(Admission::Earlier { earlier: Earlier::Pending, ledger: None, .. })
+        ));
         assert!(matches!(parse_admission(&[text("full"), Int64(7)]), Ok(Admission::BacklogFull)));
         let costly = parse_admission(&[text("costly"), text("pro"), Int64(5), Int64(60_000)]);
         assert!(matches!(costly, Ok(Admission::Costly { quota: 5, window_ms: 60_000, tier: Some(t) }) if t == "pro"));
         // A foreign value in the ledger's key is reported, not overwritten.
         assert!(matches!(parse_admission(&[text("corrupt"), text("hello")]), Err(StoreError::Unexpected(_))));
         // An admission that filed no task, or two, is a bug.
-        assert!(parse_admission(&[text("admitted"), Int64(2_000), text("v1 1 2000:b"), text(""), text("filed"), Int64(1), Int64(0)]).is_err());
+        assert!(
+            parse_admission(&[
+                text("admitted"),
+                Int64(2_000),
+                text("v1 1 2000:b"),
+                text(""),
+                text("filed"),
+                Int64(1),
+                Int64(0)
+            ])
+            .is_err()
+        );
     }
 
     #[test]
     fn filed_tasks_carry_their_placements_and_completions() {
-        let mut reply = vec![text("filed"), Int64(1_006), Int64(2), text("completed"), Int64(1_005), text("queued"), Int64(1)];
+        let mut reply =
+            vec![text("filed"), Int64(1_006), Int64(2), text("completed"), Int64(1_005), text("queued"), Int64(1)];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
         let Ok(Filed { placements, now, ran }) = parse_filed(&reply, 2) else { panic!("not filed") };
-        assert!(matches!(placements[..], [Placement::Completed { completed_at: 1_005 }, Placement::Queued { position: 1 }]));
+        assert!(matches!(
+            placements[..],
+            [Placement::Completed { completed_at: 1_005 }, Placement::Queued { position: 1 }]
+        ));
         assert_eq!(now, 1_006);
         assert_eq!(ran.len(), 1);
         assert_eq!((ran[0].user_id.as_str(), ran[0].slot, ran[0].completed_at), ("alice", 1_000, 1_005));

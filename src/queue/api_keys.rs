@@ -18,7 +18,9 @@ impl Queue<'_> {
     pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
         let reply = self.execute("HMGET", &[&self.config.keys.api_key(key_id), "u", "h"]).await?;
         match (reply.first().and_then(bytes), reply.get(1).and_then(bytes)) {
-            (Some(user), Some(digest)) => Ok(Some(StoredKey { user_id: String::from_utf8_lossy(user).into_owned(), digest: digest.to_vec() })),
+            (Some(user), Some(digest)) => {
+                Ok(Some(StoredKey { user_id: String::from_utf8_lossy(user).into_owned(), digest: digest.to_vec() }))
+            }
             _ => Ok(None),
         }
     }

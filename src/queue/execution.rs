@@ -5,15 +5,28 @@ use super::*;
 
 pub enum Drained {
     /// Another drainer holds the lease (its token).
-    Busy { holder: String },
+    Busy {
+        holder: String,
+    },
     /// Nothing is queued; the lease was dropped.
-    Idle { ran: Vec<Completion> },
-    Active { next_due_in_ms: i64, more_due_now: bool, ran: Vec<Completion> },
+    Idle {
+        ran: Vec<Completion>,
+    },
+    Active {
+        next_due_in_ms: i64,
+        more_due_now: bool,
+        ran: Vec<Completion>,
+    },
 }
 
 impl Queue<'_> {
-
-    pub async fn drain(&self, token: &str, handoff: &str, lease_ttl_ms: i64, batch: i64) -> Result<Drained, StoreError> {
+    pub async fn drain(
+        &self,
+        token: &str,
+        handoff: &str,
+        lease_ttl_ms: i64,
+        batch: i64,
+    ) -> Result<Drained, StoreError> {
         let (ttl, batch) = (lease_ttl_ms.to_string(), batch.to_string());
         let reply = self.eval(&scripts::DRAIN, &[token, handoff, &ttl, &batch]).await?;
         parse_drained(&reply)
@@ -60,7 +73,9 @@ fn parse_drained(reply: &[RedisResult]) -> Result<Drained, StoreError> {
     match text_at(reply, 0)?.as_str() {
         "busy" => Ok(Drained::Busy { holder: text_at(reply, 1)? }),
         "idle" => Ok(Drained::Idle { ran: ran()? }),
-        "active" => Ok(Drained::Active { next_due_in_ms: int_at(reply, 1)?, more_due_now: int_at(reply, 2)? == 1, ran: ran()? }),
+        "active" => {
+            Ok(Drained::Active { next_due_in_ms: int_at(reply, 1)?, more_due_now: int_at(reply, 2)? == 1, ran: ran()? })
+        }
         other => Err(StoreError::Unexpected(format!("drain answered {other:?}"))),
     }
 }
@@ -77,9 +92,13 @@ mod tests {
         let mut reply = vec![text("active"), Int64(12), Int64(1)];
         reply.extend(completion("t1", "bob", 10, 11));
         reply.extend(completion("t2", "eve", 10, 12));
-        let Ok(Drained::Active { next_due_in_ms, more_due_now, ran }) = parse_drained(&reply) else { panic!("not active") };
+        let Ok(Drained::Active { next_due_in_ms, more_due_now, ran }) = parse_drained(&reply) else {
+            panic!("not active")
+        };
         assert_eq!((next_due_in_ms, more_due_now, ran.len()), (12, true, 2));
-        assert!(matches!(parse_drained(&[text("idle"), Int64(0), Int64(0)]), Ok(Drained::Idle { ran }) if ran.is_empty()));
+        assert!(
+            matches!(parse_drained(&[text("idle"), Int64(0), Int64(0)]), Ok(Drained::Idle { ran }) if ran.is_empty())
+        );
         assert!(parse_drained(&[text("active"), Int64(5)]).is_err());
     }
 }

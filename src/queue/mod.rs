@@ -44,7 +44,7 @@ mod api_keys;
 mod execution;
 mod reads;
 
-pub use admission::{AdmitPolicy, Admission, Cancelled, Earlier, Filed, Prepared, TaskToFile};
+pub use admission::{Admission, AdmitPolicy, Cancelled, Earlier, Filed, Prepared, TaskToFile};
 pub use execution::Drained;
 pub use reads::{LaneState, LaneView, Overview, QueuedTask, TaskRecord, UserState};
 
@@ -54,8 +54,8 @@ use crate::keys::LaneKey;
 use crate::policy::DEFAULT_KIND;
 use crate::scripts::{self, Script};
 use crate::slot::Spent;
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 use serde_json::value::RawValue;
+use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -108,19 +108,27 @@ impl Completion {
     /// The seed-format log line. Control characters in user ids are escaped so that one
     /// completion is always one line; the NDJSON log carries the exact id.
     pub fn line(&self) -> String {
-        let user: String = self.user_id.chars().flat_map(|c| {
-            if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }
-        }).collect();
+        let user: String = self
+            .user_id
+            .chars()
+            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect();
         format!("{user}-task completed at-{}", self.completed_at)
     }
 }
 
 /// What became of an admitted task.
 pub enum Placement {
-    Completed { completed_at: i64 },
-    Queued { position: i64 },
+    Completed {
+        completed_at: i64,
+    },
+    Queued {
+        position: i64,
+    },
     /// Only ever found by a replayed request: a new task is never cancelled.
-    Cancelled { cancelled_at: i64 },
+    Cancelled {
+        cancelled_at: i64,
+    },
 }
 
 /// A filed task (the reply of ADMIT and POKE).
@@ -205,7 +213,9 @@ fn parse_int(b: &[u8]) -> Result<i64, StoreError> {
 fn int_at(reply: &[RedisResult], i: usize) -> Result<i64, StoreError> {
     match reply.get(i) {
         Some(RedisResult::Int64(n)) => Ok(*n),
-        Some(other) => bytes(other).map(parse_int).unwrap_or_else(|| Err(StoreError::Unexpected(format!("item {i}: {other:?}")))),
+        Some(other) => {
+            bytes(other).map(parse_int).unwrap_or_else(|| Err(StoreError::Unexpected(format!("item {i}: {other:?}"))))
+        }
         None => Err(StoreError::Unexpected(format!("reply too short for item {i}"))),
     }
 }
@@ -221,7 +231,8 @@ fn text_at(reply: &[RedisResult], i: usize) -> Result<String, StoreError> {
 /// In a flattened reply, a count at `*at` followed by that many groups of `width` items:
 /// the groups, with `*at` moved past them.
 fn groups<'r>(reply: &'r [RedisResult], at: &mut usize, width: usize) -> Result<&'r [RedisResult], StoreError> {
-    let count = usize::try_from(int_at(reply, *at)?).map_err(|_| StoreError::Unexpected("negative count".to_string()))?;
+    let count =
+        usize::try_from(int_at(reply, *at)?).map_err(|_| StoreError::Unexpected("negative count".to_string()))?;
     let start = *at + 1;
     *at = start + count * width;
     reply.get(start..*at).ok_or_else(|| StoreError::Unexpected("reply too short".to_string()))
@@ -253,7 +264,8 @@ fn completion(c: &[RedisResult]) -> Result<Completion, StoreError> {
 fn cost(b: Option<&[u8]>) -> Result<u32, StoreError> {
     match b {
         None => Ok(1),
-        Some(b) => u32::try_from(parse_int(b)?).map_err(|_| StoreError::Unexpected("a stored cost is out of range".to_string())),
+        Some(b) => u32::try_from(parse_int(b)?)
+            .map_err(|_| StoreError::Unexpected("a stored cost is out of range".to_string())),
     }
 }
 
@@ -297,7 +309,11 @@ fn ledger_at(reply: &[RedisResult], i: usize) -> Result<Option<Vec<u8>>, StoreEr
 }
 
 fn ledger_text(reply: &[RedisResult], i: usize) -> Result<Vec<u8>, StoreError> {
-    reply.get(i).and_then(bytes).map(<[u8]>::to_vec).ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))
+    reply
+        .get(i)
+        .and_then(bytes)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))
 }
 
 #[cfg(test)]

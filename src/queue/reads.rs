@@ -75,7 +75,11 @@ impl Queue<'_> {
 
     /// One user's state: their tier (at `tier_key`) and each lane given as (lane, ledger key
     /// if the ledger is in Redis; `None` when it lives in the key-value store).
-    pub async fn user_state(&self, tier_key: &str, lanes: &[(LaneKey, Option<String>)]) -> Result<UserState, StoreError> {
+    pub async fn user_state(
+        &self,
+        tier_key: &str,
+        lanes: &[(LaneKey, Option<String>)],
+    ) -> Result<UserState, StoreError> {
         let mut args = vec![tier_key];
         for (lane, ledger_key) in lanes {
             args.extend([lane.0.as_str(), ledger_key.as_deref().unwrap_or("")]);
@@ -105,7 +109,14 @@ impl Queue<'_> {
 
     /// The snapshot for the page, with the watched user's tier (at `tier_key`; `""` when no
     /// user is watched) and `lanes`.
-    pub async fn overview(&self, tier_key: &str, lanes: &[LaneKey], soonest: usize, recent: usize, queued: usize) -> Result<Overview, StoreError> {
+    pub async fn overview(
+        &self,
+        tier_key: &str,
+        lanes: &[LaneKey],
+        soonest: usize,
+        recent: usize,
+        queued: usize,
+    ) -> Result<Overview, StoreError> {
         let (soonest, recent, queued) = (soonest.to_string(), recent.to_string(), queued.to_string());
         let mut args = vec![soonest.as_str(), &recent, &queued, tier_key];
         args.extend(lanes.iter().map(|lane| lane.0.as_str()));
@@ -144,8 +155,12 @@ fn parse_log_page(reply: &[RedisResult]) -> Result<Vec<(String, Completion)>, St
         let id = text_at(reply, at)?;
         at += 1;
         let mut fields = std::collections::HashMap::new();
-        while let Some(name) = reply.get(at).and_then(bytes).and_then(|b| LOG_FIELDS.iter().find(|f| f.as_bytes() == b)) {
-            let value = reply.get(at + 1).and_then(bytes).ok_or_else(|| StoreError::Unexpected(format!("log entry {id}: {name} has no value")))?;
+        while let Some(name) = reply.get(at).and_then(bytes).and_then(|b| LOG_FIELDS.iter().find(|f| f.as_bytes() == b))
+        {
+            let value = reply
+                .get(at + 1)
+                .and_then(bytes)
+                .ok_or_else(|| StoreError::Unexpected(format!("log entry {id}: {name} has no value")))?;
             fields.insert(*name, value);
             at += 2;
         }
@@ -206,7 +221,12 @@ fn parse_overview(reply: &[RedisResult], lanes: usize) -> Result<Overview, Store
         let queued = groups(reply, &mut at, 4)?
             .chunks(4)
             .map(|g| {
-                let (task_id, slot, payload, cost) = (text_at(g, 0)?, int_at(g, 1)?, payload(g.get(2).and_then(bytes))?, cost(g.get(3).and_then(bytes))?);
+                let (task_id, slot, payload, cost) = (
+                    text_at(g, 0)?,
+                    int_at(g, 1)?,
+                    payload(g.get(2).and_then(bytes))?,
+                    cost(g.get(3).and_then(bytes))?,
+                );
                 Ok(QueuedTask { task_id, slot, cost, payload })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -237,29 +257,54 @@ mod tests {
     fn task_records_and_log_pages() {
         assert!(matches!(parse_task(&[Nil, Nil, Nil, Nil, Nil]), Ok(None)));
         let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, Nil, Nil]) else { panic!("no task") };
-        assert_eq!((task.user_id.as_str(), task.slot, task.completed_at, task.cancelled_at), ("alice", 1_000, None, None));
+        assert_eq!(
+            (task.user_id.as_str(), task.slot, task.completed_at, task.cancelled_at),
+            ("alice", 1_000, None, None)
+        );
         assert!(task.payload.is_none());
         assert_eq!((task.kind.as_str(), task.cost), ("default", 1));
-        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3")]) else { panic!("no task") };
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3")]) else {
+            panic!("no task")
+        };
         assert_eq!((task.kind.as_str(), task.cost), ("email", 3));
-        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#)]) else { panic!("no task") };
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#)])
+        else {
+            panic!("no task")
+        };
         assert_eq!(task.completed_at, Some(1_004));
         assert_eq!(task.payload.as_ref().map(|p| p.get()), Some(r#"{"b":1,"a":2}"#));
-        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, text("900"), Nil]) else { panic!("no task") };
+        let Ok(Some(task)) = parse_task(&[text("alice"), text("1000"), Nil, text("900"), Nil]) else {
+            panic!("no task")
+        };
         assert_eq!(task.cancelled_at, Some(900));
         assert!(parse_task(&[text("alice"), text("1000"), Nil, Nil, text("{not json")]).is_err());
 
         // Entries with and without a payload, and a user id and a payload that look like field
         // names or entry ids, follow each other in one flattened reply.
         let entry = |id: &str, user: &str, payload: Option<&str>| {
-            let mut items = vec![text(id), text("task_id"), text("t"), text("user_id"), text(user), text("slot"), text("5"), text("completed_at"), text("6")];
+            let mut items = vec![
+                text(id),
+                text("task_id"),
+                text("t"),
+                text("user_id"),
+                text(user),
+                text("slot"),
+                text("5"),
+                text("completed_at"),
+                text("6"),
+            ];
             if let Some(p) = payload {
                 items.extend([text("payload"), text(p)]);
             }
             items
         };
-        let reply: Vec<RedisResult> =
-            [entry("1-0", "a", None), entry("1-1", "payload", Some(r#""slot""#)), entry("1-2", "1-3", Some("[1]")), entry("1-3", "c", None)].concat();
+        let reply: Vec<RedisResult> = [
+            entry("1-0", "a", None),
+            entry("1-1", "payload", Some(r#""slot""#)),
+            entry("1-2", "1-3", Some("[1]")),
+            entry("1-3", "c", None),
+        ]
+        .concat();
         let mut reply = reply;
         reply.extend(entry("1-4", "d", None));
         reply.extend([text("kind"), text("email"), text("cost"), text("2"), text("policy"), text("5/60000")]);
@@ -268,14 +313,32 @@ mod tests {
         assert_eq!((last.kind.as_str(), last.cost, last.policy.as_deref()), ("email", 2, Some("5/60000")));
         assert_eq!((page[0].1.kind.as_str(), page[0].1.cost, page[0].1.policy.as_deref()), ("default", 1, None));
         let page = &page[..4];
-        let seen: Vec<_> = page.iter().map(|(id, c)| (id.as_str(), c.user_id.as_str(), c.payload.as_ref().map(|p| p.get()))).collect();
-        assert_eq!(seen, [("1-0", "a", None), ("1-1", "payload", Some(r#""slot""#)), ("1-2", "1-3", Some("[1]")), ("1-3", "c", None)]);
+        let seen: Vec<_> =
+            page.iter().map(|(id, c)| (id.as_str(), c.user_id.as_str(), c.payload.as_ref().map(|p| p.get()))).collect();
+        assert_eq!(
+            seen,
+            [
+                ("1-0", "a", None),
+                ("1-1", "payload", Some(r#""slot""#)),
+                ("1-2", "1-3", Some("[1]")),
+                ("1-3", "c", None)
+            ]
+        );
     }
 
     #[test]
     fn user_state_with_and_without_a_backlog() {
         let mut reply = vec![Int64(5_000), text("pro")];
-        reply.extend([Int64(2), text("0123456789abcdef01234567"), Int64(6_000), Int64(1), text("v1 3 5000:a"), Int64(2), text("4000"), text("5000*3")]);
+        reply.extend([
+            Int64(2),
+            text("0123456789abcdef01234567"),
+            Int64(6_000),
+            Int64(1),
+            text("v1 3 5000:a"),
+            Int64(2),
+            text("4000"),
+            text("5000*3"),
+        ]);
         reply.extend([Int64(0), text(""), Int64(0), Int64(0), text(""), Int64(0)]);
         let Ok(state) = parse_user_state(&reply, 2) else { panic!("parse failed") };
         assert_eq!((state.now, state.tier.as_deref(), state.lanes.len()), (5_000, Some("pro"), 2));
@@ -298,7 +361,17 @@ mod tests {
         reply.push(Int64(1));
         reply.extend(completion("t9", "bob", 90, 95));
         reply.extend([text(r#"{"job":7}"#), text("email"), text("2")]);
-        reply.extend([Int64(2), text("q1"), text("150"), text(""), text("1"), text("q2"), text("1150"), text("true"), text("4")]);
+        reply.extend([
+            Int64(2),
+            text("q1"),
+            text("150"),
+            text(""),
+            text("1"),
+            text("q2"),
+            text("1150"),
+            text("true"),
+            text("4"),
+        ]);
         reply.extend([Int64(2), text("98"), text("99*4")]);
         let Ok(overview) = parse_overview(&reply, 1) else { panic!("parse failed") };
         assert_eq!((overview.now, overview.queued_tasks, overview.waiting_users), (100, 5, 2));
@@ -308,7 +381,11 @@ mod tests {
         assert_eq!(overview.recent[0].payload.as_ref().map(|p| p.get()), Some(r#"{"job":7}"#));
         assert_eq!((overview.recent[0].kind.as_str(), overview.recent[0].cost), ("email", 2));
         let lane = &overview.lanes[0];
-        let queued: Vec<_> = lane.queued.iter().map(|q| (q.task_id.as_str(), q.slot, q.cost, q.payload.as_ref().map(|p| p.get()))).collect();
+        let queued: Vec<_> = lane
+            .queued
+            .iter()
+            .map(|q| (q.task_id.as_str(), q.slot, q.cost, q.payload.as_ref().map(|p| p.get())))
+            .collect();
         assert_eq!(queued, [("q1", 150, 1, None), ("q2", 1_150, 4, Some("true"))]);
         assert_eq!(lane.completed, vec![(98, 1), (99, 4)]);
         assert!(parse_overview(&reply, 2).is_err());
@@ -316,7 +393,9 @@ mod tests {
         assert!(parse_overview(&reply, 0).is_err());
         assert!(parse_overview(&[Int64(1), Int64(2), Int64(3), text(""), Int64(5)], 0).is_err());
         // No user watched: no tier, no lanes.
-        let Ok(idle) = parse_overview(&[Int64(1), Int64(2), Int64(3), text(""), Int64(0), Int64(0)], 0) else { panic!("parse failed") };
+        let Ok(idle) = parse_overview(&[Int64(1), Int64(2), Int64(3), text(""), Int64(0), Int64(0)], 0) else {
+            panic!("parse failed")
+        };
         assert!(idle.tier.is_none() && idle.lanes.is_empty() && idle.next_due.is_empty() && idle.recent.is_empty());
     }
 }

@@ -35,7 +35,10 @@
 //! `admin_token`.
 
 use runtime_tests::check::{self, Rule};
-use runtime_tests::cluster::{Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task, try_request};
+use runtime_tests::cluster::{
+    Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task,
+    try_request,
+};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
@@ -76,7 +79,10 @@ fn parse_options() -> Result<Options, String> {
         url: Vec::new(),
         redis: None,
         noop_url: None,
-        run: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis().to_string()).unwrap_or_default(),
+        run: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -91,11 +97,20 @@ fn parse_options() -> Result<Options, String> {
             }
             "--scenario" => options.scenarios = value("--scenario")?.split(',').map(str::to_string).collect(),
             "--rates" => {
-                options.rates = value("--rates")?.split(',').map(|r| r.parse().map_err(|_| format!("bad rate {r:?}"))).collect::<Result<_, _>>()?
+                options.rates = value("--rates")?
+                    .split(',')
+                    .map(|r| r.parse().map_err(|_| format!("bad rate {r:?}")))
+                    .collect::<Result<_, _>>()?
             }
-            "--duration-s" => options.duration = Duration::from_secs(value("--duration-s")?.parse().map_err(|_| "bad --duration-s")?),
-            "--scale-users" => options.scale_users = value("--scale-users")?.parse().map_err(|_| "bad --scale-users")?,
-            "--scale-tasks" => options.scale_tasks = value("--scale-tasks")?.parse().map_err(|_| "bad --scale-tasks")?,
+            "--duration-s" => {
+                options.duration = Duration::from_secs(value("--duration-s")?.parse().map_err(|_| "bad --duration-s")?)
+            }
+            "--scale-users" => {
+                options.scale_users = value("--scale-users")?.parse().map_err(|_| "bad --scale-users")?
+            }
+            "--scale-tasks" => {
+                options.scale_tasks = value("--scale-tasks")?.parse().map_err(|_| "bad --scale-tasks")?
+            }
             "--url" => options.url = value("--url")?.split(',').map(|u| address(u).to_string()).collect(),
             "--redis" => options.redis = Some(value("--redis")?),
             "--noop-url" => options.noop_url = Some(address(&value("--noop-url")?).to_string()),
@@ -141,7 +156,8 @@ fn main() {
         match scenario.as_str() {
             "saturation" => {
                 let (noop, app, more) = saturation(&options);
-                let more_rates: Vec<(String, f64)> = more.iter().map(|r| (r.scenario.clone(), r.achieved_per_s)).collect();
+                let more_rates: Vec<(String, f64)> =
+                    more.iter().map(|r| (r.scenario.clone(), r.achieved_per_s)).collect();
                 ratio = noop.as_ref().map(|noop| (app.achieved_per_s, noop.achieved_per_s, more_rates));
                 rows.extend(noop);
                 rows.push(app);
@@ -156,7 +172,11 @@ fn main() {
             }
             "hot" => {
                 let concurrency = if options.smoke { 20 } else { 200 };
-                let ledgers = if options.url.is_empty() { vec![Ledger::Redis, Ledger::Kv, Ledger::KvLossy] } else { vec![Ledger::Redis] };
+                let ledgers = if options.url.is_empty() {
+                    vec![Ledger::Redis, Ledger::Kv, Ledger::KvLossy]
+                } else {
+                    vec![Ledger::Redis]
+                };
                 for ledger in ledgers {
                     rows.push(hot_user(&options, concurrency, ledger));
                 }
@@ -184,7 +204,10 @@ fn main() {
     print_table(&rows);
     if let Some((app, noop, more)) = ratio {
         println!();
-        println!("saturation: app {app:.0} req/s, do-nothing {noop:.0} req/s, app ÷ do-nothing = {:.3}", app / noop.max(1.0));
+        println!(
+            "saturation: app {app:.0} req/s, do-nothing {noop:.0} req/s, app ÷ do-nothing = {:.3}",
+            app / noop.max(1.0)
+        );
         for (scenario, rate) in more {
             println!("{scenario}: {rate:.0} req/s, app ÷ do-nothing = {:.3}", rate / noop.max(1.0));
         }
@@ -236,11 +259,16 @@ impl Cluster {
             return Cluster { addrs: options.url.clone(), redis_url: options.redis.clone(), own: None };
         }
         let redis = Redis::start();
-        let mut variables = vec![("ledger".to_string(), if ledger == Ledger::Redis { "redis" } else { "kv" }.to_string())];
+        let mut variables =
+            vec![("ledger".to_string(), if ledger == Ledger::Redis { "redis" } else { "kv" }.to_string())];
         variables.extend(more.iter().map(|(name, value)| (name.to_string(), value.to_string())));
         let host_options = HostOptions { lossy_cas: ledger == Ledger::KvLossy, variables };
         let hosts: Vec<Host> = (0..replicas).map(|_| Host::start(&redis, &host_options)).collect();
-        Cluster { addrs: hosts.iter().map(|h| h.addr.clone()).collect(), redis_url: Some(redis.url()), own: Some((redis, hosts)) }
+        Cluster {
+            addrs: hosts.iter().map(|h| h.addr.clone()).collect(),
+            redis_url: Some(redis.url()),
+            own: Some((redis, hosts)),
+        }
     }
 
     fn label(&self) -> String {
@@ -271,7 +299,9 @@ fn redis_cli(url: &str, args: &[&str]) -> String {
 fn saturation(options: &Options) -> (Option<Row>, Row, Vec<Row>) {
     let duration = options.duration;
     let noop = match (&options.noop_url, options.url.is_empty()) {
-        (Some(addr), _) => Some(saturate("do-nothing component, given by --noop-url", addr, duration, options, plain_task())),
+        (Some(addr), _) => {
+            Some(saturate("do-nothing component, given by --noop-url", addr, duration, options, plain_task()))
+        }
         (None, true) => {
             let host = Host::start_manifest(&noop_manifest());
             Some(saturate("do-nothing component, 1 replica", &host.addr, duration, options, plain_task()))
@@ -293,11 +323,17 @@ fn saturation(options: &Options) -> (Option<Row>, Row, Vec<Row>) {
         let target = format!("app, three-window weighted policy, {}", cluster.label());
         more.push(saturate(&target, &cluster.addrs[0], duration, options, weighted_task()));
         drop(cluster);
-        let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("auth", "jwt"), ("jwt_hs256_secret", JWT_SECRET), ("admin_token", ADMIN_TOKEN)]);
+        let cluster = Cluster::start_with(
+            options,
+            1,
+            Ledger::Redis,
+            &[("auth", "jwt"), ("jwt_hs256_secret", JWT_SECRET), ("admin_token", ADMIN_TOKEN)],
+        );
         let target = format!("app, auth = jwt (HS256), {}", cluster.label());
         more.push(saturate(&target, &cluster.addrs[0], duration, options, jwt_task(&options.run)));
         drop(cluster);
-        let cluster = Cluster::start_with(options, 1, Ledger::Redis, &[("auth", "api_key"), ("admin_token", ADMIN_TOKEN)]);
+        let cluster =
+            Cluster::start_with(options, 1, Ledger::Redis, &[("auth", "api_key"), ("admin_token", ADMIN_TOKEN)]);
         let target = format!("app, auth = api_key, {}", cluster.label());
         match api_key_task(&cluster.addrs[0], &options.run) {
             Ok(task) => more.push(saturate(&target, &cluster.addrs[0], duration, options, task)),
@@ -325,14 +361,17 @@ fn plain_task() -> TaskRequest {
 
 /// A task of kind `weighted` (`WEIGHTED_POLICIES`) costing 1, 2 or 3 units.
 fn weighted_task() -> TaskRequest {
-    Arc::new(|user, _, n| (serde_json::json!({ "user_id": user, "kind": "weighted", "cost": 1 + n % 3 }).to_string(), None))
+    Arc::new(|user, _, n| {
+        (serde_json::json!({ "user_id": user, "kind": "weighted", "cost": 1 + n % 3 }).to_string(), None)
+    })
 }
 
 /// `auth = jwt`: each user sends their own HS256 token and no `user_id`.
 fn jwt_task(run: &str) -> TaskRequest {
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
     let Ok(key) = key else { return Arc::new(|_, _, _| ("{}".to_string(), None)) };
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() + 3_600).unwrap_or(0);
+    let exp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() + 3_600).unwrap_or(0);
     let tokens: Vec<String> = (0..SATURATION_USERS)
         .map(|i| {
             let claims = serde_json::json!({ "sub": saturation_user(run, i), "exp": exp });
@@ -349,9 +388,16 @@ fn api_key_task(addr: &str, run: &str) -> Result<TaskRequest, String> {
     let keys = (0..SATURATION_USERS)
         .map(|i| {
             let body = serde_json::json!({ "user_id": saturation_user(run, i) }).to_string();
-            let reply = conn.send("POST", "/api/v1/keys", &[("Content-Type", "application/json"), ("Authorization", &admin)], body.as_bytes());
+            let reply = conn.send(
+                "POST",
+                "/api/v1/keys",
+                &[("Content-Type", "application/json"), ("Authorization", &admin)],
+                body.as_bytes(),
+            );
             match reply {
-                Ok(reply) if reply.status == 201 => reply.json()["key"].as_str().map(str::to_string).ok_or("no key in the answer".to_string()),
+                Ok(reply) if reply.status == 201 => {
+                    reply.json()["key"].as_str().map(str::to_string).ok_or("no key in the answer".to_string())
+                }
                 Ok(reply) => Err(format!("making a key: {} {}", reply.status, reply.body)),
                 Err(e) => Err(format!("making a key: {e}")),
             }
@@ -490,7 +536,13 @@ fn admission(options: &Options, replicas: usize, rate: u64) -> Row {
     let start = Instant::now() + Duration::from_millis(200);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let jobs: Vec<_> = (0..count)
-        .map(|i| (start + interval * i as u32, cluster.addrs[i % cluster.addrs.len()].clone(), format!("user-{}-{}", options.run, i % 1_000)))
+        .map(|i| {
+            (
+                start + interval * i as u32,
+                cluster.addrs[i % cluster.addrs.len()].clone(),
+                format!("user-{}-{}", options.run, i % 1_000),
+            )
+        })
         .collect();
     let (latencies, errors) = run_jobs(jobs, 128, Clock::FromDue);
     let elapsed = start.elapsed().as_secs_f64();
@@ -517,7 +569,10 @@ fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
                 barrier.wait();
                 let sent = Instant::now();
                 let reply = try_post_task(&addr, &user, None);
-                (sent.elapsed(), reply.ok().filter(|r| r.status == 200 || r.status == 202).and_then(|r| r.json()["slot"].as_i64()))
+                (
+                    sent.elapsed(),
+                    reply.ok().filter(|r| r.status == 200 || r.status == 202).and_then(|r| r.json()["slot"].as_i64()),
+                )
             })
         })
         .collect();
@@ -571,7 +626,8 @@ fn scale(options: &Options) -> Result<Row, String> {
     let (users, tasks) = (options.scale_users, options.scale_tasks);
     let cluster = Cluster::start(options, 3, Ledger::Redis);
     let redis = cluster.redis_url.clone().ok_or("with --url, scale needs --redis")?;
-    let drain_calls = || redis_cli(&redis, &["HGET", "taskq:metrics", "drain_calls"]).trim().parse::<i64>().unwrap_or(0);
+    let drain_calls =
+        || redis_cli(&redis, &["HGET", "taskq:metrics", "drain_calls"]).trim().parse::<i64>().unwrap_or(0);
     let drain_calls_before = drain_calls();
     let xlen = || redis_cli(&redis, &["XLEN", "task_log"]).trim().parse::<usize>().unwrap_or(0);
     let logged_before = xlen();
@@ -592,10 +648,8 @@ fn scale(options: &Options) -> Result<Row, String> {
     let (latencies, errors) = run_jobs(jobs, 64, Clock::FromSend);
     let submit_s = started.elapsed().as_secs_f64();
     // Redis runs on this machine, so its clock is this clock.
-    let submitted_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let submitted_at_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let queued: i64 = redis_cli(&redis, &["ZCARD", "taskq:due"]).trim().parse().unwrap_or(0);
     // Bytes Redis holds per queued task: the queue entries and task records of the last 100
     // users submitted (MEMORY USAGE, sampled), divided by their tasks still queued. (The
@@ -603,7 +657,8 @@ fn scale(options: &Options) -> Result<Row, String> {
     let per_task = memory_per_queued_task(&redis, &prefix, users.saturating_sub(100)..users);
     let total = users * tasks - errors;
     let deadline = Instant::now() + Duration::from_secs(120 + tasks as u64 * 3);
-    let log = || read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect::<Vec<_>>();
+    let log =
+        || read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect::<Vec<_>>();
     // Polled: the log's length is cheap to watch, but other users' tasks grow it too on an
     // app given by --url, so the run's own entries are then counted as well.
     let entries = loop {
@@ -714,7 +769,9 @@ fn print_table(rows: &[Row]) {
     println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
     println!("machine: {cores} cores; replicas and load generator share them");
     println!();
-    println!("| scenario | offered | achieved req/s | p50 ms | p90 ms | p99 ms | max ms | errors | lateness p50/p99/max ms | violations | notes |");
+    println!(
+        "| scenario | offered | achieved req/s | p50 ms | p90 ms | p99 ms | max ms | errors | lateness p50/p99/max ms | violations | notes |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let mut latencies = row.latencies.clone();

@@ -53,9 +53,13 @@ fn run() -> Result<bool, String> {
             "--expect" => expect_file = Some(args.next().ok_or("--expect takes a file")?),
             "--per-user" => list_users = true,
             "-h" | "--help" => {
-                println!("usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]");
+                println!(
+                    "usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]"
+                );
                 println!("NDJSON entries are checked per (user, kind) against their own `policy`; --per-second and");
-                println!("--per-minute (default 1 and 20, 0 = off) limit entries without one, as seed-format lines are.");
+                println!(
+                    "--per-minute (default 1 and 20, 0 = off) limit entries without one, as seed-format lines are."
+                );
                 return Ok(true);
             }
             _ if log_file.is_none() && !arg.starts_with("--") => log_file = Some(arg),

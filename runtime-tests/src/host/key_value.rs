@@ -40,7 +40,10 @@ pub enum CasMode {
 #[derive(Clone)]
 pub enum Backend {
     /// The store's shared connection, and the client CAS handles open their own with.
-    Redis { client: redis::Client, shared: ConnectionManager },
+    Redis {
+        client: redis::Client,
+        shared: ConnectionManager,
+    },
     Memory(Arc<Mutex<HashMap<String, Vec<u8>>>>),
 }
 
@@ -128,7 +131,10 @@ impl Backend {
             Backend::Memory(map) => {
                 let mut map = map.lock().map_err(other)?;
                 let current = match map.get(key) {
-                    Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| other("value is not an integer"))?,
+                    Some(v) => std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .ok_or_else(|| other("value is not an integer"))?,
                     None => 0,
                 };
                 let next = current + delta;
@@ -170,11 +176,13 @@ impl CasHandle {
     async fn swap(&self, value: &[u8]) -> bool {
         match &self.state {
             CasState::Redis(conn) => {
-                let exec: Result<redis::Value, _> = redis::pipe().atomic().set(&self.key, value).query_async(&mut conn.clone()).await;
+                let exec: Result<redis::Value, _> =
+                    redis::pipe().atomic().set(&self.key, value).query_async(&mut conn.clone()).await;
                 // Sent for its cost (one more round trip); Redis rejects it (UNWATCH takes no
                 // key) and Spin reports that as CasFailed. The truth is EXEC's reply: nil when
                 // the key changed since WATCH, and then nothing was written.
-                let _: Result<redis::Value, _> = redis::cmd("UNWATCH").arg(&self.key).query_async(&mut conn.clone()).await;
+                let _: Result<redis::Value, _> =
+                    redis::cmd("UNWATCH").arg(&self.key).query_async(&mut conn.clone()).await;
                 matches!(exec, Ok(redis::Value::Array(_)))
             }
             CasState::Memory(snapshot) => {
@@ -193,7 +201,8 @@ impl CasHandle {
 /// A cheap random bit for the lossy mode (splitmix64 over a counter seeded from the clock).
 fn coin_flip() -> bool {
     static STATE: AtomicU64 = AtomicU64::new(0);
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let mut z = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ seed;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -220,7 +229,12 @@ impl store::HostBucket for Ctx {
         Ok(backend.get(&key).await)
     }
 
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.set(&key, &value).await)
     }
@@ -235,7 +249,11 @@ impl store::HostBucket for Ctx {
         Ok(backend.exists(&key).await)
     }
 
-    async fn list_keys(&mut self, bucket: Resource<Bucket>, cursor: Option<String>) -> wasmtime::Result<Result<KeyResponse, Error>> {
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<KeyResponse, Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.keys(cursor).await)
     }
@@ -247,7 +265,12 @@ impl store::HostBucket for Ctx {
 }
 
 impl atomics::Host for Ctx {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: i64) -> wasmtime::Result<Result<i64, Error>> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.increment(&key, delta).await)
     }
@@ -280,7 +303,11 @@ impl atomics::Host for Ctx {
 }
 
 impl atomics::HostCas for Ctx {
-    async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Resource<CasHandle>, Error>> {
+    async fn new(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<CasHandle>, Error>> {
         let backend = self.table.get(&bucket)?.clone();
         match backend.new_cas(key).await {
             Ok(handle) => Ok(Ok(self.table.push(handle)?)),

@@ -75,11 +75,7 @@ impl WasiView for Ctx {
 
 impl WasiHttpView for Ctx {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            hooks: wasmtime_wasi_http::p3::default_hooks(),
-            table: &mut self.table,
-            ctx: &mut self.http,
-        }
+        WasiHttpCtxView { hooks: wasmtime_wasi_http::p3::default_hooks(), table: &mut self.table, ctx: &mut self.http }
     }
 }
 

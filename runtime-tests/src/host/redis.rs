@@ -30,7 +30,10 @@ impl redis::HostConnection for Ctx {
 }
 
 /// A handle on the connection (a cheap clone), so that the call can await outside `with`.
-fn conn<U>(accessor: &Accessor<U, HasSelf<Ctx>>, rep: &Resource<Connection>) -> wasmtime::Result<MultiplexedConnection> {
+fn conn<U>(
+    accessor: &Accessor<U, HasSelf<Ctx>>,
+    rep: &Resource<Connection>,
+) -> wasmtime::Result<MultiplexedConnection> {
     accessor.with(|mut view| Ok(view.get().table.get(rep)?.conn.clone()))
 }
 
@@ -43,7 +46,10 @@ fn other_error(e: ::redis::RedisError) -> Error {
 }
 
 impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
-    async fn open(accessor: &Accessor<U, Self>, address: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+    async fn open(
+        accessor: &Accessor<U, Self>,
+        address: String,
+    ) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
         let (allowed, open) = accessor.with(|mut view| {
             let ctx = view.get();
             (crate::allowed_host(&ctx.component.allowed_outbound_hosts, &address), ctx.redis_connections)
@@ -72,12 +78,21 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(Ok(rep))
     }
 
-    async fn publish(accessor: &Accessor<U, Self>, self_: Resource<Connection>, channel: String, payload: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn publish(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(run(conn, ::redis::cmd("PUBLISH").arg(channel).arg(payload).clone()).await.map(|_| ()))
     }
 
-    async fn get(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+    async fn get(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(match run(conn, ::redis::cmd("GET").arg(key).clone()).await {
             Ok(::redis::Value::Nil) => Ok(None),
@@ -87,27 +102,49 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         })
     }
 
-    async fn set(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn set(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(run(conn, ::redis::cmd("SET").arg(key).arg(value).clone()).await.map(|_| ()))
     }
 
-    async fn incr(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<i64, Error>> {
+    async fn incr(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+    ) -> wasmtime::Result<Result<i64, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(int_reply(run(conn, ::redis::cmd("INCR").arg(key).clone()).await))
     }
 
-    async fn del(accessor: &Accessor<U, Self>, self_: Resource<Connection>, keys: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+    async fn del(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(int_reply(run(conn, ::redis::cmd("DEL").arg(keys).clone()).await).map(|n| n as u32))
     }
 
-    async fn sadd(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+    async fn sadd(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(int_reply(run(conn, ::redis::cmd("SADD").arg(key).arg(values).clone()).await).map(|n| n as u32))
     }
 
-    async fn smembers(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
+    async fn smembers(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+    ) -> wasmtime::Result<Result<Vec<String>, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(run(conn, ::redis::cmd("SMEMBERS").arg(key).clone()).await.map(|v| {
             flatten(v)
@@ -121,7 +158,12 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         }))
     }
 
-    async fn srem(accessor: &Accessor<U, Self>, self_: Resource<Connection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+    async fn srem(
+        accessor: &Accessor<U, Self>,
+        self_: Resource<Connection>,
+        key: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
         let conn = conn(accessor, &self_)?;
         Ok(int_reply(run(conn, ::redis::cmd("SREM").arg(key).arg(values).clone()).await).map(|n| n as u32))
     }

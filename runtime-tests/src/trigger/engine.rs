@@ -7,7 +7,9 @@
 use crate::host::Ctx;
 use anyhow::Context;
 use std::time::{Duration, Instant};
-use wasmtime::{CallHook, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiterAsync, Store};
+use wasmtime::{
+    CallHook, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiterAsync, Store,
+};
 
 /// Spin's DEFAULT_EPOCH_TICK_INTERVAL (crates/core/src/lib.rs).
 const EPOCH_TICK_INTERVAL: Duration = Duration::from_millis(10);
@@ -143,12 +145,22 @@ pub struct Limits {
 
 #[async_trait::async_trait]
 impl ResourceLimiterAsync for Limits {
-    async fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    async fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.memory_consumed = self.memory_consumed.saturating_add(desired.saturating_sub(current) as u64);
         Ok(true)
     }
 
-    async fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    async fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(true)
     }
 }

@@ -10,8 +10,8 @@
 use super::Prepared;
 use crate::host::Ctx;
 use crate::manifest::{App, Route};
-use bytes::Bytes;
 use anyhow::Context as _;
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -108,7 +108,11 @@ impl HttpTrigger {
 /// as Spin does (main.rs), RUST_LOG unset leaves these INFO spans and events disabled, but each
 /// still asks the filters when hit; what Spin computes eagerly (the method string, the span's
 /// name) is computed here too.
-async fn handle(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
+async fn handle(
+    routes: &[(Route, ProxyHandler<Instances>)],
+    client: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> anyhow::Result<Response<Body>> {
     let span = tracing::info_span!(
         "spin_trigger_http.handle_http_request",
         "otel.kind" = "server",
@@ -161,7 +165,11 @@ async fn handle(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr,
 struct MatchedRoute(String);
 
 /// Spin's server.rs `handle` and `handle_trigger_route`.
-async fn route(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, mut req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
+async fn route(
+    routes: &[(Route, ProxyHandler<Instances>)],
+    client: SocketAddr,
+    mut req: hyper::Request<Incoming>,
+) -> anyhow::Result<Response<Body>> {
     // Transport information, removed before the guest sees the request (Spin's headers.rs
     // `strip_forbidden_headers`).
     req.headers_mut().remove(header::CONNECTION);
@@ -173,7 +181,10 @@ async fn route(routes: &[(Route, ProxyHandler<Instances>)], client: SocketAddr, 
     };
     set_req_uri(&mut req)?;
     let component = &handler.state().prepared.config.id;
-    let span = tracing::info_span!("spin_trigger_http.execute_wasm", "otel.name" = format!("execute_wasm_component {component}"));
+    let span = tracing::info_span!(
+        "spin_trigger_http.execute_wasm",
+        "otel.name" = format!("execute_wasm_component {component}")
+    );
     let mut response = match call(handler, route, client, req).instrument(span).await {
         Ok(response) => response,
         Err(e) => {
@@ -219,10 +230,16 @@ fn empty(status: StatusCode) -> Response<Body> {
     response
 }
 
-async fn call(handler: &ProxyHandler<Instances>, route: &Route, client: SocketAddr, req: hyper::Request<Incoming>) -> anyhow::Result<Response<Body>> {
+async fn call(
+    handler: &ProxyHandler<Instances>,
+    route: &Route,
+    client: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> anyhow::Result<Response<Body>> {
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts, route, client)?;
-    let body = body.map_err(|e| handler::ErrorCode::from(wasmtime_wasi_http::p2::hyper_response_error(e))).boxed_unsync();
+    let body =
+        body.map_err(|e| handler::ErrorCode::from(wasmtime_wasi_http::p2::hyper_response_error(e))).boxed_unsync();
     let response = handler.handle((), http::Request::from_parts(parts, body)).await.map_err(super::wasm_error)?;
     // Streamed, not collected: hyper writes each piece as the guest produces it.
     Ok(response.map(|body| {
@@ -338,7 +355,12 @@ impl WorkerState for Reuse {
         }
     }
 
-    fn on_request_start(&self, _: StoreContextMut<'_, Ctx>, _: (), _: GuestTaskId) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+    fn on_request_start(
+        &self,
+        _: StoreContextMut<'_, Ctx>,
+        _: (),
+        _: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         // No request timeout.
         Box::pin(std::future::pending())
     }

@@ -33,11 +33,15 @@ impl Prepared {
     }
 
     pub fn http(&self) -> anyhow::Result<ServicePre<Ctx>> {
-        ServicePre::new(self.pre.clone()).map_err(wasm_error).with_context(|| format!("component {:?} does not export wasi:http/handler", self.config.id))
+        ServicePre::new(self.pre.clone())
+            .map_err(wasm_error)
+            .with_context(|| format!("component {:?} does not export wasi:http/handler", self.config.id))
     }
 
     pub fn redis(&self) -> anyhow::Result<SpinAppPre<Ctx>> {
-        SpinAppPre::new(self.pre.clone()).map_err(wasm_error).with_context(|| format!("component {:?} does not export spin:redis/inbound-redis", self.config.id))
+        SpinAppPre::new(self.pre.clone())
+            .map_err(wasm_error)
+            .with_context(|| format!("component {:?} does not export spin:redis/inbound-redis", self.config.id))
     }
 }
 
@@ -60,7 +64,10 @@ pub fn prepare_components(
                 component
             }
         };
-        let pre = linker.instantiate_pre(&component).map_err(wasm_error).with_context(|| format!("linking component {id:?}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(wasm_error)
+            .with_context(|| format!("linking component {id:?}"))?;
         prepared.insert(id.clone(), Arc::new(Prepared { config: config.clone(), pre, services: services.clone() }));
     }
     Ok(prepared)

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 /// Subscribes every address's channels, then returns the running listeners.
-pub async fn subscribe_all(app: &App, components: &HashMap<String, Arc<Prepared>>) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
+pub async fn subscribe_all(
+    app: &App,
+    components: &HashMap<String, Arc<Prepared>>,
+) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
     // address -> channel -> components
     let mut by_address: BTreeMap<String, BTreeMap<String, Vec<Arc<Prepared>>>> = BTreeMap::new();
     for (address, channel, id) in &app.redis_triggers {
@@ -22,8 +25,10 @@ pub async fn subscribe_all(app: &App, components: &HashMap<String, Arc<Prepared>
     }
     let mut listeners = JoinSet::new();
     for (address, channels) in by_address {
-        let client = redis::Client::open(address.as_str()).with_context(|| format!("invalid Redis address {address:?}"))?;
-        let mut pubsub = client.get_async_pubsub().await.with_context(|| format!("connecting to Redis at {address}"))?;
+        let client =
+            redis::Client::open(address.as_str()).with_context(|| format!("invalid Redis address {address:?}"))?;
+        let mut pubsub =
+            client.get_async_pubsub().await.with_context(|| format!("connecting to Redis at {address}"))?;
         for channel in channels.keys() {
             pubsub.subscribe(channel).await.with_context(|| format!("subscribing to {channel:?} on {address}"))?;
         }
@@ -36,7 +41,10 @@ pub async fn subscribe_all(app: &App, components: &HashMap<String, Arc<Prepared>
                 // (trigger-redis lib.rs `handle_message`: `join_all`).
                 let handlers = channels.get(&channel).into_iter().flatten().map(|prepared| async {
                     if let Err(e) = handle(prepared, payload.clone()).await {
-                        eprintln!("spin-host: component {:?} failed on a message on {channel:?}: {e:#}", prepared.config.id);
+                        eprintln!(
+                            "spin-host: component {:?} failed on a message on {channel:?}: {e:#}",
+                            prepared.config.id
+                        );
                     }
                 });
                 futures::future::join_all(handlers).await;
@@ -51,7 +59,9 @@ async fn handle(prepared: &Prepared, payload: Vec<u8>) -> anyhow::Result<()> {
     let mut store = prepared.store();
     let instance = prepared.redis()?.instantiate_async(&mut store).await?;
     let result = store
-        .run_concurrent(async move |accessor| instance.spin_redis_inbound_redis().call_handle_message(accessor, payload).await)
+        .run_concurrent(async move |accessor| {
+            instance.spin_redis_inbound_redis().call_handle_message(accessor, payload).await
+        })
         .await??;
     result.map_err(|e| anyhow::anyhow!("handler returned {e:?}"))
 }
