@@ -6,7 +6,7 @@
 #                             with apt-get when running as root, otherwise one line says what to
 #                             run, and the script exits 1
 #   need_schemathesis         schemathesis $SCHEMATHESIS_VERSION (PyPI) in a venv under
-#                             target/schemathesis-venv, for runtime-tests/tests/schemathesis.rs
+#                             target/schemathesis-venv, for runtime-tests/tests/e2e/schemathesis.rs
 #
 # Set `prereqs_tag` (e.g. "test.sh") before sourcing: it starts every line printed here.
 

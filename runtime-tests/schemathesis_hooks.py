@@ -1,4 +1,4 @@
-"""schemathesis hooks for runtime-tests/tests/schemathesis.rs (loaded through SCHEMATHESIS_HOOKS).
+"""schemathesis hooks for runtime-tests/tests/e2e/schemathesis.rs (loaded through SCHEMATHESIS_HOOKS).
 
 What the document leaves to the configuration, and what the runtime decides before the app
 runs.

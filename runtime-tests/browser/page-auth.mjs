@@ -1,6 +1,6 @@
 // Drives the page (GET /) in headless Chromium as a user holding an API key, against a host
 // started with auth=api_key, an admin token and policies={"kinds": {"default": ["1/60s"],
-// "email": ["2/10s"]}} (runtime-tests/tests/page.rs): without a token the page says the
+// "email": ["2/10s"]}} (runtime-tests/tests/e2e/page.rs): without a token the page says the
 // overview needs one; with the key in "Token or key" it shows the user's own view (the
 // overview is the admin's). A task submitted with the user id empty is the key's user's: it
 // runs at once and appears in "my tasks", the user is watched; a second one waits for the

@@ -5,7 +5,7 @@
 // (2 units per 10 s), see a task costing 3 refused, submit one of 2 units and two of 1, and
 // see them in their own lane with their units, on their own 10 s window, until they run;
 // check both lanes against GET /api/v1/users/{id} and the log; save a screenshot. Run by
-// runtime-tests/tests/page.rs; by hand, against a host started with
+// runtime-tests/tests/e2e/page.rs; by hand, against a host started with
 // policies={"kinds": {"email": ["2/10s"]}}:
 //   BASE_URL=http://127.0.0.1:3000 SCREENSHOT=/tmp/page.png node runtime-tests/browser/page.mjs
 // Exits non-zero with a message on any failure.
@@ -18,7 +18,7 @@ const USER = 'browser-user';
 // Typed into the payload box as a person might (spaces and all).
 const PAYLOAD = '{"job": "resize", "image": "cat.png", "width": 640}';
 const EMAIL_PAYLOAD = '{"to": "ann@example.com"}';
-// The kinds the host is started with (runtime-tests/tests/page.rs): the default one (1 per
+// The kinds the host is started with (runtime-tests/tests/e2e/page.rs): the default one (1 per
 // second, 20 per minute) and `email`, 2 units per 10 s.
 const DEFAULT = 'default';
 const EMAIL = 'email';

@@ -6,10 +6,8 @@
 //! later; a DELETE of the second is sent at its slot, give or take a few ms,
 //! to a replica other than the one that admitted it, while the drainer runs it.
 
-mod support;
-#[path = "../../src/test_rng.rs"]
-#[allow(dead_code)]
-mod test_rng;
+use crate::support;
+use crate::test_rng;
 
 use std::collections::HashMap;
 use std::sync::mpsc::channel;

@@ -4,7 +4,7 @@
 //! waits for the client's delayed ACK, and each request takes ~40 ms; with Content-Length
 //! the same tiny response goes out in one write and takes about a millisecond.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

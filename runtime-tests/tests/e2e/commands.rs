@@ -3,7 +3,7 @@
 //! queued behind others, the two common cases. A change that adds commands to either fails
 //! here, not only in a benchmark.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

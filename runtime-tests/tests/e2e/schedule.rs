@@ -1,7 +1,7 @@
 //! SPEC §1 end to end: bursts of requests, spread over replicas sharing one Redis, run on
 //! the exact schedule, each task once, and the log proves it.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

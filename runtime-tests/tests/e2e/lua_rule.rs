@@ -6,19 +6,15 @@
 //! policies, costs and histories: they must agree everywhere.
 
 // The component crate is a cdylib for wasm, so its pure rule is compiled in here directly.
-#[path = "../../src/slot.rs"]
-#[allow(dead_code)]
-mod slot;
-mod support;
-#[path = "../../src/test_rng.rs"]
-#[allow(dead_code)]
-mod test_rng;
+use crate::slot;
+use crate::support;
+use crate::test_rng;
 
 use support::Redis;
 use test_rng::XorShift;
 
-const LIB: &str = include_str!("../../src/scripts/lib.lua");
-const ADMIT: &str = include_str!("../../src/scripts/admit.lua");
+const LIB: &str = include_str!("../../../src/scripts/lib.lua");
+const ADMIT: &str = include_str!("../../../src/scripts/admit.lua");
 
 /// Window lengths the cases draw from: SPEC §1's two and others up to a day.
 const LENGTHS: [i64; 6] = [1_000, 2_000, 10_000, 60_000, 3_600_000, 86_400_000];

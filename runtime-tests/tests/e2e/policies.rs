@@ -2,7 +2,7 @@
 //! long windows, against a real redis-server and real host processes. Expected slots come
 //! from the SPEC's formula worked by hand, not from the app's code.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::time::Duration;

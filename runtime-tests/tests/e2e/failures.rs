@@ -3,12 +3,10 @@
 //! or run twice, and the log must keep the rule.
 //!
 //! The chaos run is short by default (CI); `CHAOS=full` runs the long one:
-//! `CHAOS=full cargo test -p runtime-tests --test failures chaos -- --nocapture`.
+//! `CHAOS=full cargo test -p runtime-tests --test e2e failures::chaos -- --nocapture`.
 
-mod support;
-#[path = "../../src/test_rng.rs"]
-#[allow(dead_code)]
-mod test_rng;
+use crate::support;
+use crate::test_rng;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! thread), and refuses what Spin refuses before a component runs: a request header value
 //! that is not UTF-8 gets a 500 with an empty body.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::*;

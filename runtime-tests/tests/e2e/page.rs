@@ -16,7 +16,7 @@
 //! in "my tasks" (one run, one cancelled from there) and the user's lanes, and shows a bad
 //! key's 401 detail.
 
-mod support;
+use crate::support;
 
 use std::ffi::OsString;
 use std::io::Read;

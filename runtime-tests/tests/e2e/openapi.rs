@@ -4,7 +4,7 @@
 //! method, status and media type, and its body and headers must validate against the
 //! document's schemas.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::{Host, HostOptions, Redis, Reply, request};

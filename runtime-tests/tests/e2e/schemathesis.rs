@@ -8,7 +8,7 @@
 //!
 //! schemathesis lives in a venv that `runtime-tests/test.sh` creates (`target/schemathesis-venv`).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use support::{Host, HostOptions, Redis, repo_root};

@@ -3,7 +3,7 @@
 //! with `auth = api_key` keys are made, listed and revoked by the admin, and a revoked key is
 //! refused by every replica at once. `auth = none` is what every other test runs.
 
-mod support;
+use crate::support;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! Under Spin a response without Content-Length stalls a keep-alive client ~40 ms (see
 //! tests/stall.rs): every route of the app must answer one keep-alive connection fast.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

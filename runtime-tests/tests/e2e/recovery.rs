@@ -13,11 +13,11 @@
 //! lateness of the tasks that were due while Redis was down.
 //!
 //! Short by default (CI). The long run (100 users x 25 tasks, two 5 s outages):
-//! `RECOVERY=full cargo test -p runtime-tests --test recovery -- --nocapture`
+//! `RECOVERY=full cargo test -p runtime-tests --test e2e recovery:: -- --nocapture`
 //! The counterfactual, supervisors without the probe (`RECOVERY_PROBE_EVERY=0`), is expected
 //! to fail: the tasks queued at the kill stay stranded.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! SPEC §2 end to end: one test per behaviour of the status table, against a real
 //! redis-server and the real app in `spin-host`, over loopback HTTP.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::{Host, HostOptions, Redis, request};
