@@ -18,8 +18,10 @@
 
 use crate::config::{Config, LedgerBackend};
 use crate::drainer::print_log;
-use crate::keys::{LaneKey, UserKey, new_task_id};
-use crate::ledger::{self, Arrival, KvLedger, Ledger, LedgerError};
+use crate::keys::{LaneKey, UserKey};
+use crate::queue::new_task_id;
+use crate::kv_ledger::{self, KvLedger};
+use crate::ledger::{self, Arrival, Ledger, LedgerError};
 use crate::policy::Policy;
 use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
 use crate::slot::{Spent, Window};
@@ -497,7 +499,7 @@ async fn replay(
             Placement::Queued { position: queue.position(&LaneKey::new(&request.user, &record.kind), task_id).await? }
         }
     };
-    let recent = ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
+    let recent = kv_ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
     let task = Task {
         task_id: task_id.to_string(),
         user_id: record.user_id,

@@ -29,14 +29,13 @@ pub mod config;
 pub mod deadline;
 pub mod drainer;
 pub mod http;
-pub mod keys;
-pub mod ledger;
+pub mod kv_ledger;
 pub mod metrics;
-pub mod policy;
 pub mod problem;
 pub mod queue;
-pub mod scripts;
-pub mod slot;
+
+// The core's modules, named as the component's own (they were, before the split).
+use task_core::{keys, ledger, policy, scripts, slot};
 
 /// The HTTP component: every route of `http::handle`. The entry points exist only in the
 /// `.wasm`: natively (the fuzz targets link this crate) the rlib's cdylib twin would export
@@ -56,4 +55,5 @@ async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[path = "../core/src/test_rng.rs"]
 mod test_rng;

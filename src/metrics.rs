@@ -2,7 +2,7 @@
 //! hash, shared by every replica and updated by the scripts that do the counted work
 //! (`queue.rs`), so they are exact across replicas and survive restarts of the app.
 
-use crate::queue::LATENESS_BUCKETS_MS;
+use crate::scripts::LATENESS_BUCKETS_MS;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

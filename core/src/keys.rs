@@ -114,10 +114,10 @@ impl LaneKey {
 /// Task ids: 96 random bits as 24 lowercase hex characters.
 pub const TASK_ID_LEN: usize = 24;
 
-pub fn new_task_id() -> String {
-    use spin_sdk::wasip3::random::random::get_random_u64;
-    let high = get_random_u64() & 0xFFFF_FFFF;
-    format!("{high:08x}{:016x}", get_random_u64())
+/// A task id from 96 random bits (`high`'s low 32 and `low`); the caller draws them (the
+/// component from the host's random source).
+pub fn task_id(high: u64, low: u64) -> String {
+    format!("{:08x}{low:016x}", high & 0xFFFF_FFFF)
 }
 
 /// Whether `s` has the shape of an id we generate (checked before it goes into a key).

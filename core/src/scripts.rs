@@ -16,10 +16,10 @@
 //!   `NOSCRIPT` the text itself with `EVAL` (4–20 KB), which caches it for every replica.
 //!   An instance that met a refusal keeps to scripts for the requests it still serves.
 
-use crate::queue::LATENESS_BUCKETS_MS;
-use spin_sdk::redis::{Connection, Error, RedisParameter, RedisResult};
-use std::cell::Cell;
 use std::sync::OnceLock;
+
+/// Upper bounds of the lateness histogram buckets (ms), for the scripts and `/metrics`.
+pub const LATENESS_BUCKETS_MS: [i64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1_000, 5_000];
 
 const LIB: &str = include_str!("scripts/lib.lua");
 
@@ -38,12 +38,12 @@ impl Script {
     }
 
     /// The name `FCALL` calls it by (`<library tag>_<name>`).
-    fn function(&self) -> &str {
+    pub fn function(&self) -> &str {
         self.function.get_or_init(|| format!("{}_{}", library().0, self.name))
     }
 
     /// The full text as a script and its SHA-1 (hex), as `EVALSHA` names it.
-    fn compiled(&self) -> &(String, String) {
+    pub fn compiled(&self) -> &(String, String) {
         self.compiled.get_or_init(|| {
             // The body runs as a function so that whichever `return` ends it, the counters it
             // moved are written after it (`flush_counts` in lib.lua).
@@ -105,7 +105,7 @@ fn buckets_line() -> String {
 
 /// The Functions library: its name's version tag (`task_api_<16 hex>`, from the hash of
 /// everything in it) and its text, which registers `<tag>_<script>` for every script.
-fn library() -> &'static (String, String) {
+pub fn library() -> &'static (String, String) {
     static LIBRARY: OnceLock<(String, String)> = OnceLock::new();
     LIBRARY.get_or_init(|| {
         let mut code = format!("{}\n{LIB}\n", buckets_line());
@@ -125,68 +125,20 @@ fn library() -> &'static (String, String) {
     })
 }
 
-thread_local! {
-    /// Whether this instance's Redis refused functions (so it calls scripts instead).
-    static FUNCTIONS_REFUSED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `script` with `args` (ARGV from 1: the shared header, then the script's own).
-pub async fn eval(conn: &Connection, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, Error> {
-    if !FUNCTIONS_REFUSED.get() {
-        match conn.execute("FCALL", params(script.function(), args)).await {
-            Err(Error::Other(message)) if is_function_missing(&message) => {
-                if load_library(conn).await {
-                    return conn.execute("FCALL", params(script.function(), args)).await;
-                }
-                FUNCTIONS_REFUSED.set(true);
-            }
-            Err(Error::Other(message)) if is_refusal(&message) => FUNCTIONS_REFUSED.set(true),
-            reply => return reply,
-        }
-    }
-    let (text, sha) = script.compiled();
-    match conn.execute("EVALSHA", params(sha, args)).await {
-        Err(Error::Other(message)) if is_noscript(&message) => conn.execute("EVAL", params(text, args)).await,
-        reply => reply,
-    }
-}
-
-/// Loads the library; whether it is there now (loaded, or already loaded by another replica).
-async fn load_library(conn: &Connection) -> bool {
-    match conn.execute("FUNCTION", vec![binary("LOAD"), binary(&library().1)]).await {
-        Ok(_) => true,
-        Err(Error::Other(message)) => message.contains("already exists"),
-        Err(_) => false,
-    }
-}
-
-fn binary(text: &str) -> RedisParameter {
-    RedisParameter::Binary(text.as_bytes().to_vec())
-}
-
-/// `FCALL`/`EVALSHA`/`EVAL` arguments: the function, SHA-1 or text, no keys, then `args`.
-fn params(script: &str, args: &[&str]) -> Vec<RedisParameter> {
-    let mut params = Vec::with_capacity(args.len() + 2);
-    params.push(binary(script));
-    params.push(RedisParameter::Int64(0));
-    params.extend(args.iter().map(|a| binary(a)));
-    params
-}
-
 /// Whether an error is Redis's `NOSCRIPT` (the host spells it in its own words: Spin's
 /// redis client says "NoScriptError", Redis itself "NOSCRIPT No matching script").
-fn is_noscript(message: &str) -> bool {
+pub fn is_noscript(message: &str) -> bool {
     message.contains("NOSCRIPT") || message.contains("NoScript") || message.contains("No matching script")
 }
 
 /// Whether `FCALL` failed because the library is not loaded ("ERR Function not found").
-fn is_function_missing(message: &str) -> bool {
+pub fn is_function_missing(message: &str) -> bool {
     message.to_ascii_lowercase().contains("function not found")
 }
 
 /// Whether Redis will not run functions at all: a Redis before 7.0 or with `FCALL` renamed
 /// ("unknown command"), or an ACL that denies it ("NOPERM").
-fn is_refusal(message: &str) -> bool {
+pub fn is_refusal(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     message.contains("unknown command") || message.contains("noperm")
 }

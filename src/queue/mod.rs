@@ -41,6 +41,7 @@
 
 mod admission;
 mod api_keys;
+mod eval;
 mod execution;
 mod reads;
 
@@ -53,6 +54,7 @@ use crate::deadline::with_deadline;
 use crate::keys::LaneKey;
 use crate::policy::DEFAULT_KIND;
 use crate::scripts::{self, Script};
+use eval::eval;
 use crate::slot::Spent;
 use serde_json::value::RawValue;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
@@ -74,8 +76,11 @@ thread_local! {
     static CONNECTION: RefCell<Option<(String, Rc<Connection>)>> = const { RefCell::new(None) };
 }
 
-/// Upper bounds of the lateness histogram buckets (ms), for the scripts and `/metrics`.
-pub const LATENESS_BUCKETS_MS: [i64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1_000, 5_000];
+/// A new task id (also the drainer's lease token): 96 bits from the host's random source.
+pub fn new_task_id() -> String {
+    use spin_sdk::wasip3::random::random::get_random_u64;
+    crate::keys::task_id(get_random_u64(), get_random_u64())
+}
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -166,7 +171,7 @@ impl<'a> Queue<'a> {
     async fn eval(&self, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, StoreError> {
         let header = &self.config.script_header;
         let all: Vec<&str> = header.iter().map(String::as_str).chain(args.iter().copied()).collect();
-        self.call(scripts::eval(&self.conn, script, &all)).await
+        self.call(eval(&self.conn, script, &all)).await
     }
 
     async fn execute(&self, command: &str, args: &[&str]) -> Result<Vec<RedisResult>, StoreError> {

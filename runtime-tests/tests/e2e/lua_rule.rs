@@ -13,8 +13,8 @@ use crate::test_rng;
 use support::Redis;
 use test_rng::XorShift;
 
-const LIB: &str = include_str!("../../../src/scripts/lib.lua");
-const ADMIT: &str = include_str!("../../../src/scripts/admit.lua");
+const LIB: &str = include_str!("../../../core/src/scripts/lib.lua");
+const ADMIT: &str = include_str!("../../../core/src/scripts/admit.lua");
 
 /// Window lengths the cases draw from: SPEC §1's two and others up to a day.
 const LENGTHS: [i64; 6] = [1_000, 2_000, 10_000, 60_000, 3_600_000, 86_400_000];

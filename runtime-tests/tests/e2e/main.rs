@@ -6,10 +6,10 @@
 mod support;
 
 /// The rule's Rust twin, compared with the Lua one by `lua_rule`.
-#[path = "../../../src/slot.rs"]
+#[path = "../../../core/src/slot.rs"]
 #[allow(dead_code)]
 mod slot;
-#[path = "../../../src/test_rng.rs"]
+#[path = "../../../core/src/test_rng.rs"]
 #[allow(dead_code)]
 mod test_rng;
 

@@ -1,0 +1,28 @@
+//! The core of the task API: everything that is true whatever runs it. No spin-sdk, no I/O,
+//! no clock of its own; the Spin component (the crate at the repository's root) is built on
+//! it, and the fuzz targets and `runtime-tests` use it as it is.
+//!
+//! # Layout
+//! - `slot`: the schedule rule for any policy's windows, pure: the next slot from a lane's
+//!   recent slots and the arrival time.
+//! - `policy`: kinds, tiers and their windows, as data (the `policies` variable parsed and
+//!   checked).
+//! - `ledger`: a lane's ledger of recent slots (its stored format) and the compare-and-set
+//!   loop that commits slots over any `LedgerStore`.
+//! - `keys`: every Redis and key-value key the app writes, and the id shapes (user ids are
+//!   encoded so they cannot collide; lanes; task ids).
+//! - `scripts`: the Lua scripts (`scripts/*.lua`), their library, and what each one's
+//!   arguments and reply are.
+//!
+//! To add a field to a task: the task record's hash fields are listed in `keys` and written
+//! by `scripts/lib.lua` (`file_tasks`); the reply that carries it back is parsed in
+//! `scripts`; the component's `http::tasks` shows it.
+
+pub mod keys;
+pub mod ledger;
+pub mod policy;
+pub mod scripts;
+pub mod slot;
+
+#[cfg(test)]
+mod test_rng;
