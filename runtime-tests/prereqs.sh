@@ -2,6 +2,7 @@
 # everything is already there (so a second run installs nothing and prints nothing about it).
 #
 #   need_wasm_target          the wasm32-wasip2 Rust target (rustup target add)
+#   need_lint_tools           rustfmt and clippy (rustup component add), for test.sh's checks
 #   need_commands CMD=PKG...  each command CMD on the PATH, else Debian package PKG is installed:
 #                             with apt-get when running as root, otherwise one line says what to
 #                             run, and the script exits 1
@@ -22,6 +23,16 @@ need_wasm_target() {
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 && return 0
   prereqs_say "installing the Rust target wasm32-wasip2 (rustup target add wasm32-wasip2)"
   rustup target add wasm32-wasip2 >&2
+}
+
+need_lint_tools() {
+  cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 && return 0
+  command -v rustup >/dev/null || {
+    prereqs_say "rustfmt or clippy is missing and rustup is not installed: install them with your Rust toolchain"
+    exit 1
+  }
+  prereqs_say "installing rustfmt and clippy (rustup component add rustfmt clippy)"
+  rustup component add rustfmt clippy >&2
 }
 
 need_commands() {
