@@ -16,7 +16,74 @@
 //!   `NOSCRIPT` the text itself with `EVAL` (4–20 KB), which caches it for every replica.
 //!   An instance that met a refusal keeps to scripts for the requests it still serves.
 
+//!
+//! Each script's contract is one type beside its text (`admit.lua` and `admit.rs`): its
+//! arguments are the type's fields, `Call::args` gives its ARGV after the shared `Header`,
+//! and `Call::parse` reads its reply with a `Cursor` that must reach the reply's end.
+
 use std::sync::OnceLock;
+
+mod header;
+mod reply;
+mod shared;
+
+mod admit;
+mod cancel;
+mod count_status;
+mod drain;
+mod file;
+mod key_create;
+mod key_list;
+mod key_revoke;
+mod metrics;
+mod overview;
+mod poke;
+mod position;
+mod prepare;
+mod read_task;
+mod release;
+mod sweep;
+mod user_state;
+
+pub use admit::{Admission, Admit, AdmitPolicy};
+pub use cancel::{Cancel, Cancelled};
+pub use count_status::CountStatus;
+pub use drain::{Drain, Drained};
+pub use file::{File, TaskToFile};
+pub use header::{Header, TASK_TTL_MS};
+pub use key_create::KeyCreate;
+pub use key_list::KeyList;
+pub use key_revoke::KeyRevoke;
+pub use metrics::Metrics;
+pub use overview::{LaneView, Overview, QueuedTask, ReadOverview};
+pub use poke::Poke;
+pub use position::Position;
+pub use prepare::{Prepare, Prepared};
+pub use read_task::{ReadTask, TaskRecord};
+pub use release::Release;
+pub use reply::{Cursor, Reply, Unexpected};
+pub use shared::{Admitted, Completion, Earlier, Filed, Placement};
+pub use sweep::Sweep;
+pub use user_state::{LaneState, ReadUserState, UserState};
+
+/// One call of a script: what it runs, its arguments, and how its reply reads.
+pub trait Call {
+    type Output;
+    /// The script it runs.
+    fn script(&self) -> &'static Script;
+    /// Its own arguments (ARGV from 7, after the `Header`).
+    fn args(&self) -> Vec<String>;
+    /// Its reply, read from the first item; `read_reply` checks that it reached the end.
+    fn parse(&self, reply: &mut Cursor) -> Result<Self::Output, Unexpected>;
+}
+
+/// `call`'s reply, read whole: an item more or less than its contract is refused.
+pub fn read_reply<C: Call + ?Sized>(call: &C, reply: &[Reply]) -> Result<C::Output, Unexpected> {
+    let mut cursor = Cursor::new(reply);
+    let output = call.parse(&mut cursor)?;
+    cursor.finish()?;
+    Ok(output)
+}
 
 /// Upper bounds of the lateness histogram buckets (ms), for the scripts and `/metrics`.
 pub const LATENESS_BUCKETS_MS: [i64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1_000, 5_000];

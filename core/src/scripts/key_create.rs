@@ -1,0 +1,49 @@
+//! `key_create.lua`: stores a new API key (`auth = api_key`).
+
+use super::{Call, Cursor, KEY_CREATE, Script, Unexpected};
+use crate::keys::{Keys, UserKey};
+
+/// Stores the key `key_id` of `user_id` (its SHA-256, lowercase hex).
+pub struct KeyCreate<'a> {
+    pub keys: &'a Keys,
+    pub key_id: &'a str,
+    pub user_id: &'a str,
+    pub digest: &'a [u8],
+}
+
+impl Call for KeyCreate<'_> {
+    /// When it was made (Redis clock, ms).
+    type Output = i64;
+
+    fn script(&self) -> &'static Script {
+        &KEY_CREATE
+    }
+
+    fn args(&self) -> Vec<String> {
+        let set = self.keys.user_api_keys(&UserKey::new(self.user_id));
+        let digest = String::from_utf8_lossy(self.digest).into_owned();
+        vec![self.keys.api_key(self.key_id), self.user_id.to_string(), digest, set, self.key_id.to_string()]
+    }
+
+    /// `created-at`.
+    fn parse(&self, reply: &mut Cursor) -> Result<i64, Unexpected> {
+        reply.int()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::read_reply;
+    use super::super::reply::Reply::Int;
+    use super::*;
+
+    #[test]
+    fn its_arguments_and_reply() {
+        let keys = Keys::new("taskq:", "task_log");
+        let call = KeyCreate { keys: &keys, key_id: "k1", user_id: "a:b", digest: b"ab12" };
+        assert_eq!(call.args(), ["taskq:apikey:k1", "a:b", "ab12", "taskq:apikeys:a%3Ab", "k1"]);
+        assert_eq!(read_reply(&call, &[Int(7)]), Ok(7));
+        assert!(read_reply(&call, &[]).is_err());
+        assert!(read_reply(&call, &[Int(7), Int(7)]).is_err());
+    }
+}

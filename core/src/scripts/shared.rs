@@ -1,0 +1,218 @@
+//! What several scripts answer alike: the completions of tasks a call ran, a filed task's
+//! placement (`file_tasks` in `lib.lua`), and the stored values of a task record.
+
+use super::reply::{Cursor, Unexpected, parse_int};
+use crate::policy::DEFAULT_KIND;
+use crate::slot::Spent;
+use serde_json::value::RawValue;
+
+/// A completed task, as it appears in the log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Completion {
+    pub task_id: String,
+    pub user_id: String,
+    pub slot: i64,
+    pub completed_at: i64,
+    pub kind: String,
+    pub cost: u32,
+    /// The windows the task ran under (`Policy::spec`). Only read back from the log stream
+    /// (entries from before policies existed have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The task's payload, as sent. Only read back from the log stream: the scripts that run
+    /// tasks leave it out of their replies (the seed-format line does not show it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+}
+
+impl Completion {
+    /// The seed-format log line. Control characters in user ids are escaped so that one
+    /// completion is always one line; the NDJSON log carries the exact id.
+    pub fn line(&self) -> String {
+        let user: String = self
+            .user_id
+            .chars()
+            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect();
+        format!("{user}-task completed at-{}", self.completed_at)
+    }
+}
+
+/// What became of an admitted task.
+#[derive(Debug)]
+pub enum Placement {
+    Completed {
+        completed_at: i64,
+    },
+    Queued {
+        position: i64,
+    },
+    /// Only ever found by a replayed request: a new task is never cancelled.
+    Cancelled {
+        cancelled_at: i64,
+    },
+}
+
+/// A filed task (the reply of ADMIT and POKE).
+pub struct Admitted {
+    pub placement: Placement,
+    /// The Redis clock when the script ran.
+    pub now: i64,
+    /// Tasks this call ran (ours, or the user's overdue ones).
+    pub ran: Vec<Completion>,
+}
+
+/// What an earlier request with the same Idempotency-Key left.
+#[derive(Debug)]
+pub enum Earlier {
+    None,
+    /// That request is still being admitted.
+    Pending,
+    Task(String),
+}
+
+/// What `file_tasks` (lib.lua) did: one placement per task, in the order given.
+pub struct Filed {
+    pub placements: Vec<Placement>,
+    /// The Redis clock when the script ran.
+    pub now: i64,
+    /// Tasks the call ran (ours, or the user's overdue ones).
+    pub ran: Vec<Completion>,
+}
+
+/// `file_tasks` (lib.lua): `['filed', now, k, (status, completed_at | position)×k,
+/// completions…]`, for `tasks` tasks.
+pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpected> {
+    match reply.text()?.as_str() {
+        "filed" => {}
+        other => return Err(reply.fail(format_args!("filing answered {other:?}"))),
+    }
+    let now = reply.int()?;
+    let count = reply.int()?;
+    if count != tasks as i64 {
+        return Err(reply.fail(format_args!("filed {count} tasks of {tasks}")));
+    }
+    let placements = (0..tasks).map(|_| placement(reply)).collect::<Result<_, _>>()?;
+    Ok(Filed { placements, now, ran: completions(reply)? })
+}
+
+/// A `(status, completed_at | position)` pair.
+pub(crate) fn placement(reply: &mut Cursor) -> Result<Placement, Unexpected> {
+    let status = reply.text()?;
+    let value = reply.int()?;
+    match status.as_str() {
+        "completed" => Ok(Placement::Completed { completed_at: value }),
+        "queued" => Ok(Placement::Queued { position: value }),
+        other => Err(reply.fail(format_args!("placement {other:?}"))),
+    }
+}
+
+/// The completions that end a reply: `(task id, user id, slot, completed_at)` each (the
+/// scripts that run tasks report no more: the seed-format line and the answers need no more).
+pub(crate) fn completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpected> {
+    let mut ran = Vec::new();
+    while !reply.at_end() {
+        ran.push(completion(reply)?);
+    }
+    Ok(ran)
+}
+
+pub(crate) fn completion(reply: &mut Cursor) -> Result<Completion, Unexpected> {
+    Ok(Completion {
+        task_id: reply.text()?,
+        user_id: reply.text()?,
+        slot: reply.int()?,
+        completed_at: reply.int()?,
+        kind: DEFAULT_KIND.to_string(),
+        cost: 1,
+        policy: None,
+        payload: None,
+    })
+}
+
+/// What an earlier request with the same Idempotency-Key left: '' (nothing), 'pending', or
+/// its task id.
+pub(crate) fn earlier(reply: &mut Cursor) -> Result<Earlier, Unexpected> {
+    Ok(match reply.text()?.as_str() {
+        "" => Earlier::None,
+        "pending" => Earlier::Pending,
+        task_id => Earlier::Task(task_id.to_string()),
+    })
+}
+
+/// A tier: '' for the built-in one.
+pub(crate) fn tier(reply: &mut Cursor) -> Result<Option<String>, Unexpected> {
+    Ok(Some(reply.text()?).filter(|t| !t.is_empty()))
+}
+
+/// A ledger: its presence flag, then its value ('' when absent).
+pub(crate) fn ledger(reply: &mut Cursor) -> Result<Option<Vec<u8>>, Unexpected> {
+    let present = reply.flag()?;
+    let value = reply.bytes()?;
+    Ok(present.then(|| value.to_vec()))
+}
+
+/// A count, then that many completion-history entries.
+pub(crate) fn history(reply: &mut Cursor) -> Result<Vec<Spent>, Unexpected> {
+    let n = reply.count()?;
+    (0..n).map(|_| spent(reply)).collect()
+}
+
+/// A completion-history entry: `<ms>`, or `<ms>*<units>`.
+fn spent(reply: &mut Cursor) -> Result<Spent, Unexpected> {
+    let text = reply.bytes()?;
+    let (ms, units) = match text.iter().position(|&b| b == b'*') {
+        None => (text, None),
+        Some(star) => (&text[..star], Some(&text[star + 1..])),
+    };
+    let ms = parse_int(ms).ok_or_else(|| reply.fail("a completion time is not an integer"))?;
+    Ok((ms, cost(reply, units)?))
+}
+
+/// A cost as stored (absent: 1).
+pub(crate) fn cost(reply: &Cursor, stored: Option<&[u8]>) -> Result<u32, Unexpected> {
+    match stored {
+        None => Ok(1),
+        Some(b) => parse_int(b).and_then(|n| u32::try_from(n).ok()).ok_or_else(|| reply.fail("a stored cost")),
+    }
+}
+
+/// An item that is a stored cost ('' or text).
+pub(crate) fn cost_item(reply: &mut Cursor) -> Result<u32, Unexpected> {
+    let stored = reply.bytes()?;
+    cost(reply, Some(stored))
+}
+
+/// An item that is a stored payload ('' for none).
+pub(crate) fn payload_item(reply: &mut Cursor) -> Result<Option<Box<RawValue>>, Unexpected> {
+    let stored = reply.bytes()?;
+    payload(reply, Some(stored))
+}
+
+/// A kind as stored (absent: the default one).
+pub(crate) fn kind(stored: Option<&[u8]>) -> String {
+    stored.map_or_else(|| DEFAULT_KIND.to_string(), |b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// A stored payload: its JSON text, or nothing for none (JSON text is never empty).
+pub(crate) fn payload(reply: &Cursor, stored: Option<&[u8]>) -> Result<Option<Box<RawValue>>, Unexpected> {
+    match stored {
+        None | Some(b"") => Ok(None),
+        Some(text) => String::from_utf8(text.to_vec())
+            .ok()
+            .and_then(|text| RawValue::from_string(text).ok())
+            .map(Some)
+            .ok_or_else(|| reply.fail("a stored payload is not JSON")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::reply::Reply;
+    use super::super::reply::tests::text;
+
+    /// A completion as the scripts that run tasks report it.
+    pub fn completion(id: &str, user: &str, slot: i64, at: i64) -> [Reply; 4] {
+        [text(id), text(user), Reply::Int(slot), text(&at.to_string())]
+    }
+}
