@@ -1,6 +1,6 @@
 //! Real parts for the end-to-end tests and the benchmark: a `redis-server` on a free loopback
-//! port, `spin-host` replicas running the built app from the repo's own spin.toml, and a
-//! plain HTTP/1.1 client. Processes are killed on drop; their output is kept so that a
+//! port, `spin-host` replicas running the built app from the repo's own spin.toml, an HTTP
+//! client (ureq) and a raw HTTP/1.1 path for the tests that are about bytes. Processes are killed on drop; their output is kept so that a
 //! failing test can show it.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::check;
@@ -322,15 +322,70 @@ impl Reply {
     }
 }
 
-/// A plain HTTP/1.1 request over loopback (`Connection: close`), written by hand so that tests
-/// can also send what well-behaved clients never would.
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    raw_request(addr, &request_bytes(addr, method, path, headers, body))
+/// The client for every request whose bytes on the wire are not the point. One connection per
+/// request, closed by the server (`Connection: close`, nothing pooled): the tests kill replicas
+/// between requests, and the benchmark's open-loop runs measure a fresh connection each time.
+/// Statuses of 4xx and 5xx are answers to look at, not errors; no `Accept` or `User-Agent` is
+/// added, so a request carries only the headers its test names.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .accept("")
+            .user_agent("")
+            .allow_non_standard_methods(true)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into()
+    })
 }
 
-fn request_bytes(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    build_request(addr, method, path, headers, body, true)
+/// An HTTP/1.1 request over loopback; panics if there is no answer.
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
 }
+
+/// A request that may fail at the connection (the replica was killed).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let started = Instant::now();
+    let mut builder = ureq::http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.header("Connection", "close").body(body).map_err(std::io::Error::other)?;
+    let response = agent().run(request).map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let body = response.into_body().into_with_config().limit(MAX_BODY as u64).read_to_vec();
+    let body = body.map_err(std::io::Error::other)?;
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
+}
+
+/// A POST of a task that may fail at the connection (the replica was killed).
+pub fn try_post_task(addr: &str, user: &str, idempotency_key: Option<&str>) -> std::io::Result<Reply> {
+    let body = serde_json::json!({ "user_id": user }).to_string();
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(key) = idempotency_key {
+        headers.push(("Idempotency-Key", key));
+    }
+    try_request(addr, "POST", "/api/v1/task", &headers, body.as_bytes())
+}
+
+// The raw path, for what a client library would not send or would hide: malformed requests,
+// header bytes that are not UTF-8, a body that never finishes, and keep-alive timing (how
+// the server's bytes leave on one socket; also the benchmark's closed loop, as wrk sends).
 
 /// The bytes of one request; without `close`, HTTP/1.1 keeps the connection open.
 fn build_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
@@ -350,72 +405,17 @@ fn build_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
     bytes
 }
 
-/// A request that may fail at the connection (the replica was killed).
-pub fn try_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Reply> {
-    try_raw_request(addr, &request_bytes(addr, method, path, headers, body))
-}
-
-/// A POST of a task that may fail at the connection (the replica was killed).
-pub fn try_post_task(addr: &str, user: &str, idempotency_key: Option<&str>) -> std::io::Result<Reply> {
-    let body = serde_json::json!({ "user_id": user }).to_string();
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(key) = idempotency_key {
-        headers.push(("Idempotency-Key", key));
-    }
-    try_raw_request(addr, &request_bytes(addr, "POST", "/api/v1/task", &headers, body.as_bytes()))
-}
-
-/// Sends raw bytes and parses the response (the body is read to EOF; chunked bodies are
-/// decoded).
+/// Sends raw bytes (a whole request, `Connection: close` included) and reads one response.
 pub fn raw_request(addr: &str, bytes: &[u8]) -> Reply {
-    try_raw_request(addr, bytes).unwrap_or_else(|e| panic!("request to {addr}: {e}"))
-}
-
-/// Like `raw_request`, but a refused or broken connection is an error, not a panic (for
-/// tests that kill servers on purpose).
-pub fn try_raw_request(addr: &str, bytes: &[u8]) -> std::io::Result<Reply> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(bytes)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let reply = parse_response(&response, started.elapsed());
-    if reply.status == 0 {
-        return Err(std::io::Error::other("no HTTP response"));
-    }
-    Ok(reply)
-}
-
-fn parse_response(response: &[u8], elapsed: Duration) -> Reply {
-    let text = String::from_utf8_lossy(response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
-    Reply { status, headers, body, elapsed }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
-    }
-    out
+    let answer = TcpStream::connect(addr).and_then(|stream| {
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(stream);
+        reader.get_mut().write_all(bytes)?;
+        read_response(&mut reader, false)
+    });
+    let (status, headers, body) = answer.unwrap_or_else(|e| panic!("raw request to {addr}: {e}"));
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() }
 }
 
 /// Most bytes a keep-alive response body may have before the client gives up on it.
@@ -441,12 +441,7 @@ impl KeepAlive {
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
         let started = Instant::now();
         self.reader.get_mut().write_all(&build_request(&self.addr, method, path, headers, body, false))?;
-        let (status, headers) = read_head(&mut self.reader)?;
-        let body = if method == "HEAD" || status == 204 || status == 304 {
-            Vec::new()
-        } else {
-            read_body(&mut self.reader, &headers)?
-        };
+        let (status, headers, body) = read_response(&mut self.reader, method == "HEAD")?;
         Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
     }
 
@@ -471,6 +466,13 @@ fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
     }
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// One response: status, headers and body (none after a HEAD, a 204 or a 304).
+fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let (status, headers) = read_head(reader)?;
+    let body = if head_only || status == 204 || status == 304 { Vec::new() } else { read_body(reader, &headers)? };
+    Ok((status, headers, body))
 }
 
 /// The status line and headers.
