@@ -24,6 +24,7 @@ use crate::kv_ledger::{self, KvLedger};
 use crate::ledger::{self, Arrival, Ledger, LedgerError};
 use crate::policy::Policy;
 use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
+use crate::scripts;
 use crate::slot::{Spent, Window};
 use serde_json::value::RawValue;
 use std::cell::RefCell;
@@ -175,12 +176,20 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
     };
     let task_id = new_task_id();
     let started = Instant::now();
+    let admit = scripts::Admit {
+        lane,
+        user_id: new.user_id,
+        ledger_key,
+        idempotency_key: idem.as_deref(),
+        max_backlog: config.max_backlog,
+        task_id: &task_id,
+        tag: ledger_tag(&task_id),
+        payload: new.payload,
+        policy: &policy,
+    };
     loop {
         // The commit point: if Redis did not answer, the script may still have run.
-        let admission = match queue
-            .admit(lane, new.user_id, ledger_key, idem.as_deref(), &task_id, ledger_tag(&task_id), new.payload, &policy)
-            .await
-        {
+        let admission = match queue.run(&admit).await {
             Ok(admission) => admission,
             Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
             Err(e) => return Err(e.into()),
@@ -224,7 +233,14 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
     let Request { lane, new, idem, .. } = request;
     let started = Instant::now();
     let prepared = loop {
-        let prepared = queue.prepare(lane, idem.as_deref(), request.tier_key.as_deref()).await?;
+        let prepared = queue
+            .run(&scripts::Prepare {
+                lane,
+                idempotency_key: idem.as_deref(),
+                max_backlog: config.max_backlog,
+                tier_key: request.tier_key.as_deref(),
+            })
+            .await?;
         match &prepared.earlier {
             Earlier::None => break prepared,
             Earlier::Task(task_id) => {
@@ -412,8 +428,16 @@ async fn commit_batch(
         })
         .collect();
     let (lane, kind) = (&request.lane, request.new.kind);
-    let filed =
-        queue.file(lane, request.new.user_id, kind, &request.ledger_key, keep_ms, &tasks, committed.retries).await;
+    let file = scripts::File {
+        lane,
+        user_id: request.new.user_id,
+        kind,
+        ledger_key: &request.ledger_key,
+        keep_ms,
+        tasks: &tasks,
+        cas_retries: committed.retries,
+    };
+    let filed = queue.run(&file).await;
     let Filed { placements, now, ran } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
@@ -437,7 +461,7 @@ async fn commit_batch(
 /// Best effort: a reservation left behind expires by itself within seconds.
 async fn release(queue: &Queue<'_>, idem: Option<&str>) {
     if let Some(idem) = idem {
-        let _ = queue.release(idem).await;
+        let _ = queue.run(&scripts::Release { idempotency_key: idem }).await;
     }
 }
 
@@ -459,7 +483,7 @@ async fn wait_if_due(
         }
         spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
         waits += 1;
-        let poked = queue.poke(lane, task_id).await?;
+        let poked = queue.run(&scripts::Poke { lane, task_id }).await?;
         print_log(&poked.ran);
         admitted = Admitted {
             placement: match poked.placement {
@@ -484,7 +508,7 @@ async fn replay(
     ledger: Option<&[u8]>,
     tier: Option<String>,
 ) -> Result<Outcome, AdmitError> {
-    let Some(record) = queue.task(task_id).await? else {
+    let Some(record) = queue.run(&scripts::ReadTask { task_id, count: false }).await? else {
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
     let new = request.new;
@@ -495,9 +519,11 @@ async fn replay(
     let placement = match (record.completed_at, record.cancelled_at) {
         (Some(completed_at), _) => Placement::Completed { completed_at },
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
-        (None, None) => {
-            Placement::Queued { position: queue.position(&LaneKey::new(&request.user, &record.kind), task_id).await? }
-        }
+        (None, None) => Placement::Queued {
+            position: queue
+                .run(&scripts::Position { lane: &LaneKey::new(&request.user, &record.kind), task_id })
+                .await?,
+        },
     };
     let recent = kv_ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
     let task = Task {

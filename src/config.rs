@@ -84,14 +84,8 @@ impl Config {
         let keys = Keys::new(&prefix, LOG_KEY);
         let default_spec = policies.resolve(DEFAULT_KIND, None).map(|p| p.spec().to_string()).unwrap_or_default();
         let (history, history_ms) = policies.history();
-        let script_header = [
-            keys.prefix().to_string(),
-            keys.log().to_string(),
-            crate::queue::TASK_TTL_MS.to_string(),
-            default_spec,
-            history.to_string(),
-            history_ms.to_string(),
-        ];
+        let script_header =
+            crate::scripts::Header { keys: &keys, default_spec: &default_spec, history, history_ms }.argv();
         Ok(Config {
             redis_address,
             per_second,

@@ -67,7 +67,11 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     let mut watched_holder: Option<String> = None;
     let mut leading = false;
     loop {
-        match queue.drain(&token, handoff, LEASE_TTL_MS, BATCH).await.map_err(store_error)? {
+        match queue
+            .run(&crate::scripts::Drain { token: &token, handoff, lease_ttl_ms: LEASE_TTL_MS, batch: BATCH })
+            .await
+            .map_err(store_error)?
+        {
             Drained::Busy { holder } => {
                 match &watched_holder {
                     Some(seen) if *seen != holder => return Ok(()), // a new leader: it will tick

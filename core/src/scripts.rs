@@ -24,6 +24,7 @@
 use std::sync::OnceLock;
 
 mod header;
+mod log;
 mod reply;
 mod shared;
 
@@ -54,6 +55,7 @@ pub use header::{Header, TASK_TTL_MS};
 pub use key_create::KeyCreate;
 pub use key_list::KeyList;
 pub use key_revoke::KeyRevoke;
+pub use log::log_page;
 pub use metrics::Metrics;
 pub use overview::{LaneView, Overview, QueuedTask, ReadOverview};
 pub use poke::Poke;

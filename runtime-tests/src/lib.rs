@@ -18,6 +18,8 @@
 //!   the response body streamed, instances reused (128 requests, 16 at once, 1 s idle).
 //! - `trigger::redis`: subscribes to the manifest's channels; one message at a time per
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
+//! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
+//!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
 //! - `check`: the SPEC §1 log checker shared by the `check_log` binary and the tests.
 //! - `cluster`: redis-server and host processes plus HTTP clients (one request per
 //!   connection, or keep-alive), for tests and bench.
@@ -35,8 +37,9 @@ use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc, watch};
 
 /// What `spin-host` was asked to run.
 pub struct HostConfig {
@@ -48,6 +51,9 @@ pub struct HostConfig {
     /// Wasmtime's pooling allocator where the system allows it, as `spin up` does unless
     /// given `--disable-pooling`.
     pub pooling: bool,
+    /// How long the host waits at shutdown for what is running (`SHUTDOWN_GRACE` unless
+    /// SPIN_HOST_SHUTDOWN_GRACE_MS says otherwise).
+    pub shutdown_grace: Duration,
 }
 
 /// Process-wide services shared by every instance: the key-value stores. (Outbound Redis
@@ -122,9 +128,52 @@ pub fn allowed_host(allowed: &[String], address: &str) -> bool {
         .any(|(s, h, p)| s == scheme && (h == "*" || h.eq_ignore_ascii_case(&host)) && (p == "*" || p == port))
 }
 
+/// How long open connections, requests in flight and Redis handlers get to finish after the
+/// stop signal before the process exits anyway, by default. A drainer that leads hands over within two
+/// 1 s windows; one cut short leaves its lease to expire (1 s) and another replica takes over.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What every part of the host sees of a shutdown: whether it has begun, and a way to say
+/// "the process must wait for me" (`working`).
+#[derive(Clone)]
+pub struct Shutdown {
+    stopping: watch::Receiver<bool>,
+    /// Weak, so that only live work, not this handle, keeps `run` waiting.
+    work: mpsc::WeakSender<()>,
+}
+
+/// Held by work the process waits for before it exits (a connection, an instance, a Redis
+/// listener); dropping it says the work is done.
+pub struct Working {
+    _held: mpsc::Sender<()>,
+}
+
+impl Shutdown {
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the host is stopping (owned, so a `'static` task can hold it).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            // An error means the sender is gone, which only happens once `run` has returned.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// A token to hold while working; `None` once `run` no longer waits for anything.
+    pub fn working(&self) -> Option<Working> {
+        self.work.upgrade().map(|held| Working { _held: held })
+    }
+}
+
 /// Loads the app, subscribes its Redis triggers, serves HTTP on `listener`, and prints
-/// `Serving http://<addr>` once both are ready. Returns when `shutdown` resolves, or with an
-/// error when a Redis subscription drops (the caller exits, as Spin does).
+/// `Serving http://<addr>` once both are ready. When `shutdown` resolves, or a Redis
+/// subscription drops (an error: the caller exits, as Spin does), it stops accepting
+/// connections and taking messages, waits up to `config.shutdown_grace` for what runs, and
+/// returns. Whatever still runs then is dropped with the runtime, each instance reported in
+/// one line (`trigger::http`).
 pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
     let engine = trigger::engine::engine(config.pooling)?;
@@ -132,11 +181,15 @@ pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Futur
     let services = Arc::new(Services::new(config.cas_mode, &app.stores)?);
     let components = trigger::prepare_components(&engine, &linker, &app, services)?;
 
-    let mut subscriptions = trigger::redis::subscribe_all(&app, &components).await?;
+    let (stop, stopping) = watch::channel(false);
+    let (work, mut all_done) = mpsc::channel::<()>(1);
+    let stop_handle = Shutdown { stopping, work: work.downgrade() };
+
+    let mut subscriptions = trigger::redis::subscribe_all(&app, &components, &stop_handle).await?;
     let addr = listener.local_addr().context("reading the listener's address")?;
-    let http = trigger::http::HttpTrigger::new(&app, &components)?;
+    let http = trigger::http::HttpTrigger::new(&app, &components, &stop_handle)?;
     println!("Serving http://{addr}");
-    tokio::select! {
+    let ended = tokio::select! {
         result = http.serve(listener) => result,
         Some(result) = subscriptions.join_next() => match result {
             Ok(Err(e)) => Err(e),
@@ -144,7 +197,19 @@ pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Futur
             Err(e) => Err(anyhow::anyhow!("a Redis subscriber failed: {e}")),
         },
         () = shutdown => Ok(()),
+    };
+    // The listener went with `serve`. Without the wait below, the runtime's drop would cancel
+    // idle instances mid-`run_concurrent`, which wasmtime-wasi-http reports as "worker
+    // panicked" (with a backtrace under RUST_BACKTRACE).
+    stop.send_replace(true);
+    drop(work);
+    // `recv` gives `None` once every `Working` is dropped (nothing is ever sent).
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+        eprintln!("spin-host: cutting short what still runs {grace:?} after the stop signal");
     }
+    drop(subscriptions);
+    ended
 }
 
 #[cfg(test)]

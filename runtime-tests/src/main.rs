@@ -6,10 +6,12 @@ use runtime_tests::{HostConfig, run};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 const USAGE: &str = "usage: spin-host [--from spin.toml] [--listen 127.0.0.1:3000] [--runtime-config-file FILE]
                  [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling]
-Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.";
+Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.
+SPIN_HOST_SHUTDOWN_GRACE_MS: how long SIGINT/SIGTERM wait for requests and handlers (default 3000).";
 
 fn main() -> ExitCode {
     let (config, listen) = match parse_args(std::env::args().skip(1)) {
@@ -31,21 +33,47 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // Installed before the app loads, so that a signal while it compiles stops the host
+        // once it is up rather than killing it half-started.
+        let stop = stop_signal().map_err(|e| anyhow::anyhow!("cannot handle SIGINT/SIGTERM: {e}"))?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        run(config, listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+        run(config, listener, stop).await
     });
+    // Bounded: a blocking task (a guest's stdout write) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
+        // 0 after SIGINT or SIGTERM, as `spin up` exits on Ctrl-C: the stop was asked for,
+        // and a supervisor that restarts a runtime on failure must not take it for one.
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spin-host: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on the first SIGINT or SIGTERM. Later ones are ignored, not fatal: the host is
+/// already stopping, within its grace (`runtime_tests::SHUTDOWN_GRACE`).
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// The subscriber Spin's CLI installs before anything else (crates/telemetry/src/lib.rs `init`,
@@ -126,5 +154,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         .filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|name| (name.to_lowercase(), v)))
         .collect();
     variables.extend(flag_vars);
-    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling }, listen))
+    // Not Spin's: how long a stop waits for what runs (the tests shorten it to reach the cut).
+    let shutdown_grace = match std::env::var("SPIN_HOST_SHUTDOWN_GRACE_MS") {
+        Ok(ms) => Duration::from_millis(
+            ms.parse().map_err(|_| format!("SPIN_HOST_SHUTDOWN_GRACE_MS={ms:?} is not a number of milliseconds"))?,
+        ),
+        Err(_) => runtime_tests::SHUTDOWN_GRACE,
+    };
+    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, shutdown_grace }, listen))
 }

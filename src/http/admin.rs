@@ -132,7 +132,17 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         None => (String::new(), Vec::new()),
     };
     let snapshot = match Queue::connect(config).await {
-        Ok(queue) => queue.overview(&tier_key, &lanes, OVERVIEW_SOONEST, OVERVIEW_RECENT, OVERVIEW_QUEUED).await,
+        Ok(queue) => {
+            queue
+                .run(&crate::scripts::ReadOverview {
+                    tier_key: &tier_key,
+                    lanes: &lanes,
+                    soonest: OVERVIEW_SOONEST,
+                    recent: OVERVIEW_RECENT,
+                    queued: OVERVIEW_QUEUED,
+                })
+                .await
+        }
         Err(e) => Err(e),
     };
     let snapshot = match snapshot {
@@ -258,7 +268,7 @@ pub async fn metrics(config: &Loaded, headers: &HeaderMap) -> HttpResponse {
         Err(response) => return response,
     };
     let counters = match Queue::connect(config).await {
-        Ok(queue) => queue.metrics().await,
+        Ok(queue) => queue.run(&crate::scripts::Metrics).await,
         Err(e) => Err(e),
     };
     match counters {
@@ -278,7 +288,7 @@ pub async fn health(config: &Loaded) -> HttpResponse {
     };
     // Redis answering the sweep is the health check; and so a probe doubles as the sweep
     // that restarts draining after every drainer was down.
-    if let Err(e) = queue.sweep().await {
+    if let Err(e) = queue.run(&crate::scripts::Sweep).await {
         return store_problem(e);
     }
     counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new()))

@@ -57,7 +57,16 @@ pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
     };
     let (key_id, key) = auth::new_api_key();
     let created = match Queue::connect(config).await {
-        Ok(queue) => queue.create_api_key(&key_id, &user_id, &auth::key_digest(&key)).await,
+        Ok(queue) => {
+            queue
+                .run(&crate::scripts::KeyCreate {
+                    keys: &config.keys,
+                    key_id: &key_id,
+                    user_id: &user_id,
+                    digest: &auth::key_digest(&key),
+                })
+                .await
+        }
         Err(e) => Err(e),
     };
     match created {
@@ -90,7 +99,7 @@ pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> 
     }
     let Some(user_id) = user_id else { return problem::bad_request("name the user: GET /api/v1/keys?user_id=<id>") };
     let keys = match Queue::connect(config).await {
-        Ok(queue) => queue.list_api_keys(&user_id).await,
+        Ok(queue) => queue.run(&crate::scripts::KeyList { keys: &config.keys, user_id: &user_id }).await,
         Err(e) => Err(e),
     };
     match keys {
@@ -112,7 +121,7 @@ pub async fn revoke(config: &Loaded, headers: &HeaderMap, key_id: &str) -> HttpR
         return problem::not_found(format!("no key {key_id:?}"));
     }
     let revoked = match Queue::connect(config).await {
-        Ok(queue) => queue.revoke_api_key(key_id).await,
+        Ok(queue) => queue.run(&crate::scripts::KeyRevoke { keys: &config.keys, key_id }).await,
         Err(e) => Err(e),
     };
     match revoked {

@@ -260,7 +260,7 @@ pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
     };
     // A verified user's answer depends on the owner, so it is counted after (by `handle`).
     if let Caller::User(_) = caller {
-        return match queue.task(id).await {
+        return match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await {
             Ok(Some(task)) if caller.may_act_for(&task.user_id) => {
                 serialized_response(StatusCode::OK, &TaskView::of(id, &task))
             }
@@ -268,7 +268,7 @@ pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
             Err(e) => store_problem(e),
         };
     }
-    match queue.read_task(id).await {
+    match queue.run(&crate::scripts::ReadTask { task_id: id, count: true }).await {
         Ok(Some(task)) => counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))),
         Ok(None) => counted(problem::not_found(format!("no task {id}"))),
         Err(e) => store_problem(e),
@@ -284,7 +284,7 @@ pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse 
         Err(response) => return response,
     };
     // The record names the lane, whose queue holds the task; the script checks it again.
-    let mut task = match queue.task(id).await {
+    let mut task = match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await {
         Ok(Some(task)) if caller.may_act_for(&task.user_id) => task,
         Ok(_) => return problem::not_found(format!("no task {id}")),
         Err(e) => return store_problem(e),
@@ -294,7 +294,7 @@ pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse 
     }
     if task.cancelled_at.is_none() {
         let lane = LaneKey::new(&UserKey::new(&task.user_id), &task.kind);
-        match queue.cancel(&lane, id).await {
+        match queue.run(&crate::scripts::Cancel { lane: &lane, task_id: id }).await {
             Ok(Cancelled::Cancelled { at }) => task.cancelled_at = Some(at),
             Ok(Cancelled::Completed { at }) => return problem::already_completed(id, at),
             Ok(Cancelled::Unknown) => return problem::not_found(format!("no task {id}")),

@@ -69,7 +69,9 @@ pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encode
         })
         .collect();
     let state = match Queue::connect(config).await {
-        Ok(queue) => queue.user_state(&config.keys.tier(&user), &lanes).await,
+        Ok(queue) => {
+            queue.run(&crate::scripts::ReadUserState { tier_key: &config.keys.tier(&user), lanes: &lanes }).await
+        }
         Err(e) => Err(e),
     };
     let state = match state {

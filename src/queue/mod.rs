@@ -34,36 +34,27 @@
 //! and SPEC §5 wants a 503 within 2 s when Redis cannot answer.
 
 //!
-//! The calls are grouped by what they serve, each file with its reply parsers beside its
-//! calls: `admission` (admitting, filing, withdrawing tasks and setting tiers), `execution`
-//! (the drainer's calls), `reads` (what the API shows: task records, one user's state,
-//! the log, the overview, the metrics) and `api_keys` (the keys of `auth = api_key`).
+//! Every script's contract (its arguments and its reply) is one type of the core
+//! (`task_core::scripts`, beside its `.lua`); `Queue::run` makes the call. The few commands
+//! that are not scripts are in `commands`.
 
-mod admission;
-mod api_keys;
+mod commands;
 mod eval;
-mod execution;
-mod reads;
 
-pub use admission::{Admission, AdmitPolicy, Cancelled, Earlier, Filed, Prepared, TaskToFile};
-pub use execution::Drained;
-pub use reads::{LaneState, LaneView, Overview, QueuedTask, TaskRecord, UserState};
+pub use commands::StoredKey;
+pub use task_core::scripts::{
+    Admission, AdmitPolicy, Admitted, Cancelled, Completion, Drained, Earlier, Filed, LaneState, LaneView, Overview,
+    Placement, Prepared, QueuedTask, TaskRecord, TaskToFile, UserState,
+};
 
 use crate::config::Config;
 use crate::deadline::with_deadline;
-use crate::keys::LaneKey;
-use crate::policy::DEFAULT_KIND;
-use crate::scripts::{self, Script};
 use eval::eval;
-use crate::slot::Spent;
-use serde_json::value::RawValue;
 use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Completed task records are kept this long for `GET /api/v1/task/{id}`.
-pub const TASK_TTL_MS: i64 = 24 * 3_600_000;
+use task_core::scripts::{Call, Reply, Unexpected, read_reply};
 
 /// The longest one Redis call (or connecting) may take before we answer 503. An admission
 /// connects at most once and then makes one call (two with the `kv` ledger), so a stuck
@@ -90,59 +81,10 @@ pub enum StoreError {
     Unexpected(String),
 }
 
-/// A completed task, as it appears in the log.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Completion {
-    pub task_id: String,
-    pub user_id: String,
-    pub slot: i64,
-    pub completed_at: i64,
-    pub kind: String,
-    pub cost: u32,
-    /// The windows the task ran under (`Policy::spec`). Only read back from the log stream
-    /// (entries from before policies existed have none).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// The task's payload, as sent. Only read back from the log stream: the scripts that run
-    /// tasks leave it out of their replies (the seed-format line does not show it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Box<RawValue>>,
-}
-
-impl Completion {
-    /// The seed-format log line. Control characters in user ids are escaped so that one
-    /// completion is always one line; the NDJSON log carries the exact id.
-    pub fn line(&self) -> String {
-        let user: String = self
-            .user_id
-            .chars()
-            .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
-            .collect();
-        format!("{user}-task completed at-{}", self.completed_at)
+impl From<Unexpected> for StoreError {
+    fn from(e: Unexpected) -> Self {
+        StoreError::Unexpected(e.0)
     }
-}
-
-/// What became of an admitted task.
-pub enum Placement {
-    Completed {
-        completed_at: i64,
-    },
-    Queued {
-        position: i64,
-    },
-    /// Only ever found by a replayed request: a new task is never cancelled.
-    Cancelled {
-        cancelled_at: i64,
-    },
-}
-
-/// A filed task (the reply of ADMIT and POKE).
-pub struct Admitted {
-    pub placement: Placement,
-    /// The Redis clock when the script ran.
-    pub now: i64,
-    /// Tasks this call ran (ours, or the user's overdue ones).
-    pub ran: Vec<Completion>,
 }
 
 pub struct Queue<'a> {
@@ -167,16 +109,20 @@ impl<'a> Queue<'a> {
         Ok(Queue { conn, config })
     }
 
-    /// Runs a script with the shared header (ARGV[1..6], `lib.lua`) before `args`.
-    async fn eval(&self, script: &Script, args: &[&str]) -> Result<Vec<RedisResult>, StoreError> {
-        let header = &self.config.script_header;
-        let all: Vec<&str> = header.iter().map(String::as_str).chain(args.iter().copied()).collect();
-        self.call(eval(&self.conn, script, &all)).await
+    /// Runs a script's call: the shared header (ARGV[1..6], `lib.lua`), then its arguments;
+    /// its reply read whole.
+    pub async fn run<C: Call>(&self, call: &C) -> Result<C::Output, StoreError> {
+        let args = call.args();
+        let header = self.config.script_header.iter();
+        let all: Vec<&str> = header.chain(&args).map(String::as_str).collect();
+        let reply = self.call(eval(&self.conn, call.script(), &all)).await?;
+        Ok(read_reply(call, &replies(reply))?)
     }
 
-    async fn execute(&self, command: &str, args: &[&str]) -> Result<Vec<RedisResult>, StoreError> {
+    /// A command that is not a script; its reply as the core reads replies.
+    async fn execute(&self, command: &str, args: &[&str]) -> Result<Vec<Reply>, StoreError> {
         let params = args.iter().map(|a| RedisParameter::Binary(a.as_bytes().to_vec()));
-        self.call(self.conn.execute(command, params)).await
+        self.call(self.conn.execute(command, params)).await.map(replies)
     }
 
     /// One Redis call under the deadline. After a failure the instance's connection may be
@@ -200,138 +146,15 @@ fn unavailable(e: spin_sdk::redis::Error) -> StoreError {
     StoreError::Unavailable(format!("redis: {e:?}"))
 }
 
-fn bytes(v: &RedisResult) -> Option<&[u8]> {
-    match v {
-        RedisResult::Binary(b) => Some(b),
-        RedisResult::Status(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-fn parse_int(b: &[u8]) -> Result<i64, StoreError> {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StoreError::Unexpected(format!("not an integer: {:?}", String::from_utf8_lossy(b))))
-}
-
-fn int_at(reply: &[RedisResult], i: usize) -> Result<i64, StoreError> {
-    match reply.get(i) {
-        Some(RedisResult::Int64(n)) => Ok(*n),
-        Some(other) => {
-            bytes(other).map(parse_int).unwrap_or_else(|| Err(StoreError::Unexpected(format!("item {i}: {other:?}"))))
-        }
-        None => Err(StoreError::Unexpected(format!("reply too short for item {i}"))),
-    }
-}
-
-fn text_at(reply: &[RedisResult], i: usize) -> Result<String, StoreError> {
+/// Spin's reply items as the core's.
+fn replies(reply: Vec<RedisResult>) -> Vec<Reply> {
     reply
-        .get(i)
-        .and_then(bytes)
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .ok_or_else(|| StoreError::Unexpected(format!("item {i} is not text")))
-}
-
-/// In a flattened reply, a count at `*at` followed by that many groups of `width` items:
-/// the groups, with `*at` moved past them.
-fn groups<'r>(reply: &'r [RedisResult], at: &mut usize, width: usize) -> Result<&'r [RedisResult], StoreError> {
-    let count =
-        usize::try_from(int_at(reply, *at)?).map_err(|_| StoreError::Unexpected("negative count".to_string()))?;
-    let start = *at + 1;
-    *at = start + count * width;
-    reply.get(start..*at).ok_or_else(|| StoreError::Unexpected("reply too short".to_string()))
-}
-
-fn completions(items: &[RedisResult]) -> Result<Vec<Completion>, StoreError> {
-    if !items.len().is_multiple_of(4) {
-        return Err(StoreError::Unexpected(format!("{} items do not make whole completions", items.len())));
-    }
-    items.chunks(4).map(completion).collect()
-}
-
-/// `task id, user id, slot, completed_at` (the scripts that run tasks report no more: the
-/// seed-format line and the answers need no more).
-fn completion(c: &[RedisResult]) -> Result<Completion, StoreError> {
-    Ok(Completion {
-        task_id: text_at(c, 0)?,
-        user_id: text_at(c, 1)?,
-        slot: int_at(c, 2)?,
-        completed_at: int_at(c, 3)?,
-        kind: DEFAULT_KIND.to_string(),
-        cost: 1,
-        policy: None,
-        payload: None,
-    })
-}
-
-/// A cost as stored (absent: 1).
-fn cost(b: Option<&[u8]>) -> Result<u32, StoreError> {
-    match b {
-        None => Ok(1),
-        Some(b) => u32::try_from(parse_int(b)?)
-            .map_err(|_| StoreError::Unexpected("a stored cost is out of range".to_string())),
-    }
-}
-
-/// A kind as stored (absent: the default one).
-fn kind(b: Option<&[u8]>) -> String {
-    b.map_or_else(|| DEFAULT_KIND.to_string(), |b| String::from_utf8_lossy(b).into_owned())
-}
-
-/// A completion-history entry: `<ms>`, or `<ms>*<units>`.
-fn spent(v: &RedisResult) -> Result<Spent, StoreError> {
-    let text = bytes(v).ok_or_else(|| StoreError::Unexpected(format!("a completion time is {v:?}")))?;
-    match text.iter().position(|&b| b == b'*') {
-        None => Ok((parse_int(text)?, 1)),
-        Some(star) => Ok((parse_int(&text[..star])?, cost(Some(&text[star + 1..]))?)),
-    }
-}
-
-/// A stored payload: its JSON text, or nothing for none (JSON text is never empty).
-fn payload(text: Option<&[u8]>) -> Result<Option<Box<RawValue>>, StoreError> {
-    match text {
-        None | Some(b"") => Ok(None),
-        Some(text) => String::from_utf8(text.to_vec())
-            .ok()
-            .and_then(|text| RawValue::from_string(text).ok())
-            .map(Some)
-            .ok_or_else(|| StoreError::Unexpected("a stored payload is not JSON".to_string())),
-    }
-}
-
-/// A tier in a reply: '' for the built-in one.
-fn tier_at(reply: &[RedisResult], i: usize) -> Result<Option<String>, StoreError> {
-    Ok(Some(text_at(reply, i)?).filter(|t| !t.is_empty()))
-}
-
-/// A ledger in a reply: its presence flag at `i`, its value after it.
-fn ledger_at(reply: &[RedisResult], i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-    match int_at(reply, i)? {
-        1 => ledger_text(reply, i + 1).map(Some),
-        _ => Ok(None),
-    }
-}
-
-fn ledger_text(reply: &[RedisResult], i: usize) -> Result<Vec<u8>, StoreError> {
-    reply
-        .get(i)
-        .and_then(bytes)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| StoreError::Unexpected("ledger is not text".to_string()))
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    //! Reply builders for the parsers' tests in each file.
-    use super::*;
-    use RedisResult::{Binary, Int64};
-
-    pub fn text(s: &str) -> RedisResult {
-        Binary(s.as_bytes().to_vec())
-    }
-
-    pub fn completion(id: &str, user: &str, slot: i64, at: i64) -> [RedisResult; 4] {
-        [text(id), text(user), Int64(slot), text(&at.to_string())]
-    }
+        .into_iter()
+        .map(|item| match item {
+            RedisResult::Nil => Reply::Nil,
+            RedisResult::Int64(n) => Reply::Int(n),
+            RedisResult::Binary(b) => Reply::Bytes(b),
+            RedisResult::Status(s) => Reply::Status(s),
+        })
+        .collect()
 }

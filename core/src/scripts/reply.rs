@@ -55,6 +55,15 @@ impl<'r> Cursor<'r> {
         self.fail(format_args!("expected {expected}, found {found:?}"))
     }
 
+    /// The next item's text, without reading it (`None` at the end or for another item).
+    pub fn peek_bytes(&self) -> Option<&'r [u8]> {
+        match self.items.get(self.at)? {
+            Reply::Bytes(b) => Some(b),
+            Reply::Status(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+
     /// Text or a status.
     pub fn bytes(&mut self) -> Result<&'r [u8], Unexpected> {
         match self.next("text")? {

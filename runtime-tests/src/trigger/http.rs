@@ -6,8 +6,12 @@
 //! streamed to hyper as the guest writes it (trigger-http/src/wasip3.rs). So a response
 //! without Content-Length goes out chunked, its end in a write of its own, and on a keep-alive
 //! connection that write waits for the client's delayed ACK (~40 ms), exactly as under Spin.
+//!
+//! At shutdown each connection finishes the request it is serving and closes, and each idle
+//! instance ends at once (`Expiry`), so that none is left for the runtime's drop to cancel.
 
 use super::Prepared;
+use crate::Shutdown;
 use crate::host::Ctx;
 use crate::manifest::{App, Route};
 use anyhow::Context as _;
@@ -22,7 +26,7 @@ use hyper_util::server::conn::auto::Builder;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -48,10 +52,15 @@ type Body = UnsyncBoxBody<Bytes, P2ErrorCode>;
 
 pub struct HttpTrigger {
     routes: Arc<Vec<(Route, ProxyHandler<Instances>)>>,
+    shutdown: Shutdown,
 }
 
 impl HttpTrigger {
-    pub fn new(app: &App, components: &HashMap<String, Arc<Prepared>>) -> anyhow::Result<HttpTrigger> {
+    pub fn new(
+        app: &App,
+        components: &HashMap<String, Arc<Prepared>>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<HttpTrigger> {
         // One handler (one pool of instances) per component, shared by all its routes, as
         // Spin keys them (server.rs `component_handler_types`).
         let mut handlers: HashMap<&str, ProxyHandler<Instances>> = HashMap::new();
@@ -62,16 +71,18 @@ impl HttpTrigger {
                 None => {
                     let prepared = components.get(id).ok_or_else(|| anyhow::anyhow!("no component {id:?}"))?.clone();
                     let service = prepared.http()?;
-                    let handler = ProxyHandler::new(Instances { prepared, service });
+                    let handler = ProxyHandler::new(Instances { prepared, service, shutdown: shutdown.clone() });
                     handlers.insert(id, handler.clone());
                     handler
                 }
             };
             routes.push((route.clone(), handler));
         }
-        Ok(HttpTrigger { routes: Arc::new(routes) })
+        Ok(HttpTrigger { routes: Arc::new(routes), shutdown: shutdown.clone() })
     }
 
+    /// Accepts until dropped (the caller stops it by dropping this future, which closes the
+    /// listener).
     pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
         loop {
             let (stream, client) = match listener.accept().await {
@@ -84,14 +95,26 @@ impl HttpTrigger {
             // No `set_nodelay`: Spin sets none on the sockets it accepts (server.rs
             // `serve_http`), and that is what makes a chunked response's last write stall.
             let routes = self.routes.clone();
+            let working = self.shutdown.working();
+            let stopped = self.shutdown.stopped();
             tokio::spawn(async move {
+                let _working = working;
                 // An error here (an unusable Host) makes hyper close the connection without a
                 // response, as Spin's service does (server.rs `instrumented_service_fn`).
                 let service = hyper::service::service_fn(move |req| {
                     let routes = routes.clone();
                     async move { handle(&routes, client, req).await }
                 });
-                let served = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let builder = Builder::new(TokioExecutor::new());
+                let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    () = stopped => {
+                        // The request in flight, if any, is answered; then the connection closes.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
                 if let Err(e) = served {
                     // A client that goes away between requests is not worth a line.
                     if !e.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_incomplete_message()) {
@@ -293,6 +316,7 @@ fn prepare_headers(parts: &mut http::request::Parts, route: &Route, client: Sock
 pub struct Instances {
     prepared: Arc<Prepared>,
     service: ServicePre<Ctx>,
+    shutdown: Shutdown,
 }
 
 impl HandlerState for Instances {
@@ -307,16 +331,27 @@ impl HandlerState for Instances {
             store,
             proxy: Proxy::P3(service),
             view: ViewFn::P3(<Ctx as WasiHttpView>::http),
-            expiration: Expiry { sleep: Box::pin(tokio::time::sleep(Duration::MAX)) },
-            state: Reuse { component: self.prepared.config.id.clone() },
+            expiration: Expiry {
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+                stopped: Some(Mutex::new(Box::pin(self.shutdown.stopped()))),
+            },
+            state: Reuse {
+                component: self.prepared.config.id.clone(),
+                shutdown: self.shutdown.clone(),
+                _working: self.shutdown.working(),
+            },
         })
     }
 }
 
-/// When an instance is let go: after it has been idle for 1 s; never while it is handling
-/// requests, as Spin sets no request timeout by default (server.rs `HttpWorkerExpiration`).
+/// When an instance is let go: after it has been idle for 1 s, or at once when idle once the
+/// host is stopping; never while it is handling requests, as Spin sets no request timeout by
+/// default (server.rs `HttpWorkerExpiration`).
 pub struct Expiry {
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The shutdown signal until it has fired (a finished future must not be polled again).
+    /// In a `Mutex` only because `WorkerExpiration` must be `Sync`; `get_mut` never locks.
+    stopped: Option<Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 impl WorkerExpiration for Expiry {
@@ -324,11 +359,21 @@ impl WorkerExpiration for Expiry {
         if status != WorkerStatus::Idle {
             return Poll::Pending;
         }
+        let me = self.get_mut();
+        match &mut me.stopped {
+            None => return Poll::Ready(()),
+            Some(stopped) => {
+                let stopped = stopped.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if stopped.as_mut().poll(cx).is_ready() {
+                    me.stopped = None;
+                    return Poll::Ready(());
+                }
+            }
+        }
         let Some(deadline) = start.checked_add(IDLE_INSTANCE_TIMEOUT) else {
             return Poll::Pending;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        let me = self.get_mut();
         if me.sleep.deadline() != deadline {
             me.sleep.as_mut().reset(deadline);
         }
@@ -339,6 +384,9 @@ impl WorkerExpiration for Expiry {
 /// How many requests an instance takes (server.rs `HttpWorkerState`).
 pub struct Reuse {
     component: String,
+    shutdown: Shutdown,
+    /// The host waits, at shutdown, for the instance to end.
+    _working: Option<crate::Working>,
 }
 
 impl WorkerState for Reuse {
@@ -366,8 +414,18 @@ impl WorkerState for Reuse {
     }
 
     fn drop(&self, store: Store<Ctx>, result: wasmtime::Result<()>) {
-        if let Err(e) = result {
-            eprintln!("spin-host: an instance of component {:?} failed: {e:?}", self.component);
+        match result {
+            Ok(()) => {}
+            // The instance was still running when the host stopped waiting and the runtime's
+            // drop cancelled it; wasmtime-wasi-http calls that "worker panicked", which it
+            // was not (a real panic has already printed its own message).
+            Err(_) if self.shutdown.is_stopping() => {
+                eprintln!(
+                    "spin-host: an instance of component {:?} was stopped mid-request at shutdown",
+                    self.component
+                )
+            }
+            Err(e) => eprintln!("spin-host: an instance of component {:?} failed: {e:?}", self.component),
         }
         drop(store);
     }

@@ -1,9 +1,11 @@
 //! The Redis trigger, as Spin 4.1 runs it (crates/trigger-redis/src/lib.rs): one subscriber per address for all the channels
 //! mapped there; messages handled one at a time per address, each in a fresh instance; a
 //! handler error is logged, not retried; when the subscription drops, the trigger fails and
-//! the process exits (Spin does this by design: a supervisor restarts it).
+//! the process exits (Spin does this by design: a supervisor restarts it). At shutdown a
+//! listener takes no new message and returns once the one it is handling is done.
 
 use super::Prepared;
+use crate::Shutdown;
 use crate::manifest::App;
 use anyhow::Context;
 use futures::StreamExt;
@@ -15,6 +17,7 @@ use tokio::task::JoinSet;
 pub async fn subscribe_all(
     app: &App,
     components: &HashMap<String, Arc<Prepared>>,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
     // address -> channel -> components
     let mut by_address: BTreeMap<String, BTreeMap<String, Vec<Arc<Prepared>>>> = BTreeMap::new();
@@ -32,9 +35,21 @@ pub async fn subscribe_all(
         for channel in channels.keys() {
             pubsub.subscribe(channel).await.with_context(|| format!("subscribing to {channel:?} on {address}"))?;
         }
+        let shutdown = shutdown.clone();
+        let working = shutdown.working();
         listeners.spawn(async move {
+            let _working = working;
             let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
+            let mut stopped = std::pin::pin!(shutdown.stopped());
+            loop {
+                // Not raced with the handler below: a message taken is handled to the end
+                // (within the host's grace), so its instance is never dropped mid-call.
+                let message = tokio::select! {
+                    biased;
+                    () = &mut stopped => return Ok(()),
+                    message = messages.next() => message,
+                };
+                let Some(message) = message else { break };
                 let channel = message.get_channel_name().to_string();
                 let payload = message.get_payload_bytes().to_vec();
                 // The channel's components run side by side, each in a fresh instance
@@ -48,6 +63,9 @@ pub async fn subscribe_all(
                     }
                 });
                 futures::future::join_all(handlers).await;
+            }
+            if shutdown.is_stopping() {
+                return Ok(());
             }
             Err(anyhow::anyhow!("disconnected from Redis at {address}"))
         });

@@ -1,0 +1,100 @@
+//! The task log stream's entries (written by `complete` in `lib.lua`), as `XRANGE` gives
+//! them.
+
+use super::reply::{Cursor, Reply, Unexpected, parse_int};
+use super::shared::{Completion, cost, kind, payload};
+use std::collections::HashMap;
+
+/// The fields a log entry can have.
+const LOG_FIELDS: [&str; 8] = ["task_id", "user_id", "slot", "completed_at", "payload", "kind", "cost", "policy"];
+
+/// `XRANGE`, flattened by the host: each entry is its id, then its field/value pairs (four
+/// before kinds existed, seven since, one more with a payload). Entries are told apart by
+/// reading pairs while the next item is a field name: a value is always consumed as a value,
+/// and an entry id (`<ms>-<seq>`) is never a field name. Each entry with its stream id.
+pub fn log_page(reply: &[Reply]) -> Result<Vec<(String, Completion)>, Unexpected> {
+    let mut reply = Cursor::new(reply);
+    let mut page = Vec::new();
+    while !reply.at_end() {
+        let id = reply.text()?;
+        let mut fields = HashMap::new();
+        while let Some(name) = reply.peek_bytes().and_then(|b| LOG_FIELDS.iter().find(|f| f.as_bytes() == b)) {
+            reply.bytes()?;
+            fields.insert(*name, reply.bytes()?);
+        }
+        let text = |name: &str| String::from_utf8_lossy(fields.get(name).copied().unwrap_or_default()).into_owned();
+        let int = |name: &str| {
+            parse_int(fields.get(name).copied().unwrap_or_default())
+                .ok_or_else(|| reply.fail(format_args!("log entry {id}: {name} is not an integer")))
+        };
+        let completion = Completion {
+            task_id: text("task_id"),
+            user_id: text("user_id"),
+            slot: int("slot")?,
+            completed_at: int("completed_at")?,
+            kind: kind(fields.get("kind").copied()),
+            cost: cost(&reply, fields.get("cost").copied())?,
+            policy: fields.get("policy").map(|p| String::from_utf8_lossy(p).into_owned()),
+            payload: payload(&reply, fields.get("payload").copied())?,
+        };
+        page.push((id, completion));
+    }
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reply::tests::text;
+    use super::*;
+
+    #[test]
+    fn log_pages() {
+        // Entries with and without a payload, and a user id and a payload that look like field
+        // names or entry ids, follow each other in one flattened reply.
+        let entry = |id: &str, user: &str, payload: Option<&str>| {
+            let mut items = vec![
+                text(id),
+                text("task_id"),
+                text("t"),
+                text("user_id"),
+                text(user),
+                text("slot"),
+                text("5"),
+                text("completed_at"),
+                text("6"),
+            ];
+            if let Some(p) = payload {
+                items.extend([text("payload"), text(p)]);
+            }
+            items
+        };
+        let mut reply: Vec<Reply> = [
+            entry("1-0", "a", None),
+            entry("1-1", "payload", Some(r#""slot""#)),
+            entry("1-2", "1-3", Some("[1]")),
+            entry("1-3", "c", None),
+        ]
+        .concat();
+        reply.extend(entry("1-4", "d", None));
+        reply.extend([text("kind"), text("email"), text("cost"), text("2"), text("policy"), text("5/60000")]);
+        let Ok(page) = log_page(&reply) else { panic!("parse failed") };
+        let last = &page[4].1;
+        assert_eq!((last.kind.as_str(), last.cost, last.policy.as_deref()), ("email", 2, Some("5/60000")));
+        assert_eq!((page[0].1.kind.as_str(), page[0].1.cost, page[0].1.policy.as_deref()), ("default", 1, None));
+        let page = &page[..4];
+        let seen: Vec<_> =
+            page.iter().map(|(id, c)| (id.as_str(), c.user_id.as_str(), c.payload.as_ref().map(|p| p.get()))).collect();
+        assert_eq!(
+            seen,
+            [
+                ("1-0", "a", None),
+                ("1-1", "payload", Some(r#""slot""#)),
+                ("1-2", "1-3", Some("[1]")),
+                ("1-3", "c", None)
+            ]
+        );
+        // A field name without its value, and an entry without a slot, are refused.
+        assert!(log_page(&reply[..reply.len() - 1]).is_err());
+        assert!(log_page(&[text("1-0"), text("task_id"), text("t")]).is_err());
+    }
+}
