@@ -17,12 +17,13 @@
 //! hot user from drowning in compare-and-swap conflicts.
 
 use crate::config::{Config, LedgerBackend};
+use crate::deadline::SpinClock;
 use crate::drainer::print_log;
 use crate::keys::{LaneKey, UserKey};
-use crate::queue::new_task_id;
 use crate::kv_ledger::{self, KvLedger};
 use crate::ledger::{self, Arrival, Ledger, LedgerError};
 use crate::policy::Policy;
+use crate::queue::new_task_id;
 use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
 use crate::scripts;
 use crate::slot::{Spent, Window};
@@ -30,7 +31,8 @@ use serde_json::value::RawValue;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use task_core::clock::Clock;
 
 /// When a task's slot has come but the lane's previous task ran a few ms late, admission
 /// waits for it rather than answering 202 for a task that will run almost at once.
@@ -131,9 +133,10 @@ pub async fn admit(config: &Config, new: &NewTask<'_>) -> Result<Outcome, AdmitE
         new,
         overrides,
     };
+    let clock = SpinClock::new();
     match config.ledger {
-        LedgerBackend::Redis => admit_in_one_script(config, &queue, &request).await,
-        LedgerBackend::Kv => admit_with_kv(config, &queue, &request).await,
+        LedgerBackend::Redis => admit_in_one_script(config, &queue, &request, &clock).await,
+        LedgerBackend::Kv => admit_with_kv(config, &queue, &request, &clock).await,
     }
 }
 
@@ -162,7 +165,12 @@ impl Request<'_> {
 }
 
 /// The `redis` ledger: the whole admission is `admit.lua`.
-async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
+async fn admit_in_one_script(
+    config: &Config,
+    queue: &Queue<'_>,
+    request: &Request<'_>,
+    clock: &impl Clock,
+) -> Result<Outcome, AdmitError> {
     let Request { lane, new, ledger_key, idem, .. } = request;
     let (keep, keep_ms) = config.policies.lane_history(new.kind);
     let policy = AdmitPolicy {
@@ -175,7 +183,7 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
         overrides: request.overrides.iter().map(|(tier, p)| (*tier, p.spec())).collect(),
     };
     let task_id = new_task_id();
-    let started = Instant::now();
+    let started = clock.now();
     let admit = scripts::Admit {
         lane,
         user_id: new.user_id,
@@ -197,7 +205,7 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
         match admission {
             Admission::Admitted { slot, ledger, tier, filed } => {
                 let recent = Ledger::decode(Some(&ledger))?.spent();
-                let admitted = wait_if_due(queue, lane, &task_id, slot, filed).await?;
+                let admitted = wait_if_due(queue, clock, lane, &task_id, slot, filed).await?;
                 let task = new_task(new, task_id, slot, admitted.placement);
                 return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
             }
@@ -209,8 +217,8 @@ async fn admit_in_one_script(config: &Config, queue: &Queue<'_>, request: &Reque
                 return replay(config, queue, request, &earlier, now, ledger.as_deref(), tier).await;
             }
             // Only a `kv` admission reserves a key ('pending'), e.g. on a replica configured so.
-            Admission::Earlier { earlier: Earlier::Pending, .. } if started.elapsed() < IDEMPOTENCY_WAIT => {
-                spin_sdk::time::sleep(INLINE_WAIT_STEP).await
+            Admission::Earlier { earlier: Earlier::Pending, .. } if clock.since(started) < IDEMPOTENCY_WAIT => {
+                clock.sleep(INLINE_WAIT_STEP).await
             }
             Admission::Earlier { .. } => return Ok(Outcome::KeyInUse),
         }
@@ -229,9 +237,14 @@ fn ledger_tag(task_id: &str) -> &str {
 
 /// The `kv` ledger: prepare, commit the ledger in the key-value store (together with the
 /// lane's other admissions in this instance), then file.
-async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>) -> Result<Outcome, AdmitError> {
+async fn admit_with_kv(
+    config: &Config,
+    queue: &Queue<'_>,
+    request: &Request<'_>,
+    clock: &impl Clock,
+) -> Result<Outcome, AdmitError> {
     let Request { lane, new, idem, .. } = request;
-    let started = Instant::now();
+    let started = clock.now();
     let prepared = loop {
         let prepared = queue
             .run(&scripts::Prepare {
@@ -246,7 +259,7 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
             Earlier::Task(task_id) => {
                 return replay(config, queue, request, task_id, prepared.now, None, prepared.tier.clone()).await;
             }
-            Earlier::Pending if started.elapsed() < IDEMPOTENCY_WAIT => spin_sdk::time::sleep(INLINE_WAIT_STEP).await,
+            Earlier::Pending if clock.since(started) < IDEMPOTENCY_WAIT => clock.sleep(INLINE_WAIT_STEP).await,
             Earlier::Pending => return Ok(Outcome::KeyInUse),
         }
     };
@@ -269,7 +282,7 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
         spec: Rc::from(policy.spec()),
         result: RefCell::new(None),
     });
-    let committed = match commit_together(queue, config, request, member).await {
+    let committed = match commit_together(queue, clock, config, request, member).await {
         Ok(committed) => committed,
         Err(e) => {
             // Nothing was stored under the key: let a retry with it start afresh.
@@ -279,7 +292,7 @@ async fn admit_with_kv(config: &Config, queue: &Queue<'_>, request: &Request<'_>
             return Err(e);
         }
     };
-    let admitted = wait_if_due(queue, lane, &task_id, committed.slot, committed.admitted).await?;
+    let admitted = wait_if_due(queue, clock, lane, &task_id, committed.slot, committed.admitted).await?;
     let task = new_task(new, task_id, committed.slot, admitted.placement);
     Ok(Outcome::Admitted { task, lane: LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now } })
 }
@@ -323,6 +336,7 @@ thread_local! {
 /// is, it waits for that commit to bring its result, or to end so it can lead the next.
 async fn commit_together(
     queue: &Queue<'_>,
+    clock: &impl Clock,
     config: &Config,
     request: &Request<'_>,
     member: Rc<Member>,
@@ -344,13 +358,13 @@ async fn commit_together(
         match batch {
             Some(batch) => {
                 let mut batch = BatchGuard { ledger_key, members: batch, delivered: false };
-                let result = commit_batch(queue, config, request, &mut batch.members).await;
+                let result = commit_batch(queue, clock, config, request, &mut batch.members).await;
                 batch.deliver(result);
             }
             // Requests are separate component-model tasks, and waking one from another needs
             // wit-bindgen's `inter-task-wakeup` (without it, a cross-task wake traps the
             // instance): so wait on the host's clock and look again.
-            None => spin_sdk::time::sleep(GROUP_POLL).await,
+            None => clock.sleep(GROUP_POLL).await,
         }
     }
 }
@@ -402,6 +416,7 @@ impl Drop for BatchGuard<'_> {
 /// Commits a batch in arrival order in the key-value store, then files its tasks.
 async fn commit_batch(
     queue: &Queue<'_>,
+    clock: &impl Clock,
     config: &Config,
     request: &Request<'_>,
     members: &mut [Rc<Member>],
@@ -414,7 +429,7 @@ async fn commit_batch(
     let (history, keep_ms) = config.policies.lane_history(request.new.kind);
     let mut store = KvLedger::open(&request.ledger_key)?;
     let seen = store.read()?;
-    let committed = ledger::commit(&mut store, history as usize, seen, &arrivals).await?;
+    let committed = ledger::commit(&mut store, clock, history as usize, seen, &arrivals).await?;
     let tasks: Vec<TaskToFile> = members
         .iter()
         .zip(&committed.slots)
@@ -470,6 +485,7 @@ async fn release(queue: &Queue<'_>, idem: Option<&str>) {
 /// that runs almost at once.
 async fn wait_if_due(
     queue: &Queue<'_>,
+    clock: &impl Clock,
     lane: &LaneKey,
     task_id: &str,
     slot: i64,
@@ -481,7 +497,7 @@ async fn wait_if_due(
         if slot > admitted.now || waits == INLINE_WAIT_STEPS {
             break;
         }
-        spin_sdk::time::sleep(INLINE_WAIT_STEP).await;
+        clock.sleep(INLINE_WAIT_STEP).await;
         waits += 1;
         let poked = queue.run(&scripts::Poke { lane, task_id }).await?;
         print_log(&poked.ran);

@@ -1,5 +1,5 @@
-//! Bounding how long the app waits: for a request body, and for Redis, whose client under
-//! Spin has no timeout of its own.
+//! Bounding how long the app waits (for a request body, and for Redis, whose client under
+//! Spin has no timeout of its own), and the host clock the waiting loops take.
 
 use std::time::Duration;
 
@@ -15,4 +15,25 @@ pub async fn with_deadline<F: Future>(future: F, limit: Duration) -> Option<F::O
         timer.as_mut().poll(cx).map(|()| None)
     })
     .await
+}
+
+/// The host's monotonic clock and timer, as the waiting loops take them (`task_core::clock`).
+pub struct SpinClock {
+    start: std::time::Instant,
+}
+
+impl SpinClock {
+    pub fn new() -> SpinClock {
+        SpinClock { start: std::time::Instant::now() }
+    }
+}
+
+impl task_core::clock::Clock for SpinClock {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        spin_sdk::time::sleep(duration).await
+    }
 }

@@ -20,9 +20,12 @@
 //! its TTL) cost only work, never a doubled task.
 
 use crate::config::Config;
-use crate::keys::{is_task_id, new_task_id};
+use crate::deadline::SpinClock;
+use crate::keys::is_task_id;
+use crate::queue::new_task_id;
 use crate::queue::{Completion, Drained, Queue, StoreError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use task_core::clock::Clock;
 
 /// How long one handler leads before handing over: short, because a Redis handler blocks
 /// every later message on its replica.
@@ -60,28 +63,60 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
         Ok("") | Ok("expired") => "",
         _ => return Ok(()),
     };
-    let config = Config::get().await?;
+    let config = Config::drainer().await?;
     let queue = Queue::connect(&config).await.map_err(store_error)?;
-    let token = new_task_id();
-    let started = Instant::now();
+    lead_or_stand_by(&queue, &SpinClock::new(), &new_task_id(), handoff).await.map_err(store_error)
+}
+
+/// What the drainer asks of the store: the queue in Redis, or a script of answers in tests.
+#[allow(async_fn_in_trait)]
+pub trait DrainStore {
+    /// Runs what is due if we hold (or can take) the lease; `handoff` is the token of the
+    /// leader whose tick woke us.
+    async fn drain(&self, token: &str, handoff: &str) -> Result<Drained, StoreError>;
+    /// Wakes every replica's drainer; the first to hear it takes over our lease.
+    async fn publish_tick(&self, token: &str) -> Result<(), StoreError>;
+    /// Switches on the lease-expiry notification (the second wake-up path).
+    async fn enable_expiry_events(&self) -> Result<(), StoreError>;
+}
+
+impl DrainStore for Queue<'_> {
+    async fn drain(&self, token: &str, handoff: &str) -> Result<Drained, StoreError> {
+        self.run(&crate::scripts::Drain { token, handoff, lease_ttl_ms: LEASE_TTL_MS, batch: BATCH }).await
+    }
+
+    async fn publish_tick(&self, token: &str) -> Result<(), StoreError> {
+        Queue::publish_tick(self, token).await
+    }
+
+    async fn enable_expiry_events(&self) -> Result<(), StoreError> {
+        Queue::enable_expiry_events(self).await
+    }
+}
+
+/// One handler's work: lead for about a window if the lease is ours to take, or watch the
+/// lease as a standby until another leader takes it or it lapses (see the module doc).
+async fn lead_or_stand_by(
+    store: &impl DrainStore,
+    clock: &impl Clock,
+    token: &str,
+    handoff: &str,
+) -> Result<(), StoreError> {
+    let started = clock.now();
     let mut watched_holder: Option<String> = None;
     let mut leading = false;
     loop {
-        match queue
-            .run(&crate::scripts::Drain { token: &token, handoff, lease_ttl_ms: LEASE_TTL_MS, batch: BATCH })
-            .await
-            .map_err(store_error)?
-        {
+        match store.drain(token, handoff).await? {
             Drained::Busy { holder } => {
                 match &watched_holder {
                     Some(seen) if *seen != holder => return Ok(()), // a new leader: it will tick
                     Some(_) => {}
                     None => watched_holder = Some(holder),
                 }
-                if started.elapsed() > STANDBY_MAX {
+                if clock.since(started) > STANDBY_MAX {
                     return Ok(());
                 }
-                spin_sdk::time::sleep(STANDBY_POLL).await;
+                clock.sleep(STANDBY_POLL).await;
             }
             Drained::Idle { ran } => {
                 print_log(&ran);
@@ -92,17 +127,16 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
                 if !leading {
                     leading = true;
                     // Once per window is plenty; a refusal only removes the backup path.
-                    let _ = queue.enable_expiry_events().await;
+                    let _ = store.enable_expiry_events().await;
                 }
                 if more_due_now {
                     continue;
                 }
                 // Hand over only when no slot is near: the next leader needs a few ms to
                 // start, and a task due meanwhile would run late by as much.
-                let elapsed = started.elapsed();
+                let elapsed = clock.since(started);
                 if elapsed >= WINDOW && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW) {
-                    queue.publish_tick(&token).await.map_err(store_error)?;
-                    return Ok(());
+                    return store.publish_tick(token).await;
                 }
                 // Sleep until just before the next slot, then ask again every millisecond
                 // until it has run: a task that runs late pushes the user's next task back by
@@ -113,7 +147,7 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
                 let left_ms = (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64;
                 let wait_ms = leader_wait_ms(next_due_in_ms, left_ms);
                 if wait_ms > 0 {
-                    spin_sdk::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+                    clock.sleep(Duration::from_millis(wait_ms as u64)).await;
                 }
             }
         }
@@ -154,5 +188,148 @@ mod tests {
         // Never past the end of its windows.
         assert_eq!(leader_wait_ms(500, 2), 2);
         assert_eq!(leader_wait_ms(500, 0), 0);
+    }
+
+    use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
+    use task_core::clock::{Manual, run_now};
+
+    /// A store that answers `drain` from a script of replies (the last one again once the
+    /// script runs out), each call taking `call` on the clock, and records what it was asked.
+    struct Scripted<'c> {
+        clock: &'c Manual,
+        call: Duration,
+        replies: RefCell<VecDeque<fn() -> Drained>>,
+        last: Cell<Option<fn() -> Drained>>,
+        drains: Cell<u32>,
+        ticks: RefCell<Vec<String>>,
+        expiry_enabled: Cell<u32>,
+    }
+
+    impl<'c> Scripted<'c> {
+        fn new(clock: &'c Manual, replies: &[fn() -> Drained]) -> Scripted<'c> {
+            Scripted {
+                clock,
+                call: Duration::from_millis(1),
+                replies: RefCell::new(replies.iter().copied().collect()),
+                last: Cell::new(None),
+                drains: Cell::new(0),
+                ticks: RefCell::new(Vec::new()),
+                expiry_enabled: Cell::new(0),
+            }
+        }
+    }
+
+    impl DrainStore for Scripted<'_> {
+        async fn drain(&self, _token: &str, _handoff: &str) -> Result<Drained, StoreError> {
+            self.clock.advance(self.call);
+            self.drains.set(self.drains.get() + 1);
+            let next = self.replies.borrow_mut().pop_front().or(self.last.get());
+            self.last.set(next);
+            next.map(|reply| reply()).ok_or_else(|| StoreError::Unexpected("the script ran out".to_string()))
+        }
+
+        async fn publish_tick(&self, token: &str) -> Result<(), StoreError> {
+            self.ticks.borrow_mut().push(token.to_string());
+            Ok(())
+        }
+
+        async fn enable_expiry_events(&self) -> Result<(), StoreError> {
+            self.expiry_enabled.set(self.expiry_enabled.get() + 1);
+            Ok(())
+        }
+    }
+
+    fn far() -> Drained {
+        Drained::Active { next_due_in_ms: 500, more_due_now: false, ran: Vec::new() }
+    }
+
+    fn near() -> Drained {
+        Drained::Active { next_due_in_ms: HANDOFF_CLEARANCE_MS / 2, more_due_now: false, ran: Vec::new() }
+    }
+
+    fn held_by_a() -> Drained {
+        Drained::Busy { holder: "a".to_string() }
+    }
+
+    fn held_by_b() -> Drained {
+        Drained::Busy { holder: "b".to_string() }
+    }
+
+    fn idle() -> Drained {
+        Drained::Idle { ran: Vec::new() }
+    }
+
+    #[test]
+    fn with_nothing_queued_the_handler_returns_without_a_tick() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[idle]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert_eq!((store.drains.get(), store.ticks.borrow().len(), clock.sleeps()), (1, 0, 0));
+    }
+
+    /// A leader with nothing due soon polls every `POLL_MS`, switches the expiry events on
+    /// once, and hands over with its own token after one window.
+    #[test]
+    fn a_leader_hands_over_after_one_window_when_no_slot_is_near() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[far]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert_eq!(store.expiry_enabled.get(), 1);
+        assert!(clock.now() >= WINDOW && clock.now() < WINDOW + Duration::from_millis(2 * POLL_MS as u64));
+        // Each call but the last is followed by a poll's sleep: k calls end at k * (poll + call) - poll.
+        let per_call = (Duration::from_millis(POLL_MS as u64) + store.call).as_millis();
+        assert_eq!(u128::from(store.drains.get()), (WINDOW.as_millis() + POLL_MS as u128).div_ceil(per_call));
+    }
+
+    /// With a slot always near, a leader keeps leading past one window, and hands over at two.
+    #[test]
+    fn a_leader_keeps_a_near_slot_until_two_windows() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[near]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert!(clock.now() >= 2 * WINDOW && clock.now() < 2 * WINDOW + Duration::from_millis(POLL_MS as u64 + 2));
+    }
+
+    /// More due now: the leader calls again without sleeping.
+    #[test]
+    fn a_leader_with_more_due_calls_again_at_once() {
+        fn more() -> Drained {
+            Drained::Active { next_due_in_ms: 0, more_due_now: true, ran: Vec::new() }
+        }
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[more, more, more, idle]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert_eq!((store.drains.get(), clock.sleeps(), store.expiry_enabled.get()), (4, 0, 1));
+    }
+
+    /// A standby returns as soon as the lease changes hands (the new leader will tick)...
+    #[test]
+    fn a_standby_returns_when_a_new_leader_takes_the_lease() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[held_by_a, held_by_a, held_by_a, held_by_b]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "a")).is_ok());
+        assert_eq!((store.drains.get(), clock.sleeps(), store.ticks.borrow().len()), (4, 3, 0));
+    }
+
+    /// ...and gives up after `STANDBY_MAX` if the same holder keeps it all along.
+    #[test]
+    fn a_standby_gives_up_after_its_bound() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[held_by_a]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(clock.now() > STANDBY_MAX && clock.now() <= STANDBY_MAX + STANDBY_POLL + store.call);
+        assert_eq!(store.ticks.borrow().len(), 0);
+    }
+
+    /// The lease's holder died: `drain` takes it over and the standby becomes the leader.
+    #[test]
+    fn a_standby_takes_over_a_lapsed_lease() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[held_by_a, held_by_a, idle]);
+        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert_eq!((store.drains.get(), clock.sleeps()), (3, 2));
     }
 }

@@ -13,12 +13,9 @@ use std::time::Duration;
 use task_core::ledger::{Ledger, LedgerError, LedgerStore, Swap, confirm};
 use task_core::slot::Spent;
 
-/// A random wait of 0..=`cap_ms` milliseconds (none when it draws 0).
-pub async fn random_wait(cap_ms: u64) {
-    let wait = spin_sdk::wasip3::random::random::get_random_u64() % (cap_ms + 1);
-    if wait > 0 {
-        spin_sdk::time::sleep(Duration::from_millis(wait)).await;
-    }
+/// A random duration of 0..=`cap_ms` milliseconds.
+fn random_duration(cap_ms: u64) -> Duration {
+    Duration::from_millis(spin_sdk::wasip3::random::random::get_random_u64() % (cap_ms + 1))
 }
 
 /// The ledger in Spin's key-value store (`default`), with `wasi:keyvalue` compare-and-swap
@@ -87,11 +84,11 @@ impl LedgerStore for KvLedger {
         Ok(confirm(Ledger::decode(stored_after.as_deref())?, seq, commit_id))
     }
 
-    async fn back_off(&mut self, attempt: u32) {
+    fn back_off(&mut self, attempt: u32) -> Duration {
         // A random 0..=2^attempt ms (at most 16): a handle kept across a sleep would only
         // fail again, so it is dropped first.
         self.cas = None;
-        random_wait(1 << attempt.min(4)).await;
+        random_duration(1 << attempt.min(4))
     }
 }
 

@@ -24,7 +24,8 @@
 
 use crate::slot::{self, Spent, Window};
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use crate::clock::Clock;
+use std::time::Duration;
 
 /// Give up (503) after this long; SPEC §5 wants an answer within 2 s.
 const COMMIT_BUDGET: Duration = Duration::from_millis(1_500);
@@ -58,9 +59,9 @@ pub trait LedgerStore {
     /// `expected`.
     async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError>;
 
-    /// Waits before attempt number `attempt` (1 = the first retry), so that writers stop
-    /// colliding.
-    async fn back_off(&mut self, attempt: u32);
+    /// How long to wait before attempt number `attempt` (1 = the first retry), so that
+    /// writers stop colliding; the loop sleeps it on its clock.
+    fn back_off(&mut self, attempt: u32) -> Duration;
 }
 
 /// Committed admissions.
@@ -87,12 +88,13 @@ pub struct Arrival<'a> {
 /// at; `seen` is the ledger last read.
 pub async fn commit<S: LedgerStore>(
     store: &mut S,
+    clock: &impl Clock,
     history: usize,
     mut seen: Ledger,
     arrivals: &[Arrival<'_>],
 ) -> Result<Committed, LedgerError> {
     let keep = store.keep(history).max(arrivals.len());
-    let started = Instant::now();
+    let started = clock.now();
     let mut retries = 0;
     loop {
         let mut new = seen.clone();
@@ -102,7 +104,7 @@ pub async fn commit<S: LedgerStore>(
             // advanced by the time spent here (a duration, so no second clock enters).
             // Otherwise a contended first task would start "late" by its own retries, and
             // hold every later task of the user back by as much.
-            let now = arrival.at + started.elapsed().as_millis() as i64;
+            let now = arrival.at + clock.since(started).as_millis() as i64;
             let slot = slot::next_slot(arrival.windows, &new.spent(), now, arrival.cost);
             new.push(slot, arrival.tag, arrival.cost, keep);
             slots.push(slot);
@@ -112,10 +114,10 @@ pub async fn commit<S: LedgerStore>(
             Swap::Conflict { current } => seen = current,
         }
         retries += 1;
-        if started.elapsed() > COMMIT_BUDGET {
+        if clock.since(started) > COMMIT_BUDGET {
             return Err(LedgerError::Contended);
         }
-        store.back_off(retries).await;
+        clock.sleep(store.back_off(retries)).await;
     }
 }
 
@@ -208,6 +210,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Manual, run_now};
     use crate::test_rng::XorShift;
 
     const DEFAULT: [Window; 2] = [Window { quota: 1, window_ms: 1_000 }, Window { quota: 20, window_ms: 60_000 }];
@@ -288,19 +291,11 @@ mod tests {
             Ok(confirm(self.stored.clone(), new.seq, new.newest().map_or("", |(_, id)| id)))
         }
 
-        async fn back_off(&mut self, _attempt: u32) {}
-    }
-
-    /// Runs a future that never waits on anything outside (the fake store is synchronous).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
+        fn back_off(&mut self, _attempt: u32) -> Duration {
+            Duration::ZERO
         }
     }
+
 
     /// Under contention, every commit the loop reports is in the stored ledger exactly once,
     /// at the slot the rule gives after the entries before it.
@@ -317,7 +312,7 @@ mod tests {
             let seen = store.stored.clone();
             let cost = 1 + (i % 3) as u32;
             let arrival = [Arrival { at: 0, tag: &id, cost, windows: &DEFAULT }];
-            let Ok(committed) = block_on(commit(&mut store, HISTORY, seen, &arrival)) else {
+            let Ok(committed) = run_now(commit(&mut store, &Manual::new(), HISTORY, seen, &arrival)) else {
                 panic!("commit {i} failed")
             };
             let entries = &store.stored.entries;
@@ -343,7 +338,9 @@ mod tests {
             Ok(Swap::Landed)
         }
 
-        async fn back_off(&mut self, _attempt: u32) {}
+        fn back_off(&mut self, _attempt: u32) -> Duration {
+            Duration::ZERO
+        }
     }
 
     /// Several admissions committed together get the slots they would have got one by one,
@@ -358,7 +355,7 @@ mod tests {
         let arrivals: Vec<Arrival> =
             ids.iter().map(|id| Arrival { at: 0, tag: id, cost: 1, windows: &DEFAULT }).collect();
         let mut store = Accepting(Ledger::default());
-        let Ok(committed) = block_on(commit(&mut store, HISTORY, earlier.clone(), &arrivals)) else {
+        let Ok(committed) = run_now(commit(&mut store, &Manual::new(), HISTORY, earlier.clone(), &arrivals)) else {
             panic!("commit failed")
         };
         let mut one_by_one = earlier.spent();
@@ -370,5 +367,82 @@ mod tests {
         assert_eq!(committed.slots, slots);
         assert_eq!(committed.slots[14..17], [19_000, 60_000, 61_000]);
         assert_eq!(store.0.entries.back().map(|e| e.id.as_str()), Some("b24"));
+    }
+
+    /// A store that refuses every write, as if rivals always got there first, and asks for
+    /// `wait` between attempts.
+    struct Refusing {
+        wait: Duration,
+        attempts: u32,
+    }
+
+    impl LedgerStore for Refusing {
+        fn keep(&self, history: usize) -> usize {
+            history
+        }
+
+        async fn compare_and_set(&mut self, expected: &Ledger, _: &Ledger) -> Result<Swap, LedgerError> {
+            self.attempts += 1;
+            Ok(Swap::Conflict { current: expected.clone() })
+        }
+
+        fn back_off(&mut self, _attempt: u32) -> Duration {
+            self.wait
+        }
+    }
+
+    /// A commit that never lands gives up once its budget has passed on its clock, having
+    /// slept the store's back-off between attempts.
+    #[test]
+    fn a_commit_gives_up_after_its_budget() {
+        let clock = Manual::new();
+        let mut store = Refusing { wait: Duration::from_millis(16), attempts: 0 };
+        let arrival = [Arrival { at: 0, tag: "c", cost: 1, windows: &DEFAULT }];
+        let result = run_now(commit(&mut store, &clock, HISTORY, Ledger::default(), &arrival));
+        assert!(matches!(result, Err(LedgerError::Contended)));
+        let budget_attempts = (COMMIT_BUDGET.as_millis() / 16) as u32;
+        assert!((budget_attempts..=budget_attempts + 2).contains(&store.attempts), "{} attempts", store.attempts);
+        assert_eq!(clock.sleeps(), store.attempts - 1);
+        assert!(clock.now() > COMMIT_BUDGET && clock.now() <= COMMIT_BUDGET + Duration::from_millis(16));
+    }
+
+    /// A store that refuses `conflicts` writes, each after `spent` passed on the clock.
+    struct LateLanding<'c> {
+        clock: &'c Manual,
+        spent: Duration,
+        conflicts: u32,
+    }
+
+    impl LedgerStore for LateLanding<'_> {
+        fn keep(&self, history: usize) -> usize {
+            history
+        }
+
+        async fn compare_and_set(&mut self, expected: &Ledger, _: &Ledger) -> Result<Swap, LedgerError> {
+            self.clock.advance(self.spent);
+            if self.conflicts == 0 {
+                return Ok(Swap::Landed);
+            }
+            self.conflicts -= 1;
+            Ok(Swap::Conflict { current: expected.clone() })
+        }
+
+        fn back_off(&mut self, _attempt: u32) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    /// A task arrives when its admission commits: after three lost attempts of 40 ms each its
+    /// slot is its arrival plus the 120 ms they took (not its first try's instant, which would
+    /// make it "late" by its own retries), and it reports the retries.
+    #[test]
+    fn a_contended_arrival_is_taken_at_its_commit() {
+        let clock = Manual::new();
+        let mut store = LateLanding { clock: &clock, spent: Duration::from_millis(40), conflicts: 3 };
+        let arrival = [Arrival { at: 5_000, tag: "c", cost: 1, windows: &DEFAULT }];
+        let Ok(committed) = run_now(commit(&mut store, &clock, HISTORY, Ledger::default(), &arrival)) else {
+            panic!("commit failed")
+        };
+        assert_eq!((committed.slots, committed.retries), (vec![5_120], 3));
     }
 }

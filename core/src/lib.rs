@@ -7,6 +7,7 @@
 //!   recent slots and the arrival time.
 //! - `policy`: kinds, tiers and their windows, as data (the `policies` variable parsed and
 //!   checked).
+//! - `clock`: the clock the waiting loops take (`Clock`), and a manual one for their tests.
 //! - `ledger`: a lane's ledger of recent slots (its stored format) and the compare-and-set
 //!   loop that commits slots over any `LedgerStore`.
 //! - `keys`: every Redis and key-value key the app writes, and the id shapes (user ids are
@@ -18,6 +19,7 @@
 //! by `scripts/lib.lua` (`file_tasks`); the reply that carries it back is parsed in
 //! `scripts`; the component's `http::tasks` shows it.
 
+pub mod clock;
 pub mod keys;
 pub mod ledger;
 pub mod policy;
