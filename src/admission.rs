@@ -18,10 +18,10 @@
 
 use crate::config::{Config, LedgerBackend};
 use crate::deadline::SpinClock;
-use crate::drainer::print_log;
 use crate::keys::{LaneKey, UserKey};
 use crate::kv_ledger::{self, KvLedger};
 use crate::ledger::{self, Arrival, Ledger, LedgerError};
+use crate::log::print_log;
 use crate::policy::Policy;
 use crate::queue::new_task_id;
 use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};

@@ -1,7 +1,7 @@
 //! The Redis-triggered drainer: runs queued tasks at their slots.
 //!
 //! Spin has no timer trigger and its Redis trigger is plain pub/sub: every replica gets
-//! every message, one message at a time, and a message nobody hears is gone (SPIN-NOTES).
+//! every message, one message at a time, and a message nobody hears is gone.
 //! So the drainers pass a baton:
 //!
 //! - One handler at a time holds the **lease** (a Redis key with a TTL) and *leads* for about
@@ -22,8 +22,9 @@
 use crate::config::Config;
 use crate::deadline::SpinClock;
 use crate::keys::is_task_id;
+use crate::log::print_log;
 use crate::queue::new_task_id;
-use crate::queue::{Completion, Drained, Queue, StoreError};
+use crate::queue::{Drained, Queue, StoreError};
 use std::time::Duration;
 use task_core::clock::Clock;
 
@@ -160,13 +161,6 @@ async fn lead_or_stand_by(
 /// at most `POLL_MS`.
 fn leader_wait_ms(next_due_in_ms: i64, left_ms: i64) -> i64 {
     (next_due_in_ms - WAKE_EARLY_MS).clamp(1, POLL_MS).min(left_ms)
-}
-
-/// Each completion's seed-format line on stdout (Spin keeps it under `.spin/logs/`).
-pub fn print_log(ran: &[Completion]) {
-    for completion in ran {
-        println!("{}", completion.line());
-    }
 }
 
 fn store_error(e: StoreError) -> anyhow::Error {

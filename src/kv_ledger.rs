@@ -106,4 +106,3 @@ pub fn recent_slots(backend: LedgerBackend, key: &str, from_redis: Option<&[u8]>
 fn store_error(e: store::Error) -> LedgerError {
     LedgerError::Unavailable(format!("key-value store: {e:?}"))
 }
-

@@ -1,4 +1,4 @@
-//! A per-user rate-limited task API for Spin (SPEC: 1 task/s and 20 tasks per rolling
+//! A per-user rate-limited task API for Spin (by default 1 task/s and 20 tasks per rolling
 //! minute per user; over-limit tasks are queued durably and run at the earliest instant both
 //! limits allow).
 //!
@@ -12,7 +12,7 @@
 //! - `queue`: the queue, the executor and the log on Redis: one typed call per script.
 //! - `scripts`: the Lua scripts (`src/scripts/*.lua`), sent once and then called by SHA.
 //! - `deadline`: bounded waits (Spin's Redis client has no timeout).
-//! - `policy`: kinds, tiers and their windows (SPEC §7), as data.
+//! - `policy`: kinds, tiers and their windows, as data.
 //! - `http`: the HTTP API, one file per resource; routing, validation, responses and the
 //!   rate-limit fields.
 //! - `auth`: who is calling (the `auth` variable: none, JWT or API keys) and what they may do.
@@ -30,6 +30,7 @@ pub mod deadline;
 pub mod drainer;
 pub mod http;
 pub mod kv_ledger;
+pub mod log;
 pub mod metrics;
 pub mod problem;
 pub mod queue;

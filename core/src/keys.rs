@@ -23,7 +23,7 @@ impl Keys {
         &self.prefix
     }
 
-    /// The task log stream (SPEC §3).
+    /// The task log stream.
     pub fn log(&self) -> &str {
         &self.log
     }
@@ -93,7 +93,7 @@ fn encode(bytes: &[u8]) -> String {
     out
 }
 
-/// A lane (SPEC §7): one user's tasks of one kind. It is the user's own key part for the
+/// A lane: one user's tasks of one kind. It is the user's own key part for the
 /// `default` kind (so every key of a user from before kinds existed stays theirs) and
 /// `<user>:<kind>` for the others: an encoded user id never contains `:` and a kind name is
 /// `[A-Za-z0-9_.-]` (`policy::check_name`), so two lanes never share a key. The Lua scripts

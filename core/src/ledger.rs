@@ -13,7 +13,7 @@
 //!
 //! - `kv` (`KvLedger`): Spin's key-value store with `wasi:keyvalue` atomics. Spin
 //!   4.1's Redis-backed CAS reports `CasFailed` even when the write landed, and a fixed one
-//!   could report success for a write that never happened (SPIN-NOTES), so its answer is
+//!   could report success for a write that never happened, so its answer is
 //!   never believed: the write counts as ours only if the value read back carries our
 //!   commit id at our sequence number. Writes themselves do obey compare-and-swap on every
 //!   Spin, so each sequence number goes to exactly one writer.
@@ -22,12 +22,12 @@
 //! we cannot tell; we then take it as *not* committed and try again. The worst outcome is a
 //! slot that no task uses (a later schedule, never a broken limit or a lost/doubled task).
 
+use crate::clock::Clock;
 use crate::slot::{self, Spent, Window};
 use std::collections::VecDeque;
-use crate::clock::Clock;
 use std::time::Duration;
 
-/// Give up (503) after this long; SPEC §5 wants an answer within 2 s.
+/// Give up (503) after this long: a request must be answered within 2 s even when Redis is stuck.
 const COMMIT_BUDGET: Duration = Duration::from_millis(1_500);
 
 #[derive(Debug)]
@@ -296,7 +296,6 @@ mod tests {
         }
     }
 
-
     /// Under contention, every commit the loop reports is in the stored ledger exactly once,
     /// at the slot the rule gives after the entries before it.
     #[test]
@@ -344,7 +343,7 @@ mod tests {
     }
 
     /// Several admissions committed together get the slots they would have got one by one,
-    /// in FIFO order: here 25 arrivals at 0 after 5 earlier slots, as in SPEC §1's example.
+    /// in FIFO order: here 25 arrivals at 0 after 5 earlier slots, as in the default policy's example.
     #[test]
     fn a_batch_gets_the_slots_of_its_members_one_by_one() {
         let mut earlier = Ledger::default();

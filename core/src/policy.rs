@@ -1,4 +1,4 @@
-//! Policies (SPEC §7) as data: which windows limit a lane, from the task's kind and the
+//! Policies as data: which windows limit a lane, from the task's kind and the
 //! user's tier. Like governor's `Quota`, this module only describes limits; `slot.rs`
 //! applies them.
 //!
@@ -17,7 +17,7 @@
 //!  "tiers": {"pro": {"default": ["5/1s", "100/60s"], "email": ["50/60s"]}}}
 //! ```
 //!
-//! Unset (or without a `default` kind), the `default` kind is SPEC §1's policy from
+//! Unset (or without a `default` kind), the `default` kind is the default policy (1/s and 20/min) from
 //! `per_second` and `per_minute`, with the window names of the rate-limit fields as before
 //! (`burst` and `minute`).
 
@@ -45,7 +45,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// SPEC §1's policy: `per_second` per 1 s and `per_minute` per 60 s (0 switches a
+    /// The default policy: `per_second` per 1 s and `per_minute` per 60 s (0 switches a
     /// window off).
     pub fn legacy(per_second: u32, per_minute: u32) -> Policy {
         let mut policy = Policy::default();
@@ -225,6 +225,10 @@ impl Policies {
 
     pub fn is_tier(&self, tier: &str) -> bool {
         self.tiers.contains_key(tier)
+    }
+
+    pub fn tiers(&self) -> impl Iterator<Item = &str> {
+        self.tiers.keys().map(String::as_str)
     }
 
     pub fn tier_names(&self) -> String {

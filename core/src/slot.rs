@@ -1,5 +1,5 @@
-//! The schedule rule (SPEC §1, generalised by §7), pure: no I/O, no clock. Times are epoch
-//! milliseconds.
+//! The schedule rule (the product's promise, for any policy's windows), pure: no I/O, no
+//! clock. Times are epoch milliseconds.
 //!
 //! A lane's tasks are numbered 1, 2, 3, … in admission order; task *n* costs `c[n]` units
 //! and its policy is a list of windows, each `q` units per `w` ms. Then
@@ -10,7 +10,7 @@
 //!
 //! where *j* is the newest earlier task with `c[j] + … + c[n-1] + c[n] > q` (no such *j*: no
 //! term). It is the earliest FIFO schedule in which every rolling window of length `w` holds at
-//! most `q` units: no fixed windows, no token buckets. With cost 1 everywhere and SPEC §1's
+//! most `q` units: no fixed windows, no token buckets. With cost 1 everywhere and the default
 //! windows (1 per 1 s, 20 per 60 s) this is `max(arrival, slot[n-1] + 1000, slot[n-20] + 60000)`.
 //!
 //! The executor applies the same rule to the lane's *completion* times when it claims a task
@@ -108,7 +108,7 @@ mod tests {
         recent.into_iter().map(|(slot, _)| slot).collect()
     }
 
-    /// SPEC §1: 100 requests at t=0 run at 0..19 s, 60..79 s, 120..139 s, …, the 100th at 259 s.
+    /// The default policy (1/s, 20/min): 100 requests at t=0 run at 0..19 s, 60..79 s, 120..139 s, …, the 100th at 259 s.
     #[test]
     fn hundred_requests_at_once_follow_the_spec_example() {
         let slots = schedule(&DEFAULT, &[0; 100], &[1; 100]);
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(schedule(&minute_only, &[0; 4], &[1; 4]), vec![0, 0, 60_000, 60_000]);
     }
 
-    /// SPEC §7 with weights: 5 units per 10 s; tasks of 2, 2, 2, 1, 3 units at once run at 0,
+    /// With weights: 5 units per 10 s; tasks of 2, 2, 2, 1, 3 units at once run at 0,
     /// 0, 10 s (the third would make 6), 10 s, 20 s (2 + 1 + 3 > 5 counts back to the third).
     #[test]
     fn weighted_tasks_count_units() {
