@@ -11,8 +11,9 @@
 #   4. probes GET /healthz every second while it runs. Spin has no timer trigger: the probe is
 #      the wake-up that restarts draining when every drainer was down (after a Redis restart,
 #      say), so queued tasks run without waiting for the next request.
-# Ctrl-C (SIGINT) or SIGTERM stops the runtime, the probe and a redis-server this script
-# started (never one it found running).
+# Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the runtime and the probe, then a redis-server this
+# script started (never one it found running), and exits within ~4 s (the runtime's own grace
+# for requests in flight is 3 s).
 #
 # Options, as flags or environment variables (a flag wins):
 #   --listen ADDR       TASK_API_LISTEN       address to serve on (default 127.0.0.1:3000)
@@ -102,13 +103,13 @@ export SPIN_VARIABLE_REDIS_ADDRESS=$redis_url
 # SIGTERM or SIGINT; then stops the child (SIGINT, the Ctrl-C both `spin up` and spin-host shut down
 # cleanly on, then SIGKILL after 10 s). With gate_redis set, waits for Redis to accept
 # connections before each start, so a Redis outage is not a loop of failing starts.
+# Started as a job of its own (see `background`), so a terminal's Ctrl-C reaches it only
+# through stop().
 supervise() {
   set +e # a child that fails is expected here, not a reason to stop supervising
   local name=$1 gate_redis=$2
   shift 2
   local child='' stopping='' status
-  # INT too: Ctrl-C reaches the whole process group, and this loop must not take the
-  # runtime's exit for a crash and start it again.
   trap 'stopping=1; [ -n "$child" ] && kill -INT "$child" 2>/dev/null' INT TERM
   while [ -z "$stopping" ]; do
     if [ -n "$gate_redis" ] && ! tcp_open "$redis_host" "$redis_port"; then
@@ -163,18 +164,31 @@ probe_loop() {
   done
 }
 
+# Runs "$@" as a background job in a process group of its own: a terminal's Ctrl-C goes to the
+# foreground group, this script alone, and stop() then ends the jobs in order. (Sharing the
+# group, Redis got the Ctrl-C at the same moment as the runtime, whose last requests and drainer
+# then failed on a closed connection, and each supervisor saw its child exit before its own
+# trap ran, and started it again.) Job control is on only while starting the job, so that
+# bash prints no job notices.
+background() {
+  set -m
+  "$@" &
+  set +m
+}
+
 pids=()
 redis_pid=''
 stop() {
   set +e
-  trap - INT TERM EXIT
-  local all=(${pids[@]+"${pids[@]}"} $redis_pid)
-  [ ${#all[@]} -gt 0 ] && kill -TERM "${all[@]}" 2>/dev/null
-  wait
+  trap - INT TERM HUP EXIT
+  # The runtime first, while Redis still answers its requests in flight; then Redis.
+  if [ ${#pids[@]} -gt 0 ]; then kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}"; fi
+  if [ -n "$redis_pid" ]; then kill -TERM "$redis_pid" 2>/dev/null; wait "$redis_pid"; fi
   rm -rf "$work"
 }
 trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
+trap 'stop; exit 129' HUP
 trap stop EXIT
 
 if ! tcp_open "$redis_host" "$redis_port"; then
@@ -187,8 +201,8 @@ if ! tcp_open "$redis_host" "$redis_port"; then
       say "starting redis-server on 127.0.0.1:$redis_port (append-only file in ${dir#"$PWD"/})"
       # Kx in its own configuration: keyspace events set at run time (the app's CONFIG SET)
       # are lost when Redis restarts.
-      supervise redis-server '' redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir" \
-        --appendonly yes --appendfsync always --notify-keyspace-events Kx >/dev/null &
+      background supervise redis-server '' redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir" \
+        --appendonly yes --appendfsync always --notify-keyspace-events Kx >/dev/null
       redis_pid=$!
       ;;
     *) say "nothing answers at $redis_host:$redis_port yet; the runtime starts once it does" ;;
@@ -196,10 +210,10 @@ if ! tcp_open "$redis_host" "$redis_port"; then
 fi
 
 say "serving on http://$listen with ${runtime[0]##*/}; Redis $redis_url"
-supervise "${runtime[0]##*/}" 1 "${runtime[@]}" --runtime-config-file "$runtime_config" --listen "$listen" ${extra[@]+"${extra[@]}"} &
+background supervise "${runtime[0]##*/}" 1 "${runtime[@]}" --runtime-config-file "$runtime_config" --listen "$listen" ${extra[@]+"${extra[@]}"}
 pids+=($!)
 if [ "$probe_every" != 0 ]; then
-  probe_loop &
+  background probe_loop
   pids+=($!)
 fi
 
