@@ -1,52 +1,30 @@
-//! The host stalls where Spin stalls (SPIN-NOTES, "What the real Spin costs per request"):
-//! it sets no TCP_NODELAY on accepted sockets and streams the guest's body, so on one
-//! keep-alive connection a response without Content-Length goes out chunked, its last write
-//! waits for the client's delayed ACK, and each request takes ~40 ms; with Content-Length
-//! the same tiny response goes out in one write and takes about a millisecond.
+//! The do-nothing fixture's two framings, which the benchmark's keep-alive scenario compares
+//! (`bench --scenario keepalive`): the host, like Spin, sets no TCP_NODELAY on accepted
+//! sockets and streams the guest's body, so on one keep-alive connection a response without
+//! Content-Length goes out chunked and its last write waits for the client's delayed ACK
+//! (~40 ms on Linux), while one with Content-Length leaves in one write. How long each takes
+//! is the bench's to measure (a loaded machine moves it); here, what cannot flake: each
+//! route keeps its framing and one connection carries both, request after request.
 
 use crate::support;
 
-use std::time::Duration;
 use support::*;
 
-const REQUESTS: usize = 30;
-
-/// The elapsed times of `REQUESTS` sequential GETs of `path` on `conn`.
-fn times(conn: &mut KeepAlive, path: &str) -> Vec<Duration> {
-    (0..REQUESTS)
-        .map(|_| {
-            let reply = conn.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-            assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"), "GET {path}");
-            reply.elapsed
-        })
-        .collect()
-}
+const ROUNDS: usize = 10;
 
 #[test]
-fn a_chunked_response_stalls_a_keep_alive_connection_and_one_with_content_length_does_not() {
+fn one_keep_alive_connection_carries_the_fixture_s_content_length_and_chunked_answers() {
     let host = Host::start_manifest(&noop_manifest());
     let mut conn = KeepAlive::open(&host.addr).unwrap_or_else(|e| panic!("connecting to {}: {e}", host.addr));
+    for round in 0..ROUNDS {
+        let sized = conn.get("/").unwrap_or_else(|e| panic!("GET / in round {round}: {e}"));
+        assert_eq!((sized.status, sized.body.as_str()), (200, "ok\n"), "GET / in round {round}");
+        assert_eq!(sized.header("content-length"), Some("3"), "GET /: {:?}", sized.headers);
+        assert_eq!(sized.header("transfer-encoding"), None, "GET /: {:?}", sized.headers);
 
-    let sized = conn.get("/").unwrap_or_else(|e| panic!("GET /: {e}"));
-    assert_eq!(sized.header("content-length"), Some("3"));
-    let chunked = conn.get("/chunked").unwrap_or_else(|e| panic!("GET /chunked: {e}"));
-    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(chunked.header("content-length"), None);
-
-    // Interleaved rounds, so that a burst of load on the machine hits both alike.
-    let (mut with_length, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        with_length.extend(times(&mut conn, "/"));
-        without.extend(times(&mut conn, "/chunked"));
+        let chunked = conn.get("/chunked").unwrap_or_else(|e| panic!("GET /chunked in round {round}: {e}"));
+        assert_eq!((chunked.status, chunked.body.as_str()), (200, "ok\n"), "GET /chunked in round {round}");
+        assert_eq!(chunked.header("transfer-encoding"), Some("chunked"), "GET /chunked: {:?}", chunked.headers);
+        assert_eq!(chunked.header("content-length"), None, "GET /chunked: {:?}", chunked.headers);
     }
-    let with_length_ms = percentile_ms(&mut with_length, 50.0);
-    let chunked_ms = percentile_ms(&mut without, 50.0);
-    eprintln!(
-        "one keep-alive connection, median of {} requests: Content-Length {with_length_ms:.2} ms, chunked {chunked_ms:.2} ms",
-        2 * REQUESTS
-    );
-    // Linux delays an ACK 40 ms at least (up to 200 ms); a loaded 2-core machine adds a few
-    // ms to the fast case, never tens.
-    assert!(chunked_ms >= 30.0, "no stall for a chunked response: median {chunked_ms:.2} ms");
-    assert!(with_length_ms < 15.0, "a response with Content-Length stalled: median {with_length_ms:.2} ms");
 }
