@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::check;
@@ -54,6 +54,9 @@ pub struct Redis {
     pub port: u16,
     pub dir: PathBuf,
     args: Vec<String>,
+    /// The connection `query` uses: opened on first use, and again after any error (the
+    /// server may have been killed or restarted on purpose).
+    conn: Mutex<Option<redis::Connection>>,
 }
 
 impl Redis {
@@ -67,13 +70,15 @@ impl Redis {
         let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let child = Self::spawn(port, &dir, extra);
-        let redis = Redis { child, port, dir, args: extra.iter().map(|a| a.to_string()).collect() };
+        let args = extra.iter().map(|a| a.to_string()).collect();
+        let redis = Redis { child, port, dir, args, conn: Mutex::new(None) };
         redis.wait_ready();
         redis
     }
 
     /// Kills the server at once (SIGKILL): what it had not persisted is gone.
     pub fn kill(&mut self) {
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -105,7 +110,7 @@ impl Redis {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
+            if self.try_query::<String>(&["PING"]).is_ok_and(|pong| pong == "PONG") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -117,14 +122,37 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Runs one command through redis-cli and returns its raw output.
-    pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+    /// One command, its reply converted to `T`; the test fails with the command and the error
+    /// if Redis does not answer or answers something else.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_query(args).unwrap_or_else(|e| panic!("redis {}: {e}", args.join(" ")))
+    }
+
+    /// `query` for a server that may be down or paused on purpose: the error is returned.
+    pub fn try_query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(self.connection()?),
+        };
+        let mut command = redis::Cmd::new();
+        for arg in args {
+            command.arg(*arg);
+        }
+        let reply = command.query(conn);
+        if reply.is_err() {
+            *slot = None;
+        }
+        reply
+    }
+
+    /// A connection of its own (as `MONITOR` needs), whose reads give up after 10 s.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(conn)
     }
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
@@ -585,16 +613,12 @@ pub fn free_loopback_port() -> u16 {
 impl Redis {
     /// The server's clock (`TIME`) in epoch milliseconds; `None` while it does not answer.
     pub fn time_ms(&self) -> Option<i64> {
-        let out = self.cli(&["TIME"]);
-        let mut parts = out.split_whitespace().map(|p| p.parse::<i64>());
-        match (parts.next(), parts.next()) {
-            (Some(Ok(secs)), Some(Ok(micros))) => Some(secs * 1000 + micros / 1000),
-            _ => None,
-        }
+        let (secs, micros): (i64, i64) = self.try_query(&["TIME"]).ok()?;
+        Some(secs * 1000 + micros / 1000)
     }
 
     /// How many entries the task log stream holds (0 while Redis does not answer).
     pub fn log_len(&self) -> usize {
-        self.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0)
+        self.try_query(&["XLEN", "task_log"]).unwrap_or(0)
     }
 }

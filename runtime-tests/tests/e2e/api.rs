@@ -51,7 +51,8 @@ fn limits(windows: &[(&str, &[(&str, i64)])]) -> Vec<(String, Vec<(String, i64)>
 
 /// Every key in Redis but the metrics counters (which count bad requests too).
 fn state_keys(redis: &Redis) -> Vec<String> {
-    redis.cli(&["--scan"]).lines().filter(|k| *k != "taskq:metrics").map(str::to_string).collect()
+    let keys: Vec<String> = redis.query(&["KEYS", "*"]);
+    keys.into_iter().filter(|k| k != "taskq:metrics").collect()
 }
 
 fn start() -> (Redis, Host) {
@@ -246,7 +247,7 @@ fn a_repeated_idempotency_key_returns_the_original_task() {
     let other_user = post_with_key(&host, "dave", "order-1");
     assert_eq!(other_user.status, 200);
     assert_ne!(other_user.json()["task_id"], first.json()["task_id"]);
-    assert_eq!(redis.cli(&["XLEN", "task_log"]).trim(), "2");
+    assert_eq!(redis.query::<usize>(&["XLEN", "task_log"]), 2);
 
     for bad in ["", &"k".repeat(129), "two words"] {
         assert_eq!(post_with_key(&host, "carol", bad).status, 400, "key {bad:?}");
@@ -282,7 +283,7 @@ fn an_idempotency_key_reused_for_another_request_is_422() {
     let again = send(original);
     assert_eq!((again.status, again.header("idempotency-replayed")), (200, Some("true")), "{}", again.body);
     assert_eq!(again.json()["task_id"], first.json()["task_id"]);
-    assert_eq!(redis.cli(&["XLEN", "task_log"]).trim(), "1");
+    assert_eq!(redis.query::<usize>(&["XLEN", "task_log"]), 1);
 }
 
 /// Concurrent duplicates (same user, same key) create exactly one task.
@@ -308,7 +309,7 @@ fn concurrent_duplicates_create_one_task() {
         .collect();
     assert_eq!(ids.len(), 10);
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    assert_eq!(redis.cli(&["LLEN", "taskq:q:erin"]).trim(), "1");
+    assert_eq!(redis.query::<usize>(&["LLEN", "taskq:q:erin"]), 1);
 }
 
 /// With `max_backlog` = 2, a third queued task for the same user is refused with 429 and
@@ -327,8 +328,8 @@ fn a_full_backlog_answers_429() {
         assert_eq!(refused.status, 429, "{ledger}: {}", refused.body);
         assert!(refused.header("retry-after").is_some(), "{ledger}");
         assert_eq!(refused.json()["status"], 429, "{ledger}");
-        assert_eq!(redis.cli(&["LLEN", "taskq:q:frank"]).trim(), "2", "{ledger}");
-        assert_eq!(redis.cli(&["EXISTS", "taskq:idem:frank:full-1"]).trim(), "0", "{ledger}");
+        assert_eq!(redis.query::<usize>(&["LLEN", "taskq:q:frank"]), 2, "{ledger}");
+        assert!(!redis.query::<bool>(&["EXISTS", "taskq:idem:frank:full-1"]), "{ledger}");
         assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200, "{ledger}");
     }
 }
@@ -441,8 +442,8 @@ fn a_payload_is_kept_as_sent_and_shown_with_its_task() {
     assert!(ndjson.body.contains(&format!(r#""payload":{sent}"#)), "{}", ndjson.body);
     let overview = host.get("/api/v1/overview?user_id=pay");
     assert!(overview.body.contains(&format!(r#""payload":{sent}"#)), "{}", overview.body);
-    let stream = redis.cli(&["XRANGE", "task_log", "-", "+"]);
-    assert!(stream.lines().any(|l| l == sent), "the stream entry lacks the payload:\n{stream}");
+    let stream: Vec<(String, Vec<String>)> = redis.query(&["XRANGE", "task_log", "-", "+"]);
+    assert!(stream.iter().any(|(_, fields)| fields.iter().any(|f| f == sent)), "no payload in the stream: {stream:?}");
     assert_eq!(host.get("/api/v1/log").body, format!("pay-task completed at-{completed_at}\n"));
 
     // A task without a payload has none anywhere, and `null` means none.

@@ -79,10 +79,10 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
 
     // Nothing is left to run once the queue is empty: then the log is final.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while redis.cli(&["HGET", "taskq:metrics", "queued"]).trim() != "0" && Instant::now() < deadline {
+    while redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]) != Some(0) && Instant::now() < deadline {
         hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(100), |l| l.contains("-task completed at-"));
     }
-    assert_eq!(redis.cli(&["HGET", "taskq:metrics", "queued"]).trim(), "0", "tasks still queued");
+    assert_eq!(redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]), Some(0), "tasks still queued");
 
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), None);

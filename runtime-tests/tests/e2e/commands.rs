@@ -5,8 +5,6 @@
 
 use crate::support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis};
@@ -30,7 +28,8 @@ fn admissions_stay_within_their_command_budget() {
         behind.len()
     );
     // The scripts are one library in Redis, loaded once (scripts.rs).
-    assert!(redis.cli(&["FUNCTION", "LIST"]).contains("task_api_"), "the library is loaded");
+    let libraries: Vec<redis::Value> = redis.query(&["FUNCTION", "LIST", "LIBRARYNAME", "task_api_*"]);
+    assert_eq!(libraries.len(), 1, "the library is loaded once: {libraries:?}");
 }
 
 /// Where Redis refuses functions (here: `FCALL` and `FUNCTION` renamed, as a Redis before 7.0
@@ -60,29 +59,23 @@ fn count_admission_commands(redis: &Redis, caller: &str) -> (Vec<String>, Vec<St
     // sends the text).
     assert_eq!(host.post_task(r#"{"user_id":"warm-up"}"#).status, 200);
 
-    let mut monitor = Command::new("redis-cli")
-        .args(["-u", &redis.url(), "monitor"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("redis-cli monitor: {e}"));
+    let mut monitor = redis.connection().unwrap_or_else(|e| panic!("connecting for MONITOR: {e}"));
+    // MONITOR answers OK once it is listening; then each command is one status line.
+    let listening: String = redis::cmd("MONITOR").query(&mut monitor).unwrap_or_else(|e| panic!("MONITOR: {e}"));
+    assert_eq!(listening, "OK");
     let (sender, lines) = channel();
-    if let Some(out) = monitor.stdout.take() {
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
+    std::thread::spawn(move || {
+        while let Ok(redis::Value::SimpleString(line)) = monitor.recv_response() {
+            if sender.send(line).is_err() {
+                break;
             }
-        });
-    }
-    // MONITOR answers OK once it is listening.
-    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).ok().as_deref(), Some("OK"));
+        }
+    });
 
     let statuses: Vec<u16> = (0..3).map(|_| host.post_task(r#"{"user_id":"counted"}"#).status).collect();
     assert_eq!(statuses, [200, 202, 202]);
     // A marker after the admissions: every line before it belongs to them or the drainer.
-    redis.cli(&["ECHO", "end-of-admissions"]);
+    let _: String = redis.query(&["ECHO", "end-of-admissions"]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -92,8 +85,7 @@ fn count_admission_commands(redis: &Redis, caller: &str) -> (Vec<String>, Vec<St
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!("no end marker in MONITOR"),
         }
     }
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    drop(lines);
 
     // Each script's own commands follow the client's call line, marked `[0 lua]`; scripts
     // and functions are atomic, so no other client's lines come between them.

@@ -18,7 +18,7 @@ use test_rng::XorShift;
 fn wait_for_log(redis: &Redis, hosts: &[&Host], count: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
-        let len: usize = redis.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0);
+        let len = redis.log_len();
         if len >= count || Instant::now() > deadline {
             return len;
         }
@@ -60,7 +60,7 @@ fn killed_replicas_lose_nothing_and_the_survivor_keeps_draining() {
     let total = users * per_user;
     let mut alive = vec![0, 1, 2];
     for victims_left in [2, 1] {
-        let done_so_far: usize = redis.cli(&["XLEN", "task_log"]).trim().parse().unwrap_or(0);
+        let done_so_far: usize = redis.query(&["XLEN", "task_log"]);
         let refs: Vec<&Host> = alive.iter().map(|&i| &hosts[i]).collect();
         wait_for_log(&redis, &refs, done_so_far + users, Duration::from_secs(30));
         let victim = latest_runner(&hosts, &alive);
@@ -226,7 +226,7 @@ fn chaos() {
         hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(500), |l| l.contains("-task completed at-"));
     };
     // Nothing is queued any more, so no cancelled task can still turn up.
-    assert_eq!(redis.cli(&["HGET", "taskq:metrics", "queued"]).trim(), "0", "tasks are still queued");
+    assert_eq!(redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]), Some(0), "tasks are still queued");
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
     let ran_cancelled: Vec<&str> =
         entries.iter().filter_map(|e| e.task_id.as_deref()).filter(|id| cancelled.contains(*id)).collect();
