@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,8 +45,30 @@ pub fn host_binary() -> PathBuf {
     dir.join("spin-host")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+/// A loopback port for a server that must be told its address before it starts: redis-server,
+/// or a `start.sh` replica (which keeps its port across restarts of its host). `spin-host`
+/// started here needs none: it binds port 0 and prints the address it got.
+///
+/// Why these cannot collide: the ports lie below the kernel's ephemeral range (32768–60999 on
+/// Linux by default), so no socket the kernel numbers itself (a port-0 bind, an outgoing connection's
+/// source port) ever holds one; a process-wide counter hands each port out once, so no two
+/// tests of this binary (threads of one process) get the same; the counter starts at an
+/// offset drawn from the process id, so two test processes side by side start far apart; and
+/// a port that something holds anyway is skipped by a bind check. The one window left, another
+/// process binding the port between the check and the server's own bind, is recovered where
+/// the server is ours to restart: `Redis::start_with` tries again on the next port.
+pub fn free_loopback_port() -> u16 {
+    const FIRST: usize = 20_000;
+    const COUNT: usize = 12_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = std::process::id() as usize * 997;
+    for _ in 0..COUNT {
+        let port = (FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A private redis-server.
@@ -66,14 +89,19 @@ impl Redis {
 
     /// `extra` redis-server arguments, such as `["--appendonly", "yes"]`.
     pub fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let child = Self::spawn(port, &dir, extra);
-        let args = extra.iter().map(|a| a.to_string()).collect();
-        let redis = Redis { child, port, dir, args, conn: Mutex::new(None) };
-        redis.wait_ready();
-        redis
+        for _ in 0..5 {
+            let port = free_loopback_port();
+            let dir = std::env::temp_dir().join(format!("task-api-redis-{}-{port}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let child = Self::spawn(port, &dir, extra);
+            let args = extra.iter().map(|a| a.to_string()).collect();
+            let mut redis = Redis { child, port, dir, args, conn: Mutex::new(None) };
+            if redis.wait_ready() {
+                return redis;
+            }
+            // It exited: another process took the port after the check. Dropping cleans up.
+        }
+        panic!("redis-server exited at start five times (ports taken, or a bad argument in {extra:?})");
     }
 
     /// Kills the server at once (SIGKILL): what it had not persisted is gone.
@@ -90,7 +118,7 @@ impl Redis {
         self.kill();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.child = Self::spawn(self.port, &self.dir, &args);
-        self.wait_ready();
+        assert!(self.wait_ready(), "redis-server did not start again on port {}", self.port);
     }
 
     fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
@@ -106,12 +134,18 @@ impl Redis {
             .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"))
     }
 
-    /// Waits until the server answers PING (bounded).
-    fn wait_ready(&self) {
+    /// Waits until this server answers (true) or exits (false, as when its port was taken).
+    /// The answer must name this server's process: a server of someone else's that holds the
+    /// port must not pass for ours.
+    fn wait_ready(&mut self) -> bool {
+        let ours = format!("process_id:{}", self.child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.try_query::<String>(&["PING"]).is_ok_and(|pong| pong == "PONG") {
-                return;
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if self.try_query::<String>(&["INFO", "server"]).is_ok_and(|info| info.lines().any(|l| l.trim() == ours)) {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -202,7 +236,10 @@ impl Drop for TempDir {
 impl Host {
     pub fn start(redis: &Redis, options: &HostOptions) -> Host {
         require_wasm();
-        let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{}", std::process::id(), free_port()));
+        // A directory of its own per replica: the process id and a count within the process.
+        static HOSTS: AtomicUsize = AtomicUsize::new(0);
+        let n = HOSTS.fetch_add(1, Ordering::Relaxed);
+        let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{n}", std::process::id()));
         let _ = std::fs::create_dir_all(&config_dir);
         let runtime_config = config_dir.join("runtime-config.toml");
         let written = std::fs::write(
@@ -602,13 +639,7 @@ pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     samples[rank.min(samples.len()) - 1].as_secs_f64() * 1000.0
 }
 
-// For tests that run the app under `runtime-tests/start.sh` (tests/recovery.rs) and time
-// events on Redis's clock, the clock of `slot` and `completed_at`.
-
-/// A loopback port that was free a moment ago, for a server that must be told its address.
-pub fn free_loopback_port() -> u16 {
-    free_port()
-}
+// For tests that time events on Redis's clock, the clock of `slot` and `completed_at`.
 
 impl Redis {
     /// The server's clock (`TIME`) in epoch milliseconds; `None` while it does not answer.
