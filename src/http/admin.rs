@@ -3,13 +3,12 @@
 
 use super::headers::insert;
 use super::{
-    Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, store_problem,
-    text_response,
+    Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, text_response,
 };
 use crate::config::Config;
 use crate::keys::{LaneKey, UserKey};
 use crate::policy::{DEFAULT_KIND, Policy};
-use crate::problem::{self, HttpResponse};
+use crate::problem::{HttpResponse, Problem};
 use crate::queue::{Completion, Queue};
 use http::{HeaderMap, HeaderName, Response, StatusCode, header};
 use serde::Serialize;
@@ -26,9 +25,9 @@ const OVERVIEW_RECENT: usize = 50;
 const OVERVIEW_QUEUED: usize = 100;
 
 /// The configuration for an admin route, or the answer that refuses the request.
-pub fn admin<'c>(config: &'c Loaded, headers: &HeaderMap) -> Result<&'c Config, HttpResponse> {
+pub fn admin<'c>(config: &'c Loaded, headers: &HeaderMap) -> Result<&'c Config, Problem> {
     let config = configured(config)?;
-    if authorized(config, headers) { Ok(config) } else { Err(problem::unauthorized()) }
+    if authorized(config, headers) { Ok(config) } else { Err(Problem::unauthorized()) }
 }
 
 /// Admin routes are open when no token is configured; otherwise the bearer token must
@@ -37,39 +36,32 @@ fn authorized(config: &Config, headers: &HeaderMap) -> bool {
     crate::auth::is_admin(config, headers)
 }
 
-pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
+pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> Result<HttpResponse, Problem> {
+    let config = admin(config, headers)?;
     let mut after = None;
     let mut limit = LOG_PAGE_DEFAULT;
     for (name, value) in query_pairs(query) {
         match name {
-            "after" => match parse_stream_id(value) {
-                Some(id) => after = Some(id),
-                None => {
-                    return problem::bad_request("after must be a cursor from a previous page (like 1700000000000-0)");
-                }
-            },
+            "after" => {
+                let cursor = "after must be a cursor from a previous page (like 1700000000000-0)";
+                after = Some(parse_stream_id(value).ok_or_else(|| Problem::bad_request(cursor))?);
+            }
             "limit" => match value.parse::<u32>() {
                 Ok(n) if (1..=LOG_PAGE_MAX).contains(&n) => limit = n,
-                _ => return problem::bad_request(format!("limit must be a whole number from 1 to {LOG_PAGE_MAX}")),
+                _ => {
+                    return Err(Problem::bad_request(format!("limit must be a whole number from 1 to {LOG_PAGE_MAX}")));
+                }
             },
-            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use after and limit")),
+            _ => return Err(Problem::bad_request(format!("unknown query parameter {name:?}; use after and limit"))),
         }
     }
     // Written as Redis writes ids (no leading zeros) for the query and the Next-Cursor.
     let after = after.map(|(ms, seq)| format!("{ms}-{seq}"));
-    let page = match Queue::connect(config).await {
-        // Nothing can follow the largest id, and Redis refuses to start a range after it.
-        Ok(_) if after.as_deref() == Some(LAST_STREAM_ID) => Ok(Vec::new()),
-        Ok(queue) => queue.log_page(after.as_deref(), limit).await,
-        Err(e) => Err(e),
-    };
-    let page = match page {
-        Ok(page) => page,
-        Err(e) => return store_problem(e),
+    let queue = Queue::connect(config).await?;
+    // Nothing can follow the largest id, and Redis refuses to start a range after it.
+    let page = match after.as_deref() {
+        Some(LAST_STREAM_ID) => Vec::new(),
+        _ => queue.log_page(after.as_deref(), limit).await?,
     };
     let ndjson =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
@@ -89,7 +81,7 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
     if let Some(cursor) = page.last().map(|(id, _)| id.clone()).or(after) {
         insert(response.headers_mut(), HeaderName::from_static("next-cursor"), &cursor);
     }
-    response
+    Ok(response)
 }
 
 /// The largest Redis stream id.
@@ -108,19 +100,13 @@ pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
 
 /// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page, with the
 /// configured kinds and their windows, and the watched user's lanes.
-pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
+pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> Result<HttpResponse, Problem> {
+    let config = admin(config, headers)?;
     let mut user_id = None;
     for (name, value) in query_pairs(query) {
         match name {
-            "user_id" => match query_user_id(value) {
-                Ok(id) => user_id = Some(id),
-                Err(response) => return response,
-            },
-            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
+            "user_id" => user_id = Some(query_user_id(value)?),
+            _ => return Err(Problem::bad_request(format!("unknown query parameter {name:?}; use user_id"))),
         }
     }
     let kinds: Vec<&str> = config.policies.kinds().collect();
@@ -131,24 +117,16 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         }
         None => (String::new(), Vec::new()),
     };
-    let snapshot = match Queue::connect(config).await {
-        Ok(queue) => {
-            queue
-                .run(&crate::scripts::ReadOverview {
-                    tier_key: &tier_key,
-                    lanes: &lanes,
-                    soonest: OVERVIEW_SOONEST,
-                    recent: OVERVIEW_RECENT,
-                    queued: OVERVIEW_QUEUED,
-                })
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    let snapshot = match snapshot {
-        Ok(snapshot) => snapshot,
-        Err(e) => return store_problem(e),
-    };
+    let queue = Queue::connect(config).await?;
+    let snapshot = queue
+        .run(&crate::scripts::ReadOverview {
+            tier_key: &tier_key,
+            lanes: &lanes,
+            soonest: OVERVIEW_SOONEST,
+            recent: OVERVIEW_RECENT,
+            queued: OVERVIEW_QUEUED,
+        })
+        .await?;
     let next_due = snapshot
         .next_due
         .iter()
@@ -262,36 +240,18 @@ struct QueuedView<'a> {
 }
 
 /// `GET /metrics`: the shared counters in the Prometheus text format.
-pub async fn metrics(config: &Loaded, headers: &HeaderMap) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
-    let counters = match Queue::connect(config).await {
-        Ok(queue) => queue.run(&crate::scripts::Metrics).await,
-        Err(e) => Err(e),
-    };
-    match counters {
-        Ok(counters) => text_response(crate::metrics::render(&counters), crate::metrics::CONTENT_TYPE),
-        Err(e) => store_problem(e),
-    }
+pub async fn metrics(config: &Loaded, headers: &HeaderMap) -> Result<HttpResponse, Problem> {
+    let config = admin(config, headers)?;
+    let counters = Queue::connect(config).await?.run(&crate::scripts::Metrics).await?;
+    Ok(text_response(crate::metrics::render(&counters), crate::metrics::CONTENT_TYPE))
 }
 
-pub async fn health(config: &Loaded) -> HttpResponse {
-    let config = match configured(config) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
-    let queue = match Queue::connect(config).await {
-        Ok(queue) => queue,
-        Err(e) => return store_problem(e),
-    };
+pub async fn health(config: &Loaded) -> Result<HttpResponse, Problem> {
+    let queue = Queue::connect(configured(config)?).await?;
     // Redis answering the sweep is the health check; and so a probe doubles as the sweep
     // that restarts draining after every drainer was down.
-    if let Err(e) = queue.run(&crate::scripts::Sweep).await {
-        return store_problem(e);
-    }
-    counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new()))
+    queue.run(&crate::scripts::Sweep).await?;
+    Ok(counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())))
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 use super::admin::admin;
 use super::tasks::{read_request, user_id_of};
-use super::{Loaded, ok_json, query_pairs, query_user_id, serialized_response, store_problem};
-use crate::auth::{self, is_key_id};
-use crate::problem::{self, HttpResponse};
+use super::{Loaded, ok_json, query_pairs, query_user_id, serialized_response};
+use crate::auth;
+use task_core::credentials::{is_key_id, key_digest};
+use crate::problem::{HttpResponse, Problem};
 use crate::queue::Queue;
 use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -33,102 +34,61 @@ struct NewKey<'a> {
     created_at: i64,
 }
 
-pub async fn create(request: Request, config: &Loaded) -> HttpResponse {
-    let config = match admin(config, request.headers()) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
-    let (_, body) = match read_request(request, MAX_KEY_BODY).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
+pub async fn create(request: Request, config: &Loaded) -> Result<HttpResponse, Problem> {
+    let config = admin(config, request.headers())?;
+    let (_, body) = read_request(request, MAX_KEY_BODY).await?;
     let shape = r#"the body must be a JSON object {"user_id": "<id>"}"#;
     // A struct also deserialises from a JSON array: only an object may name the user.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return problem::bad_request(shape);
+        return Err(Problem::bad_request(shape));
     }
     let user_id = match serde_json::from_slice::<KeyRequest>(&body) {
-        Ok(KeyRequest { user_id: Some(raw) }) => match user_id_of(raw) {
-            Ok(id) => id,
-            Err(detail) => return problem::bad_request(detail),
-        },
-        Ok(KeyRequest { user_id: None }) => return problem::bad_request(shape),
-        Err(e) => return problem::bad_request(format!("{shape}: {e}")),
+        Ok(KeyRequest { user_id: Some(raw) }) => user_id_of(raw).map_err(Problem::bad_request)?,
+        Ok(KeyRequest { user_id: None }) => return Err(Problem::bad_request(shape)),
+        Err(e) => return Err(Problem::bad_request(format!("{shape}: {e}"))),
     };
     let (key_id, key) = auth::new_api_key();
-    let created = match Queue::connect(config).await {
-        Ok(queue) => {
-            queue
-                .run(&crate::scripts::KeyCreate {
-                    keys: &config.keys,
-                    key_id: &key_id,
-                    user_id: &user_id,
-                    digest: &auth::key_digest(&key),
-                })
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match created {
-        Ok(created_at) => {
-            let body = NewKey { key_id: &key_id, user_id: &user_id, key: &key, created_at };
-            let mut response = serialized_response(StatusCode::CREATED, &body);
-            super::headers::insert(response.headers_mut(), header::LOCATION, &format!("/api/v1/keys/{key_id}"));
-            // The key is a credential: no cache may keep the answer.
-            super::headers::insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
-            response
-        }
-        Err(e) => store_problem(e),
-    }
+    let queue = Queue::connect(config).await?;
+    let created_at = queue
+        .run(&crate::scripts::KeyCreate {
+            keys: &config.keys,
+            key_id: &key_id,
+            user_id: &user_id,
+            digest: &key_digest(&key),
+        })
+        .await?;
+    let body = NewKey { key_id: &key_id, user_id: &user_id, key: &key, created_at };
+    let mut response = serialized_response(StatusCode::CREATED, &body)?;
+    super::headers::insert(response.headers_mut(), header::LOCATION, &format!("/api/v1/keys/{key_id}"));
+    // The key is a credential: no cache may keep the answer.
+    super::headers::insert(response.headers_mut(), header::CACHE_CONTROL, "no-store");
+    Ok(response)
 }
 
-pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
+pub async fn list(config: &Loaded, headers: &HeaderMap, query: Option<&str>) -> Result<HttpResponse, Problem> {
+    let config = admin(config, headers)?;
     let mut user_id = None;
     for (name, value) in query_pairs(query) {
         match name {
-            "user_id" => match query_user_id(value) {
-                Ok(id) => user_id = Some(id),
-                Err(response) => return response,
-            },
-            _ => return problem::bad_request(format!("unknown query parameter {name:?}; use user_id")),
+            "user_id" => user_id = Some(query_user_id(value)?),
+            _ => return Err(Problem::bad_request(format!("unknown query parameter {name:?}; use user_id"))),
         }
     }
-    let Some(user_id) = user_id else { return problem::bad_request("name the user: GET /api/v1/keys?user_id=<id>") };
-    let keys = match Queue::connect(config).await {
-        Ok(queue) => queue.run(&crate::scripts::KeyList { keys: &config.keys, user_id: &user_id }).await,
-        Err(e) => Err(e),
-    };
-    match keys {
-        Ok(keys) => {
-            let keys: Vec<Value> =
-                keys.iter().map(|(key_id, created_at)| json!({"key_id": key_id, "created_at": created_at})).collect();
-            ok_json(json!({"user_id": user_id, "keys": keys}))
-        }
-        Err(e) => store_problem(e),
-    }
+    let user_id = user_id.ok_or_else(|| Problem::bad_request("name the user: GET /api/v1/keys?user_id=<id>"))?;
+    let keys =
+        Queue::connect(config).await?.run(&crate::scripts::KeyList { keys: &config.keys, user_id: &user_id }).await?;
+    let keys: Vec<Value> =
+        keys.iter().map(|(key_id, created_at)| json!({"key_id": key_id, "created_at": created_at})).collect();
+    ok_json(json!({"user_id": user_id, "keys": keys}))
 }
 
-pub async fn revoke(config: &Loaded, headers: &HeaderMap, key_id: &str) -> HttpResponse {
-    let config = match admin(config, headers) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
+pub async fn revoke(config: &Loaded, headers: &HeaderMap, key_id: &str) -> Result<HttpResponse, Problem> {
+    let config = admin(config, headers)?;
     if !is_key_id(key_id) {
-        return problem::not_found(format!("no key {key_id:?}"));
+        return Err(Problem::not_found(format!("no key {key_id:?}")));
     }
-    let revoked = match Queue::connect(config).await {
-        Ok(queue) => queue.run(&crate::scripts::KeyRevoke { keys: &config.keys, key_id }).await,
-        Err(e) => Err(e),
-    };
-    match revoked {
-        Ok(Some((user_id, revoked_at))) => {
-            ok_json(json!({"key_id": key_id, "user_id": user_id, "revoked_at": revoked_at}))
-        }
-        Ok(None) => problem::not_found(format!("no key {key_id}")),
-        Err(e) => store_problem(e),
+    match Queue::connect(config).await?.run(&crate::scripts::KeyRevoke { keys: &config.keys, key_id }).await? {
+        Some((user_id, revoked_at)) => ok_json(json!({"key_id": key_id, "user_id": user_id, "revoked_at": revoked_at})),
+        None => Err(Problem::not_found(format!("no key {key_id}"))),
     }
 }

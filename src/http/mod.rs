@@ -1,15 +1,19 @@
-//! The HTTP API (SPEC §2, §7): routing, and the one place that turns outcomes and errors
-//! into responses. One file per resource, each handler parse → call → answer:
+//! The HTTP API: the route table (`ROUTES`: the handler of a path and method, and the `Allow`
+//! field of a 405), and the answers to admissions. Handlers return `Result<HttpResponse,
+//! Problem>`; `handle` turns a `Problem` into its answer. One file per resource, each handler
+//! parse → call → answer:
 //!
 //! - `tasks`: `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the body rules;
 //! - `users`: `GET /api/v1/users/{id}` and `PUT /api/v1/users/{id}/tier`;
 //! - `admin`: the log, the page's overview, `/metrics`, `/healthz`, and the admin token;
 //! - `keys`: `POST`/`GET /api/v1/keys` and `DELETE /api/v1/keys/{id}` (`auth = api_key`);
+//! - `openapi`: the contract, fitted to this deployment's kinds, tiers and authentication;
 //! - `headers`: the rate-limit fields, from the windows of a task's policy.
 
 pub mod admin;
 pub mod headers;
 mod keys;
+mod openapi;
 pub mod tasks;
 pub mod users;
 
@@ -17,8 +21,8 @@ use crate::admission::{AdmitError, LaneNow, Outcome, Task};
 use crate::auth::{self, Auth, Caller, Refusal};
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::problem::{self, HttpResponse};
-use crate::queue::{Placement, Queue, StoreError};
+use crate::problem::{HttpResponse, Problem};
+use crate::queue::{Placement, Queue};
 use headers::insert;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use serde::Serialize;
@@ -26,96 +30,136 @@ use serde_json::Value;
 use spin_sdk::http::Request;
 use std::rc::Rc;
 
-/// The page at `/` (`page.html`, no external resources) and the API contract.
+/// The page at `/` (`page.html`, no external resources).
 const PAGE: &str = include_str!("../page.html");
-const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The configuration; an error is the operator's (answered 500 by the routes that need it).
 type Loaded = anyhow::Result<Rc<Config>>;
 
 pub async fn handle(request: Request) -> HttpResponse {
     let config = Config::get().await;
-    let mut response = route(request, &config).await;
+    let mut response = route(request, &config).await.unwrap_or_else(HttpResponse::from);
     if let Ok(config) = &config {
         count_response(config, &response).await;
     }
     // Spin sends a body of unknown length chunked, and its last write then waits for the
-    // client's delayed ACK (~40 ms on a keep-alive connection, SPIN-NOTES): with the length
+    // client's delayed ACK (~40 ms on a keep-alive connection): with the length
     // known, the response goes out in one piece.
     let length = response.body().len();
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
 }
 
-async fn route(request: Request, config: &Loaded) -> HttpResponse {
-    let path = request.uri().path().to_string();
-    let method = request.method().clone();
-    let is_get = method == Method::GET || method == Method::HEAD;
-    let (headers, query) = (request.headers(), request.uri().query());
-    match path.as_str() {
-        "/api/v1/task" if method == Method::POST => match caller(config, headers).await {
-            Ok(caller) => tasks::create(request, config, &caller).await,
-            Err(response) => response,
-        },
-        "/api/v1/keys" if method == Method::POST => keys::create(request, config).await,
-        "/api/v1/keys" if is_get => keys::list(config, headers, query).await,
-        "/api/v1/keys" => problem::method_not_allowed("GET, HEAD, POST"),
-        "/api/v1/task" => problem::method_not_allowed("POST"),
-        "/api/v1/log" if is_get => admin::read_log(config, headers, query).await,
-        "/api/v1/overview" if is_get => admin::overview(config, headers, query).await,
-        "/metrics" if is_get => admin::metrics(config, headers).await,
-        "/healthz" if is_get => admin::health(config).await,
-        "/" if is_get => text_response(PAGE.to_string(), "text/html; charset=utf-8"),
-        "/api/v1/openapi.json" if is_get => text_response(OPENAPI.to_string(), "application/json"),
-        "/api/v1/log" | "/api/v1/overview" | "/metrics" | "/healthz" | "/" | "/api/v1/openapi.json" => {
-            problem::method_not_allowed("GET, HEAD")
+/// What a route does; `route` calls its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    CreateTask,
+    GetTask,
+    CancelTask,
+    UserState,
+    SetTier,
+    CreateKey,
+    ListKeys,
+    RevokeKey,
+    Log,
+    Overview,
+    Metrics,
+    Health,
+    Page,
+    OpenApi,
+}
+
+/// A path: exact, or `prefix{id}suffix` where the id is the rest between them (it may hold
+/// a `/`; each handler checks its id).
+struct Route {
+    prefix: &'static str,
+    /// `None` for an exact path.
+    id_then: Option<&'static str>,
+    /// Methods and what they do; HEAD is served as GET wherever GET is.
+    methods: &'static [(&'static str, Op)],
+}
+
+/// Every route; the first that matches a path wins (so `…/tier` comes before a user).
+const ROUTES: &[Route] = &[
+    Route { prefix: "/api/v1/task", id_then: None, methods: &[("POST", Op::CreateTask)] },
+    Route { prefix: "/api/v1/task/", id_then: Some(""), methods: &[("GET", Op::GetTask), ("DELETE", Op::CancelTask)] },
+    Route { prefix: "/api/v1/users/", id_then: Some("/tier"), methods: &[("PUT", Op::SetTier)] },
+    Route { prefix: "/api/v1/users/", id_then: Some(""), methods: &[("GET", Op::UserState)] },
+    Route { prefix: "/api/v1/keys", id_then: None, methods: &[("GET", Op::ListKeys), ("POST", Op::CreateKey)] },
+    Route { prefix: "/api/v1/keys/", id_then: Some(""), methods: &[("DELETE", Op::RevokeKey)] },
+    Route { prefix: "/api/v1/log", id_then: None, methods: &[("GET", Op::Log)] },
+    Route { prefix: "/api/v1/overview", id_then: None, methods: &[("GET", Op::Overview)] },
+    Route { prefix: "/metrics", id_then: None, methods: &[("GET", Op::Metrics)] },
+    Route { prefix: "/healthz", id_then: None, methods: &[("GET", Op::Health)] },
+    Route { prefix: "/", id_then: None, methods: &[("GET", Op::Page)] },
+    Route { prefix: "/api/v1/openapi.json", id_then: None, methods: &[("GET", Op::OpenApi)] },
+];
+
+impl Route {
+    /// The id if `path` is this route's (`""` for an exact path).
+    fn matches<'p>(&self, path: &'p str) -> Option<&'p str> {
+        match self.id_then {
+            None => (path == self.prefix).then_some(""),
+            Some(suffix) => path.strip_prefix(self.prefix)?.strip_suffix(suffix),
         }
-        _ => {
-            if let Some(id) = path.strip_prefix("/api/v1/task/") {
-                if !is_get && method != Method::DELETE {
-                    return problem::method_not_allowed("GET, HEAD, DELETE");
-                }
-                let caller = match caller(config, headers).await {
-                    Ok(caller) => caller,
-                    Err(response) => return response,
-                };
-                return if is_get {
-                    tasks::get(config, &caller, id).await
-                } else {
-                    tasks::cancel(config, &caller, id).await
-                };
-            }
-            if let Some(id) = path.strip_prefix("/api/v1/keys/") {
-                return match method {
-                    Method::DELETE => keys::revoke(config, headers, id).await,
-                    _ => problem::method_not_allowed("DELETE"),
-                };
-            }
-            let Some(rest) = path.strip_prefix("/api/v1/users/") else {
-                return problem::not_found(format!("no route for {path}"));
-            };
-            match rest.strip_suffix("/tier") {
-                Some(user) if method == Method::PUT => users::set_tier(request, config, user).await,
-                Some(_) => problem::method_not_allowed("PUT"),
-                None if is_get => match caller(config, headers).await {
-                    Ok(caller) => users::state(config, &caller, headers, rest).await,
-                    Err(response) => response,
-                },
-                None => problem::method_not_allowed("GET, HEAD"),
-            }
+    }
+
+    fn op(&self, method: &Method) -> Option<Op> {
+        let method = if method == Method::HEAD { "GET" } else { method.as_str() };
+        self.methods.iter().find(|(name, _)| *name == method).map(|(_, op)| *op)
+    }
+
+    /// The `Allow` field of a 405 here: the methods in the table's order, HEAD after GET.
+    fn allow(&self) -> String {
+        let names =
+            self.methods.iter().flat_map(|(name, _)| if *name == "GET" { vec!["GET", "HEAD"] } else { vec![*name] });
+        names.collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The route for `path` and the id in it.
+fn find(path: &str) -> Option<(&'static Route, &str)> {
+    ROUTES.iter().find_map(|route| Some((route, route.matches(path)?)))
+}
+
+async fn route(request: Request, config: &Loaded) -> Result<HttpResponse, Problem> {
+    let path = request.uri().path().to_string();
+    let Some((route, id)) = find(&path) else { return Err(Problem::not_found(format!("no route for {path}"))) };
+    let op = route.op(request.method()).ok_or_else(|| Problem::method_not_allowed(&route.allow()))?;
+    let (headers, query) = (request.headers(), request.uri().query());
+    match op {
+        Op::CreateTask => {
+            let caller = caller(config, headers).await?;
+            tasks::create(request, config, &caller).await
+        }
+        Op::GetTask => tasks::get(config, &caller(config, headers).await?, id).await,
+        Op::CancelTask => tasks::cancel(config, &caller(config, headers).await?, id).await,
+        Op::UserState => users::state(config, &caller(config, headers).await?, headers, id).await,
+        Op::SetTier => users::set_tier(request, config, id).await,
+        Op::CreateKey => keys::create(request, config).await,
+        Op::ListKeys => keys::list(config, headers, query).await,
+        Op::RevokeKey => keys::revoke(config, headers, id).await,
+        Op::Log => admin::read_log(config, headers, query).await,
+        Op::Overview => admin::overview(config, headers, query).await,
+        Op::Metrics => admin::metrics(config, headers).await,
+        Op::Health => admin::health(config).await,
+        Op::Page => Ok(text_response(PAGE.to_string(), "text/html; charset=utf-8")),
+        Op::OpenApi => {
+            let config = configured(config)?;
+            openapi::serve(config, &*auth_mode(config).await?)
         }
     }
 }
 
 /// Who is calling a route that acts for a user (`auth.rs`), or the answer that refuses them.
 /// Every such route asks here, once.
-async fn caller(config: &Loaded, headers: &HeaderMap) -> Result<Caller, HttpResponse> {
+async fn caller(config: &Loaded, headers: &HeaderMap) -> Result<Caller, Problem> {
     let config = configured(config)?;
-    let auth = Auth::get(config).await.map_err(|e| problem::internal(format!("configuration: {e}")))?;
+    let auth = auth_mode(config).await?;
     auth::identify(&auth, config, headers).await.map_err(|refusal| match refusal {
-        Refusal::Unauthenticated(code, why) => problem::unauthenticated(code, why),
-        Refusal::Unavailable(e) => problem::unavailable(e),
-        Refusal::Internal(e) => problem::internal(e),
+        Refusal::Unauthenticated(code, why) => Problem::unauthenticated(code, why),
+        Refusal::Unavailable(e) => Problem::unavailable(e),
+        Refusal::Internal(e) => Problem::internal(e),
     })
 }
 
@@ -141,31 +185,38 @@ async fn count_response(config: &Config, response: &HttpResponse) {
     }
 }
 
+/// How callers prove who they are (read once per instance), or the 500 of a bad setting.
+async fn auth_mode(config: &Config) -> Result<Rc<Auth>, Problem> {
+    Auth::get(config).await.map_err(|e| Problem::internal(format!("configuration: {e}")))
+}
+
 /// The configuration, or the 500 for a route that cannot work without it.
-fn configured(config: &Loaded) -> Result<&Config, HttpResponse> {
-    config.as_deref().map_err(|e| problem::internal(format!("configuration: {e}")))
+fn configured(config: &Loaded) -> Result<&Config, Problem> {
+    config.as_deref().map_err(|e| Problem::internal(format!("configuration: {e}")))
 }
 
 /// The answer to an admission: the task (200/202) with the rate-limit fields of its lane, or
 /// the problem.
-fn admission_response(config: &Config, outcome: Result<Outcome, AdmitError>) -> HttpResponse {
+fn admission_response(config: &Config, outcome: Result<Outcome, AdmitError>) -> Result<HttpResponse, Problem> {
     match outcome {
-        Ok(Outcome::Admitted { task, lane }) => counted(task_response(config, task, &lane, false)),
+        Ok(Outcome::Admitted { task, lane }) => Ok(counted(task_response(config, task, &lane, false)?)),
         Ok(Outcome::Replayed { task, lane }) => task_response(config, task, &lane, true),
-        Ok(Outcome::BacklogFull) => problem::backlog_full(config.max_backlog, 1),
-        Ok(Outcome::TooCostly { window, tier }) => problem::too_costly(window.quota, window.window_ms, tier.as_deref()),
-        Ok(Outcome::KeyReused) => problem::idempotency_key_reused(),
+        Ok(Outcome::BacklogFull) => Err(Problem::backlog_full(config.max_backlog, 1)),
+        Ok(Outcome::TooCostly { window, tier }) => {
+            Err(Problem::too_costly(window.quota, window.window_ms, tier.as_deref()))
+        }
+        Ok(Outcome::KeyReused) => Err(Problem::idempotency_key_reused()),
         Ok(Outcome::KeyInUse) => {
-            problem::conflict("a request with this Idempotency-Key is still being admitted; retry")
+            Err(Problem::conflict("a request with this Idempotency-Key is still being admitted; retry"))
         }
-        Err(AdmitError::Unavailable(e)) => problem::unavailable(format!("{e}; the task was not stored")),
-        Err(AdmitError::Uncertain(e)) => problem::unavailable(format!(
+        Err(AdmitError::Unavailable(e)) => Err(Problem::unavailable(format!("{e}; the task was not stored"))),
+        Err(AdmitError::Uncertain(e)) => Err(Problem::unavailable(format!(
             "{e}; Redis did not confirm the task, so it may have been stored: retry with the same Idempotency-Key to get it rather than a second one"
-        )),
+        ))),
         Err(AdmitError::Contended) => {
-            problem::unavailable("too many concurrent requests for this user; the task was not stored")
+            Err(Problem::unavailable("too many concurrent requests for this user; the task was not stored"))
         }
-        Err(AdmitError::Internal(e)) => problem::internal(e),
+        Err(AdmitError::Internal(e)) => Err(Problem::internal(e)),
     }
 }
 
@@ -215,7 +266,7 @@ impl<'a> TaskView<'a> {
 /// 200 for a completed task, 202 (with `Location` and `Retry-After`) for a queued one (and
 /// 200 for a cancelled one, which only a replayed request finds), with the rate-limit fields
 /// of the lane's policy.
-fn task_response(config: &Config, task: Task, lane: &LaneNow, replayed: bool) -> HttpResponse {
+fn task_response(config: &Config, task: Task, lane: &LaneNow, replayed: bool) -> Result<HttpResponse, Problem> {
     let no_windows = Policy::default();
     let policy = config.policies.resolve(&task.kind, lane.tier.as_deref()).unwrap_or(&no_windows);
     let mut headers = headers::rate_limit_headers(policy, &lane.recent, lane.now, config.x_ratelimit_headers);
@@ -253,16 +304,9 @@ fn task_response(config: &Config, task: Task, lane: &LaneNow, replayed: bool) ->
             StatusCode::ACCEPTED
         }
     };
-    let mut response = serialized_response(status, &body);
+    let mut response = serialized_response(status, &body)?;
     response.headers_mut().extend(headers);
-    response
-}
-
-fn store_problem(e: StoreError) -> HttpResponse {
-    match e {
-        StoreError::Unavailable(detail) => problem::unavailable(detail),
-        StoreError::Unexpected(detail) => problem::internal(detail),
-    }
+    Ok(response)
 }
 
 /// `name=value` pairs of a query string (a bare `name` has an empty value).
@@ -272,9 +316,9 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
 
 /// A `user_id` query parameter (the overview's, the keys listing's): percent-decoded with
 /// `+` as a space, then a user id by `tasks::is_user_id`; else the 400.
-fn query_user_id(value: &str) -> Result<String, HttpResponse> {
+fn query_user_id(value: &str) -> Result<String, Problem> {
     percent_decode(value, true).filter(|id| tasks::is_user_id(id)).ok_or_else(|| {
-        problem::bad_request(format!(
+        Problem::bad_request(format!(
             "user_id must be 1 to {} characters of UTF-8, percent-encoded",
             tasks::MAX_USER_ID_CHARS
         ))
@@ -314,15 +358,12 @@ fn text_response(body: String, content_type: &str) -> HttpResponse {
 }
 
 /// A JSON body from a `Serialize` type (so a payload's raw text goes out as sent).
-fn serialized_response(status: StatusCode, body: &impl Serialize) -> HttpResponse {
-    let text = match serde_json::to_string(body) {
-        Ok(text) => text,
-        Err(e) => return problem::internal(format!("serialising the answer: {e}")),
-    };
+fn serialized_response(status: StatusCode, body: &impl Serialize) -> Result<HttpResponse, Problem> {
+    let text = serde_json::to_string(body).map_err(|e| Problem::internal(format!("serialising the answer: {e}")))?;
     let mut response = Response::new(text);
     *response.status_mut() = status;
     insert(response.headers_mut(), header::CONTENT_TYPE, "application/json");
-    response
+    Ok(response)
 }
 
 fn json_response(status: StatusCode, body: &Value, headers: HeaderMap) -> HttpResponse {
@@ -334,13 +375,49 @@ fn json_response(status: StatusCode, body: &Value, headers: HeaderMap) -> HttpRe
 }
 
 /// `{"status": "ok"}`-style bodies.
-fn ok_json(body: Value) -> HttpResponse {
-    json_response(StatusCode::OK, &body, HeaderMap::new())
+fn ok_json(body: Value) -> Result<HttpResponse, Problem> {
+    Ok(json_response(StatusCode::OK, &body, HeaderMap::new()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_give_the_handler_and_the_allow_field() {
+        fn route(path: &str, method: Method) -> Option<(Option<Op>, &str, String)> {
+            find(path).map(|(route, id)| (route.op(&method), id, route.allow()))
+        }
+        let allow = |path: &str| find(path).map(|(route, _)| route.allow()).unwrap_or_default();
+        assert_eq!(route("/api/v1/task", Method::POST), Some((Some(Op::CreateTask), "", "POST".into())));
+        assert_eq!(route("/api/v1/task", Method::HEAD), Some((None, "", "POST".into())));
+        assert_eq!(
+            route("/api/v1/task/abc", Method::HEAD),
+            Some((Some(Op::GetTask), "abc", "GET, HEAD, DELETE".into()))
+        );
+        assert_eq!(route("/api/v1/task/", Method::DELETE).map(|r| (r.0, r.1)), Some((Some(Op::CancelTask), "")));
+        assert_eq!(route("/api/v1/users/a/b/tier", Method::PUT).map(|r| (r.0, r.1)), Some((Some(Op::SetTier), "a/b")));
+        assert_eq!(route("/api/v1/users/tier", Method::GET).map(|r| (r.0, r.1)), Some((Some(Op::UserState), "tier")));
+        assert_eq!(route("/api/v1/users/u/tier", Method::GET).map(|r| r.0), Some(None));
+        assert_eq!(route("/api/v1/keys/k1", Method::DELETE).map(|r| (r.0, r.1)), Some((Some(Op::RevokeKey), "k1")));
+        assert_eq!(route("/api/v1/keys", Method::HEAD).map(|r| r.0), Some(Some(Op::ListKeys)));
+        // The fields the hand-written routing sent before the table.
+        for (path, allowed) in [
+            ("/api/v1/keys", "GET, HEAD, POST"),
+            ("/api/v1/keys/x", "DELETE"),
+            ("/api/v1/users/u", "GET, HEAD"),
+            ("/api/v1/users/u/tier", "PUT"),
+            ("/api/v1/log", "GET, HEAD"),
+            ("/api/v1/overview", "GET, HEAD"),
+            ("/metrics", "GET, HEAD"),
+            ("/healthz", "GET, HEAD"),
+            ("/", "GET, HEAD"),
+            ("/api/v1/openapi.json", "GET, HEAD"),
+        ] {
+            assert_eq!(allow(path), allowed, "{path}");
+        }
+        assert!(find("/api/v1/tasks").is_none() && find("/api/v1").is_none() && find("/metrics/").is_none());
+    }
 
     #[test]
     fn percent_decoding() {

@@ -1,12 +1,12 @@
 //! `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the rules for a task's body.
 
-use super::{Loaded, TaskView, admission_response, configured, counted, serialized_response, store_problem};
+use super::{Loaded, TaskView, admission_response, configured, counted, serialized_response};
 use crate::admission::{self, NewTask};
 use crate::auth::{Caller, Denied};
 use crate::deadline::with_deadline;
 use crate::keys::{LaneKey, UserKey, is_task_id};
 use crate::policy::{DEFAULT_KIND, Policies};
-use crate::problem::{self, HttpResponse};
+use crate::problem::{HttpResponse, Problem};
 use crate::queue::{Cancelled, Queue};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use spin_sdk::http::Request;
 use std::time::Duration;
 
-/// Largest accepted request body (SPEC §2: 413 above it).
+/// Largest accepted request body (413 above it).
 pub const MAX_BODY: usize = 4 * 1024;
 /// Longest user id, in characters.
 pub const MAX_USER_ID_CHARS: usize = 128;
@@ -29,33 +29,20 @@ pub const MAX_COST: u32 = crate::policy::MAX_QUOTA;
 /// A request body must arrive within this long.
 const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
-pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpResponse {
-    let (parts, body) = match read_request(request, MAX_BODY).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
-    let idempotency_key = match idempotency_key(&parts.headers) {
-        Ok(key) => key,
-        Err(detail) => return problem::bad_request(detail),
-    };
-    let config = match configured(config) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
-    let task = match parse_task_body(&body, &config.policies) {
-        Ok(task) => task,
-        Err(BodyError::Invalid(detail)) => return problem::bad_request(detail),
-        Err(BodyError::PayloadTooLarge(bytes)) => return problem::payload_too_large(bytes, MAX_PAYLOAD),
-    };
-    let user_id = match caller.task_user(task.user_id) {
-        Ok(user_id) => user_id,
-        Err(Denied::NoUser) => return problem::bad_request("user_id is missing"),
-        Err(Denied::OtherUser) => {
-            return problem::forbidden(
-                "user_id names another user than the caller's credentials; leave it out or name your own",
-            );
-        }
-    };
+pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> Result<HttpResponse, Problem> {
+    let (parts, body) = read_request(request, MAX_BODY).await?;
+    let idempotency_key = idempotency_key(&parts.headers).map_err(Problem::bad_request)?;
+    let config = configured(config)?;
+    let task = parse_task_body(&body, &config.policies).map_err(|e| match e {
+        BodyError::Invalid(detail) => Problem::bad_request(detail),
+        BodyError::PayloadTooLarge(bytes) => Problem::payload_too_large(bytes, MAX_PAYLOAD),
+    })?;
+    let user_id = caller.task_user(task.user_id).map_err(|denied| match denied {
+        Denied::NoUser => Problem::bad_request("user_id is missing"),
+        Denied::OtherUser => Problem::forbidden(
+            "user_id names another user than the caller's credentials; leave it out or name your own",
+        ),
+    })?;
     let new = NewTask {
         user_id: &user_id,
         kind: &task.kind,
@@ -69,24 +56,24 @@ pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> HttpR
 /// The head and JSON body of a request (every route with a body takes JSON): 415 for another
 /// `Content-Type`, 413 past `limit` bytes, whether declared or streamed, and 408 for a client
 /// that trickles them (slow loris) instead of holding the instance.
-pub async fn read_request(request: Request, limit: usize) -> Result<(http::request::Parts, Vec<u8>), HttpResponse> {
+pub async fn read_request(request: Request, limit: usize) -> Result<(http::request::Parts, Vec<u8>), Problem> {
     if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         if !is_json_media_type(text) {
-            return Err(problem::unsupported_media_type(text));
+            return Err(Problem::unsupported_media_type(text));
         }
     }
     let declared_length =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared_length.is_some_and(|n| n > limit as u64) {
-        return Err(problem::too_large(limit));
+        return Err(Problem::too_large(limit));
     }
     let (parts, body) = request.into_parts();
     match with_deadline(Limited::new(body, limit).collect(), BODY_DEADLINE).await {
         Some(Ok(collected)) => Ok((parts, collected.to_bytes().to_vec())),
-        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(problem::too_large(limit)),
-        Some(Err(e)) => Err(problem::bad_request(format!("could not read the body: {e}"))),
-        None => Err(problem::request_timeout(BODY_DEADLINE.as_secs())),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::too_large(limit)),
+        Some(Err(e)) => Err(Problem::bad_request(format!("could not read the body: {e}"))),
+        None => Err(Problem::request_timeout(BODY_DEADLINE.as_secs())),
     }
 }
 
@@ -245,60 +232,51 @@ pub fn is_json_media_type(value: &str) -> bool {
 
 /// For a route on one task: a connection to Redis, or the answer (404 for an id we could
 /// not have made, without asking Redis; 503 if Redis cannot be reached).
-async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, HttpResponse> {
+async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, Problem> {
     if !is_task_id(id) {
-        return Err(problem::not_found(format!("no task {id:?}")));
+        return Err(Problem::not_found(format!("no task {id:?}")));
     }
     let config = configured(config)?;
-    Queue::connect(config).await.map_err(store_problem)
+    Ok(Queue::connect(config).await?)
 }
 
-pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
-    let queue = match task_route(config, id).await {
-        Ok(queue) => queue,
-        Err(response) => return response,
-    };
+pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
+    let queue = task_route(config, id).await?;
     // A verified user's answer depends on the owner, so it is counted after (by `handle`).
     if let Caller::User(_) = caller {
-        return match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await {
-            Ok(Some(task)) if caller.may_act_for(&task.user_id) => {
+        return match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await? {
+            Some(task) if caller.may_act_for(&task.user_id) => {
                 serialized_response(StatusCode::OK, &TaskView::of(id, &task))
             }
-            Ok(_) => problem::not_found(format!("no task {id}")),
-            Err(e) => store_problem(e),
+            _ => Err(Problem::not_found(format!("no task {id}"))),
         };
     }
-    match queue.run(&crate::scripts::ReadTask { task_id: id, count: true }).await {
-        Ok(Some(task)) => counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))),
-        Ok(None) => counted(problem::not_found(format!("no task {id}"))),
-        Err(e) => store_problem(e),
+    match queue.run(&crate::scripts::ReadTask { task_id: id, count: true }).await? {
+        Some(task) => Ok(counted(serialized_response(StatusCode::OK, &TaskView::of(id, &task))?)),
+        // The script counted this 404 too: an answer, not an error to pass up.
+        None => Ok(counted(Problem::not_found(format!("no task {id}")).into())),
     }
 }
 
 /// `DELETE /api/v1/task/{id}`: cancels a queued task (`cancel.lua`). Like `GET`, it needs
 /// no admin token: without `auth` the id (96 random bits) is the capability; with it, only
 /// the task's owner (or the admin) finds the task, others get the 404 of an unknown id.
-pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> HttpResponse {
-    let queue = match task_route(config, id).await {
-        Ok(queue) => queue,
-        Err(response) => return response,
-    };
+pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
+    let queue = task_route(config, id).await?;
     // The record names the lane, whose queue holds the task; the script checks it again.
-    let mut task = match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await {
-        Ok(Some(task)) if caller.may_act_for(&task.user_id) => task,
-        Ok(_) => return problem::not_found(format!("no task {id}")),
-        Err(e) => return store_problem(e),
+    let mut task = match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await? {
+        Some(task) if caller.may_act_for(&task.user_id) => task,
+        _ => return Err(Problem::not_found(format!("no task {id}"))),
     };
     if let Some(at) = task.completed_at {
-        return problem::already_completed(id, at);
+        return Err(Problem::already_completed(id, at));
     }
     if task.cancelled_at.is_none() {
         let lane = LaneKey::new(&UserKey::new(&task.user_id), &task.kind);
-        match queue.run(&crate::scripts::Cancel { lane: &lane, task_id: id }).await {
-            Ok(Cancelled::Cancelled { at }) => task.cancelled_at = Some(at),
-            Ok(Cancelled::Completed { at }) => return problem::already_completed(id, at),
-            Ok(Cancelled::Unknown) => return problem::not_found(format!("no task {id}")),
-            Err(e) => return store_problem(e),
+        match queue.run(&crate::scripts::Cancel { lane: &lane, task_id: id }).await? {
+            Cancelled::Cancelled { at } => task.cancelled_at = Some(at),
+            Cancelled::Completed { at } => return Err(Problem::already_completed(id, at)),
+            Cancelled::Unknown => return Err(Problem::not_found(format!("no task {id}"))),
         }
     }
     serialized_response(StatusCode::OK, &TaskView::of(id, &task))

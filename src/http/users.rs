@@ -6,13 +6,14 @@
 use super::admin::admin;
 use super::headers::rate_windows;
 use super::tasks::{MAX_USER_ID_CHARS, is_user_id, read_request};
-use super::{Loaded, configured, ok_json, percent_decode, store_problem};
+use super::{Loaded, configured, ok_json, percent_decode};
 use crate::auth::Caller;
 use crate::config::LedgerBackend;
 use crate::keys::{LaneKey, UserKey};
-use crate::ledger::{self, LedgerError};
+use crate::kv_ledger;
+use crate::ledger::LedgerError;
 use crate::policy::{DEFAULT_KIND, Policy};
-use crate::problem::{self, HttpResponse};
+use crate::problem::{HttpResponse, Problem};
 use crate::queue::Queue;
 use crate::slot;
 use http::HeaderMap;
@@ -22,9 +23,9 @@ use spin_sdk::http::Request;
 /// Largest `PUT …/tier` body.
 const MAX_TIER_BODY: usize = 1024;
 
-fn user_id(encoded: &str) -> Result<String, HttpResponse> {
+fn user_id(encoded: &str) -> Result<String, Problem> {
     decode_user_id(encoded).ok_or_else(|| {
-        problem::bad_request(format!(
+        Problem::bad_request(format!(
             "the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"
         ))
     })
@@ -38,25 +39,21 @@ pub fn decode_user_id(encoded: &str) -> Option<String> {
 /// Where one user stands, in work bounded whatever their backlog: their tier and, per kind,
 /// queued tasks, the next task, the next slot and what is left of each window. The
 /// `default` kind's lane is also given at the top level, as before kinds existed.
-pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encoded: &str) -> HttpResponse {
+pub async fn state(
+    config: &Loaded,
+    caller: &Caller,
+    headers: &HeaderMap,
+    encoded: &str,
+) -> Result<HttpResponse, Problem> {
     // Without authentication the admin token guards it, as before `auth` existed; with it,
     // the user themself may look too.
     let config = match caller {
-        Caller::Anyone => match admin(config, headers) {
-            Ok(config) => config,
-            Err(response) => return response,
-        },
-        _ => match configured(config) {
-            Ok(config) => config,
-            Err(response) => return response,
-        },
+        Caller::Anyone => admin(config, headers)?,
+        _ => configured(config)?,
     };
-    let user_id = match user_id(encoded) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let user_id = user_id(encoded)?;
     if !caller.may_act_for(&user_id) {
-        return problem::forbidden("a caller may look only at their own user");
+        return Err(Problem::forbidden("a caller may look only at their own user"));
     }
     let user = UserKey::new(&user_id);
     let kinds: Vec<&str> = config.policies.kinds().collect();
@@ -68,25 +65,18 @@ pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encode
             (lane, ledger)
         })
         .collect();
-    let state = match Queue::connect(config).await {
-        Ok(queue) => {
-            queue.run(&crate::scripts::ReadUserState { tier_key: &config.keys.tier(&user), lanes: &lanes }).await
-        }
-        Err(e) => Err(e),
-    };
-    let state = match state {
-        Ok(state) => state,
-        Err(e) => return store_problem(e),
-    };
+    let state = Queue::connect(config)
+        .await?
+        .run(&crate::scripts::ReadUserState { tier_key: &config.keys.tier(&user), lanes: &lanes })
+        .await?;
     let no_windows = Policy::default();
     let mut per_kind = Map::new();
     for ((kind, (lane, _)), lane_state) in kinds.iter().zip(&lanes).zip(&state.lanes) {
-        let recent = match ledger::recent_slots(config.ledger, &config.keys.ledger(lane), lane_state.ledger.as_deref())
-        {
-            Ok(recent) => recent,
-            Err(LedgerError::Unavailable(e)) => return problem::unavailable(e),
-            Err(e) => return problem::internal(format!("the ledger of {user_id:?}, kind {kind}: {e:?}")),
-        };
+        let recent = kv_ledger::recent_slots(config.ledger, &config.keys.ledger(lane), lane_state.ledger.as_deref())
+            .map_err(|e| match e {
+                LedgerError::Unavailable(e) => Problem::unavailable(e),
+                e => Problem::internal(format!("the ledger of {user_id:?}, kind {kind}: {e:?}")),
+            })?;
         let policy = config.policies.resolve(kind, state.tier.as_deref()).unwrap_or(&no_windows);
         let view = json!({
             "queued": lane_state.queued,
@@ -114,19 +104,10 @@ pub async fn state(config: &Loaded, caller: &Caller, headers: &HeaderMap, encode
 
 /// Sets the user's tier (`{"tier": "pro"}`, or `null` for the built-in one). The next
 /// admission of theirs on every replica reads it; queued tasks keep their slots.
-pub async fn set_tier(request: Request, config: &Loaded, encoded: &str) -> HttpResponse {
-    let config = match admin(config, request.headers()) {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
-    let user_id = match user_id(encoded) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    let (_, body) = match read_request(request, MAX_TIER_BODY).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
+pub async fn set_tier(request: Request, config: &Loaded, encoded: &str) -> Result<HttpResponse, Problem> {
+    let config = admin(config, request.headers())?;
+    let user_id = user_id(encoded)?;
+    let (_, body) = read_request(request, MAX_TIER_BODY).await?;
     let shape = r#"the body must be {"tier": "<name>"}, or {"tier": null} for the built-in tier"#;
     let tier = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(members)) if members.len() == 1 => match members.get("tier") {
@@ -134,20 +115,14 @@ pub async fn set_tier(request: Request, config: &Loaded, encoded: &str) -> HttpR
             Some(Value::String(tier)) if config.policies.is_tier(tier) => Some(tier.clone()),
             Some(Value::String(tier)) => {
                 let known = config.policies.tier_names();
-                return problem::bad_request(format!("tier {tier:?} is not one of the configured tiers: {known}"));
+                return Err(Problem::bad_request(format!("tier {tier:?} is not one of the configured tiers: {known}")));
             }
-            _ => return problem::bad_request(shape),
+            _ => return Err(Problem::bad_request(shape)),
         },
-        Ok(_) => return problem::bad_request(shape),
-        Err(e) => return problem::bad_request(format!("{shape}: {e}")),
+        Ok(_) => return Err(Problem::bad_request(shape)),
+        Err(e) => return Err(Problem::bad_request(format!("{shape}: {e}"))),
     };
     let user = UserKey::new(&user_id);
-    let set = match Queue::connect(config).await {
-        Ok(queue) => queue.set_tier(&config.keys.tier(&user), tier.as_deref()).await,
-        Err(e) => Err(e),
-    };
-    match set {
-        Ok(()) => ok_json(json!({"user_id": user_id, "tier": tier})),
-        Err(e) => store_problem(e),
-    }
+    Queue::connect(config).await?.set_tier(&config.keys.tier(&user), tier.as_deref()).await?;
+    ok_json(json!({"user_id": user_id, "tier": tier}))
 }
