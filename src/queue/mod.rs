@@ -1,7 +1,9 @@
-//! The queue, the executor and the log on Redis: one typed call per Lua script
-//! (`src/scripts/*.lua`, loaded by `scripts.rs`), each building its arguments and parsing
-//! its reply. Every step is one script, so it is atomic across replicas and exactly-once by
-//! construction.
+//! The queue, the executor and the log on Redis: the connection, and one call that runs any
+//! of the Lua scripts. Every step is one script, so it is atomic across replicas and
+//! exactly-once by construction. Each script's contract (its arguments and its reply) is one
+//! type of the core (`task_core::scripts`, beside its `.lua`); `Queue::run` sends the shared
+//! header and its arguments, and reads its reply whole. The few commands that are not
+//! scripts are in `commands`.
 //!
 //! Data (all under the `key_prefix`; `<u>` is the encoded user id and `<l>` a lane, the
 //! user's tasks of one kind, see `keys.rs`):
@@ -24,19 +26,14 @@
 //!
 //! "Running" a task is `run_due` in `lib.lua`: it takes the user's head task when the slot
 //! rule allows it on the user's actual completion times, records the completion, and
-//! appends the log entry (SPEC §3), all in one script. A replica that dies mid-task
+//! appends the log entry, all in one script. A replica that dies mid-task
 //! therefore either ran it completely or not at all, and a doubled wake-up finds nothing
-//! left to run. The clock is the Redis server's `TIME`, the same for every replica (SPEC §1).
+//! left to run. The clock is the Redis server's `TIME`, the same for every replica.
 //!
 //! The connection is kept by the instance across the requests Spin gives it (Spin opens a
 //! new TCP connection for every `Connection::open`), and dropped after any error so that the
 //! next call reconnects. Every call has a deadline of its own: Spin's Redis client has none,
-//! and SPEC §5 wants a 503 within 2 s when Redis cannot answer.
-
-//!
-//! Every script's contract (its arguments and its reply) is one type of the core
-//! (`task_core::scripts`, beside its `.lua`); `Queue::run` makes the call. The few commands
-//! that are not scripts are in `commands`.
+//! and an answer (a 503) is due within 2 s when Redis cannot answer.
 
 mod commands;
 mod eval;
@@ -58,7 +55,7 @@ use task_core::scripts::{Call, Reply, Unexpected, read_reply};
 
 /// The longest one Redis call (or connecting) may take before we answer 503. An admission
 /// connects at most once and then makes one call (two with the `kv` ledger), so a stuck
-/// Redis is reported within SPEC §5's 2 s.
+/// Redis is reported within 2 s.
 const CALL_DEADLINE: Duration = Duration::from_millis(600);
 
 thread_local! {
