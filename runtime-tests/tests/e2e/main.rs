@@ -29,4 +29,5 @@ mod policies;
 mod recovery;
 mod schedule;
 mod schemathesis;
+mod shutdown;
 mod stall;
