@@ -7,6 +7,8 @@
 //!   recent slots and the arrival time.
 //! - `policy`: kinds, tiers and their windows, as data (the `policies` variable parsed and
 //!   checked).
+//! - `request`: what a request may carry (the user-id rule, body and header parsers).
+//! - `credentials`: bearer tokens, API-key shapes and digests, JWT verification.
 //! - `clock`: the clock the waiting loops take (`Clock`), and a manual one for their tests.
 //! - `ledger`: a lane's ledger of recent slots (its stored format) and the compare-and-set
 //!   loop that commits slots over any `LedgerStore`.
@@ -20,9 +22,11 @@
 //! `scripts`; the component's `http::tasks` shows it.
 
 pub mod clock;
+pub mod credentials;
 pub mod keys;
 pub mod ledger;
 pub mod policy;
+pub mod request;
 pub mod scripts;
 pub mod slot;
 
