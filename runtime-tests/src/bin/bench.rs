@@ -558,8 +558,7 @@ fn run_jobs(jobs: Vec<(Instant, String, String)>, workers: usize, clock: Clock) 
     for thread in threads {
         let _ = thread.join();
     }
-    let sent = results.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
-    sent
+    results.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
 }
 
 fn admission(options: &Options, replicas: usize, rate: u64) -> Row {
