@@ -477,10 +477,9 @@ pub fn raw_request(addr: &str, bytes: &[u8]) -> Reply {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(stream);
         reader.get_mut().write_all(bytes)?;
-        read_response(&mut reader, false)
+        read_response(&mut reader, false, started)
     });
-    let (status, headers, body) = answer.unwrap_or_else(|e| panic!("raw request to {addr}: {e}"));
-    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() }
+    answer.unwrap_or_else(|e| panic!("raw request to {addr}: {e}"))
 }
 
 /// Most bytes a keep-alive response body may have before the client gives up on it.
@@ -506,8 +505,7 @@ impl KeepAlive {
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
         let started = Instant::now();
         self.reader.get_mut().write_all(&build_request(&self.addr, method, path, headers, body, false))?;
-        let (status, headers, body) = read_response(&mut self.reader, method == "HEAD")?;
-        Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
+        read_response(&mut self.reader, method == "HEAD", started)
     }
 
     pub fn post_task(&mut self, user: &str) -> std::io::Result<Reply> {
@@ -533,11 +531,11 @@ fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// One response: status, headers and body (none after a HEAD, a 204 or a 304).
-fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// One response (no body after a HEAD, a 204 or a 304), timed from `started`.
+fn read_response(reader: &mut impl BufRead, head_only: bool, started: Instant) -> std::io::Result<Reply> {
     let (status, headers) = read_head(reader)?;
     let body = if head_only || status == 204 || status == 304 { Vec::new() } else { read_body(reader, &headers)? };
-    Ok((status, headers, body))
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() })
 }
 
 /// The status line and headers.
@@ -626,6 +624,21 @@ pub fn read_log_at(addr: &str) -> Vec<check::Entry> {
         if done || after.is_none() {
             return entries;
         }
+    }
+}
+
+/// Waits until `done` holds, checking after 10 ms at first and every 200 ms at most (the checks
+/// read Redis or the host's output, so they are cheap but not free); the test fails with
+/// `what()` if it does not hold within `timeout`.
+pub fn wait_until(timeout: Duration, what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    while !done() {
+        if Instant::now() >= deadline {
+            panic!("not within {timeout:?}: {}", what());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

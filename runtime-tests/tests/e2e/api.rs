@@ -128,11 +128,13 @@ fn a_second_task_within_the_second_is_queued_and_runs_at_its_slot() {
 /// written to Redis.
 #[test]
 fn every_bad_input_gets_a_problem_and_stores_nothing() {
+    /// (method, path, headers, body, the status expected).
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16);
     let (redis, host) = start();
     let json = [("Content-Type", "application/json")];
     let long_id = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
     let big = format!(r#"{{"user_id":"a","pad":"{}"}}"#, "x".repeat(5_000));
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, String, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/api/v1/task", json.to_vec(), "not json".into(), 400),
         ("POST", "/api/v1/task", json.to_vec(), "".into(), 400),
         ("POST", "/api/v1/task", json.to_vec(), "[1,2]".into(), 400),

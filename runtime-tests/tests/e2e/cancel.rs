@@ -12,8 +12,8 @@ use crate::test_rng;
 use std::collections::HashMap;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{Host, HostOptions, Redis, check, read_log, request};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::{Host, HostOptions, Redis, check, read_log, request, wait_until};
 use test_rng::XorShift;
 
 const USERS: usize = 300;
@@ -78,11 +78,8 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
     assert_eq!(outcomes.len(), USERS);
 
     // Nothing is left to run once the queue is empty: then the log is final.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]) != Some(0) && Instant::now() < deadline {
-        hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(100), |l| l.contains("-task completed at-"));
-    }
-    assert_eq!(redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]), Some(0), "tasks still queued");
+    let queued = || redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]);
+    wait_until(Duration::from_secs(30), || format!("{:?} tasks still queued", queued()), || queued() == Some(0));
 
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), None);

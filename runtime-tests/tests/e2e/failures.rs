@@ -11,21 +11,14 @@ use crate::test_rng;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Host, HostOptions, Redis, check, read_log, try_post_task, try_request};
+use support::{Host, HostOptions, Redis, check, read_log, try_post_task, try_request, wait_until};
 use test_rng::XorShift;
 
-/// Waits (bounded) until Redis's log stream holds `count` entries, waking on host output.
-fn wait_for_log(redis: &Redis, hosts: &[&Host], count: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let len = redis.log_len();
-        if len >= count || Instant::now() > deadline {
-            return len;
-        }
-        if let Some(host) = hosts.first() {
-            host.wait_for_lines(usize::MAX, Duration::from_millis(200), |l| l.contains("-task completed at-"));
-        }
-    }
+/// Waits until Redis's log stream holds `count` entries; fails the test, showing `host`'s
+/// stderr, if it does not within `timeout`.
+fn wait_for_log(redis: &Redis, host: &Host, count: usize, timeout: Duration) {
+    let what = || format!("{} of {count} tasks in the log; stderr:\n{}", redis.log_len(), host.stderr_text());
+    wait_until(timeout, what, || redis.log_len() >= count);
 }
 
 /// The replica that printed the most recent completion: the drainer's current leader.
@@ -61,16 +54,14 @@ fn killed_replicas_lose_nothing_and_the_survivor_keeps_draining() {
     let mut alive = vec![0, 1, 2];
     for victims_left in [2, 1] {
         let done_so_far: usize = redis.query(&["XLEN", "task_log"]);
-        let refs: Vec<&Host> = alive.iter().map(|&i| &hosts[i]).collect();
-        wait_for_log(&redis, &refs, done_so_far + users, Duration::from_secs(30));
+        wait_for_log(&redis, &hosts[alive[0]], done_so_far + users, Duration::from_secs(30));
         let victim = latest_runner(&hosts, &alive);
         hosts[victim].kill();
         alive.retain(|&i| i != victim);
         assert_eq!(alive.len(), victims_left);
     }
     let survivor = &hosts[alive[0]];
-    let done = wait_for_log(&redis, &[survivor], total, Duration::from_secs(60));
-    assert_eq!(done, total, "survivor stderr:\n{}", survivor.stderr_text());
+    wait_for_log(&redis, survivor, total, Duration::from_secs(60));
 
     let entries = read_log(survivor);
     let report = check::check(&entries, check::Rule { per_second: 1, per_minute: 0 }, Some(&acknowledged));
@@ -180,16 +171,15 @@ fn chaos() {
 
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
     for kill in 0..scale.kills {
+        // The chaos's own schedule: a kill every so often while the clients run.
         std::thread::sleep(scale.kill_every);
         if kill == scale.kills / 2 {
             // Redis dies: every replica exits as Spin does; the supervisor restarts them.
             redis.kill();
             for host in &mut hosts {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while host.exited().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                assert!(host.exited().is_some_and(|s| !s.success()), "a replica kept running without its subscription");
+                let what = || "a replica kept running without its subscription".to_string();
+                wait_until(Duration::from_secs(10), what, || host.exited().is_some());
+                assert!(host.exited().is_some_and(|s| !s.success()), "a replica exited 0 when Redis died");
             }
             redis.restart();
             hosts = (0..3).map(|_| Host::start(&redis, &options)).collect();
@@ -215,16 +205,12 @@ fn chaos() {
     let cancelled: HashSet<String> = cancelled.lock().map(|c| c.iter().cloned().collect()).unwrap_or_default();
     let expected: Vec<String> = acknowledged.iter().filter(|id| !cancelled.contains(*id)).cloned().collect();
 
-    // Every acknowledged task that was not cancelled must now run, without further requests.
-    let deadline = Instant::now() + Duration::from_secs(120 + 3 * scale.tasks_per_user as u64);
-    let entries = loop {
-        let entries = read_log(&hosts[0]);
-        let done: HashSet<&str> = entries.iter().filter_map(|e| e.task_id.as_deref()).collect();
-        if expected.iter().all(|id| done.contains(id.as_str())) || Instant::now() > deadline {
-            break entries;
-        }
-        hosts[0].wait_for_lines(usize::MAX, Duration::from_millis(500), |l| l.contains("-task completed at-"));
-    };
+    // Every acknowledged task that was not cancelled must now run, without further requests;
+    // the log is read once it is long enough (an entry too many is a duplicate, which the
+    // check below reports).
+    let timeout = Duration::from_secs(120 + 3 * scale.tasks_per_user as u64);
+    wait_for_log(&redis, &hosts[0], expected.len(), timeout);
+    let entries = read_log(&hosts[0]);
     // Nothing is queued any more, so no cancelled task can still turn up.
     assert_eq!(redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]), Some(0), "tasks are still queued");
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
