@@ -154,7 +154,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         .filter_map(|(k, v)| k.strip_prefix("SPIN_VARIABLE_").map(|name| (name.to_lowercase(), v)))
         .collect();
     variables.extend(flag_vars);
-    // Not Spin's: how long a stop waits for what runs (the tests shorten it to reach the cut).
+    // Not Spin's: how long a stop waits for what runs (a supervisor with a longer kill timeout
+    // may allow more; 0 cuts at once).
     let shutdown_grace = match std::env::var("SPIN_HOST_SHUTDOWN_GRACE_MS") {
         Ok(ms) => Duration::from_millis(
             ms.parse().map_err(|_| format!("SPIN_HOST_SHUTDOWN_GRACE_MS={ms:?} is not a number of milliseconds"))?,
