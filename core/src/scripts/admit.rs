@@ -1,8 +1,11 @@
 //! `admit.lua`: the whole admission of one task with the `redis` ledger, in one round trip.
 
-use super::shared::{Admitted, earlier, filed, tier};
-use super::{ADMIT, Call, Cursor, Earlier, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{ADMIT, Script};
+use crate::scripts::shared::Earlier;
+use crate::scripts::shared::{Admitted, earlier, filed, tier};
 
 /// Admits one task: its lane, who sent it, where the lane's ledger and the Idempotency-Key
 /// record are, the task and its policy.
@@ -94,7 +97,7 @@ impl Call for Admit<'_> {
                 Ok(Admission::Earlier {
                     earlier: earlier(reply)?,
                     now,
-                    ledger: super::shared::ledger(reply)?,
+                    ledger: crate::scripts::shared::ledger(reply)?,
                     tier: tier(reply)?,
                 })
             }

@@ -7,12 +7,12 @@
 -- cancel did it), 'completed' (completed_at), 'unknown', or 'unqueued' (a record without a
 -- queue entry: a bug).
 local member, id = ARGV[7], ARGV[8]
-local task = prefix .. 't:' .. id
+local task = prefix .. KEY_TASK .. id
 local record = redis.call('HMGET', task, 's', 'c', 'x')
 if not record[1] then return {'unknown', 0} end
 if record[2] then return {'completed', tonumber(record[2])} end
 if record[3] then return {'cancelled', tonumber(record[3])} end
-local q = prefix .. 'q:' .. member
+local q = prefix .. KEY_QUEUE .. member
 if redis.call('LREM', q, 1, record[1] .. ':' .. id) == 0 then return {'unqueued', 0} end
 local now = now_ms()
 redis.call('HSET', task, 'x', int(now))

@@ -1,7 +1,9 @@
 //! `cancel.lua`: withdraws a queued task.
 
-use super::{CANCEL, Call, Cursor, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{CANCEL, Script};
 
 /// Cancels a queued task of `lane`.
 pub struct Cancel<'a> {

@@ -1,6 +1,8 @@
 //! `count_status.lua`: counts an HTTP answer that no script counted.
 
-use super::{COUNT_STATUS, Call, Cursor, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{COUNT_STATUS, Script};
 
 pub struct CountStatus {
     pub status: u16,

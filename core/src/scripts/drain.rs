@@ -1,7 +1,9 @@
 //! `drain.lua`: the drainer's step (the lease, then what is due).
 
-use super::shared::{Completion, completions};
-use super::{Call, Cursor, DRAIN, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{DRAIN, Script};
+use crate::scripts::shared::{Completion, completions};
 
 /// Takes or renews the lease (`token`, or `handoff` it was handed), runs what is due for up
 /// to `batch` lanes, and answers when the next task is due.

@@ -1,8 +1,10 @@
 //! `file.lua`: files the tasks of one lane whose slots the `kv` ledger committed.
 
-use super::shared::{Filed, filed};
-use super::{Call, Cursor, FILE, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{FILE, Script};
+use crate::scripts::shared::{Filed, filed};
 use std::rc::Rc;
 
 /// Files `tasks` (in slot order) of one lane (of `kind`); the ledger expires `keep_ms`

@@ -1,7 +1,9 @@
 //! `key_create.lua`: stores a new API key (`auth = api_key`).
 
-use super::{Call, Cursor, KEY_CREATE, Script, Unexpected};
 use crate::keys::{Keys, UserKey};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{KEY_CREATE, Script};
 
 /// Stores the key `key_id` of `user_id` (its SHA-256, lowercase hex).
 pub struct KeyCreate<'a> {

@@ -3,7 +3,7 @@ local ids = redis.call('SMEMBERS', ARGV[7])
 table.sort(ids)
 local out = {}
 for _, id in ipairs(ids) do
-  local created = redis.call('HGET', prefix .. 'apikey:' .. id, 'c')
+  local created = redis.call('HGET', prefix .. KEY_API_KEY .. id, 'c')
   if created then
     out[#out + 1] = id
     out[#out + 1] = created

@@ -1,7 +1,9 @@
 //! `key_list.lua`: a user's API keys.
 
-use super::{Call, Cursor, KEY_LIST, Script, Unexpected};
 use crate::keys::{Keys, UserKey};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{KEY_LIST, Script};
 
 pub struct KeyList<'a> {
     pub keys: &'a Keys,

@@ -1,7 +1,9 @@
 //! `key_revoke.lua`: deletes an API key.
 
-use super::{Call, Cursor, KEY_REVOKE, Script, Unexpected};
 use crate::keys::Keys;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{KEY_REVOKE, Script};
 
 pub struct KeyRevoke<'a> {
     pub keys: &'a Keys,

@@ -1,5 +1,6 @@
--- Shared by every script (scripts.rs puts it before the scripts' bodies, after
--- `lateness_buckets_ms`): the configuration, and the functions that run tasks. Loaded once
+-- Shared by every script (scripts.rs puts it before the scripts' bodies, after what it takes
+-- from Rust: the key words `KEY_*` of keys.rs, `DEFAULT_KIND` and `lateness_buckets_ms`): the
+-- configuration, and the functions that run tasks. Loaded once
 -- as a Redis Functions library (or sent with each script where Redis refuses functions), so
 -- the configuration is not read here but by `configure`, which every call runs first: ARGV[1..6].
 -- A script's own arguments start at ARGV[7].
@@ -22,8 +23,8 @@ local counted
 local function configure(argv)
   prefix, log_key, task_ttl = argv[1], argv[2], tonumber(argv[3])
   default_spec, history, history_ms = argv[4], tonumber(argv[5]), tonumber(argv[6])
-  due_key, lease_key = prefix .. 'due', prefix .. 'lease'
-  metrics_key, kick_key, tick_channel = prefix .. 'metrics', prefix .. 'kick', prefix .. 'tick'
+  due_key, lease_key = prefix .. KEY_DUE, prefix .. KEY_LEASE
+  metrics_key, kick_key, tick_channel = prefix .. KEY_METRICS, prefix .. KEY_KICK, prefix .. KEY_TICK
   counted = {}
 end
 
@@ -142,14 +143,14 @@ end
 -- When the lane's head task (queue entry `head`) may start, by the rule on its completions.
 local function head_start(member, head)
   local slot, id = split(head)
-  local record = redis.call('HMGET', prefix .. 't:' .. id, 'l', 'w')
+  local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'l', 'w')
   local windows, cost = task_rule(record[1], record[2])
-  return earliest_start(recent_completions(prefix .. 'done:' .. member, windows), slot, windows, cost)
+  return earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
 end
 
 -- Whether the lane's queue already holds `max_backlog` tasks (0: no limit; SPEC §2's 429).
 local function backlog_full(member, max_backlog)
-  return max_backlog > 0 and redis.call('LLEN', prefix .. 'q:' .. member) >= max_backlog
+  return max_backlog > 0 and redis.call('LLEN', prefix .. KEY_QUEUE .. member) >= max_backlog
 end
 
 -- Records that task `id` (slot `slot`, of `user`, `kind`, `cost`, policy `spec` and its
@@ -171,7 +172,7 @@ local function complete(done, task, fields, now, out)
   for _, bound in ipairs(lateness_buckets_ms) do
     if late <= bound then count('lateness_le:' .. bound, 1) break end
   end
-  local record = prefix .. 't:' .. id
+  local record = prefix .. KEY_TASK .. id
   table.insert(fields, 'c')
   table.insert(fields, int(now))
   redis.call('HSET', record, unpack(fields))
@@ -189,8 +190,8 @@ end
 -- Runs the lane's head tasks that may start at `now`, appending each completion to `out`,
 -- and files the lane under the instant its next head task may start.
 local function run_due(member, now, out)
-  local q = prefix .. 'q:' .. member
-  local done = prefix .. 'done:' .. member
+  local q = prefix .. KEY_QUEUE .. member
+  local done = prefix .. KEY_DONE .. member
   while true do
     local head = redis.call('LINDEX', q, 0)
     if not head then
@@ -200,7 +201,7 @@ local function run_due(member, now, out)
     local slot, id = split(head)
     -- The task's user, payload, kind, cost and policy (absent: no payload, the `default`
     -- kind, 1 unit, the default policy).
-    local record = redis.call('HMGET', prefix .. 't:' .. id, 'u', 'p', 'k', 'w', 'l')
+    local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'u', 'p', 'k', 'w', 'l')
     local windows, cost = task_rule(record[5], record[4])
     local completions = recent_completions(done, windows)
     local at = earliest_start(completions, slot, windows, cost)
@@ -210,7 +211,7 @@ local function run_due(member, now, out)
     end
     redis.call('LPOP', q)
     count('queued', -1)
-    local task = {id = id, slot = slot, user = record[1] or '', kind = record[3] or 'default', cost = cost,
+    local task = {id = id, slot = slot, user = record[1] or '', kind = record[3] or DEFAULT_KIND, cost = cost,
       spec = record[5] or default_spec, windows = windows, completions = completions, payload = record[2] or nil}
     complete(done, task, {}, now, out)
   end
@@ -245,7 +246,7 @@ end
 -- kind, cost and policy only where they differ from the defaults. Returns `['filed', now,
 -- k, (status, completed_at | queue position)×k, completions…]`.
 local function file_tasks(member, user, kind, now, tasks)
-  local q = prefix .. 'q:' .. member
+  local q = prefix .. KEY_QUEUE .. member
   -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
   -- (what RPUSH answers), or false.
   local entries = {}
@@ -262,7 +263,7 @@ local function file_tasks(member, user, kind, now, tasks)
     if idem ~= '' then redis.call('SET', idem, id, 'PX', task_ttl) end
     local fields = {'u', user, 's', slot_s}
     if payload ~= '' then table.insert(fields, 'p') table.insert(fields, payload) end
-    if kind ~= 'default' then table.insert(fields, 'k') table.insert(fields, kind) end
+    if kind ~= DEFAULT_KIND then table.insert(fields, 'k') table.insert(fields, kind) end
     if task.cost ~= 1 then table.insert(fields, 'w') table.insert(fields, task.cost) end
     if task.spec ~= default_spec then table.insert(fields, 'l') table.insert(fields, task.spec) end
     local entry = slot_s .. ':' .. id
@@ -274,7 +275,7 @@ local function file_tasks(member, user, kind, now, tasks)
     local runs_now = false
     if not tail and slot <= now then
       local windows = windows_of(task.spec)
-      local done = prefix .. 'done:' .. member
+      local done = prefix .. KEY_DONE .. member
       local completions = recent_completions(done, windows)
       if earliest_start(completions, slot, windows, task.cost) <= now then
         local ran = {id = id, slot = slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
@@ -286,7 +287,7 @@ local function file_tasks(member, user, kind, now, tasks)
     end
     local position = false
     if not runs_now then
-      redis.call('HSET', prefix .. 't:' .. id, unpack(fields))
+      redis.call('HSET', prefix .. KEY_TASK .. id, unpack(fields))
       queued_now = queued_now + 1
       -- Usually the tail: insert after the last entry with a slot no later than ours.
       if not tail or split(tail) <= slot then

@@ -1,8 +1,8 @@
 //! The task log stream's entries (written by `complete` in `lib.lua`), as `XRANGE` gives
 //! them.
 
-use super::reply::{Cursor, Reply, Unexpected, parse_int};
-use super::shared::{Completion, cost, kind, payload};
+use crate::scripts::reply::{Cursor, Reply, Unexpected, parse_int};
+use crate::scripts::shared::{Completion, cost, kind, payload};
 use std::collections::HashMap;
 
 /// The fields a log entry can have.

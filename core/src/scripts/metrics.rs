@@ -1,6 +1,8 @@
 //! `metrics.lua`: every counter behind `/metrics`.
 
-use super::{Call, Cursor, METRICS, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{METRICS, Script};
 
 /// Every counter of the metrics hash, and the number of lanes with queued tasks.
 pub struct Metrics;

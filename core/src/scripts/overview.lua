@@ -14,13 +14,13 @@ local reply = {now_ms(), tonumber(redis.call('HGET', metrics_key, 'queued') or '
 local next = redis.call('ZRANGE', due_key, 0, soonest - 1, 'WITHSCORES')
 table.insert(reply, #next / 2)
 for i = 1, #next, 2 do
-  local q = prefix .. 'q:' .. next[i]
+  local q = prefix .. KEY_QUEUE .. next[i]
   local head = redis.call('LINDEX', q, 0)
-  local user, kind = '', 'default'
+  local user, kind = '', DEFAULT_KIND
   if head then
     local _, id = split(head)
-    local record = redis.call('HMGET', prefix .. 't:' .. id, 'u', 'k')
-    user, kind = record[1] or '', record[2] or 'default'
+    local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'u', 'k')
+    user, kind = record[1] or '', record[2] or DEFAULT_KIND
   end
   for _, v in ipairs({user, kind, redis.call('LLEN', q), tonumber(next[i + 1])}) do table.insert(reply, v) end
 end
@@ -30,20 +30,20 @@ for _, entry in ipairs(log) do
   local f = {}
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
   for _, v in ipairs({f.task_id or '', f.user_id or '', f.slot or '0', f.completed_at or '0', f.payload or '',
-      f.kind or 'default', f.cost or '1'}) do
+      f.kind or DEFAULT_KIND, f.cost or '1'}) do
     table.insert(reply, v)
   end
 end
 for a = 11, #ARGV do
   local member = ARGV[a]
-  local waiting = redis.call('LRANGE', prefix .. 'q:' .. member, 0, queued_max - 1)
+  local waiting = redis.call('LRANGE', prefix .. KEY_QUEUE .. member, 0, queued_max - 1)
   table.insert(reply, #waiting)
   for _, e in ipairs(waiting) do
     local slot, id = split(e)
-    local record = redis.call('HMGET', prefix .. 't:' .. id, 'p', 'w')
+    local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'p', 'w')
     for _, v in ipairs({id, slot, record[1] or '', record[2] or '1'}) do table.insert(reply, v) end
   end
-  local done = redis.call('LRANGE', prefix .. 'done:' .. member, 0, -1)
+  local done = redis.call('LRANGE', prefix .. KEY_DONE .. member, 0, -1)
   table.insert(reply, #done)
   for _, t in ipairs(done) do table.insert(reply, t) end
 end

@@ -1,8 +1,10 @@
 //! `overview.lua`: a bounded snapshot of the queue and the log for the page.
 
-use super::shared::{Completion, completion, cost_item, history, payload_item, tier};
-use super::{Call, Cursor, OVERVIEW, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{OVERVIEW, Script};
+use crate::scripts::shared::{Completion, completion, cost_item, history, payload_item, tier};
 use crate::slot::Spent;
 use serde_json::value::RawValue;
 

@@ -7,9 +7,9 @@ local now = now_ms()
 local out = {}
 run_due(member, now, out)
 wake_drainer()
-local record = redis.call('HMGET', prefix .. 't:' .. id, 'c', 'k')
+local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'c', 'k')
 if record[1] then
-  local kind = record[2] or 'default'
+  local kind = record[2] or DEFAULT_KIND
   count_answer('queued', kind, -1)
   count_answer('inline', kind)
   return append({'completed', tonumber(record[1]), now}, out)

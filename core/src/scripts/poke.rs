@@ -1,8 +1,10 @@
 //! `poke.lua`: runs a lane's due head tasks now, and says where one task stands.
 
-use super::shared::{Admitted, completions, placement};
-use super::{Call, Cursor, POKE, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{POKE, Script};
+use crate::scripts::shared::{Admitted, completions, placement};
 
 /// Runs the lane's due head tasks now; `task_id`'s placement afterwards.
 pub struct Poke<'a> {

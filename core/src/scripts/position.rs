@@ -1,7 +1,9 @@
 //! `position.lua`: a task's place in its lane's queue.
 
-use super::{Call, Cursor, POSITION, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{POSITION, Script};
 
 /// The task's 1-based place in its lane's queue, 0 if it is not queued.
 pub struct Position<'a> {

@@ -1,8 +1,11 @@
 //! `prepare.lua`: what an admission with the `kv` ledger starts from.
 
-use super::shared::{earlier, tier};
-use super::{Call, Cursor, Earlier, PREPARE, Script, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{PREPARE, Script};
+use crate::scripts::shared::Earlier;
+use crate::scripts::shared::{earlier, tier};
 
 /// Reads the Redis clock, an earlier request's task, the lane's backlog and the user's tier,
 /// and reserves the Idempotency-Key when there is room.

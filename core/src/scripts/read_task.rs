@@ -1,7 +1,9 @@
 //! `read_task.lua`: a task's record.
 
-use super::shared::{cost, kind, payload};
-use super::{Call, Cursor, READ_TASK, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{READ_TASK, Script};
+use crate::scripts::shared::{cost, kind, payload};
 use serde_json::value::RawValue;
 
 /// A task's record; `count` makes the script count the answer it makes (200, or 404 for
@@ -44,7 +46,8 @@ impl Call for ReadTask<'_> {
         let (Some(user), Some(slot)) = (user, slot) else {
             return Ok(None);
         };
-        let int = |b: &[u8]| super::reply::parse_int(b).ok_or_else(|| reply.fail("a stored time is not an integer"));
+        let int =
+            |b: &[u8]| crate::scripts::reply::parse_int(b).ok_or_else(|| reply.fail("a stored time is not an integer"));
         Ok(Some(TaskRecord {
             user_id: String::from_utf8_lossy(user).into_owned(),
             slot: int(slot)?,

@@ -1,6 +1,8 @@
 //! `release.lua`: drops an Idempotency-Key reservation that never named a task.
 
-use super::{Call, Cursor, RELEASE, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{RELEASE, Script};
 
 /// Drops the reservation at `idempotency_key` (the record's key) if it is still only that.
 pub struct Release<'a> {

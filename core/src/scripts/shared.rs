@@ -1,8 +1,8 @@
 //! What several scripts answer alike: the completions of tasks a call ran, a filed task's
 //! placement (`file_tasks` in `lib.lua`), and the stored values of a task record.
 
-use super::reply::{Cursor, Unexpected, parse_int};
 use crate::policy::DEFAULT_KIND;
+use crate::scripts::reply::{Cursor, Unexpected, parse_int};
 use crate::slot::Spent;
 use serde_json::value::RawValue;
 

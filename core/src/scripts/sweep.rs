@@ -1,6 +1,8 @@
 //! `sweep.lua`: wakes the drainer if tasks wait and nobody leads (`GET /healthz`).
 
-use super::{Call, Cursor, SWEEP, Script, Unexpected};
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{SWEEP, Script};
 
 /// Wakes the drainer if tasks wait and nobody leads, and counts the probe's 200.
 pub struct Sweep;

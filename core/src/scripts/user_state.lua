@@ -8,7 +8,7 @@
 local reply = {now_ms(), redis.call('GET', ARGV[7]) or ''}
 for a = 8, #ARGV, 2 do
   local member, ledger_key = ARGV[a], ARGV[a + 1]
-  local q = prefix .. 'q:' .. member
+  local q = prefix .. KEY_QUEUE .. member
   table.insert(reply, redis.call('LLEN', q))
   local head = redis.call('LINDEX', q, 0)
   if head then
@@ -28,7 +28,7 @@ for a = 8, #ARGV, 2 do
     table.insert(reply, 0)
     table.insert(reply, '')
   end
-  local done = redis.call('LRANGE', prefix .. 'done:' .. member, 0, -1)
+  local done = redis.call('LRANGE', prefix .. KEY_DONE .. member, 0, -1)
   table.insert(reply, #done)
   for _, t in ipairs(done) do table.insert(reply, t) end
 end

@@ -1,8 +1,10 @@
 //! `user_state.lua`: one user's state for `GET /api/v1/users/{id}`.
 
-use super::shared::{history, ledger, tier};
-use super::{Call, Cursor, Script, USER_STATE, Unexpected};
 use crate::keys::LaneKey;
+use crate::scripts::call::Call;
+use crate::scripts::reply::{Cursor, Unexpected};
+use crate::scripts::script::{Script, USER_STATE};
+use crate::scripts::shared::{history, ledger, tier};
 use crate::slot::Spent;
 
 /// The user's tier (at `tier_key`) and each lane given as (lane, ledger key if the ledger is
