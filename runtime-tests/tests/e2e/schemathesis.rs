@@ -1,10 +1,11 @@
 //! schemathesis (property-based API testing, from PyPI) against the app's own OpenAPI document
 //! over real HTTP: it generates requests from the contract, valid and invalid, and checks every
 //! answer against it (`--checks all`, but for one check that is wrong for this API, below).
-//! `runtime-tests/schemathesis.toml` bounds the run and lists the answers that depend on state
-//! or on limits a schema cannot state; `runtime-tests/schemathesis_hooks.py` fits the document to
-//! this host's configuration (its kinds and tiers) and keeps out header bytes Spin refuses before
-//! the app runs. Any finding fails the test, with schemathesis's report.
+//! The document is the one the host serves, unpatched: it names this host's kinds, tiers and
+//! security itself. `runtime-tests/schemathesis.toml` bounds the run and lists the answers that
+//! depend on state or on limits a schema cannot state; `runtime-tests/schemathesis_hooks.py`
+//! only keeps out header bytes Spin refuses before the app runs. Any finding fails the test,
+//! with schemathesis's report.
 //!
 //! schemathesis lives in a venv that `runtime-tests/test.sh` creates (`target/schemathesis-venv`).
 
@@ -25,12 +26,11 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
         schemathesis.display()
     );
     let redis = Redis::start();
-    // Kinds and a tier so that those parts of the contract are reachable, each window admitting
-    // 1000 units so that every cost the contract allows can run (a cost over the smallest quota
-    // is a 422 that depends on the configuration); the admin token so that the admin routes are
-    // exercised past their 401.
-    let policies =
-        r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"]}, "tiers": {"pro": {"email": ["1000/10s"]}}}"#;
+    // Several kinds and tiers, each window admitting 1000 units so that every cost the contract
+    // allows can run (a cost over the smallest quota is a 422 that depends on the configuration);
+    // the admin token so that the admin routes are exercised past their 401.
+    let policies = r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"], "report": ["1000/10s", "1000/24h"]},
+        "tiers": {"pro": {"email": ["1000/10s"]}, "team": {"report": ["1000/1s"]}, "free": {}}}"#;
     let host = Host::start(
         &redis,
         &HostOptions {
@@ -42,7 +42,6 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
     let _ = std::fs::create_dir_all(&scratch);
     let output = Command::new(&schemathesis)
         .env("SCHEMATHESIS_HOOKS", root.join("runtime-tests/schemathesis_hooks.py"))
-        .env("TASK_API_POLICIES", policies)
         .arg("--config-file")
         .arg(root.join("runtime-tests/schemathesis.toml"))
         .arg("--no-color")
