@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --target wasm32-wasip2 --release && cargo build -p runtime-tests --bins
 //! target/debug/bench                 # every scenario at full size (several minutes)
-//! target/debug/bench --smoke         # seconds; CI runs this
+//! target/debug/bench --smoke         # every scenario small (~2-3 min, mostly starting hosts); CI runs this
 //! target/debug/bench --scenario admission --rates 500,1000,2000 --duration-s 10
 //! target/debug/bench --scenario saturation
 //! # against `spin up` (the app on :3000, a do-nothing component on :3001, both on this Redis):
