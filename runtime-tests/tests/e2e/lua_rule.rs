@@ -13,7 +13,6 @@ use crate::test_rng;
 use support::Redis;
 use test_rng::XorShift;
 
-const LIB: &str = include_str!("../../../core/src/scripts/lib.lua");
 const ADMIT: &str = include_str!("../../../core/src/scripts/admit.lua");
 
 /// Window lengths the cases draw from: SPEC §1's two and others up to a day.
@@ -38,10 +37,11 @@ fn random_cost(rng: &mut XorShift, windows: &[slot::Window]) -> u32 {
     if rng.next(2) == 0 { 1 } else { 1 + rng.next(u64::from(most)) as u32 }
 }
 
-/// The shared header of every script (ARGV[1..6], `lib.lua`): prefix, log key, task TTL,
-/// default policy, history kept (entries, ms).
+/// The shared header of every script (ARGV[1..6], `lib.lua`), as the app builds it: prefix,
+/// log key, task TTL, default policy, history kept (entries, ms).
 fn header(spec: &str) -> Vec<String> {
-    ["taskq:", "task_log", "86400000", spec, "25", "86400000"].iter().map(|s| s.to_string()).collect()
+    let keys = task_core::keys::Keys::new("taskq:", "task_log");
+    task_core::scripts::Header { keys: &keys, default_spec: spec, history: 25, history_ms: 86_400_000 }.argv().to_vec()
 }
 
 /// 2,000 random cases: policies of 0–3 windows from 1 s to 24 h, completion histories of
@@ -52,8 +52,10 @@ fn lua_earliest_start_agrees_with_slot_next_slot() {
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
     let mut conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
+    // lib.lua after what the app declares before it (key words, the default kind, buckets).
+    let lib = task_core::scripts::prelude();
     let script = format!(
-        "local lateness_buckets_ms = {{}}\n{LIB}\nconfigure(ARGV)\nlocal windows = windows_of(ARGV[7])\n\
+        "{lib}\nconfigure(ARGV)\nlocal windows = windows_of(ARGV[7])\n\
          return earliest_start(recent_completions(KEYS[1], windows), tonumber(ARGV[8]), windows, tonumber(ARGV[9]))"
     );
     let mut rng = XorShift(0xA076_1D64_78BD_642F);
@@ -107,7 +109,8 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
     let mut conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
-    let script = format!("local lateness_buckets_ms = {{}}\n{LIB}\nconfigure(ARGV)\n{ADMIT}");
+    let lib = task_core::scripts::prelude();
+    let script = format!("{lib}\nconfigure(ARGV)\n{ADMIT}");
     let mut rng = XorShift(0x94D0_49BB_1331_11EB);
     let (mut constrained, mut refused) = (0, 0);
     for case in 0..1_000 {
