@@ -12,14 +12,16 @@
 //! - `clock`: the clock the waiting loops take (`Clock`), and a manual one for their tests.
 //! - `ledger`: a lane's ledger of recent slots (its stored format) and the compare-and-set
 //!   loop that commits slots over any `LedgerStore`.
-//! - `keys`: every Redis and key-value key the app writes, and the id shapes (user ids are
-//!   encoded so they cannot collide; lanes; task ids).
-//! - `scripts`: the Lua scripts (`scripts/*.lua`), their library, and what each one's
-//!   arguments and reply are.
+//! - `keys`: every Redis and key-value key the app writes and the words they are built from
+//!   (the Lua gets them from here), and the id shapes (user ids are encoded so they cannot
+//!   collide; lanes; task ids).
+//! - `scripts`: the Lua scripts (`scripts/*.lua`) and their library; beside each `.lua`, its
+//!   contract as one type (`scripts/admit.rs`: its arguments, and its reply read with a
+//!   cursor that must reach the end).
 //!
 //! To add a field to a task: the task record's hash fields are listed in `keys` and written
-//! by `scripts/lib.lua` (`file_tasks`); the reply that carries it back is parsed in
-//! `scripts`; the component's `http::tasks` shows it.
+//! by `scripts/lib.lua` (`file_tasks`); `scripts/read_task.lua` reads it back and
+//! `scripts/read_task.rs` parses it into `TaskRecord`; the component's `http::tasks` shows it.
 
 pub mod clock;
 pub mod credentials;
