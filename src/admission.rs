@@ -133,7 +133,7 @@ pub async fn admit(config: &Config, new: &NewTask<'_>) -> Result<Outcome, AdmitE
         new,
         overrides,
     };
-    let clock = SpinClock::new();
+    let clock = SpinClock::default();
     match config.ledger {
         LedgerBackend::Redis => admit_in_one_script(config, &queue, &request, &clock).await,
         LedgerBackend::Kv => admit_with_kv(config, &queue, &request, &clock).await,

@@ -22,8 +22,9 @@ pub struct SpinClock {
     start: std::time::Instant,
 }
 
-impl SpinClock {
-    pub fn new() -> SpinClock {
+impl Default for SpinClock {
+    /// A clock whose `now` counts from its creation.
+    fn default() -> SpinClock {
         SpinClock { start: std::time::Instant::now() }
     }
 }

@@ -66,7 +66,7 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     };
     let config = Config::drainer().await?;
     let queue = Queue::connect(&config).await.map_err(store_error)?;
-    lead_or_stand_by(&queue, &SpinClock::new(), &new_task_id(), handoff).await.map_err(store_error)
+    lead_or_stand_by(&queue, &SpinClock::default(), &new_task_id(), handoff).await.map_err(store_error)
 }
 
 /// What the drainer asks of the store: the queue in Redis, or a script of answers in tests.

@@ -39,9 +39,8 @@ pub mod queue;
 use task_core::{keys, ledger, policy, scripts, slot};
 
 /// The HTTP component: every route of `http::handle`. The entry points exist only in the
-/// `.wasm`: natively (the fuzz targets link this crate) the rlib's cdylib twin would export
-/// names such as `[async-lift]spin:redis/…`, which the native linker's version script cannot
-/// spell.
+/// `.wasm`: natively (clippy, the unit tests) a cdylib would export names such as
+/// `[async-lift]spin:redis/…`, which the native linker's version script cannot spell.
 #[cfg(target_arch = "wasm32")]
 #[spin_sdk::http_service]
 async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
@@ -54,7 +53,3 @@ async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
 async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     drainer::on_message(message).await
 }
-
-#[cfg(test)]
-#[path = "../core/src/test_rng.rs"]
-mod test_rng;

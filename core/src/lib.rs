@@ -33,4 +33,4 @@ pub mod scripts;
 pub mod slot;
 
 #[cfg(test)]
-mod test_rng;
+pub(crate) mod test_rng;

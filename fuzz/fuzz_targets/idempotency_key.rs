@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use task_api::http::tasks::{MAX_IDEMPOTENCY_KEY, check_idempotency_key};
-use task_api::keys::{Keys, UserKey};
+use task_core::keys::{Keys, UserKey};
+use task_core::request::{MAX_IDEMPOTENCY_KEY, check_idempotency_key};
 
 fuzz_target!(|data: &[u8]| {
     let visible =

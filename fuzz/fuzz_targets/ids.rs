@@ -5,10 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use task_api::http::percent_decode;
-use task_api::http::tasks::MAX_USER_ID_CHARS;
-use task_api::http::users::decode_user_id;
-use task_api::keys::{Keys, TASK_ID_LEN, UserKey, is_task_id};
+use task_core::keys::{Keys, TASK_ID_LEN, UserKey, is_task_id};
+use task_core::request::{MAX_USER_ID_CHARS, decode_user_id, percent_decode};
 
 /// Every byte but the unreserved ones as `%XX`: valid input to either decoding mode.
 fn encode(text: &str) -> String {

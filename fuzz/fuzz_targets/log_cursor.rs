@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 use std::sync::LazyLock;
-use task_api::http::admin::parse_stream_id;
+use task_core::request::parse_stream_id;
 
 /// The pattern of `after` in the document the app serves.
 static CONTRACT: LazyLock<Regex> = LazyLock::new(|| {

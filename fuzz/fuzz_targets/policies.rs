@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use task_api::policy::{MAX_QUOTA, MAX_WINDOW_MS, MIN_WINDOW_MS, Policies, Policy};
+use task_core::policy::{MAX_QUOTA, MAX_WINDOW_MS, MIN_WINDOW_MS, Policies, Policy};
 
 /// `"<q>/<ms>,..."` as (quota, window ms) pairs.
 fn spec_windows(spec: &str) -> Vec<(u32, i64)> {

@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
-use task_api::http::tasks::{MAX_COST, MAX_PAYLOAD, MAX_USER_ID_CHARS, parse_task_body};
-use task_api::policy::{Policies, Policy};
+use task_core::policy::{Policies, Policy};
+use task_core::request::{MAX_COST, MAX_PAYLOAD, MAX_USER_ID_CHARS, parse_task_body};
 
 /// The policies of the unit tests in src/http/tasks.rs: kinds default, email and report.
 static POLICIES: LazyLock<Policies> = LazyLock::new(|| {

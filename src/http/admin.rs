@@ -1,10 +1,10 @@
 //! The operator's routes: the task log, the page's overview, `/metrics`, `/healthz`, and the
 //! admin token that guards them (and the user routes).
 
-use super::headers::insert;
-use super::{
+use super::answer::{
     Loaded, configured, counted, json_response, query_pairs, query_user_id, serialized_response, text_response,
 };
+use super::headers::insert;
 use crate::config::Config;
 use crate::keys::{LaneKey, UserKey};
 use crate::policy::{DEFAULT_KIND, Policy};
@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
+use task_core::request::{LAST_STREAM_ID, parse_stream_id};
 
 /// Log page size: default and most.
 const LOG_PAGE_DEFAULT: u32 = 1_000;
@@ -82,20 +83,6 @@ pub async fn read_log(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         insert(response.headers_mut(), HeaderName::from_static("next-cursor"), &cursor);
     }
     Ok(response)
-}
-
-/// The largest Redis stream id.
-const LAST_STREAM_ID: &str = "18446744073709551615-18446744073709551615";
-
-/// A Redis stream id: `<ms>-<seq>`, each a 64-bit unsigned decimal, leading zeros allowed as
-/// Redis allows them (Redis refuses a larger one with an error that is the client's fault,
-/// not an outage). The contract's pattern for `after` says the same (the fuzz target
-/// `log_cursor` checks that they agree).
-pub fn parse_stream_id(s: &str) -> Option<(u64, u64)> {
-    let number =
-        |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<u64>().ok() } else { None };
-    let (ms, seq) = s.split_once('-')?;
-    Some((number(ms)?, number(seq)?))
 }
 
 /// `GET /api/v1/overview[?user_id=<id>]`: a bounded snapshot for the page, with the
@@ -252,29 +239,4 @@ pub async fn health(config: &Loaded) -> Result<HttpResponse, Problem> {
     // that restarts draining after every drainer was down.
     queue.run(&crate::scripts::Sweep).await?;
     Ok(counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids() {
-        assert_eq!(parse_stream_id("1700000000000-0"), Some((1_700_000_000_000, 0)));
-        assert_eq!(parse_stream_id("0000000000000000000000000007-01"), Some((7, 1)));
-        assert_eq!(parse_stream_id(LAST_STREAM_ID), Some((u64::MAX, u64::MAX)));
-        for bad in [
-            "1700000000000",
-            "-",
-            "1-2-3",
-            "abc-1",
-            "18446744073709551616-0",
-            "0-18446744073709551616",
-            "+1-0",
-            "1-+0",
-            "1-",
-        ] {
-            assert_eq!(parse_stream_id(bad), None, "{bad}");
-        }
-    }
 }

@@ -3,10 +3,9 @@
 //! lists a user's keys without their secrets, and `DELETE /api/v1/keys/{key_id}` revokes one.
 
 use super::admin::admin;
-use super::tasks::{read_request, user_id_of};
-use super::{Loaded, ok_json, query_pairs, query_user_id, serialized_response};
+use super::answer::{Loaded, ok_json, query_pairs, query_user_id, serialized_response};
+use super::tasks::read_request;
 use crate::auth;
-use task_core::credentials::{is_key_id, key_digest};
 use crate::problem::{HttpResponse, Problem};
 use crate::queue::Queue;
 use http::{HeaderMap, StatusCode, header};
@@ -14,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use spin_sdk::http::Request;
+use task_core::credentials::{is_key_id, key_digest};
+use task_core::request::user_id_of;
 
 /// Largest `POST /api/v1/keys` body.
 const MAX_KEY_BODY: usize = 1024;

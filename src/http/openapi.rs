@@ -7,7 +7,7 @@
 //!   `jwt`, `apiKey` for `api_key`), and the admin token where it is set; a task's `user_id`
 //!   is required with `auth = none`, where nothing else names the user.
 
-use super::text_response;
+use super::answer::text_response;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::problem::{HttpResponse, Problem};

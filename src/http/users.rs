@@ -4,9 +4,9 @@
 //! admin token or (with `auth` on) the user's own credentials.
 
 use super::admin::admin;
+use super::answer::{Loaded, configured, ok_json};
 use super::headers::rate_windows;
-use super::tasks::{MAX_USER_ID_CHARS, is_user_id, read_request};
-use super::{Loaded, configured, ok_json, percent_decode};
+use super::tasks::read_request;
 use crate::auth::Caller;
 use crate::config::LedgerBackend;
 use crate::keys::{LaneKey, UserKey};
@@ -19,6 +19,7 @@ use crate::slot;
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
 use spin_sdk::http::Request;
+use task_core::request::{MAX_USER_ID_CHARS, decode_user_id};
 
 /// Largest `PUT …/tier` body.
 const MAX_TIER_BODY: usize = 1024;
@@ -29,11 +30,6 @@ fn user_id(encoded: &str) -> Result<String, Problem> {
             "the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"
         ))
     })
-}
-
-/// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, 1 to 128 characters.
-pub fn decode_user_id(encoded: &str) -> Option<String> {
-    percent_decode(encoded, false).filter(|id| is_user_id(id))
 }
 
 /// Where one user stands, in work bounded whatever their backlog: their tier and, per kind,
