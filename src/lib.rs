@@ -3,22 +3,32 @@
 //! limits allow).
 //!
 //! # Layout
-//! - `slot`: the schedule rule for any policy's windows, pure (no I/O, no clock).
-//! - `keys`: every key the app writes; user ids encoded so they cannot collide; lanes.
-//! - `config`: Spin variables read into one typed `Config`.
-//! - `ledger`: the per-user ledger of recent slots, and its compare-and-set loop over Spin's
-//!   key-value store (the `kv` backend; the `redis` one lives inside `admit.lua`).
-//! - `admission`: a validated request to a stored task, as an outcome.
-//! - `queue`: the queue, the executor and the log on Redis: one typed call per script.
-//! - `scripts`: the Lua scripts (`src/scripts/*.lua`), sent once and then called by SHA.
-//! - `deadline`: bounded waits (Spin's Redis client has no timeout).
-//! - `policy`: kinds, tiers and their windows, as data.
-//! - `http`: the HTTP API, one file per resource; routing, validation, responses and the
-//!   rate-limit fields.
-//! - `auth`: who is calling (the `auth` variable: none, JWT or API keys) and what they may do.
-//! - `problem`: RFC 9457 problem responses.
-//! - `metrics`: `/metrics` in the Prometheus text format.
+//! The rule, policies, keys, parsers and the Lua scripts' contracts are the core crate's
+//! (`task_core`, in `core/`; `slot`, `policy`, `keys`, `ledger` and `scripts` are named here
+//! as the component's own). On top of it, with Spin's APIs:
+//! - `config`: Spin variables read into one typed `Config` (the drainer reads only its own).
+//! - `queue`: the store: the instance's Redis connection, each call under a deadline, and
+//!   `Queue::run` for any script of `task_core::scripts` (`queue::eval`: `FCALL`, or
+//!   `EVALSHA` where Redis refuses functions).
+//! - `kv_ledger`: the `kv` ledger backend on Spin's key-value store (compare-and-swap checked
+//!   by reading back); the `redis` backend lives inside `admit.lua`.
+//! - `admission`: a validated request to a stored task, as an `Outcome`.
 //! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
+//! - `log`: the seed-format lines on stdout.
+//! - `deadline`: bounded waits (Spin's Redis client has no timeout) and the host clock the
+//!   waiting loops take.
+//! - `auth`: who is calling (the `auth` variable: none, JWT or API keys) and what they may do.
+//! - `http`: the HTTP API: the route table (`http/mod.rs`), one file per resource, `answer`
+//!   (what handlers answer with), `headers` (the rate-limit fields) and `openapi` (the
+//!   contract, fitted to this deployment).
+//! - `problem`: RFC 9457 problem responses, the one error type of the handlers.
+//! - `metrics`: `/metrics` in the Prometheus text format.
+//!
+//! To add a field to a task: parse it in `task_core::request` (`TaskBody`), carry it in
+//! `admission::NewTask` to `task_core::scripts::Admit` (and `File`), store it in the task's
+//! hash (`core/src/scripts/lib.lua`, `file_tasks`; the field names are listed in
+//! `task_core::keys`), read it back in `read_task`, show it in `http::answer::TaskView`, and
+//! describe it in `src/openapi.json`.
 //!
 //! One `.wasm` exports both entry points; spin.toml declares two components from it (`api`
 //! for HTTP, `drainer` for Redis messages), each with its own trigger and permissions.

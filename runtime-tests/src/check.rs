@@ -1,4 +1,4 @@
-//! Checks a task log against SPEC §1 and §7, written without reusing the app's `slot.rs`, so
+//! Checks a task log against the schedule rule (every window of each task's policy), written without reusing the app's `slot.rs`, so
 //! that a mistake there cannot hide here. Used by the `check_log` binary and by the tests.
 //!
 //! The rule on completions, per lane (user, kind), in completion order: for every entry *n*
@@ -8,7 +8,7 @@
 //! (the NDJSON `policy` field); an entry without one (a seed-format text line, or an entry
 //! written before policies existed) is held to the configured [`Rule`]: `per_second` per
 //! 1 s and `per_minute` per 60 s, each of its entries costing 1 unit. With those defaults
-//! this is SPEC §1: two completions are ≥ 1000 ms apart, and 21 consecutive ones span
+//! this is the default rule: two completions are ≥ 1000 ms apart, and 21 consecutive ones span
 //! ≥ 60000 ms.
 //!
 //! The windows are plain counts (prefix sums of the costs and a binary search per window),
@@ -136,7 +136,7 @@ pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
     Ok(at.parse().ok().map(|at| Entry::new(user_id, at)))
 }
 
-/// The limits of entries that name no policy of their own: SPEC §1's two windows.
+/// The limits of entries that name no policy of their own: the default policy's two windows (1 per 1 s, 20 per 60 s).
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
     pub per_second: usize,
@@ -186,7 +186,7 @@ pub struct Report {
     /// For entries with a slot, sorted: how long after the earliest instant the rule allowed
     /// *given the lane's actual earlier completions* each task ran (under the task's own
     /// policy and costs, after the lane's previous completion: a lane runs in order).
-    /// Lateness minus this is what a task inherited from a late predecessor (SPEC §1: a late
+    /// Lateness minus this is what a task inherited from a late predecessor (the rule holds on completion times: a late
     /// task pushes the next one back); this part is the executor's own delay.
     pub own_delay_ms: Vec<i64>,
 }

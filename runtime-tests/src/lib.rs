@@ -20,7 +20,7 @@
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
 //! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
 //!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
-//! - `check`: the SPEC §1 log checker shared by the `check_log` binary and the tests.
+//! - `check`: the schedule rule's log checker shared by the `check_log` binary and the tests.
 //! - `cluster`: redis-server and host processes plus HTTP clients (one request per
 //!   connection, or keep-alive), for tests and bench.
 

@@ -64,7 +64,7 @@ local function windows_of(spec)
   return windows
 end
 
--- slot.rs `next_slot` (SPEC §7): the earliest instant from `at` for a task of `cost` units
+-- slot.rs `next_slot`: the earliest instant from `at` for a task of `cost` units
 -- under `windows`, given the lane's earlier times (slots or completions), where `back(k)` is
 -- the k-th newest of them and its cost (1 = the newest), or nil. With `unit` every earlier
 -- cost is 1, so the task *j* of a window is found by its index instead of by walking.
@@ -111,7 +111,7 @@ local function recent_completions(done, windows)
   return {times = times, costs = costs, unit = unit}
 end
 
--- The rule applied to the lane's completion times (SPEC §1: the log is the proof).
+-- The rule applied to the lane's completion times (the log is the proof).
 local function earliest_start(completions, slot, windows, cost)
   local times, costs = completions.times, completions.costs
   local n = #times
@@ -148,7 +148,7 @@ local function head_start(member, head)
   return earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
 end
 
--- Whether the lane's queue already holds `max_backlog` tasks (0: no limit; SPEC §2's 429).
+-- Whether the lane's queue already holds `max_backlog` tasks (0: no limit; the API's 429).
 local function backlog_full(member, max_backlog)
   return max_backlog > 0 and redis.call('LLEN', prefix .. KEY_QUEUE .. member) >= max_backlog
 end

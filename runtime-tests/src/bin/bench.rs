@@ -1,4 +1,4 @@
-//! The benchmark (SPEC §6): starts its own redis-server and `spin-host` replicas on loopback,
+//! The benchmark (the performance targets in docs/numbers.md): starts its own redis-server and `spin-host` replicas on loopback,
 //! drives them, and prints a table. With `--url` it drives an app that is already running
 //! instead (under `spin up`, say), with `--redis` naming that app's Redis.
 //!
@@ -23,7 +23,7 @@
 //!   measured from when each request was due, so queueing counts) over 1,000 users, on 1
 //!   and 3 replicas.
 //! - `hot`: 200 concurrent requests for one user spread over 3 replicas, with correct and
-//!   with lossy compare-and-swap; the slots must be the exact SPEC schedule.
+//!   with lossy compare-and-swap; the slots must be the exact schedule of the rule.
 //! - `memory`: Redis memory per queued task without a payload, with a small one and with the
 //!   largest allowed (2 KiB).
 //! - `keepalive`: one keep-alive connection, requests one after another, the app's routes
@@ -50,7 +50,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Keep-alive connections of the saturation scenario (what SPIN-NOTES measured Spin with).
+/// Keep-alive connections of the saturation scenario (what the real Spin was measured with, docs/numbers.md).
 const SATURATION_CONNECTIONS: usize = 32;
 /// Users the saturation load rotates over.
 const SATURATION_USERS: usize = 1_000;
@@ -612,7 +612,7 @@ fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
     let elapsed = started.elapsed().as_secs_f64();
     let mut slots: Vec<i64> = results.iter().filter_map(|(_, slot)| *slot).collect();
     slots.sort_unstable();
-    // SPEC §1: near-simultaneous arrivals get 20 slots a second apart per minute.
+    // The default rule: near-simultaneous arrivals get 20 slots a second apart per minute.
     let exact = slots.first().is_some_and(|&first| {
         slots.iter().enumerate().all(|(k, &s)| {
             let k = k as i64;

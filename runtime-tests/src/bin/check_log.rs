@@ -1,4 +1,4 @@
-//! Checks a task log against the schedule rule (SPEC §1, §7) and reports lateness.
+//! Checks a task log against the schedule rule (every window of each task's policy) and reports lateness.
 //!
 //! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]`
 //! LOG_FILE (default: standard input) holds seed-format lines

@@ -8,7 +8,7 @@
 //! - `current` sends WATCH key, then GET key, on it;
 //! - `swap` sends MULTI / SET / EXEC on it (EXEC is nil when the key changed since the WATCH:
 //!   nothing is written), then `UNWATCH key`, which Redis rejects; Spin turns that error into
-//!   `CasFailed` on every swap, which is why SPIN-NOTES calls its answer untrustworthy;
+//!   `CasFailed` on every swap, which is why its answer cannot be trusted;
 //! - a failed swap hands back a fresh handle: another new connection, WATCH + GET on it;
 //! - a swapped handle stays in Spin's table, connection open, until the instance ends.
 //!

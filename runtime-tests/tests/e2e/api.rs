@@ -1,4 +1,4 @@
-//! SPEC §2 end to end: one test per behaviour of the status table, against a real
+//! The API end to end (docs/api.md): one test per behaviour of the status table, against a real
 //! redis-server and the real app in `spin-host`, over loopback HTTP.
 
 use crate::support;
@@ -124,7 +124,7 @@ fn a_second_task_within_the_second_is_queued_and_runs_at_its_slot() {
     assert!(completed_at - slot < 1_000, "ran {} ms late", completed_at - slot);
 }
 
-/// Every row of bad input in SPEC §2 gets its 4xx as an RFC 9457 problem, and nothing is
+/// Every kind of bad input gets its 4xx as an RFC 9457 problem, and nothing is
 /// written to Redis.
 #[test]
 fn every_bad_input_gets_a_problem_and_stores_nothing() {

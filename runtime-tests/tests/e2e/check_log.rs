@@ -46,7 +46,7 @@ fn ndjson_reports_lateness_and_respects_configured_limits() {
     assert!(out.contains("lateness_ms p50=3 p99=10 max=10"), "{out}");
 }
 
-// Lanes, costs and per-task policies (SPEC §7). Every expectation below is worked out by
+// Lanes, costs and per-task policies (docs/policies.md). Every expectation below is worked out by
 // hand from the windows: an entry at t under `q/w` may see at most q units of its lane's
 // entries (itself included) completed in (t - w, t].
 

@@ -1,4 +1,4 @@
-//! SPEC §5 end to end: replicas killed with SIGKILL, Redis killed and restarted with an
+//! Failures end to end (docs/failures.md): replicas killed with SIGKILL, Redis killed and restarted with an
 //! append-only file, and a chaos run doing both under load. Nothing acknowledged may be lost
 //! or run twice, and the log must keep the rule.
 //!

@@ -1,4 +1,4 @@
-//! The slot rule (SPEC §7) runs in Lua inside Redis twice: the executor applies it to a
+//! The slot rule runs in Lua inside Redis twice: the executor applies it to a
 //! lane's completion times (`earliest_start` in `src/scripts/lib.lua`), and the admission
 //! script with the `redis` ledger to the lane's recent slots (`src/scripts/admit.lua`). These
 //! tests run the real Lua on a real redis-server against the real `slot.rs`
@@ -15,7 +15,7 @@ use test_rng::XorShift;
 
 const ADMIT: &str = include_str!("../../../core/src/scripts/admit.lua");
 
-/// Window lengths the cases draw from: SPEC §1's two and others up to a day.
+/// Window lengths the cases draw from: the default policy's two and others up to a day.
 const LENGTHS: [i64; 6] = [1_000, 2_000, 10_000, 60_000, 3_600_000, 86_400_000];
 
 /// A random policy of 0–3 windows (quotas 1–25), as `slot.rs` and as the scripts take it.

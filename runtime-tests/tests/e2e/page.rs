@@ -116,7 +116,7 @@ fn drive_browser(script: &str, host: &Host, env: &[(&str, OsString)]) -> String 
     stdout
 }
 
-/// The default kind as SPEC §1 has it (1 per second, 20 per minute), and `email`.
+/// The default kind as the default policy has it (1 per second, 20 per minute), and `email`.
 const POLICIES: &str = r#"{"kinds": {"email": ["2/10s"]}}"#;
 const USER: &str = "browser-user";
 

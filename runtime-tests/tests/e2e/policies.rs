@@ -1,6 +1,6 @@
-//! SPEC §7 end to end: kinds with their own windows, tiers changed live, weighted tasks and
+//! Policies end to end (docs/policies.md): kinds with their own windows, tiers changed live, weighted tasks and
 //! long windows, against a real redis-server and real host processes. Expected slots come
-//! from the SPEC's formula worked by hand, not from the app's code.
+//! from the rule's formula worked by hand, not from the app's code.
 
 use crate::support;
 

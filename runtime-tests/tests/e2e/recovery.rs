@@ -1,4 +1,4 @@
-//! Issue 11 (SPEC §5): after Redis restarts, queued tasks resume with no request to wake them.
+//! Recovery (docs/failures.md): after Redis restarts, queued tasks resume with no request to wake them.
 //!
 //! Three replicas, each run by `runtime-tests/start.sh`, the supervisor a user runs: it
 //! restarts the runtime whenever it exits and probes `GET /healthz` every second. A burst of
@@ -358,7 +358,7 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
             .collect();
         due_in_outage.sort_unstable();
         // The rule holds on completion times, so a user's lateness carries over to its later
-        // tasks (SPEC §1): what this outage added is the lateness beyond what the user's last
+        // tasks (the rule holds on completion times): what this outage added is the lateness beyond what the user's last
         // task before the kill already had.
         let carried = |user: &str| -> i64 {
             entries
