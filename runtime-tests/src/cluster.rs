@@ -233,6 +233,25 @@ impl Drop for TempDir {
     }
 }
 
+/// `spin-host` serving the app on a free port against `redis`, with a runtime config (the
+/// key-value store on the same Redis) written into `config_dir`, which the caller removes.
+pub fn host_command(redis: &Redis, config_dir: &Path) -> Command {
+    let _ = std::fs::create_dir_all(config_dir);
+    let runtime_config = config_dir.join("runtime-config.toml");
+    let written = std::fs::write(
+        &runtime_config,
+        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
+    );
+    assert!(written.is_ok(), "cannot write {}", runtime_config.display());
+    let mut command = Command::new(host_binary());
+    command
+        .current_dir(repo_root())
+        .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
+        .arg(&runtime_config)
+        .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
+    command
+}
+
 impl Host {
     pub fn start(redis: &Redis, options: &HostOptions) -> Host {
         require_wasm();
@@ -240,20 +259,8 @@ impl Host {
         static HOSTS: AtomicUsize = AtomicUsize::new(0);
         let n = HOSTS.fetch_add(1, Ordering::Relaxed);
         let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{n}", std::process::id()));
-        let _ = std::fs::create_dir_all(&config_dir);
-        let runtime_config = config_dir.join("runtime-config.toml");
-        let written = std::fs::write(
-            &runtime_config,
-            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
-        );
-        assert!(written.is_ok(), "cannot write {}", runtime_config.display());
-        let mut command = Command::new(host_binary());
-        command
-            .current_dir(repo_root())
-            .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
-            .arg(&runtime_config)
-            .args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }])
-            .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
+        let mut command = host_command(redis, &config_dir);
+        command.args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }]);
         for (name, value) in &options.variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }

@@ -7,7 +7,7 @@
 //! turns error backtraces off and reads stderr behind the test's back: these tests need the
 //! exit itself and every byte of stderr up to it.
 
-use crate::support::{Redis, free_loopback_port, host_binary, repo_root, require_wasm, try_post_task};
+use crate::support::{Redis, free_loopback_port, host_binary, host_command, repo_root, require_wasm, try_post_task};
 use runtime_tests::SHUTDOWN_GRACE;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
@@ -132,19 +132,7 @@ fn host_stops_cleanly_on(signal: &str) {
     require_wasm();
     let redis = Redis::start();
     let config_dir = std::env::temp_dir().join(format!("task-api-shutdown-{}-{signal}", std::process::id()));
-    let _ = std::fs::create_dir_all(&config_dir);
-    let runtime_config = config_dir.join("runtime-config.toml");
-    let written = std::fs::write(
-        &runtime_config,
-        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
-    );
-    assert!(written.is_ok(), "cannot write {}", runtime_config.display());
-    let mut command = Command::new(host_binary());
-    command
-        .current_dir(repo_root())
-        .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
-        .arg(&runtime_config)
-        .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
+    let command = host_command(&redis, &config_dir);
     let mut host = Group::start(command);
     host.queue_tasks();
 
