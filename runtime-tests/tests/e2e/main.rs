@@ -6,9 +6,8 @@
 mod support;
 
 /// The rule's Rust twin, compared with the Lua one by `lua_rule`.
-#[path = "../../../core/src/slot.rs"]
-#[allow(dead_code)]
-mod slot;
+use task_core::slot;
+/// The core's seeded generator for random cases (test-only there, so included by path).
 #[path = "../../../core/src/test_rng.rs"]
 #[allow(dead_code)]
 mod test_rng;
