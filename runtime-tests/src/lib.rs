@@ -20,10 +20,12 @@
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
 //! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
 //!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
+//! - `backend`: a recording HTTP backend for the delivery tests and the bench.
 //! - `check`: the schedule rule's log checker shared by the `check_log` binary and the tests.
 //! - `cluster`: redis-server and host processes plus HTTP clients (one request per
 //!   connection, or keep-alive), for tests and bench.
 
+pub mod backend;
 pub mod check;
 pub mod cluster;
 pub mod host;

@@ -14,6 +14,7 @@ mod test_rng;
 
 mod api;
 mod auth;
+mod backend;
 mod bench_smoke;
 mod cancel;
 mod check_log;
