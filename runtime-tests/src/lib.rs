@@ -8,8 +8,9 @@
 //! - `host`: the `bindgen!` world, the per-instance state, and one file per interface:
 //!   `redis` (outbound Redis: a new connection per open), `key_value` (wasi:keyvalue store +
 //!   atomics on Redis's WATCH/MULTI/EXEC, a connection per CAS handle, correct or lossy
-//!   answers), `variables` (spin:variables). Each mirrors the Spin file it names, costs
-//!   included: no timeouts anywhere, as in Spin.
+//!   answers), `variables` (spin:variables), `outbound_http` (wasi:http requests: allowed
+//!   hosts, one pooled client for the process, Spin's 600 s default timeouts and its error
+//!   codes). Each mirrors the Spin file it names, costs included: no other timeouts, as in Spin.
 //! - `trigger::engine`: wasmtime configured as Spin's core configures it (epoch interruption
 //!   with a 10 ms ticker, the pooling allocator where the address space allows, a store
 //!   limiter and a guest-time call hook on every store); `spin-host` also installs Spin's
@@ -21,10 +22,13 @@
 //! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
 //!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
 //! - `backend`: a recording HTTP backend for the delivery tests and the bench.
+//! - `allowed_hosts`: `allowed_outbound_hosts` parsed and checked as Spin does (outbound
+//!   Redis and HTTP).
 //! - `check`: the schedule rule's log checker shared by the `check_log` binary and the tests.
 //! - `cluster`: redis-server and host processes plus HTTP clients (one request per
 //!   connection, or keep-alive), for tests and bench.
 
+pub mod allowed_hosts;
 pub mod backend;
 pub mod check;
 pub mod cluster;
@@ -58,10 +62,12 @@ pub struct HostConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Process-wide services shared by every instance: the key-value stores. (Outbound Redis
-/// connections belong to the instance that opened them, as in Spin.)
+/// Process-wide services shared by every instance: the key-value stores and the outbound
+/// HTTP client pool. (Outbound Redis connections belong to the instance that opened them, as
+/// in Spin.)
 pub struct Services {
     pub cas_mode: CasMode,
+    pub http: host::outbound_http::HttpClients,
     stores: HashMap<String, Store>,
 }
 
@@ -90,7 +96,7 @@ impl Services {
             };
             stores.insert(label.clone(), store);
         }
-        Ok(Services { cas_mode, stores })
+        Ok(Services { cas_mode, http: Default::default(), stores })
     }
 
     /// The backend of the key-value store `label`.
@@ -108,26 +114,6 @@ impl Services {
             Some(Store::Memory(map)) => Ok(Backend::Memory(map.clone())),
         }
     }
-}
-
-/// Whether `address` (`scheme://[user@]host:port[/db]`) is one of `allowed`; `*` matches
-/// any host or port.
-pub fn allowed_host(allowed: &[String], address: &str) -> bool {
-    fn parts(url: &str) -> Option<(String, String, String)> {
-        let (scheme, rest) = url.split_once("://")?;
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        let authority = rest.split('/').next()?;
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.to_string()),
-            None => (authority.to_string(), if scheme == "redis" { "6379".into() } else { "*".into() }),
-        };
-        Some((scheme.to_string(), host, port))
-    }
-    let Some((scheme, host, port)) = parts(address) else { return false };
-    allowed
-        .iter()
-        .filter_map(|a| parts(a))
-        .any(|(s, h, p)| s == scheme && (h == "*" || h.eq_ignore_ascii_case(&host)) && (p == "*" || p == port))
 }
 
 /// How long open connections, requests in flight and Redis handlers get to finish after the
@@ -212,21 +198,4 @@ pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Futur
     }
     drop(subscriptions);
     ended
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outbound_hosts_match_scheme_host_and_port() {
-        let allowed = vec!["redis://127.0.0.1:6379".to_string(), "redis://*:7000".to_string()];
-        assert!(allowed_host(&allowed, "redis://127.0.0.1:6379"));
-        assert!(allowed_host(&allowed, "redis://127.0.0.1:6379/0"));
-        assert!(allowed_host(&allowed, "redis://:secret@127.0.0.1:6379"));
-        assert!(allowed_host(&allowed, "redis://example.com:7000"));
-        assert!(!allowed_host(&allowed, "redis://127.0.0.1:6380"));
-        assert!(!allowed_host(&allowed, "rediss://127.0.0.1:6379"));
-        assert!(!allowed_host(&allowed, "not a url"));
-    }
 }

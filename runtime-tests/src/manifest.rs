@@ -92,7 +92,7 @@ pub struct ComponentConfig {
     pub id: String,
     pub source: PathBuf,
     pub key_value_stores: Vec<String>,
-    pub allowed_outbound_hosts: Vec<String>,
+    pub allowed_outbound_hosts: crate::allowed_hosts::AllowedHosts,
     /// What `spin:variables/get` answers, by name.
     pub variables: HashMap<String, String>,
 }
@@ -206,6 +206,12 @@ pub fn load(
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
 
     let mut app_vars = HashMap::new();
+    // The defaults alone: what Spin's loader checks templated allowed hosts with.
+    let defaults = manifest
+        .variables
+        .iter()
+        .filter_map(|(name, def)| Some((name.clone(), def.default.clone()?)))
+        .collect::<HashMap<_, _>>();
     for (name, def) in &manifest.variables {
         check_variable_name(name)?;
         let value = overrides.get(name).cloned().or_else(|| def.default.clone());
@@ -233,12 +239,9 @@ pub fn load(
             .map(|(name, template)| Ok((name.clone(), resolve(template, &app_vars)?)))
             .collect::<anyhow::Result<HashMap<_, _>>>()
             .with_context(|| format!("component {id:?} variables"))?;
-        let allowed_outbound_hosts = def
-            .allowed_outbound_hosts
-            .iter()
-            .map(|t| resolve(t, &app_vars))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| format!("component {id:?} allowed_outbound_hosts"))?;
+        let allowed_outbound_hosts =
+            crate::allowed_hosts::AllowedHosts::load(&def.allowed_outbound_hosts, &defaults, &app_vars)
+                .with_context(|| format!("component {id:?} allowed_outbound_hosts"))?;
         components.insert(
             id.clone(),
             Arc::new(ComponentConfig {
@@ -374,7 +377,8 @@ mod tests {
         let app = load(&root, None, &overrides)?;
         let api = &app.components["api"];
         assert_eq!(api.variables["redis_address"], "redis://127.0.0.1:7000");
-        assert_eq!(api.allowed_outbound_hosts, vec!["redis://127.0.0.1:7000".to_string()]);
+        assert!(api.allowed_outbound_hosts.check_url("redis://127.0.0.1:7000", "redis"));
+        assert!(!api.allowed_outbound_hosts.check_url("redis://127.0.0.1:6379", "redis"));
         assert!(app.redis_triggers.iter().any(|(a, c, _)| a == "redis://127.0.0.1:7000" && c == "taskq:tick"));
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! linker with WASI (p2 for Rust's std, p3 for the SDK), wasi:http and our interfaces.
 
 pub mod key_value;
+pub mod outbound_http;
 pub mod redis;
 pub mod variables;
 
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
+    /// Outbound wasi:http: this component's allowed hosts and the process's client pool.
+    pub outbound_http: outbound_http::Hooks,
     /// The component's manifest settings and the process-wide shared services.
     pub component: Arc<ComponentConfig>,
     pub services: Arc<crate::Services>,
@@ -57,6 +60,7 @@ impl Ctx {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
+            outbound_http: outbound_http::Hooks { component: component.clone(), clients: services.http.clone() },
             component,
             services,
             redis_connections: 0,
@@ -75,7 +79,7 @@ impl WasiView for Ctx {
 
 impl WasiHttpView for Ctx {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { hooks: wasmtime_wasi_http::p3::default_hooks(), table: &mut self.table, ctx: &mut self.http }
+        WasiHttpCtxView { hooks: &mut self.outbound_http, table: &mut self.table, ctx: &mut self.http }
     }
 }
 

@@ -52,10 +52,9 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
     ) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
         let (allowed, open) = accessor.with(|mut view| {
             let ctx = view.get();
-            (crate::allowed_host(&ctx.component.allowed_outbound_hosts, &address), ctx.redis_connections)
+            (ctx.component.allowed_outbound_hosts.check_url(&address, "redis"), ctx.redis_connections)
         });
         if !allowed {
-            eprintln!("spin-host: component may not connect to {address:?} (allowed_outbound_hosts)");
             return Ok(Err(Error::InvalidAddress));
         }
         if open >= MAX_CONNECTIONS_PER_INSTANCE {
