@@ -1,20 +1,29 @@
 //! Checks a task log against the schedule rule (every window of each task's policy), written without reusing the app's `slot.rs`, so
 //! that a mistake there cannot hide here. Used by the `check_log` binary and by the tests.
 //!
-//! The rule on completions, per lane (user, kind), in completion order: for every entry *n*
-//! and every window (`q` units per `w` ms) of the policy *n* was admitted under, the costs of
-//! the lane's entries completed in `(completed_at[n] - w, completed_at[n]]`, *n* and the
-//! entries before it included, add up to at most `q`. The policy comes from the entry itself
-//! (the NDJSON `policy` field); an entry without one (a seed-format text line, or an entry
-//! written before policies existed) is held to the configured [`Rule`]: `per_second` per
-//! 1 s and `per_minute` per 60 s, each of its entries costing 1 unit. With those defaults
+//! The rule, per lane (user, kind), in the order of the instants the windows count: for every
+//! entry *n* and every window (`q` units per `w` ms) of the policy *n* was admitted under, the
+//! costs of the lane's entries counted in `(at[n] - w, at[n]]`, *n* and the entries before it
+//! included, add up to at most `q`. An entry's instant is its `completed_at`, or for a
+//! delivery attempt (an entry with `started_at`) its `started_at`: the windows count attempt
+//! starts, every attempt's, retried and failed ones included. The policy comes from the entry
+//! itself (the NDJSON `policy` field); an entry without one (a seed-format text line, or an
+//! entry written before policies existed) is held to the configured [`Rule`]: `per_second`
+//! per 1 s and `per_minute` per 60 s, each of its entries costing 1 unit. With those defaults
 //! this is the default rule: two completions are ≥ 1000 ms apart, and 21 consecutive ones span
 //! ≥ 60000 ms.
+//!
+//! A task ends with one entry: a plain entry, a delivery attempt without `outcome` (it
+//! completed the task) or with `outcome: "failed"`; attempts with `outcome: "retry"` are not
+//! endings. A task that ends twice is duplicated. With a concurrency bound for a kind
+//! ([`check_with_concurrency`]), at most that many attempts of each of its lanes may be in
+//! flight (`[started_at, completed_at]`) at any instant.
 //!
 //! The windows are plain counts (prefix sums of the costs and a binary search per window),
 //! so a log of 250,000 entries in one lane is checked in well under a second.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 /// The kind of an entry that names none.
 pub const DEFAULT_KIND: &str = "default";
@@ -26,14 +35,26 @@ pub struct Window {
     pub window_ms: i64,
 }
 
-/// One completed task as the log shows it. `task_id`, `slot`, `kind`, `cost` and `policy`
-/// exist only in the NDJSON form of the log; the seed-format text lines carry just the user
-/// and the time (and stand for the `default` kind, 1 unit, no policy of their own).
+/// How a failed delivery attempt ended (the NDJSON `outcome` field; absent on the attempt
+/// that completed its task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The attempt failed and the task will be tried again: not the end of the task.
+    Retry,
+    /// The task's last attempt failed: the task ended, failed.
+    Failed,
+}
+
+/// One log entry: a completed task, or one ended delivery attempt (`started_at` is `Some`).
+/// `task_id`, `slot`, `kind`, `cost`, `policy` and the delivery fields exist only in the NDJSON
+/// form of the log; the seed-format text lines carry just the user and the time (and stand for
+/// the `default` kind, 1 unit, no policy of their own).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub task_id: Option<String>,
     pub user_id: String,
     pub slot: Option<i64>,
+    /// When the task completed, or when this attempt ended.
     pub completed_at: i64,
     /// The task's kind: with `user_id`, its lane.
     pub kind: String,
@@ -43,11 +64,23 @@ pub struct Entry {
     /// none for `""`: no limit). `None`: the entry names no policy and is held to the
     /// [`Rule`] given to [`check`].
     pub policy: Option<Vec<Window>>,
+    /// A delivery attempt: when it was claimed (Redis's clock). The windows count this instant.
+    pub started_at: Option<i64>,
+    /// A delivery attempt: its number, from 1.
+    pub attempt: Option<u32>,
+    /// A delivery attempt: the backend's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// A delivery attempt: what went wrong when there was no answer (`timeout`, `lapsed`, …).
+    pub error: Option<String>,
+    /// A delivery attempt: how long the backend took to answer.
+    pub duration_ms: Option<i64>,
+    /// A failed delivery attempt: whether its task will be retried or has failed.
+    pub outcome: Option<Outcome>,
 }
 
 impl Entry {
     /// An entry as a seed-format line gives it: `user_id` completed at `completed_at`, of the
-    /// default kind, 1 unit, without a task id, slot or policy.
+    /// default kind, 1 unit, without a task id, slot, policy or delivery fields.
     pub fn new(user_id: impl Into<String>, completed_at: i64) -> Entry {
         Entry {
             task_id: None,
@@ -57,7 +90,25 @@ impl Entry {
             kind: DEFAULT_KIND.to_string(),
             cost: 1,
             policy: None,
+            started_at: None,
+            attempt: None,
+            status: None,
+            error: None,
+            duration_ms: None,
+            outcome: None,
         }
+    }
+
+    /// The instant the lane's windows count this entry at: an attempt's start, else the
+    /// completion.
+    pub fn counted_at(&self) -> i64 {
+        self.started_at.unwrap_or(self.completed_at)
+    }
+
+    /// Whether this entry ends its task (completed or failed), as opposed to an attempt to be
+    /// retried.
+    pub fn ends_task(&self) -> bool {
+        self.outcome != Some(Outcome::Retry)
     }
 }
 
@@ -80,7 +131,8 @@ pub fn parse_policy(spec: &str) -> Result<Vec<Window>, String> {
 }
 
 /// Parses one log line: NDJSON (`{"task_id":…,"user_id":…,"slot":…,"completed_at":…,
-/// "kind":…,"cost":…,"policy":…}`) or the seed format `<user_id>-task completed at-<epoch ms>`.
+/// "kind":…,"cost":…,"policy":…}`, a delivery attempt adding `started_at`, `attempt`,
+/// `status` or `error`, `duration_ms` and `outcome`) or the seed format `<user_id>-task completed at-<epoch ms>`.
 /// `None` for lines that are neither (a host's own output mixed into stdout, say) and for
 /// NDJSON entries [`parse_entry`] cannot read.
 pub fn parse_line(line: &str) -> Option<Entry> {
@@ -90,9 +142,11 @@ pub fn parse_line(line: &str) -> Option<Entry> {
 /// [`parse_line`], telling apart a line that is no log entry (`Ok(None)`) from one that looks
 /// like an NDJSON entry but cannot be read (`Err`, naming what is wrong): a line starting
 /// with `{` that is not JSON, or a JSON object with a `task_id` or `completed_at` whose
-/// `user_id`, `completed_at`, `slot`, `kind`, `cost` (a whole number ≥ 1) or `policy` is
-/// missing where required or malformed. A JSON object with neither field is someone
-/// else's output and is skipped.
+/// `user_id`, `completed_at`, `slot`, `kind`, `cost` (a whole number ≥ 1), `policy` or a
+/// delivery field (`started_at`, `attempt` ≥ 1, `status`, `error`, `duration_ms`, `outcome`
+/// `"retry"` or `"failed"`; `attempt` and `outcome` only with `started_at`) is missing where
+/// required or malformed. A JSON object with neither field is someone else's output and is
+/// skipped.
 pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.starts_with('{') {
@@ -107,10 +161,11 @@ pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
             None => return Err("no user_id".to_string()),
         };
         let completed_at = object.get("completed_at").and_then(|v| v.as_i64()).ok_or("no whole-number completed_at")?;
-        let slot = match object.get("slot") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(v.as_i64().ok_or(format!("slot {v} is not a whole number"))?),
+        let whole = |name: &str| match object.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or(format!("{name} {v} is not a whole number")),
         };
+        let slot = whole("slot")?;
         let kind = match object.get("kind") {
             None => DEFAULT_KIND.to_string(),
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -130,7 +185,45 @@ pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(v) => return Err(format!("task_id {v} is not a string")),
         };
-        return Ok(Some(Entry { task_id, user_id, slot, completed_at, kind, cost, policy }));
+        let started_at = whole("started_at")?;
+        let attempt = match whole("attempt")? {
+            None => None,
+            Some(n) => Some(u32::try_from(n).ok().filter(|n| *n > 0).ok_or(format!("attempt {n} is not 1 or more"))?),
+        };
+        let status = match whole("status")? {
+            None => None,
+            Some(n) => Some(u16::try_from(n).map_err(|_| format!("status {n} is not an HTTP status"))?),
+        };
+        let error = match object.get("error") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(v) => return Err(format!("error {v} is not a string")),
+        };
+        let outcome = match object.get("outcome") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s == "retry" => Some(Outcome::Retry),
+            Some(serde_json::Value::String(s)) if s == "failed" => Some(Outcome::Failed),
+            Some(v) => return Err(format!("outcome {v} is neither \"retry\" nor \"failed\"")),
+        };
+        if started_at.is_none() && (attempt.is_some() || outcome.is_some()) {
+            return Err("an attempt or outcome without started_at".to_string());
+        }
+        let duration_ms = whole("duration_ms")?;
+        return Ok(Some(Entry {
+            task_id,
+            user_id,
+            slot,
+            completed_at,
+            kind,
+            cost,
+            policy,
+            started_at,
+            attempt,
+            status,
+            error,
+            duration_ms,
+            outcome,
+        }));
     }
     let Some((user_id, at)) = line.rsplit_once("-task completed at-") else { return Ok(None) };
     Ok(at.parse().ok().map(|at| Entry::new(user_id, at)))
@@ -171,29 +264,44 @@ pub struct Report {
     /// Human-readable descriptions of every broken window: the lane, the window, the policy
     /// it came from and the times.
     pub violations: Vec<String>,
-    /// Task ids seen more than once, sorted.
+    /// Task ids that ended (completed or failed) more than once, sorted.
     pub duplicated: Vec<String>,
-    /// Expected task ids never seen (only when expectations were given).
+    /// Expected task ids that never ended (only when expectations were given).
     pub missing: Vec<String>,
-    /// Tasks that completed before their slot.
+    /// Entries counted before their slot.
     pub early: Vec<String>,
-    /// `completed_at - slot` of every entry that has a slot, sorted.
+    /// Every time more attempts of a lane were in flight than its kind's concurrency allows
+    /// (only for kinds given a bound).
+    pub in_flight: Vec<String>,
+    /// Delivery attempts (entries with `started_at`).
+    pub attempts: usize,
+    /// Attempts whose task was to be retried (`outcome: "retry"`).
+    pub retries: usize,
+    /// Tasks whose last attempt failed (`outcome: "failed"`).
+    pub failed: usize,
+    /// Counted instant (start or completion) minus `slot` of every entry that has a slot,
+    /// sorted.
     pub lateness_ms: Vec<i64>,
-    /// Completions per user (all kinds), by user id.
+    /// Tasks ended per user (all kinds), by user id: attempts to be retried are not counted.
     pub per_user: BTreeMap<String, usize>,
-    /// Completions per lane, by (user id, kind).
+    /// Tasks ended per lane, by (user id, kind).
     pub per_lane: BTreeMap<(String, String), usize>,
     /// For entries with a slot, sorted: how long after the earliest instant the rule allowed
-    /// *given the lane's actual earlier completions* each task ran (under the task's own
-    /// policy and costs, after the lane's previous completion: a lane runs in order).
-    /// Lateness minus this is what a task inherited from a late predecessor (the rule holds on completion times: a late
+    /// *given the lane's actual earlier entries* each was counted (under the task's own
+    /// policy and costs, after the lane's previous counted instant: a lane runs in order, and
+    /// with a concurrency bound not before a place was free).
+    /// Lateness minus this is what a task inherited from a late predecessor (the rule holds on the counted instants: a late
     /// task pushes the next one back); this part is the executor's own delay.
     pub own_delay_ms: Vec<i64>,
 }
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.violations.is_empty() && self.duplicated.is_empty() && self.missing.is_empty() && self.early.is_empty()
+        self.violations.is_empty()
+            && self.duplicated.is_empty()
+            && self.missing.is_empty()
+            && self.early.is_empty()
+            && self.in_flight.is_empty()
     }
 
     /// The p-th percentile (0..=100) of lateness, nearest-rank.
@@ -209,8 +317,9 @@ impl Report {
     pub fn summary(&self) -> String {
         let pct = |p| self.lateness_percentile(p).map_or("-".to_string(), |v| v.to_string());
         let own = |p| self.own_delay_percentile(p).map_or("-".to_string(), |v| v.to_string());
+        // New fields go at the end: tests and the bench find the others by their text.
         format!(
-            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={} own_delay_ms p50={} p99={} max={} lanes={}",
+            "entries={} users={} violations={} duplicated={} missing={} early={} lateness_ms p50={} p99={} max={} own_delay_ms p50={} p99={} max={} lanes={} attempts={} retries={} failed={} in_flight={}",
             self.entries,
             self.users,
             self.violations.len(),
@@ -224,6 +333,10 @@ impl Report {
             own(99.0),
             own(100.0),
             self.lanes,
+            self.attempts,
+            self.retries,
+            self.failed,
+            self.in_flight.len(),
         )
     }
 }
@@ -238,29 +351,49 @@ fn percentile(values: &[i64], p: f64) -> Option<i64> {
 }
 
 /// Checks `entries` lane by lane, each entry against its own policy (or `rule` when it
-/// names none); `expected` (task ids that were acknowledged), when given, must each appear
-/// exactly once.
+/// names none); `expected` (task ids that were acknowledged), when given, must each end
+/// exactly once. No concurrency bound: [`check_with_concurrency`] adds one.
 pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Report {
+    check_with_concurrency(entries, rule, expected, &BTreeMap::new())
+}
+
+/// [`check`], and for every lane of a kind in `concurrency` (kind → n): at most n of the
+/// lane's attempts in flight, `[started_at, completed_at]`, at any instant (an attempt that
+/// ends in the millisecond another starts does not overlap it).
+pub fn check_with_concurrency(
+    entries: &[Entry],
+    rule: Rule,
+    expected: Option<&[String]>,
+    concurrency: &BTreeMap<String, usize>,
+) -> Report {
     let default_windows = rule.windows();
     let mut report = Report { entries: entries.len(), ..Report::default() };
     let mut lanes: BTreeMap<(&str, &str), Vec<&Entry>> = BTreeMap::new();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut endings: HashMap<&str, usize> = HashMap::new();
     for entry in entries {
         lanes.entry((&entry.user_id, &entry.kind)).or_default().push(entry);
-        *report.per_user.entry(entry.user_id.clone()).or_default() += 1;
-        if let Some(id) = &entry.task_id {
-            *seen.entry(id).or_default() += 1;
+        *report.per_user.entry(entry.user_id.clone()).or_default() += usize::from(entry.ends_task());
+        report.attempts += usize::from(entry.started_at.is_some());
+        match entry.outcome {
+            Some(Outcome::Retry) => report.retries += 1,
+            Some(Outcome::Failed) => report.failed += 1,
+            None => {}
+        }
+        if let Some(id) = &entry.task_id
+            && entry.ends_task()
+        {
+            *endings.entry(id).or_default() += 1;
         }
         if let Some(slot) = entry.slot {
-            report.lateness_ms.push(entry.completed_at - slot);
-            if entry.completed_at < slot {
+            let at = entry.counted_at();
+            report.lateness_ms.push(at - slot);
+            if at < slot {
+                let verb = if entry.started_at.is_some() { "started" } else { "ran" };
                 report.early.push(format!(
-                    "{} (user {:?} kind {:?}) ran at {} before its slot {}",
+                    "{} (user {:?} kind {:?}) {verb} at {at} before its slot {slot}",
                     describe(entry),
                     entry.user_id,
                     entry.kind,
-                    entry.completed_at,
-                    slot
                 ));
             }
         }
@@ -268,31 +401,35 @@ pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Repo
     report.users = report.per_user.len();
     report.lanes = lanes.len();
     for ((user, kind), mut lane) in lanes {
-        report.per_lane.insert((user.to_string(), kind.to_string()), lane.len());
-        // Completion order; entries completed in the same millisecond keep the log's order
-        // (a stable sort).
-        lane.sort_by_key(|e| e.completed_at);
-        let times: Vec<i64> = lane.iter().map(|e| e.completed_at).collect();
+        report.per_lane.insert((user.to_string(), kind.to_string()), lane.iter().filter(|e| e.ends_task()).count());
+        // The order of the counted instants; entries counted in the same millisecond keep
+        // the log's order (a stable sort).
+        lane.sort_by_key(|e| e.counted_at());
+        let times: Vec<i64> = lane.iter().map(|e| e.counted_at()).collect();
         // units_before[k]: the costs of the lane's first k entries.
         let mut units_before = Vec::with_capacity(lane.len() + 1);
         units_before.push(0u64);
         for e in &lane {
             units_before.push(units_before[units_before.len() - 1] + e.cost);
         }
+        let bound = concurrency.get(kind).copied();
+        // The ends of the latest-ending earlier attempts, at most `bound` of them: with all of
+        // them in flight, the next attempt had to wait for the first to end.
+        let mut latest_ends: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
         for (n, entry) in lane.iter().enumerate() {
             let (windows, source) = match &entry.policy {
                 Some(windows) => (windows.as_slice(), "its policy"),
                 None => (default_windows.as_slice(), "the default rule"),
             };
-            let t = entry.completed_at;
+            let t = times[n];
             for window in windows {
                 let start = t.saturating_sub(window.window_ms);
-                // The first of the lane's entries up to n that completed after `start`.
+                // The first of the lane's entries up to n counted after `start`.
                 let first = times[..=n].partition_point(|&c| c <= start);
                 let units = units_before[n + 1] - units_before[first];
                 if units > window.quota {
                     report.violations.push(format!(
-                        "user {user:?} kind {kind:?}: {units} units in {} completions within ({start}, {t}] (at {}..{t}), over {} per {} ms of {source}, at {}",
+                        "user {user:?} kind {kind:?}: {units} units in {} entries within ({start}, {t}] (at {}..{t}), over {} per {} ms of {source}, at {}",
                         n + 1 - first,
                         times[first],
                         window.quota,
@@ -308,32 +445,80 @@ pub fn check(entries: &[Entry], rule: Rule, expected: Option<&[String]>) -> Repo
                 }
                 for window in windows {
                     // The newest earlier entry j whose costs from j up to n exceed the quota:
-                    // n could not run before j's completion + the window.
+                    // n could not run before j's instant + the window.
                     // units_before[n] - units_before[j] + cost > quota, for j < n.
                     let over = units_before[..n].partition_point(|&u| u + window.quota < units_before[n] + entry.cost);
                     if over > 0 {
                         allowed = allowed.max(times[over - 1] + window.window_ms);
                     }
                 }
+                if let Some(bound) = bound
+                    && latest_ends.len() >= bound
+                    && let Some(Reverse(first_free)) = latest_ends.peek()
+                {
+                    allowed = allowed.max(*first_free);
+                }
                 report.own_delay_ms.push(t - allowed);
             }
+            if let (Some(bound), Some(started)) = (bound, entry.started_at) {
+                latest_ends.push(Reverse(entry.completed_at.max(started)));
+                if latest_ends.len() > bound {
+                    latest_ends.pop();
+                }
+            }
+        }
+        if let Some(bound) = bound {
+            report.in_flight.extend(over_concurrency(user, kind, &lane, bound));
         }
     }
     report.own_delay_ms.sort_unstable();
     report.lateness_ms.sort_unstable();
-    report.duplicated = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.to_string()).collect();
+    report.duplicated = endings.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.to_string()).collect();
     report.duplicated.sort_unstable();
     if let Some(expected) = expected {
-        report.missing = expected.iter().filter(|id| !seen.contains_key(id.as_str())).cloned().collect();
+        report.missing = expected.iter().filter(|id| !endings.contains_key(id.as_str())).cloned().collect();
     }
     report
 }
 
-/// `task "<id>"`, or the time of an entry without one.
+/// Each attempt of `lane` (in start order) that started while `bound` others were still in
+/// flight, described with every attempt then in flight.
+fn over_concurrency(user: &str, kind: &str, lane: &[&Entry], bound: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    // (end, index in lane) of the attempts in flight, the earliest end on top.
+    let mut open: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
+    for (i, entry) in lane.iter().enumerate() {
+        let Some(start) = entry.started_at else { continue };
+        // An attempt that ended in this millisecond is no longer in flight.
+        while open.peek().is_some_and(|Reverse((end, _))| *end <= start) {
+            open.pop();
+        }
+        open.push(Reverse((entry.completed_at.max(start), i)));
+        if open.len() > bound {
+            let mut flying: Vec<(usize, i64)> = open.iter().map(|Reverse((end, j))| (*j, *end)).collect();
+            flying.sort_unstable();
+            let flying: Vec<String> = flying
+                .iter()
+                .map(|(j, end)| format!("{} [{}, {end}]", describe(lane[*j]), lane[*j].counted_at()))
+                .collect();
+            found.push(format!(
+                "user {user:?} kind {kind:?}: {} attempts in flight at {start}, over its concurrency {bound}: {}",
+                open.len(),
+                flying.join(", ")
+            ));
+        }
+    }
+    found
+}
+
+/// `task "<id>"` (with its attempt number for a delivery attempt), or the instant of an entry
+/// without an id.
 fn describe(entry: &Entry) -> String {
-    match &entry.task_id {
-        Some(id) => format!("task {id:?}"),
-        None => format!("the entry completed at {}", entry.completed_at),
+    match (&entry.task_id, entry.attempt) {
+        (Some(id), Some(attempt)) => format!("task {id:?} attempt {attempt}"),
+        (Some(id), None) => format!("task {id:?}"),
+        (None, _) if entry.started_at.is_some() => format!("the attempt started at {}", entry.counted_at()),
+        (None, _) => format!("the entry completed at {}", entry.completed_at),
     }
 }
 
