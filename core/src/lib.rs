@@ -7,6 +7,9 @@
 //!   recent slots and the arrival time.
 //! - `policy`: kinds, tiers and their windows, as data (the `policies` variable parsed and
 //!   checked).
+//! - `delivery`: a kind's target and its limits, what an answer's status means, the request's
+//!   body and its Standard Webhooks signature; `outbound`: Spin's `allowed_outbound_hosts`
+//!   matching, for the `delivery_hosts` variable.
 //! - `request`: what a request may carry (the user-id rule, body and header parsers).
 //! - `credentials`: bearer tokens, API-key shapes and digests, JWT verification.
 //! - `clock`: the clock the waiting loops take (`Clock`), and a manual one for their tests.
@@ -25,8 +28,10 @@
 
 pub mod clock;
 pub mod credentials;
+pub mod delivery;
 pub mod keys;
 pub mod ledger;
+pub mod outbound;
 pub mod policy;
 pub mod request;
 pub mod scripts;

@@ -17,12 +17,20 @@
 //!  "tiers": {"pro": {"default": ["5/1s", "100/60s"], "email": ["50/60s"]}}}
 //! ```
 //!
+//! A kind may instead be an object that also names where its tasks are **delivered**
+//! (`delivery.rs`): `{"windows": ["5/60s"], "target": "http://mailer.internal:8080/send",
+//! "timeout": "10s", "attempts": 5, "concurrency": 2}`; only `windows` is required, and
+//! `timeout`, `attempts` and `concurrency` need a `target`. A tier overrides windows only.
+//!
 //! Unset (or without a `default` kind), the `default` kind is the default policy (1/s and 20/min) from
 //! `per_second` and `per_minute`, with the window names of the rate-limit fields as before
 //! (`burst` and `minute`).
 
+use crate::delivery::Delivery;
+use crate::outbound::AllowedHosts;
 use crate::slot::Window;
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The kind of a task that names none.
@@ -146,22 +154,79 @@ fn parse_window(text: &str) -> Result<Window, String> {
 pub struct Policies {
     kinds: BTreeMap<String, Policy>,
     tiers: BTreeMap<String, BTreeMap<String, Policy>>,
+    /// The kinds with a target.
+    deliveries: BTreeMap<String, Delivery>,
 }
 
-/// The `policies` variable as written.
+/// The `policies` variable as written. A kind is a list of windows or an object
+/// (`WrittenKind`), told apart here so that errors can name the entry.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Written {
     #[serde(default)]
-    kinds: BTreeMap<String, Vec<String>>,
+    kinds: BTreeMap<String, Value>,
     #[serde(default)]
-    tiers: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    tiers: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+/// A kind's object form. The numbers stay JSON values so that a bad one is named with its
+/// field (`kinds.email.attempts`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenKind {
+    windows: Vec<String>,
+    target: Option<String>,
+    timeout: Option<String>,
+    attempts: Option<Value>,
+    concurrency: Option<Value>,
+}
+
+/// A kind as written: its windows, and its delivery if it has a target.
+fn parse_kind(value: Value, at: &str) -> Result<(Policy, Option<Delivery>), String> {
+    if value.is_array() {
+        return Ok((Policy::parse(&windows(value, at)?, at)?, None));
+    }
+    if !value.is_object() {
+        return Err(format!("not a policies document: {at} must be a list of windows or an object"));
+    }
+    let kind: WrittenKind = serde_json::from_value(value).map_err(|e| format!("{at}: {e}"))?;
+    let policy = Policy::parse(&kind.windows, &format!("{at}.windows"))?;
+    let whole = |value: Option<Value>, field: &str| match value {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("{at}.{field} {v}: must be a whole number")),
+    };
+    let attempts = whole(kind.attempts, "attempts")?;
+    let concurrency = whole(kind.concurrency, "concurrency")?;
+    let delivery = match kind.target {
+        Some(target) => Some(Delivery::parse(&target, kind.timeout.as_deref(), attempts, concurrency, at)?),
+        None => {
+            let given = [
+                ("timeout", kind.timeout.is_some()),
+                ("attempts", attempts.is_some()),
+                ("concurrency", concurrency.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(format!("{at}.{field}: only a kind with a target has a {field}"));
+            }
+            None
+        }
+    };
+    Ok((policy, delivery))
+}
+
+/// A list of windows as written.
+fn windows(value: Value, at: &str) -> Result<Vec<String>, String> {
+    serde_json::from_value(value).map_err(|e| format!("{at}: {e}"))
 }
 
 impl Policies {
     /// Only the `default` kind, with `legacy` as its policy.
     pub fn only(legacy: Policy) -> Policies {
-        Policies { kinds: BTreeMap::from([(DEFAULT_KIND.to_string(), legacy)]), tiers: BTreeMap::new() }
+        Policies {
+            kinds: BTreeMap::from([(DEFAULT_KIND.to_string(), legacy)]),
+            tiers: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
+        }
     }
 
     /// The `policies` variable (empty: `only(legacy)`). `legacy` is the `default` kind's
@@ -172,24 +237,33 @@ impl Policies {
         }
         let written: Written = serde_json::from_str(json).map_err(|e| format!("not a policies document: {e}"))?;
         let mut kinds = BTreeMap::new();
-        for (kind, windows) in &written.kinds {
-            check_name(kind).map_err(|e| format!("kinds.{kind}: {e}"))?;
-            kinds.insert(kind.clone(), Policy::parse(windows, &format!("kinds.{kind}"))?);
+        let mut deliveries = BTreeMap::new();
+        for (kind, written) in written.kinds {
+            check_name(&kind).map_err(|e| format!("kinds.{kind}: {e}"))?;
+            let (policy, delivery) = parse_kind(written, &format!("kinds.{kind}"))?;
+            if let Some(delivery) = delivery {
+                deliveries.insert(kind.clone(), delivery);
+            }
+            kinds.insert(kind, policy);
         }
         kinds.entry(DEFAULT_KIND.to_string()).or_insert(legacy);
         let mut tiers = BTreeMap::new();
-        for (tier, overrides) in &written.tiers {
-            check_name(tier).map_err(|e| format!("tiers.{tier}: {e}"))?;
+        for (tier, overrides) in written.tiers {
+            check_name(&tier).map_err(|e| format!("tiers.{tier}: {e}"))?;
             let mut policies = BTreeMap::new();
-            for (kind, windows) in overrides {
-                if !kinds.contains_key(kind) {
-                    return Err(format!("tiers.{tier}.{kind}: no such kind (kinds are {})", names(kinds.keys())));
+            for (kind, written) in overrides {
+                let at = format!("tiers.{tier}.{kind}");
+                if !kinds.contains_key(&kind) {
+                    return Err(format!("{at}: no such kind (kinds are {})", names(kinds.keys())));
                 }
-                policies.insert(kind.clone(), Policy::parse(windows, &format!("tiers.{tier}.{kind}"))?);
+                if !written.is_array() {
+                    return Err(format!("{at}: a tier overrides a kind's windows only: a list like [\"5/60s\"]"));
+                }
+                policies.insert(kind, Policy::parse(&windows(written, &at)?, &at)?);
             }
-            tiers.insert(tier.clone(), policies);
+            tiers.insert(tier, policies);
         }
-        Ok(Policies { kinds, tiers })
+        Ok(Policies { kinds, tiers, deliveries })
     }
 
     /// The policy of `kind` for a user of `tier` (`None`: the built-in tier; a tier this
@@ -197,6 +271,34 @@ impl Policies {
     pub fn resolve(&self, kind: &str, tier: Option<&str>) -> Option<&Policy> {
         let tiered = tier.and_then(|t| self.tiers.get(t)).and_then(|t| t.get(kind));
         tiered.or_else(|| self.kinds.get(kind))
+    }
+
+    /// Where `kind`'s tasks are delivered; `None` for a kind without a target (or unknown).
+    pub fn delivery(&self, kind: &str) -> Option<&Delivery> {
+        self.deliveries.get(kind)
+    }
+
+    /// The kinds with a target, and their deliveries.
+    pub fn deliveries(&self) -> impl Iterator<Item = (&str, &Delivery)> {
+        self.deliveries.iter().map(|(kind, d)| (kind.as_str(), d))
+    }
+
+    /// Every target is one `allowed` (the `delivery_hosts` variable) lets the app call;
+    /// the error names the first kind and target it does not.
+    pub fn check_targets(&self, allowed: &AllowedHosts) -> Result<(), String> {
+        match self.deliveries.iter().find(|(_, d)| !allowed.allows(&d.target)) {
+            None => Ok(()),
+            Some((kind, d)) if allowed.is_empty() => Err(format!(
+                "kinds.{kind}.target {:?}: delivery_hosts is empty, so the app may call no host: set it to an \
+                 allowed_outbound_hosts entry that covers the target (like \"http://127.0.0.1:8080\")",
+                d.target
+            )),
+            Some((kind, d)) => Err(format!(
+                "kinds.{kind}.target {:?}: not allowed by delivery_hosts {:?}",
+                d.target,
+                allowed.to_string()
+            )),
+        }
     }
 
     /// The tiers that override `kind`, with their policies.
@@ -322,6 +424,102 @@ mod tests {
             (r#"{"kind": {}}"#, "unknown field `kind`"),
             (r#"{"kinds": {"email": "5/60s"}}"#, "not a policies document"),
             ("[", "not a policies document"),
+        ] {
+            match Policies::parse(json, Policy::legacy(1, 20)) {
+                Err(e) => assert!(e.contains(expected), "{json}: {e}"),
+                Ok(p) => panic!("{json} was accepted: {p:?}"),
+            }
+        }
+    }
+
+    const DELIVERED: &str = r#"{"kinds": {"email": {"windows": ["5/60s"], "target": "http://mailer.internal:8080/send",
+        "timeout": "2s", "attempts": 3, "concurrency": 2}, "report": {"windows": ["1/10s"]},
+        "sms": {"windows": [], "target": "https://sms.example.com/v1"}, "chat": ["1/1s"]},
+        "tiers": {"pro": {"email": ["50/60s"]}}}"#;
+
+    #[test]
+    fn a_kind_with_a_target_has_a_delivery_and_its_windows_as_before() {
+        let policies = Policies::parse(DELIVERED, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
+        let email = policies.delivery("email").unwrap_or_else(|| panic!("email has a target"));
+        assert_eq!(email.target, "http://mailer.internal:8080/send");
+        assert_eq!(email.spec(), "2000/3/2");
+        assert_eq!(policies.delivery("sms").map(|d| d.spec()), Some("10000/5/0".to_string()));
+        for kind in ["report", "chat", "default", "nope"] {
+            assert!(policies.delivery(kind).is_none(), "{kind}");
+        }
+        assert_eq!(policies.deliveries().map(|(k, _)| k).collect::<Vec<_>>(), ["email", "sms"]);
+        // Windows resolve as for the list form, and a tier overrides them only.
+        assert_eq!(quotas(policies.resolve("email", None)), [(5, 60_000)]);
+        assert_eq!(quotas(policies.resolve("email", Some("pro"))), [(50, 60_000)]);
+        assert_eq!(quotas(policies.resolve("report", None)), [(1, 10_000)]);
+        assert_eq!(quotas(policies.resolve("sms", None)), []);
+        // The object form without a target is the list form.
+        let listed = Policies::parse(r#"{"kinds": {"report": ["1/10s"]}}"#, Policy::legacy(1, 20));
+        let object = Policies::parse(r#"{"kinds": {"report": {"windows": ["1/10s"]}}}"#, Policy::legacy(1, 20));
+        assert_eq!(listed, object);
+    }
+
+    #[test]
+    fn targets_must_be_allowed_by_delivery_hosts() {
+        let policies = Policies::parse(DELIVERED, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
+        let hosts = |entry: &str| AllowedHosts::parse(entry).unwrap_or_else(|e| panic!("{entry}: {e}"));
+        assert_eq!(policies.check_targets(&hosts("*://*:*")), Ok(()));
+        let err = |entry: &str| policies.check_targets(&hosts(entry)).err().unwrap_or_default();
+        assert!(err("").contains(r#"kinds.email.target "http://mailer.internal:8080/send": delivery_hosts is empty"#));
+        let e = err("http://mailer.internal:8080");
+        assert!(e.contains(r#"kinds.sms.target "https://sms.example.com/v1": not allowed by delivery_hosts "http://mailer.internal:8080""#), "{e}");
+        assert!(err("https://*.example.com").contains("kinds.email.target"));
+        // Kinds without a target need no hosts at all.
+        assert_eq!(example().check_targets(&hosts("")), Ok(()));
+    }
+
+    #[test]
+    fn bad_kind_objects_name_the_bad_entry() {
+        for (json, expected) in [
+            (
+                r#"{"kinds": {"email": {"windows": ["5/60s"], "timeout": "5s"}}}"#,
+                "kinds.email.timeout: only a kind with a target",
+            ),
+            (
+                r#"{"kinds": {"email": {"windows": [], "attempts": 3}}}"#,
+                "kinds.email.attempts: only a kind with a target",
+            ),
+            (r#"{"kinds": {"email": {"windows": [], "concurrency": 3}}}"#, "kinds.email.concurrency"),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "timeout": "70s"}}}"#,
+                r#"kinds.email.timeout "70s""#,
+            ),
+            (r#"{"kinds": {"email": {"windows": [], "target": "http://h", "attempts": 0}}}"#, "kinds.email.attempts 0"),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "attempts": "5"}}}"#,
+                r#"kinds.email.attempts "5": must be a whole number"#,
+            ),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "attempts": 2.5}}}"#,
+                "kinds.email.attempts 2.5",
+            ),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "concurrency": -1}}}"#,
+                "kinds.email.concurrency -1",
+            ),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "concurrency": 1001}}}"#,
+                "kinds.email.concurrency 1001",
+            ),
+            (r#"{"kinds": {"email": {"windows": [], "target": "ftp://h"}}}"#, r#"kinds.email.target "ftp://h""#),
+            (r#"{"kinds": {"email": {"windows": [], "target": "http://h/#x"}}}"#, "no fragment"),
+            (r#"{"kinds": {"email": {"windows": [], "target": 5}}}"#, "kinds.email: invalid type"),
+            (
+                r#"{"kinds": {"email": {"windows": ["5/60x"], "target": "http://h"}}}"#,
+                r#"kinds.email.windows[0] "5/60x""#,
+            ),
+            (r#"{"kinds": {"email": {"window": ["5/60s"]}}}"#, "kinds.email: unknown field `window`"),
+            (r#"{"kinds": {"email": {"target": "http://h"}}}"#, "kinds.email: missing field `windows`"),
+            (r#"{"kinds": {"email": [5]}}"#, "kinds.email: invalid type"),
+            (
+                r#"{"tiers": {"pro": {"default": {"windows": ["5/1s"]}}}}"#,
+                "tiers.pro.default: a tier overrides a kind's windows only",
+            ),
         ] {
             match Policies::parse(json, Policy::legacy(1, 20)) {
                 Err(e) => assert!(e.contains(expected), "{json}: {e}"),
