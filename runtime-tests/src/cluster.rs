@@ -34,6 +34,14 @@ pub fn noop_manifest() -> PathBuf {
     repo_root().join("runtime-tests/fixtures/noop/spin.toml")
 }
 
+/// The outbound HTTP fixture's manifest (`runtime-tests/fixtures/outbound`), after checking
+/// that its `.wasm` was built (by the same build command).
+pub fn outbound_manifest() -> PathBuf {
+    let wasm = repo_root().join("target/wasm32-wasip2/release/outbound_fixture.wasm");
+    assert!(wasm.exists(), "{} is missing: run `cargo build --target wasm32-wasip2 --release` first", wasm.display());
+    repo_root().join("runtime-tests/fixtures/outbound/spin.toml")
+}
+
 /// The `spin-host` binary built next to the running one (a test binary lives one level
 /// down, in `deps/`).
 pub fn host_binary() -> PathBuf {
@@ -269,8 +277,16 @@ impl Host {
 
     /// A replica serving another app's manifest, such as `noop_manifest()`, without Redis.
     pub fn start_manifest(manifest: &Path) -> Host {
+        Self::start_manifest_with(manifest, &[])
+    }
+
+    /// The same, with application variables set (as `SPIN_VARIABLE_<NAME>`).
+    pub fn start_manifest_with(manifest: &Path, variables: &[(&str, &str)]) -> Host {
         let mut command = Command::new(host_binary());
         command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
+        for (name, value) in variables {
+            command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        }
         Self::spawn(command, TempDir(PathBuf::new()))
     }
 

@@ -24,6 +24,7 @@ mod failures;
 mod keepalive;
 mod lua_rule;
 mod openapi;
+mod outbound;
 mod page;
 mod policies;
 mod recovery;
