@@ -605,4 +605,157 @@ mod tests {
         assert_eq!(report.lateness_ms, vec![50, 60]);
         assert_eq!(report.own_delay_ms, vec![10, 50]);
     }
+
+    /// A delivery attempt of task `id` in lane ("u", "hook") under 1 per 1 s: started at
+    /// `started`, ended at `ended`, with `outcome`.
+    fn attempt(id: &str, n: u32, started: i64, ended: i64, outcome: Option<Outcome>) -> Entry {
+        Entry {
+            task_id: Some(id.into()),
+            kind: "hook".into(),
+            policy: Some(vec![Window { quota: 1, window_ms: 1_000 }]),
+            started_at: Some(started),
+            attempt: Some(n),
+            outcome,
+            ..Entry::new("u", ended)
+        }
+    }
+
+    #[test]
+    fn attempt_fields_are_read() {
+        let line = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":90,"kind":"hook","cost":1,"policy":"1/1000","started_at":12,"attempt":2,"error":"timeout","outcome":"retry"}"#;
+        let Ok(Some(entry)) = parse_entry(line) else { panic!("{line} not read") };
+        assert_eq!(
+            (entry.started_at, entry.attempt, entry.error.as_deref(), entry.outcome, entry.counted_at()),
+            (Some(12), Some(2), Some("timeout"), Some(Outcome::Retry), 12)
+        );
+        assert!(!entry.ends_task());
+        let done = r#"{"task_id":"t1","user_id":"u","slot":10,"completed_at":90,"started_at":12,"attempt":3,"status":200,"duration_ms":78}"#;
+        let Ok(Some(entry)) = parse_entry(done) else { panic!("{done} not read") };
+        assert_eq!((entry.status, entry.duration_ms, entry.outcome), (Some(200), Some(78), None));
+        assert!(entry.ends_task());
+        for bad in [
+            r#"{"task_id":"t1","user_id":"u","completed_at":90,"started_at":12,"outcome":"later"}"#,
+            r#"{"task_id":"t1","user_id":"u","completed_at":90,"started_at":"soon"}"#,
+            r#"{"task_id":"t1","user_id":"u","completed_at":90,"started_at":12,"attempt":0}"#,
+            r#"{"task_id":"t1","user_id":"u","completed_at":90,"outcome":"failed"}"#,
+        ] {
+            assert!(parse_entry(bad).is_err(), "{bad} read as {:?}", parse_entry(bad));
+        }
+    }
+
+    #[test]
+    fn windows_count_attempt_starts_not_completions() {
+        // Completions 5 s apart, starts 500 ms apart: two starts within (−500, 500].
+        let close_starts = [attempt("a", 1, 0, 5_000, None), attempt("b", 1, 500, 10_000, None)];
+        let report = check(&close_starts, Rule::default(), None);
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(report.violations[0].contains(r#"task "b" attempt 1"#), "{:?}", report.violations);
+        // Completions 1 ms apart, starts a second apart: clean.
+        let far_starts = [attempt("a", 1, 0, 1_500, None), attempt("b", 1, 1_000, 1_501, None)];
+        let report = check(&far_starts, Rule::default(), None);
+        assert!(report.is_clean(), "{:?}", report.violations);
+        assert_eq!((report.attempts, report.retries, report.failed), (2, 0, 0));
+    }
+
+    #[test]
+    fn a_retried_attempt_counts_in_the_windows() {
+        // a's first attempt failed (to be retried); b started 999 ms after it.
+        let entries = [
+            attempt("a", 1, 0, 100, Some(Outcome::Retry)),
+            attempt("b", 1, 999, 1_100, None),
+            attempt("a", 2, 2_000, 2_100, None),
+        ];
+        let report = check(&entries, Rule::default(), None);
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(report.violations[0].contains(r#"task "b""#), "{:?}", report.violations);
+        let mut later = entries.clone();
+        later[1] = attempt("b", 1, 1_000, 1_100, None);
+        assert!(check(&later, Rule::default(), None).is_clean());
+    }
+
+    #[test]
+    fn lateness_early_and_own_delay_use_the_start() {
+        let slotted = |started, ended, slot| Entry { slot: Some(slot), ..attempt("a", 1, started, ended, None) };
+        // Started 20 ms after its slot, answered 3 s later: 20 ms late.
+        let report = check(&[slotted(1_020, 4_000, 1_000)], Rule::default(), None);
+        assert_eq!((report.lateness_ms.as_slice(), report.own_delay_ms.as_slice()), (&[20][..], &[20][..]));
+        // Started before its slot, answered after it: early.
+        let report = check(&[slotted(990, 1_200, 1_000)], Rule::default(), None);
+        assert_eq!(report.early.len(), 1, "{:?}", report.early);
+    }
+
+    #[test]
+    fn a_task_ends_once_whatever_its_retries() {
+        let expected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let entries = [
+            attempt("a", 1, 0, 100, Some(Outcome::Retry)),
+            attempt("a", 2, 2_000, 2_100, Some(Outcome::Retry)),
+            attempt("a", 3, 4_000, 4_100, None),
+            attempt("b", 1, 5_000, 5_100, Some(Outcome::Failed)),
+            attempt("c", 1, 6_000, 6_100, Some(Outcome::Retry)),
+        ];
+        let report = check(&entries, Rule::default(), Some(&expected));
+        // Three attempts of a, one ending: no duplicate. c was only retried: it never ended.
+        assert_eq!((report.duplicated.as_slice(), report.missing.as_slice()), (&[][..], &["c".to_string()][..]));
+        assert_eq!((report.attempts, report.retries, report.failed), (5, 3, 1));
+        assert_eq!(report.per_lane.get(&("u".to_string(), "hook".to_string())), Some(&2));
+        // A task completed and also failed, or completed twice, ended twice.
+        let mut twice = entries.to_vec();
+        twice.push(attempt("a", 4, 8_000, 8_100, Some(Outcome::Failed)));
+        twice.push(attempt("c", 2, 9_000, 9_100, None));
+        let report = check(&twice, Rule::default(), Some(&expected));
+        assert_eq!((report.duplicated.as_slice(), report.missing.len()), (&["a".to_string()][..], 0));
+        assert!(report.summary().ends_with("attempts=7 retries=3 failed=2 in_flight=0"), "{}", report.summary());
+    }
+
+    #[test]
+    fn attempts_in_flight_are_held_to_the_kinds_concurrency() {
+        // Attempts t0, t1, … of lane ("u", "hook") without windows, over `spans`.
+        let lane = |spans: &[(i64, i64)]| -> Vec<Entry> {
+            let free = |(i, &(s, e)): (usize, &(i64, i64))| Entry {
+                policy: Some(vec![]),
+                ..attempt(&format!("t{i}"), 1, s, e, None)
+            };
+            spans.iter().enumerate().map(free).collect()
+        };
+        let two: BTreeMap<String, usize> = [("hook".to_string(), 2)].into();
+        let overlapping = lane(&[(0, 30), (10, 40), (20, 50)]);
+        // Three overlap in [20, 30]: t2 starts while t0 and t1 are in flight.
+        let report = check_with_concurrency(&overlapping, Rule::default(), None, &two);
+        assert_eq!(report.in_flight.len(), 1, "{:?}", report.in_flight);
+        let found = &report.in_flight[0];
+        assert!(found.contains("3 attempts in flight at 20, over its concurrency 2"), "{found}");
+        assert!(found.contains(r#"task "t0" attempt 1 [0, 30]"#), "{found}");
+        assert!(!report.is_clean());
+        assert!(report.summary().ends_with("in_flight=1"), "{}", report.summary());
+        // Without the bound, or with a bound of 3, the same log is clean.
+        assert!(check(&overlapping, Rule::default(), None).is_clean());
+        let three: BTreeMap<String, usize> = [("hook".to_string(), 3)].into();
+        assert!(check_with_concurrency(&overlapping, Rule::default(), None, &three).is_clean());
+        // t0 ends in the millisecond t2 starts: never three at once.
+        let report = check_with_concurrency(&lane(&[(0, 20), (10, 40), (20, 50)]), Rule::default(), None, &two);
+        assert!(report.is_clean(), "{:?}", report.in_flight);
+        // Another user's lane of the kind, and another kind, are counted apart.
+        let mut apart = overlapping.clone();
+        apart[1].user_id = "v".into();
+        assert!(check_with_concurrency(&apart, Rule::default(), None, &two).is_clean());
+        apart[1].user_id = "u".into();
+        apart[2].kind = "other".into();
+        assert!(check_with_concurrency(&apart, Rule::default(), None, &two).is_clean());
+    }
+
+    #[test]
+    fn own_delay_leaves_out_the_wait_for_a_free_place() {
+        let slotted = |id: &str, slot, started, ended| Entry {
+            slot: Some(slot),
+            policy: Some(vec![]),
+            ..attempt(id, 1, started, ended, None)
+        };
+        let one: BTreeMap<String, usize> = [("hook".to_string(), 1)].into();
+        // b was due at 0 but a held the only place until 500: b started at 510, 10 ms its own.
+        let entries = [slotted("a", 0, 0, 500), slotted("b", 0, 510, 900)];
+        let report = check_with_concurrency(&entries, Rule::default(), None, &one);
+        assert!(report.is_clean(), "{:?}", report.in_flight);
+        assert_eq!((report.lateness_ms.as_slice(), report.own_delay_ms.as_slice()), (&[0, 510][..], &[0, 10][..]));
+    }
 }
