@@ -1,6 +1,6 @@
 //! Checks a task log against the schedule rule (every window of each task's policy) and reports lateness.
 //!
-//! Usage: `check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]`
+//! Usage: `check_log [--per-second N] [--per-minute N] [--concurrency KIND=N]... [--expect IDS_FILE] [--per-user] [LOG_FILE]`
 //! LOG_FILE (default: standard input) holds seed-format lines
 //! (`<user_id>-task completed at-<epoch ms>`, as in task_log.txt or `GET /api/v1/log`) or
 //! NDJSON lines (`GET /api/v1/log` with `Accept: application/x-ndjson`); other lines are
@@ -11,15 +11,20 @@
 //! entry against the windows of its own policy, counting the costs of the lane's entries
 //! completed in each window; entries without a policy (all seed-format lines) are held to
 //! `--per-second` per 1 s and `--per-minute` per 60 s (defaults 1 and 20; 0 switches a
-//! window off), 1 unit each. A line that starts like an NDJSON entry but cannot be read is
-//! reported as `unreadable` and makes the log fail. IDS_FILE lists acknowledged task ids,
-//! one a line: each must appear exactly once (NDJSON only). Prints every violation, then
+//! window off), 1 unit each. A delivery attempt (an entry with `started_at`: every attempt
+//! that ended, retried and failed ones too) counts at its start; a task ends with the entry
+//! that completed it or with its `"failed"` one. `--concurrency KIND=N` (repeatable) holds
+//! each lane of KIND to at most N attempts in flight (`[started_at, completed_at]`) at once.
+//! A line that starts like an NDJSON entry but cannot be read is reported as `unreadable`
+//! and makes the log fail. IDS_FILE lists acknowledged task ids, one a line: each must end
+//! exactly once (NDJSON only). Prints every violation, then
 //! tasks per user (each user with `--per-user` or when there are at most 50, otherwise the
 //! spread; per lane too when the log has kinds other than `default`), then a summary line
 //! with the lateness percentiles (NDJSON only: text lines carry no slot). Exit status:
 //! 0 clean, 1 rule broken (or entries unreadable), 2 usage or I/O error.
 
-use runtime_tests::check::{DEFAULT_KIND, Rule, check, parse_entry};
+use runtime_tests::check::{DEFAULT_KIND, Rule, check_with_concurrency, parse_entry};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -42,6 +47,7 @@ fn run() -> Result<bool, String> {
     let mut expect_file = None;
     let mut log_file = None;
     let mut list_users = false;
+    let mut concurrency = BTreeMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<usize, String> {
@@ -52,13 +58,23 @@ fn run() -> Result<bool, String> {
             "--per-minute" => rule.per_minute = number("--per-minute")?,
             "--expect" => expect_file = Some(args.next().ok_or("--expect takes a file")?),
             "--per-user" => list_users = true,
+            "--concurrency" => {
+                let bad = || "--concurrency takes KIND=N, N a whole number of at least 1".to_string();
+                let spec = args.next().ok_or_else(bad)?;
+                let (kind, n) = spec.split_once('=').ok_or_else(bad)?;
+                let n = n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+                concurrency.insert(kind.to_string(), n);
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: check_log [--per-second N] [--per-minute N] [--expect IDS_FILE] [--per-user] [LOG_FILE]"
+                    "usage: check_log [--per-second N] [--per-minute N] [--concurrency KIND=N]... [--expect IDS_FILE] [--per-user] [LOG_FILE]"
                 );
                 println!("NDJSON entries are checked per (user, kind) against their own `policy`; --per-second and");
                 println!(
                     "--per-minute (default 1 and 20, 0 = off) limit entries without one, as seed-format lines are."
+                );
+                println!(
+                    "Delivery attempts count at their start; --concurrency KIND=N allows N attempts of a lane in flight."
                 );
                 return Ok(true);
             }
@@ -94,12 +110,15 @@ fn run() -> Result<bool, String> {
         ),
         None => None,
     };
-    let report = check(&entries, rule, expected.as_deref());
+    let report = check_with_concurrency(&entries, rule, expected.as_deref(), &concurrency);
     for line in &unreadable {
         println!("unreadable: {line}");
     }
     for v in report.violations.iter().chain(&report.early) {
         println!("violation: {v}");
+    }
+    for v in &report.in_flight {
+        println!("in flight: {v}");
     }
     for id in &report.duplicated {
         println!("duplicated: {id}");

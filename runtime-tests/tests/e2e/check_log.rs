@@ -259,3 +259,23 @@ fn the_command_fails_on_an_unreadable_entry_and_still_answers_help() {
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("usage: check_log [--per-second N]"));
 }
+
+#[test]
+fn the_command_counts_attempt_starts_and_holds_the_concurrency_flag() {
+    // Two attempts of lane ("u", "hook") under 1 per 1 s, started a second apart and in flight
+    // together over [1000, 1500]; a's first attempt was retried.
+    let attempt = |id: &str, n: u32, started: i64, ended: i64, outcome: &str| {
+        format!(
+            r#"{{"task_id":"{id}","user_id":"u","slot":{started},"completed_at":{ended},"kind":"hook","cost":1,"policy":"1/1000","started_at":{started},"attempt":{n},"status":200,"duration_ms":{}{outcome}}}"#,
+            ended - started
+        )
+    };
+    let log = [attempt("a", 1, 0, 1_500, r#","outcome":"retry""#), attempt("b", 1, 1_000, 1_600, "")].join("\n");
+    let (code, out) = run_on("attempts", &log, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("attempts=2 retries=1 failed=0 in_flight=0"), "{out}");
+    let (code, out) = run_on("in-flight", &log, &["--concurrency", "hook=1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(r#"in flight: user "u" kind "hook": 2 attempts in flight at 1000"#), "{out}");
+    assert_eq!(run_on("bad-flag", &log, &["--concurrency", "hook=0"]).0, 2);
+}
