@@ -10,6 +10,8 @@ use crate::policy::{DEFAULT_KIND, Policies, Policy};
 use spin_sdk::variables;
 use std::cell::RefCell;
 use std::rc::Rc;
+use task_core::delivery::Secret;
+use task_core::outbound::AllowedHosts;
 
 /// Where the per-user ledger lives (the `ledger` variable; README "Design" compares them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,12 @@ pub struct Config {
     pub keys: Keys,
     /// `Redis` in the drainer, which never reads or writes a ledger.
     pub ledger: LedgerBackend,
+    /// The one `allowed_outbound_hosts` entry deliveries may use (the `delivery_hosts`
+    /// variable); every kind's target is one it allows. Empty: no outbound HTTP.
+    pub delivery_hosts: AllowedHosts,
+    /// The Standard Webhooks key deliveries are signed with (`delivery_secret`); the
+    /// drainer's only (`None` in the API, which delivers nothing).
+    pub delivery_secret: Option<Secret>,
     /// What every script gets first (ARGV[1..6], `lib.lua`): key prefix, log key, task
     /// record lifetime, the default policy, and what a lane's completion history keeps.
     pub script_header: [String; 6],
@@ -58,8 +66,9 @@ const LOG_KEY: &str = "task_log";
 enum Component {
     /// The HTTP API: every variable.
     Api,
-    /// The drainer: the store's address and key prefix and the policies (their windows set
-    /// what a lane's completion history keeps), nothing else.
+    /// The drainer: the store's address and key prefix, the policies (their windows set
+    /// what a lane's completion history keeps) and what deliveries need (`delivery_hosts`,
+    /// `delivery_secret`), nothing else.
     Drainer,
 }
 
@@ -108,6 +117,19 @@ impl Config {
             "kv" => LedgerBackend::Kv,
             other => anyhow::bail!("variable ledger must be redis or kv, not {other:?}"),
         };
+        let delivery_hosts = AllowedHosts::parse(&get("delivery_hosts").await?)
+            .map_err(|e| anyhow::anyhow!("variable delivery_hosts: {e}"))?;
+        policies.check_targets(&delivery_hosts).map_err(|e| anyhow::anyhow!("variable policies: {e}"))?;
+        if let (LedgerBackend::Kv, Some((kind, _))) = (ledger, policies.deliveries().next()) {
+            anyhow::bail!(
+                "variable ledger = kv cannot go with a kind that has a target (kinds.{kind}): deliveries \
+                 re-admit their retries through the ledger in Redis, so set ledger = redis"
+            );
+        }
+        let delivery_secret = match drainer_only(api, "delivery_secret").await?.trim() {
+            "" => None,
+            text => Some(Secret::parse(text).map_err(|e| anyhow::anyhow!("variable delivery_secret: {e}"))?),
+        };
         let keys = Keys::new(&prefix, LOG_KEY);
         let default_spec = policies.resolve(DEFAULT_KIND, None).map(|p| p.spec().to_string()).unwrap_or_default();
         let (history, history_ms) = policies.history();
@@ -123,6 +145,8 @@ impl Config {
             admin_token,
             keys,
             ledger,
+            delivery_hosts,
+            delivery_secret,
             script_header,
         })
     }
@@ -135,6 +159,11 @@ async fn get(name: &str) -> anyhow::Result<String> {
 /// A variable only the API is given; `unused` stands for it in the drainer.
 async fn api_only(api: bool, name: &str, unused: &str) -> anyhow::Result<String> {
     if api { get(name).await } else { Ok(unused.to_string()) }
+}
+
+/// A variable only the drainer is given; empty in the API.
+async fn drainer_only(api: bool, name: &str) -> anyhow::Result<String> {
+    if api { Ok(String::new()) } else { get(name).await }
 }
 
 fn quota(value: &str, name: &str) -> anyhow::Result<u32> {
@@ -160,6 +189,8 @@ impl Config {
             admin_token,
             keys,
             ledger: LedgerBackend::Redis,
+            delivery_hosts: AllowedHosts::parse("").unwrap_or_else(|e| panic!("{e}")),
+            delivery_secret: None,
             script_header: Default::default(),
         }
     }
