@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use task_core::clock::Clock;
+use task_core::user::UserId;
 
 /// When a task's slot has come but the lane's previous task ran a few ms late, admission
 /// waits for it rather than answering 202 for a task that will run almost at once.
@@ -45,7 +46,7 @@ const GROUP_POLL: Duration = Duration::from_millis(1);
 
 /// A validated request for a new task. Its kind is one the configuration defines.
 pub struct NewTask<'a> {
-    pub user_id: &'a str,
+    pub user_id: &'a UserId,
     pub kind: &'a str,
     pub cost: u32,
     pub payload: Option<&'a str>,

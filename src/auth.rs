@@ -18,6 +18,7 @@ use spin_sdk::variables;
 use std::cell::RefCell;
 use std::rc::Rc;
 use task_core::credentials::{JwtSettings, JwtVerifier, api_key_text, bearer_token, key_digest, parse_api_key};
+use task_core::user::UserId;
 
 /// How callers prove who they are (the `auth` variable and the `jwt_*` ones).
 pub enum Auth {
@@ -34,13 +35,13 @@ pub enum Caller {
     /// The admin token: may act for and see every user.
     Admin,
     /// A verified user: may act for and see only themself.
-    User(String),
+    User(UserId),
 }
 
 impl Caller {
     /// The user a new task is for: the body's `user_id` (which a verified user need not
     /// send, and may not send as anyone else's), or the refusal.
-    pub fn task_user(&self, named: Option<String>) -> Result<String, Denied> {
+    pub fn task_user(&self, named: Option<UserId>) -> Result<UserId, Denied> {
         match (self, named) {
             (Caller::User(me), Some(named)) if named != *me => Err(Denied::OtherUser),
             (Caller::User(me), _) => Ok(me.clone()),
@@ -53,7 +54,7 @@ impl Caller {
     pub fn may_act_for(&self, user_id: &str) -> bool {
         match self {
             Caller::Anyone | Caller::Admin => true,
-            Caller::User(me) => me == user_id,
+            Caller::User(me) => me.as_str() == user_id,
         }
     }
 }
@@ -146,7 +147,11 @@ pub async fn identify(auth: &Auth, config: &Config, headers: &HeaderMap) -> Resu
             })?;
             let queue = Queue::connect(config).await.map_err(store_refusal)?;
             match queue.api_key(presented.key_id).await.map_err(store_refusal)? {
-                Some(stored) if same_digest(&stored.digest, &key_digest(token)) => Ok(Caller::User(stored.user_id)),
+                Some(stored) if same_digest(&stored.digest, &key_digest(token)) => {
+                    UserId::parse(stored.user_id).map(Caller::User).map_err(|e| {
+                        Refusal::Internal(format!("API key {} names no valid user id ({e:?})", presented.key_id))
+                    })
+                }
                 _ => Err(Refusal::Unauthenticated("invalid_token", "the key is unknown or revoked".to_string())),
             }
         }
@@ -205,11 +210,12 @@ mod tests {
 
     #[test]
     fn who_a_task_is_for() {
-        let alice = Caller::User("alice".to_string());
-        assert_eq!(alice.task_user(None), Ok("alice".to_string()));
-        assert_eq!(alice.task_user(Some("alice".to_string())), Ok("alice".to_string()));
-        assert_eq!(alice.task_user(Some("bob".to_string())), Err(Denied::OtherUser));
-        assert_eq!(Caller::Admin.task_user(Some("bob".to_string())), Ok("bob".to_string()));
+        let id = |id: &str| UserId::parse(id).unwrap_or_else(|e| panic!("{id:?}: {e:?}"));
+        let alice = Caller::User(id("alice"));
+        assert_eq!(alice.task_user(None), Ok(id("alice")));
+        assert_eq!(alice.task_user(Some(id("alice"))), Ok(id("alice")));
+        assert_eq!(alice.task_user(Some(id("bob"))), Err(Denied::OtherUser));
+        assert_eq!(Caller::Admin.task_user(Some(id("bob"))), Ok(id("bob")));
         assert_eq!(Caller::Admin.task_user(None), Err(Denied::NoUser));
         assert_eq!(Caller::Anyone.task_user(None), Err(Denied::NoUser));
         assert!(alice.may_act_for("alice") && !alice.may_act_for("bob") && !alice.may_act_for("alice "));

@@ -3,7 +3,7 @@
 //! verification with configured keys (`auth = jwt`; no network fetch). The component decides
 //! which mode is on and what a caller may do (`auth.rs`).
 
-use crate::request::{MAX_USER_ID_CHARS, is_user_id};
+use crate::user::{MAX_USER_ID_CHARS, UserId};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
@@ -113,7 +113,7 @@ impl JwtVerifier {
     }
 
     /// The user a token names, or why it is refused (in words that never repeat it).
-    pub fn verify(&self, token: &str) -> Result<String, String> {
+    pub fn verify(&self, token: &str) -> Result<UserId, String> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| "the token is not a signed JWT with an algorithm this API accepts".to_string())?;
         let candidates: Vec<&VerifyKey> = self
@@ -149,17 +149,15 @@ impl JwtVerifier {
         Err(why)
     }
 
-    fn user(&self, claims: &Map<String, Value>) -> Result<String, String> {
+    fn user(&self, claims: &Map<String, Value>) -> Result<UserId, String> {
         let claim = &self.user_claim;
         let user = match claims.get(claim) {
             Some(Value::String(user)) => user.clone(),
             Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return Err(format!("the token has no string claim {claim:?} naming its user")),
         };
-        if !is_user_id(&user) {
-            return Err(format!("the token's {claim:?} claim must be 1 to {MAX_USER_ID_CHARS} characters"));
-        }
-        Ok(user)
+        UserId::parse(user)
+            .map_err(|_| format!("the token's {claim:?} claim must be 1 to {MAX_USER_ID_CHARS} characters"))
     }
 }
 
@@ -297,7 +295,7 @@ mod tests {
         use serde_json::json;
         let v = verifier(SECRET, "", "https://issuer.example", "task-api");
         let good = json!({"sub": "alice", "exp": now() + 60, "iss": "https://issuer.example", "aud": "task-api"});
-        assert_eq!(v.verify(&hs256(good.clone())), Ok("alice".to_string()));
+        assert_eq!(v.verify(&hs256(good.clone())).map(UserId::into_string), Ok("alice".to_string()));
         let with = |field: &str, value: Value| {
             let mut claims = good.clone();
             claims[field] = value;
@@ -353,8 +351,8 @@ mod tests {
         let rs_token = sign(Algorithm::RS256, &rsa, claims.clone());
         let es_token = sign(Algorithm::ES256, &ec, claims.clone());
         let pem = verifier("", &format!("{RSA_PUBLIC}\n{EC_PUBLIC}"), "", "");
-        assert_eq!(pem.verify(&rs_token), Ok("bob".to_string()));
-        assert_eq!(pem.verify(&es_token), Ok("bob".to_string()));
+        assert_eq!(pem.verify(&rs_token).map(UserId::into_string), Ok("bob".to_string()));
+        assert_eq!(pem.verify(&es_token).map(UserId::into_string), Ok("bob".to_string()));
         // Algorithm confusion: an HS256 token whose "secret" is the public key finds no key.
         let confused = sign(Algorithm::HS256, &secret(RSA_PUBLIC.as_bytes()), claims.clone());
         refused(&pem, &confused, "HS256");
@@ -372,8 +370,8 @@ mod tests {
         let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
         header.kid = Some("k1".to_string());
         let with_kid = jsonwebtoken::encode(&header, &claims, &rsa).unwrap_or_default();
-        assert_eq!(v.verify(&with_kid), Ok("bob".to_string()));
-        assert_eq!(v.verify(&rs_token), Ok("bob".to_string()));
+        assert_eq!(v.verify(&with_kid).map(UserId::into_string), Ok("bob".to_string()));
+        assert_eq!(v.verify(&rs_token).map(UserId::into_string), Ok("bob".to_string()));
         header.kid = Some("k2".to_string());
         refused(&v, &jsonwebtoken::encode(&header, &claims, &rsa).unwrap_or_default(), "key id");
     }

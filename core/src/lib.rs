@@ -10,7 +10,8 @@
 //! - `delivery`: a kind's target and its limits, what an answer's status means, the request's
 //!   body and its Standard Webhooks signature; `outbound`: Spin's `allowed_outbound_hosts`
 //!   matching, for the `delivery_hosts` variable.
-//! - `request`: what a request may carry (the user-id rule, body and header parsers).
+//! - `user`: `UserId`, a user id that passed the one user-id rule (`UserId::parse`).
+//! - `request`: what a request may carry (body and header parsers, path and query ids).
 //! - `credentials`: bearer tokens, API-key shapes and digests, JWT verification.
 //! - `clock`: the clock the waiting loops take (`Clock`), and a manual one for their tests.
 //! - `ledger`: a lane's ledger of recent slots (its stored format) and the compare-and-set
@@ -36,6 +37,7 @@ pub mod policy;
 pub mod request;
 pub mod scripts;
 pub mod slot;
+pub mod user;
 
 #[cfg(test)]
 pub(crate) mod test_rng;

@@ -1,16 +1,15 @@
 //! What a request may carry, checked before anything is stored, each refusal a message for
-//! the 400 (or the size for the 413): the user-id rule wherever an id comes from (body, path,
-//! query, token), a task's body, the Idempotency-Key, percent-encoded ids, the JSON media
+//! the 400 (or the size for the 413): a user id in a body or a path (a `UserId`, by its one
+//! rule), a task's body, the Idempotency-Key, percent-encoded ids, the JSON media
 //! types and the log's cursor. Every parser here is one that network bytes reach, and each
 //! has a fuzz target (`fuzz/`).
 
 use crate::policy::{DEFAULT_KIND, MAX_QUOTA, Policies};
+use crate::user::{MAX_USER_ID_CHARS, NotUserId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// Longest user id, in characters, wherever it comes from (body, path, query, token).
-pub const MAX_USER_ID_CHARS: usize = 128;
 /// Largest accepted request body (413 above it).
 pub const MAX_BODY: usize = 4 * 1024;
 /// Largest task payload: its JSON text as sent, in bytes (413 above it).
@@ -20,11 +19,6 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Most units one task may cost: the largest quota any window can have (a task over its own
 /// policy's smallest quota is refused by admission, which knows the user's tier).
 pub const MAX_COST: u32 = MAX_QUOTA;
-
-/// A user id's one rule wherever it comes from (body, path, query, token): 1–128 characters.
-pub fn is_user_id(id: &str) -> bool {
-    (1..=MAX_USER_ID_CHARS).contains(&id.chars().count())
-}
 
 /// An Idempotency-Key header's bytes, if they are 1–128 visible ASCII characters.
 pub fn check_idempotency_key(bytes: &[u8]) -> Result<String, String> {
@@ -38,7 +32,7 @@ pub fn check_idempotency_key(bytes: &[u8]) -> Result<String, String> {
 #[derive(Debug, PartialEq)]
 pub struct TaskBody {
     /// `None` when the body names no user: the caller's identity decides (`auth.rs`).
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// One the configuration defines (`default` when the body names none).
     pub kind: String,
     /// Units, 1 to `MAX_COST` (1 when the body names none).
@@ -115,7 +109,7 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
 /// `integer`) taken as its decimal text of at most 128 digits: as sent, which JSON's grammar
 /// (no leading zeros) makes the one decimal form of the number, but for `-0`, which is `0`,
 /// and an integral number written with a fraction or exponent (`17.0`), exact below 2^53.
-pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
+pub fn user_id_of(raw: &RawValue) -> Result<UserId, String> {
     let text = raw.get();
     let id = if text.starts_with('"') {
         serde_json::from_str::<String>(text).map_err(|e| format!("user_id is not a valid string: {e}"))?
@@ -136,13 +130,10 @@ pub fn user_id_of(raw: &RawValue) -> Result<String, String> {
         let what = if what == "a number" { "a number with a fraction or an exponent" } else { what };
         return Err(format!("user_id must be a string or an integer, not {what}"));
     };
-    if id.is_empty() {
-        return Err("user_id must not be empty".to_string());
-    }
-    if !is_user_id(&id) {
-        return Err(format!("user_id must be at most {MAX_USER_ID_CHARS} characters"));
-    }
-    Ok(id)
+    UserId::parse(id).map_err(|e| match e {
+        NotUserId::Empty => "user_id must not be empty".to_string(),
+        NotUserId::TooLong => format!("user_id must be at most {MAX_USER_ID_CHARS} characters"),
+    })
 }
 
 /// `-?[0-9]+`: a JSON number without fraction or exponent.
@@ -168,9 +159,9 @@ pub fn is_json_media_type(value: &str) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, 1 to 128 characters.
-pub fn decode_user_id(encoded: &str) -> Option<String> {
-    percent_decode(encoded, false).filter(|id| is_user_id(id))
+/// A path's user id: percent-decoded (`+` stays `+`), valid UTF-8, a `UserId`.
+pub fn decode_user_id(encoded: &str) -> Option<UserId> {
+    percent_decode(encoded, false).and_then(|id| UserId::parse(id).ok())
 }
 
 /// A percent-encoded query value (with `plus_is_space`, `+` is a space, as forms send it)
@@ -229,7 +220,7 @@ mod tests {
     }
 
     fn user_id(body: &[u8]) -> Result<String, BodyError> {
-        parse(body).map(|task| task.user_id.unwrap_or_else(|| "<none>".to_string()))
+        parse(body).map(|task| task.user_id.map_or_else(|| "<none>".to_string(), UserId::into_string))
     }
 
     #[test]
@@ -287,7 +278,7 @@ mod tests {
         assert_eq!(
             parse(body.as_bytes()),
             Ok(TaskBody {
-                user_id: Some("u".into()),
+                user_id: UserId::parse("u").ok(),
                 kind: "default".into(),
                 cost: 1,
                 payload: Some(sent.to_string())

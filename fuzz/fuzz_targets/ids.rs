@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use task_core::keys::{Keys, TASK_ID_LEN, UserKey, is_task_id};
-use task_core::request::{MAX_USER_ID_CHARS, decode_user_id, percent_decode};
+use task_core::request::{decode_user_id, percent_decode};
+use task_core::user::MAX_USER_ID_CHARS;
 
 /// Every byte but the unreserved ones as `%XX`: valid input to either decoding mode.
 fn encode(text: &str) -> String {

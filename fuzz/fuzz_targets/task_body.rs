@@ -7,7 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 use task_core::policy::{Policies, Policy};
-use task_core::request::{MAX_COST, MAX_PAYLOAD, MAX_USER_ID_CHARS, parse_task_body};
+use task_core::request::{MAX_COST, MAX_PAYLOAD, parse_task_body};
+use task_core::user::MAX_USER_ID_CHARS;
 
 /// The policies of the unit tests in src/http/tasks.rs: kinds default, email and report.
 static POLICIES: LazyLock<Policies> = LazyLock::new(|| {

@@ -13,7 +13,8 @@ use http::{HeaderMap, HeaderName, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::Value;
 use std::rc::Rc;
-use task_core::request::{MAX_USER_ID_CHARS, is_user_id, percent_decode};
+use task_core::request::percent_decode;
+use task_core::user::{MAX_USER_ID_CHARS, UserId};
 
 /// The configuration; an error is the operator's (answered 500 by the routes that need it).
 pub(super) type Loaded = anyhow::Result<Rc<Config>>;
@@ -161,9 +162,9 @@ pub(super) fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &s
 }
 
 /// A `user_id` query parameter (the overview's, the keys listing's): percent-decoded with
-/// `+` as a space, then a user id by `is_user_id`; else the 400.
+/// `+` as a space, then a `UserId`; else the 400.
 pub(super) fn query_user_id(value: &str) -> Result<String, Problem> {
-    percent_decode(value, true).filter(|id| is_user_id(id)).ok_or_else(|| {
+    percent_decode(value, true).and_then(|id| UserId::parse(id).ok()).map(UserId::into_string).ok_or_else(|| {
         Problem::bad_request(format!("user_id must be 1 to {} characters of UTF-8, percent-encoded", MAX_USER_ID_CHARS))
     })
 }

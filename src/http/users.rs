@@ -19,12 +19,13 @@ use crate::slot;
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
 use spin_sdk::http::Request;
-use task_core::request::{MAX_USER_ID_CHARS, decode_user_id};
+use task_core::request::decode_user_id;
+use task_core::user::{MAX_USER_ID_CHARS, UserId};
 
 /// Largest `PUT …/tier` body.
 const MAX_TIER_BODY: usize = 1024;
 
-fn user_id(encoded: &str) -> Result<String, Problem> {
+fn user_id(encoded: &str) -> Result<UserId, Problem> {
     decode_user_id(encoded).ok_or_else(|| {
         Problem::bad_request(format!(
             "the user id must be 1 to {MAX_USER_ID_CHARS} characters of UTF-8, percent-encoded"
