@@ -1,5 +1,5 @@
 //! Admission: from a validated request to a stored task, as an `Outcome` (HTTP turns
-//! outcomes into responses in `api.rs`).
+//! outcomes into responses in `http::answer`).
 //!
 //! With the default `redis` ledger an admission is **one round trip**: `admit.lua` reads the
 //! Redis clock, the Idempotency-Key, the user's backlog and ledger, gives the slot by the
@@ -20,11 +20,13 @@ use crate::config::{Config, LedgerBackend};
 use crate::deadline::SpinClock;
 use crate::keys::{LaneKey, UserKey};
 use crate::kv_ledger::{self, KvLedger};
-use crate::ledger::{self, Arrival, Ledger, LedgerError};
+use crate::ledger::{self, Arrival, Ledger, LedgerError, LedgerStore};
 use crate::log::print_log;
 use crate::policy::Policy;
 use crate::queue::new_task_id;
-use crate::queue::{Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Queue, StoreError, TaskToFile};
+use crate::queue::{
+    Admission, AdmitPolicy, Admitted, Earlier, Filed, Placement, Prepared, Queue, StoreError, TaskRecord, TaskToFile,
+};
 use crate::scripts;
 use crate::slot::{Spent, Window};
 use serde_json::value::RawValue;
@@ -121,19 +123,7 @@ impl From<LedgerError> for AdmitError {
 
 pub async fn admit(config: &Config, new: &NewTask<'_>) -> Result<Outcome, AdmitError> {
     let queue = Queue::connect(config).await?;
-    let user = UserKey::new(new.user_id);
-    let lane = LaneKey::new(&user, new.kind);
-    let overrides: Vec<(&str, &Policy)> = config.policies.overrides(new.kind).collect();
-    let request = Request {
-        idem: new.idempotency_key.map(|k| config.keys.idempotency(&user, k)),
-        ledger_key: config.keys.ledger(&lane),
-        // The tier is read only where it can change the policy.
-        tier_key: (!overrides.is_empty()).then(|| config.keys.tier(&user)),
-        lane,
-        user,
-        new,
-        overrides,
-    };
+    let request = Request::new(config, new, new_task_id());
     let clock = SpinClock::default();
     match config.ledger {
         LedgerBackend::Redis => admit_in_one_script(config, &queue, &request, &clock).await,
@@ -141,11 +131,89 @@ pub async fn admit(config: &Config, new: &NewTask<'_>) -> Result<Outcome, AdmitE
     }
 }
 
-/// What both ledger backends admit: a validated request and its keys.
+/// What admission asks of its stores: the scripts it runs on Redis and, with the `kv`
+/// ledger, the lane's ledger in the key-value store. The queue and Spin's key-value store,
+/// or a script of answers in tests.
+#[allow(async_fn_in_trait)]
+pub trait AdmitStore {
+    type Ledger: LedgerStore;
+    /// `admit.lua`: the whole admission with the `redis` ledger.
+    async fn admit(&self, admit: &scripts::Admit<'_>) -> Result<Admission, StoreError>;
+    /// `prepare.lua`: the Redis clock, the backlog and the Idempotency-Key (`kv` ledger).
+    async fn prepare(&self, prepare: &scripts::Prepare<'_>) -> Result<Prepared, StoreError>;
+    /// `file.lua`: files a committed batch (`kv` ledger).
+    async fn file(&self, file: &scripts::File<'_>) -> Result<Filed, StoreError>;
+    /// Drops an Idempotency-Key's reservation.
+    async fn release(&self, idempotency_key: &str) -> Result<(), StoreError>;
+    /// Runs the lane's due tasks; where `task_id` stands now.
+    async fn poke(&self, lane: &LaneKey, task_id: &str) -> Result<Admitted, StoreError>;
+    async fn read_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// A queued task's place in its lane.
+    async fn position(&self, lane: &LaneKey, task_id: &str) -> Result<i64, StoreError>;
+    /// The lane's `kv` ledger, and its value as stored now.
+    fn open_ledger(&self, key: &str) -> Result<(Self::Ledger, Ledger), LedgerError>;
+    /// The lane's recent slots (`kv_ledger::recent_slots`).
+    fn recent_slots(
+        &self,
+        backend: LedgerBackend,
+        key: &str,
+        from_redis: Option<&[u8]>,
+    ) -> Result<Vec<Spent>, LedgerError>;
+}
+
+impl AdmitStore for Queue<'_> {
+    type Ledger = KvLedger;
+
+    async fn admit(&self, admit: &scripts::Admit<'_>) -> Result<Admission, StoreError> {
+        self.run(admit).await
+    }
+
+    async fn prepare(&self, prepare: &scripts::Prepare<'_>) -> Result<Prepared, StoreError> {
+        self.run(prepare).await
+    }
+
+    async fn file(&self, file: &scripts::File<'_>) -> Result<Filed, StoreError> {
+        self.run(file).await
+    }
+
+    async fn release(&self, idempotency_key: &str) -> Result<(), StoreError> {
+        self.run(&scripts::Release { idempotency_key }).await
+    }
+
+    async fn poke(&self, lane: &LaneKey, task_id: &str) -> Result<Admitted, StoreError> {
+        self.run(&scripts::Poke { lane, task_id }).await
+    }
+
+    async fn read_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.run(&scripts::ReadTask { task_id, count: false }).await
+    }
+
+    async fn position(&self, lane: &LaneKey, task_id: &str) -> Result<i64, StoreError> {
+        self.run(&scripts::Position { lane, task_id }).await
+    }
+
+    fn open_ledger(&self, key: &str) -> Result<(KvLedger, Ledger), LedgerError> {
+        let mut ledger = KvLedger::open(key)?;
+        let seen = ledger.read()?;
+        Ok((ledger, seen))
+    }
+
+    fn recent_slots(
+        &self,
+        backend: LedgerBackend,
+        key: &str,
+        from_redis: Option<&[u8]>,
+    ) -> Result<Vec<Spent>, LedgerError> {
+        kv_ledger::recent_slots(backend, key, from_redis)
+    }
+}
+
+/// What both ledger backends admit: a validated request, its keys and its task's id.
 struct Request<'a> {
     user: UserKey,
     lane: LaneKey,
     new: &'a NewTask<'a>,
+    task_id: String,
     ledger_key: String,
     /// The key of the Idempotency-Key record, if the request has one.
     idem: Option<String>,
@@ -155,7 +223,24 @@ struct Request<'a> {
     overrides: Vec<(&'a str, &'a Policy)>,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    fn new(config: &'a Config, new: &'a NewTask<'a>, task_id: String) -> Request<'a> {
+        let user = UserKey::new(new.user_id);
+        let lane = LaneKey::new(&user, new.kind);
+        let overrides: Vec<(&str, &Policy)> = config.policies.overrides(new.kind).collect();
+        Request {
+            idem: new.idempotency_key.map(|k| config.keys.idempotency(&user, k)),
+            ledger_key: config.keys.ledger(&lane),
+            // The tier is read only where it can change the policy.
+            tier_key: (!overrides.is_empty()).then(|| config.keys.tier(&user)),
+            lane,
+            user,
+            new,
+            task_id,
+            overrides,
+        }
+    }
+
     /// The kind's policy for the user's `tier` (the kind is known: the API checked it).
     fn policy<'c>(&self, config: &'c Config, tier: Option<&str>) -> Result<&'c Policy, AdmitError> {
         config
@@ -168,11 +253,11 @@ impl Request<'_> {
 /// The `redis` ledger: the whole admission is `admit.lua`.
 async fn admit_in_one_script(
     config: &Config,
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     request: &Request<'_>,
     clock: &impl Clock,
 ) -> Result<Outcome, AdmitError> {
-    let Request { lane, new, ledger_key, idem, .. } = request;
+    let Request { lane, new, ledger_key, idem, task_id, .. } = request;
     let (keep, keep_ms) = config.policies.lane_history(new.kind);
     let policy = AdmitPolicy {
         kind: new.kind,
@@ -183,7 +268,6 @@ async fn admit_in_one_script(
         spec: request.policy(config, None)?.spec(),
         overrides: request.overrides.iter().map(|(tier, p)| (*tier, p.spec())).collect(),
     };
-    let task_id = new_task_id();
     let started = clock.now();
     let admit = scripts::Admit {
         lane,
@@ -191,14 +275,14 @@ async fn admit_in_one_script(
         ledger_key,
         idempotency_key: idem.as_deref(),
         max_backlog: config.max_backlog,
-        task_id: &task_id,
-        tag: ledger_tag(&task_id),
+        task_id,
+        tag: ledger_tag(task_id),
         payload: new.payload,
         policy: &policy,
     };
     loop {
         // The commit point: if Redis did not answer, the script may still have run.
-        let admission = match queue.run(&admit).await {
+        let admission = match store.admit(&admit).await {
             Ok(admission) => admission,
             Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
             Err(e) => return Err(e.into()),
@@ -206,8 +290,8 @@ async fn admit_in_one_script(
         match admission {
             Admission::Admitted { slot, ledger, tier, filed } => {
                 let recent = Ledger::decode(Some(&ledger))?.spent();
-                let admitted = wait_if_due(queue, clock, lane, &task_id, slot, filed).await?;
-                let task = new_task(new, task_id, slot, admitted.placement);
+                let admitted = wait_if_due(store, clock, lane, task_id, slot, filed).await?;
+                let task = new_task(new, task_id.clone(), slot, admitted.placement);
                 return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
             }
             Admission::BacklogFull => return Ok(Outcome::BacklogFull),
@@ -215,7 +299,7 @@ async fn admit_in_one_script(
                 return Ok(Outcome::TooCostly { window: Window { quota, window_ms }, tier });
             }
             Admission::Earlier { earlier: Earlier::Task(earlier), now, ledger, tier } => {
-                return replay(config, queue, request, &earlier, now, ledger.as_deref(), tier).await;
+                return replay(config, store, request, &earlier, now, ledger.as_deref(), tier).await;
             }
             // Only a `kv` admission reserves a key ('pending'), e.g. on a replica configured so.
             Admission::Earlier { earlier: Earlier::Pending, .. } if clock.since(started) < IDEMPOTENCY_WAIT => {
@@ -240,15 +324,15 @@ fn ledger_tag(task_id: &str) -> &str {
 /// lane's other admissions in this instance), then file.
 async fn admit_with_kv(
     config: &Config,
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     request: &Request<'_>,
     clock: &impl Clock,
 ) -> Result<Outcome, AdmitError> {
-    let Request { lane, new, idem, .. } = request;
+    let Request { lane, new, idem, task_id, .. } = request;
     let started = clock.now();
     let prepared = loop {
-        let prepared = queue
-            .run(&scripts::Prepare {
+        let prepared = store
+            .prepare(&scripts::Prepare {
                 lane,
                 idempotency_key: idem.as_deref(),
                 max_backlog: config.max_backlog,
@@ -257,8 +341,8 @@ async fn admit_with_kv(
             .await?;
         match &prepared.earlier {
             Earlier::None => break prepared,
-            Earlier::Task(task_id) => {
-                return replay(config, queue, request, task_id, prepared.now, None, prepared.tier.clone()).await;
+            Earlier::Task(earlier) => {
+                return replay(config, store, request, earlier, prepared.now, None, prepared.tier.clone()).await;
             }
             Earlier::Pending if clock.since(started) < IDEMPOTENCY_WAIT => clock.sleep(INLINE_WAIT_STEP).await,
             Earlier::Pending => return Ok(Outcome::KeyInUse),
@@ -269,10 +353,9 @@ async fn admit_with_kv(
     }
     let policy = request.policy(config, prepared.tier.as_deref())?;
     if let Some(window) = policy.windows().iter().find(|w| new.cost > w.quota) {
-        release(queue, idem.as_deref()).await;
+        release(store, idem.as_deref()).await;
         return Ok(Outcome::TooCostly { window: *window, tier: prepared.tier });
     }
-    let task_id = new_task_id();
     let member = Rc::new(Member {
         task_id: task_id.clone(),
         idempotency_key: idem.clone(),
@@ -283,18 +366,18 @@ async fn admit_with_kv(
         spec: Rc::from(policy.spec()),
         result: RefCell::new(None),
     });
-    let committed = match commit_together(queue, clock, config, request, member).await {
+    let committed = match commit_together(store, clock, config, request, member).await {
         Ok(committed) => committed,
         Err(e) => {
             // Nothing was stored under the key: let a retry with it start afresh.
             if !matches!(e, AdmitError::Uncertain(_)) {
-                release(queue, idem.as_deref()).await;
+                release(store, idem.as_deref()).await;
             }
             return Err(e);
         }
     };
-    let admitted = wait_if_due(queue, clock, lane, &task_id, committed.slot, committed.admitted).await?;
-    let task = new_task(new, task_id, committed.slot, admitted.placement);
+    let admitted = wait_if_due(store, clock, lane, task_id, committed.slot, committed.admitted).await?;
+    let task = new_task(new, task_id.clone(), committed.slot, admitted.placement);
     Ok(Outcome::Admitted { task, lane: LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now } })
 }
 
@@ -336,7 +419,7 @@ thread_local! {
 /// instance: if none is committing, it commits everyone waiting (itself included); if one
 /// is, it waits for that commit to bring its result, or to end so it can lead the next.
 async fn commit_together(
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     clock: &impl Clock,
     config: &Config,
     request: &Request<'_>,
@@ -359,7 +442,7 @@ async fn commit_together(
         match batch {
             Some(batch) => {
                 let mut batch = BatchGuard { ledger_key, members: batch, delivered: false };
-                let result = commit_batch(queue, clock, config, request, &mut batch.members).await;
+                let result = commit_batch(store, clock, config, request, &mut batch.members).await;
                 batch.deliver(result);
             }
             // Requests are separate component-model tasks, and waking one from another needs
@@ -416,7 +499,7 @@ impl Drop for BatchGuard<'_> {
 
 /// Commits a batch in arrival order in the key-value store, then files its tasks.
 async fn commit_batch(
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     clock: &impl Clock,
     config: &Config,
     request: &Request<'_>,
@@ -428,9 +511,8 @@ async fn commit_batch(
         .map(|m| Arrival { at: m.arrival, tag: ledger_tag(&m.task_id), cost: m.cost, windows: &m.windows })
         .collect();
     let (history, keep_ms) = config.policies.lane_history(request.new.kind);
-    let mut store = KvLedger::open(&request.ledger_key)?;
-    let seen = store.read()?;
-    let committed = ledger::commit(&mut store, clock, history as usize, seen, &arrivals).await?;
+    let (mut ledger, seen) = store.open_ledger(&request.ledger_key)?;
+    let committed = ledger::commit(&mut ledger, clock, history as usize, seen, &arrivals).await?;
     let tasks: Vec<TaskToFile> = members
         .iter()
         .zip(&committed.slots)
@@ -453,7 +535,7 @@ async fn commit_batch(
         tasks: &tasks,
         cas_retries: committed.retries,
     };
-    let filed = queue.run(&file).await;
+    let filed = store.file(&file).await;
     let Filed { placements, now, ran } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
@@ -475,9 +557,9 @@ async fn commit_batch(
 }
 
 /// Best effort: a reservation left behind expires by itself within seconds.
-async fn release(queue: &Queue<'_>, idem: Option<&str>) {
+async fn release(store: &impl AdmitStore, idem: Option<&str>) {
     if let Some(idem) = idem {
-        let _ = queue.run(&scripts::Release { idempotency_key: idem }).await;
+        let _ = store.release(idem).await;
     }
 }
 
@@ -485,7 +567,7 @@ async fn release(queue: &Queue<'_>, idem: Option<&str>) {
 /// ms late): wait briefly for it to run, so the answer is 200 rather than a 202 for a task
 /// that runs almost at once.
 async fn wait_if_due(
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     clock: &impl Clock,
     lane: &LaneKey,
     task_id: &str,
@@ -500,7 +582,7 @@ async fn wait_if_due(
         }
         clock.sleep(INLINE_WAIT_STEP).await;
         waits += 1;
-        let poked = queue.run(&scripts::Poke { lane, task_id }).await?;
+        let poked = store.poke(lane, task_id).await?;
         print_log(&poked.ran);
         admitted = Admitted {
             placement: match poked.placement {
@@ -518,14 +600,14 @@ async fn wait_if_due(
 /// it).
 async fn replay(
     config: &Config,
-    queue: &Queue<'_>,
+    store: &impl AdmitStore,
     request: &Request<'_>,
     task_id: &str,
     now: i64,
     ledger: Option<&[u8]>,
     tier: Option<String>,
 ) -> Result<Outcome, AdmitError> {
-    let Some(record) = queue.run(&scripts::ReadTask { task_id, count: false }).await? else {
+    let Some(record) = store.read_task(task_id).await? else {
         return Err(AdmitError::Internal(format!("idempotency key names unknown task {task_id}")));
     };
     let new = request.new;
@@ -536,13 +618,11 @@ async fn replay(
     let placement = match (record.completed_at, record.cancelled_at) {
         (Some(completed_at), _) => Placement::Completed { completed_at },
         (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
-        (None, None) => Placement::Queued {
-            position: queue
-                .run(&scripts::Position { lane: &LaneKey::new(&request.user, &record.kind), task_id })
-                .await?,
-        },
+        (None, None) => {
+            Placement::Queued { position: store.position(&LaneKey::new(&request.user, &record.kind), task_id).await? }
+        }
     };
-    let recent = kv_ledger::recent_slots(config.ledger, &request.ledger_key, ledger)?;
+    let recent = store.recent_slots(config.ledger, &request.ledger_key, ledger)?;
     let task = Task {
         task_id: task_id.to_string(),
         user_id: record.user_id,
@@ -552,4 +632,486 @@ async fn replay(
         placement,
     };
     Ok(Outcome::Replayed { task, lane: LaneNow { recent, tier, now } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Swap;
+    use crate::policy::Policies;
+    use std::collections::VecDeque;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use task_core::clock::{Manual, run_now};
+
+    /// One answer of the fake store, in the order admission is to ask.
+    enum Answer {
+        Admit(Result<Admission, StoreError>),
+        Prepare(Result<Prepared, StoreError>),
+        File(Result<Filed, StoreError>),
+        Poke(Result<Admitted, StoreError>),
+        ReadTask(Option<TaskRecord>),
+        Position(i64),
+    }
+
+    /// A store that answers from a script and records each call as a line (`file` also
+    /// yields once first, so that other admissions run while a batch is being filed). Its
+    /// `kv` ledger is kept in memory.
+    struct Scripted {
+        answers: RefCell<VecDeque<Answer>>,
+        calls: RefCell<Vec<String>>,
+        ledger: Rc<RefCell<Ledger>>,
+        ledger_down: bool,
+    }
+
+    impl Scripted {
+        fn new(answers: impl IntoIterator<Item = Answer>) -> Scripted {
+            Scripted {
+                answers: RefCell::new(answers.into_iter().collect()),
+                calls: RefCell::new(Vec::new()),
+                ledger: Rc::default(),
+                ledger_down: false,
+            }
+        }
+
+        fn next(&self, call: String) -> Answer {
+            let answer = self.answers.borrow_mut().pop_front();
+            answer.unwrap_or_else(|| panic!("{call}: the script ran out (after {:?})", self.calls.borrow()))
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+
+        fn count(&self, prefix: &str) -> usize {
+            self.calls.borrow().iter().filter(|c| c.starts_with(prefix)).count()
+        }
+    }
+
+    fn unexpected(call: &str) -> ! {
+        panic!("{call} was called where the script had another answer")
+    }
+
+    impl AdmitStore for Scripted {
+        type Ledger = Memory;
+
+        async fn admit(&self, admit: &scripts::Admit<'_>) -> Result<Admission, StoreError> {
+            self.calls.borrow_mut().push(format!("admit {}", admit.task_id));
+            match self.next("admit".into()) {
+                Answer::Admit(answer) => answer,
+                _ => unexpected("admit"),
+            }
+        }
+
+        async fn prepare(&self, prepare: &scripts::Prepare<'_>) -> Result<Prepared, StoreError> {
+            self.calls.borrow_mut().push(format!("prepare {:?}", prepare.idempotency_key));
+            match self.next("prepare".into()) {
+                Answer::Prepare(answer) => answer,
+                _ => unexpected("prepare"),
+            }
+        }
+
+        async fn file(&self, file: &scripts::File<'_>) -> Result<Filed, StoreError> {
+            yield_once().await;
+            let slots: Vec<i64> = file.tasks.iter().map(|t| t.slot).collect();
+            self.calls.borrow_mut().push(format!("file {slots:?}"));
+            match self.next("file".into()) {
+                Answer::File(answer) => answer,
+                _ => unexpected("file"),
+            }
+        }
+
+        async fn release(&self, idempotency_key: &str) -> Result<(), StoreError> {
+            self.calls.borrow_mut().push(format!("release {idempotency_key}"));
+            Ok(())
+        }
+
+        async fn poke(&self, _lane: &LaneKey, task_id: &str) -> Result<Admitted, StoreError> {
+            self.calls.borrow_mut().push(format!("poke {task_id}"));
+            match self.next("poke".into()) {
+                Answer::Poke(answer) => answer,
+                _ => unexpected("poke"),
+            }
+        }
+
+        async fn read_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+            self.calls.borrow_mut().push(format!("read {task_id}"));
+            match self.next("read".into()) {
+                Answer::ReadTask(answer) => Ok(answer),
+                _ => unexpected("read_task"),
+            }
+        }
+
+        async fn position(&self, lane: &LaneKey, task_id: &str) -> Result<i64, StoreError> {
+            self.calls.borrow_mut().push(format!("position {} {task_id}", lane.0));
+            match self.next("position".into()) {
+                Answer::Position(answer) => Ok(answer),
+                _ => unexpected("position"),
+            }
+        }
+
+        fn open_ledger(&self, _key: &str) -> Result<(Memory, Ledger), LedgerError> {
+            if self.ledger_down {
+                return Err(LedgerError::Unavailable("key-value store down".to_string()));
+            }
+            Ok((Memory(self.ledger.clone()), self.ledger.borrow().clone()))
+        }
+
+        fn recent_slots(
+            &self,
+            _: LedgerBackend,
+            _: &str,
+            from_redis: Option<&[u8]>,
+        ) -> Result<Vec<Spent>, LedgerError> {
+            Ok(Ledger::decode(from_redis)?.spent())
+        }
+    }
+
+    /// A `kv` ledger in memory, with a true compare-and-set.
+    struct Memory(Rc<RefCell<Ledger>>);
+
+    impl LedgerStore for Memory {
+        fn keep(&self, history: usize) -> usize {
+            history
+        }
+
+        async fn compare_and_set(&mut self, expected: &Ledger, new: &Ledger) -> Result<Swap, LedgerError> {
+            let mut stored = self.0.borrow_mut();
+            if *stored != *expected {
+                return Ok(Swap::Conflict { current: stored.clone() });
+            }
+            *stored = new.clone();
+            Ok(Swap::Landed)
+        }
+
+        fn back_off(&mut self, _attempt: u32) -> Duration {
+            Duration::from_millis(1)
+        }
+    }
+
+    /// Pending once, then ready: lets the other futures of a `join` run, as the host does
+    /// between an instance's requests.
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                return Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The manual clock, whose sleeps also yield once: an admission waiting for its group's
+    /// commit lets the one committing go on.
+    struct Yielding<'c>(&'c Manual);
+
+    impl Clock for Yielding<'_> {
+        fn now(&self) -> Duration {
+            self.0.now()
+        }
+
+        async fn sleep(&self, duration: Duration) {
+            self.0.sleep(duration).await;
+            yield_once().await
+        }
+    }
+
+    /// The `default` kind at 1 task/s and 20/min, and `big` that holds at most 2 units a second.
+    fn config(ledger: LedgerBackend) -> Config {
+        let policies =
+            Policies::parse(r#"{"kinds": {"big": ["2/1s"]}}"#, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = Config::for_tests(policies, None);
+        config.ledger = ledger;
+        config
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn task<'a>(user_id: &'a UserId, idempotency_key: Option<&'a str>) -> NewTask<'a> {
+        NewTask { user_id, kind: "default", cost: 1, payload: Some("[1]"), idempotency_key }
+    }
+
+    fn admit_redis(store: &Scripted, clock: &Manual, new: &NewTask<'_>) -> Result<Outcome, AdmitError> {
+        let config = config(LedgerBackend::Redis);
+        let request = Request::new(&config, new, "t1aaaaaaaaaaaaaaaaaaaaaa".to_string());
+        run_now(admit_in_one_script(&config, store, &request, clock))
+    }
+
+    fn filed(placement: Placement, now: i64) -> Admitted {
+        Admitted { placement, now, ran: Vec::new() }
+    }
+
+    fn admitted(slot: i64, placement: Placement, now: i64) -> Answer {
+        let ledger = Ledger::default().encode();
+        Answer::Admit(Ok(Admission::Admitted { slot, ledger, tier: None, filed: filed(placement, now) }))
+    }
+
+    fn pending() -> Answer {
+        Answer::Admit(Ok(Admission::Earlier { earlier: Earlier::Pending, now: 0, ledger: None, tier: None }))
+    }
+
+    const QUEUED: Placement = Placement::Queued { position: 1 };
+    const DONE: Placement = Placement::Completed { completed_at: 1_000 };
+
+    /// A placement as the tests compare it (`Placement` is not `PartialEq`).
+    fn shown(placement: Placement) -> Result<String, String> {
+        Ok(format!("{placement:?}"))
+    }
+
+    /// Where an outcome's task stands, or what the outcome is.
+    fn placement(outcome: Result<Outcome, AdmitError>) -> Result<String, String> {
+        match outcome {
+            Ok(Outcome::Admitted { task, .. }) => shown(task.placement),
+            Ok(Outcome::Replayed { task, .. }) => shown(task.placement),
+            Ok(Outcome::BacklogFull) => Err("backlog full".to_string()),
+            Ok(Outcome::TooCostly { window, .. }) => Err(format!("too costly for {}", window.quota)),
+            Ok(Outcome::KeyInUse) => Err("key in use".to_string()),
+            Ok(Outcome::KeyReused) => Err("key reused".to_string()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    #[test]
+    fn a_key_whose_first_admission_is_pending_is_waited_for() {
+        let (user, clock) = (alice(), Manual::new());
+        let store = Scripted::new([pending(), pending(), admitted(1_000, DONE, 1_000)]);
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, Some("k")))), shown(DONE));
+        assert_eq!(store.count("admit t1"), 3);
+        assert_eq!((clock.sleeps(), clock.now()), (2, 2 * INLINE_WAIT_STEP));
+    }
+
+    #[test]
+    fn a_key_pending_past_the_wait_is_in_use() {
+        let (user, clock) = (alice(), Manual::new());
+        let store = Scripted::new((0..1_000).map(|_| pending()));
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, Some("k")))), Err("key in use".to_string()));
+        let steps = IDEMPOTENCY_WAIT.as_millis() / INLINE_WAIT_STEP.as_millis();
+        assert_eq!((clock.sleeps() as u128, store.count("admit") as u128), (steps, steps + 1));
+    }
+
+    #[test]
+    fn a_store_error_on_the_commit_point_is_uncertain_any_other_internal() {
+        let user = alice();
+        for (error, says) in [
+            (StoreError::Unavailable("down".to_string()), "Uncertain(\"down\")"),
+            (StoreError::Unexpected("odd".to_string()), "Internal(\"odd\")"),
+        ] {
+            let store = Scripted::new([Answer::Admit(Err(error))]);
+            assert_eq!(placement(admit_redis(&store, &Manual::new(), &task(&user, None))), Err(says.to_string()));
+        }
+    }
+
+    #[test]
+    fn full_backlogs_and_costly_tasks_are_answered_as_such() {
+        let user = alice();
+        let store = Scripted::new([Answer::Admit(Ok(Admission::BacklogFull))]);
+        assert_eq!(placement(admit_redis(&store, &Manual::new(), &task(&user, None))), Err("backlog full".to_string()));
+        let costly = Admission::Costly { tier: None, quota: 2, window_ms: 1_000 };
+        let store = Scripted::new([Answer::Admit(Ok(costly))]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, None));
+        assert_eq!(placement(outcome), Err("too costly for 2".to_string()));
+    }
+
+    /// A task filed as queued although its slot has come is poked every `INLINE_WAIT_STEP`
+    /// until it ran, at most `INLINE_WAIT_STEPS` times; one whose slot is ahead is not.
+    #[test]
+    fn a_due_task_is_waited_for_briefly_a_later_one_not_at_all() {
+        let user = alice();
+        let (clock, poke) = (Manual::new(), |p| Answer::Poke(Ok(filed(p, 1_005))));
+        let store = Scripted::new([admitted(1_000, QUEUED, 1_000), poke(QUEUED), poke(DONE)]);
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, None))), shown(DONE));
+        assert_eq!((store.count("poke"), clock.sleeps()), (2, 2));
+
+        let clock = Manual::new();
+        let store = Scripted::new([admitted(1_001, QUEUED, 1_000)]);
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, None))), shown(QUEUED));
+        assert_eq!((store.count("poke"), clock.sleeps()), (0, 0));
+
+        let clock = Manual::new();
+        let late = std::iter::repeat_with(|| poke(QUEUED)).take(INLINE_WAIT_STEPS as usize);
+        let store = Scripted::new(std::iter::once(admitted(1_000, QUEUED, 1_000)).chain(late));
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, None))), shown(QUEUED));
+        assert_eq!((store.count("poke"), clock.sleeps()), (INLINE_WAIT_STEPS as usize, INLINE_WAIT_STEPS));
+    }
+
+    fn record(cost: u32, completed_at: Option<i64>) -> TaskRecord {
+        TaskRecord {
+            user_id: "alice".to_string(),
+            slot: 900,
+            completed_at,
+            cancelled_at: None,
+            payload: serde_json::value::RawValue::from_string("[1]".to_string()).ok(),
+            kind: "default".to_string(),
+            cost,
+            running_since: None,
+            failed_at: None,
+            attempts: Vec::new(),
+        }
+    }
+
+    /// A repeated key answers the earlier task as it is now, if the request is the same; a
+    /// key that names a task no longer there is a bug's trace (500).
+    #[test]
+    fn a_repeated_key_replays_its_task_or_is_refused() {
+        let user = alice();
+        let earlier = || {
+            let earlier = Earlier::Task("t0".to_string());
+            Answer::Admit(Ok(Admission::Earlier { earlier, now: 1_000, ledger: None, tier: None }))
+        };
+        let store = Scripted::new([earlier(), Answer::ReadTask(Some(record(1, Some(950))))]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), shown(Placement::Completed { completed_at: 950 }));
+
+        let store = Scripted::new([earlier(), Answer::ReadTask(Some(record(1, None))), Answer::Position(4)]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), shown(Placement::Queued { position: 4 }));
+        assert!(store.calls().iter().any(|c| c.starts_with("position ") && c.ends_with(" t0")), "{:?}", store.calls());
+
+        let store = Scripted::new([earlier(), Answer::ReadTask(Some(record(2, None)))]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), Err("key reused".to_string()));
+
+        let store = Scripted::new([earlier(), Answer::ReadTask(None)]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), Err(r#"Internal("idempotency key names unknown task t0")"#.to_string()));
+    }
+
+    // The `kv` ledger.
+
+    fn prepared(now: i64, earlier: Earlier) -> Answer {
+        Answer::Prepare(Ok(Prepared { now, backlog_full: false, earlier, tier: None }))
+    }
+
+    fn filed_all(placements: Vec<Placement>) -> Answer {
+        Answer::File(Ok(Filed { placements, now: 1_000, ran: Vec::new() }))
+    }
+
+    fn admit_kv<'a>(
+        config: &'a Config,
+        store: &'a Scripted,
+        clock: &'a Yielding<'a>,
+        new: &'a NewTask<'a>,
+        task_id: &str,
+    ) -> impl Future<Output = Result<Outcome, AdmitError>> + 'a {
+        let request = Request::new(config, new, format!("{task_id:0<24}"));
+        async move { admit_with_kv(config, store, &request, clock).await }
+    }
+
+    fn slot(outcome: &Result<Outcome, AdmitError>) -> Result<i64, String> {
+        match outcome {
+            Ok(Outcome::Admitted { task, .. }) => Ok(task.slot),
+            Ok(_) => Err("not admitted".to_string()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    /// Three admissions of one lane at once: the first commits alone, the two that came
+    /// while it did commit together, in one ledger write and one `file` call, FIFO.
+    #[test]
+    fn admissions_that_arrive_during_a_commit_commit_together() {
+        let (config, user, manual) = (config(LedgerBackend::Kv), alice(), Manual::new());
+        let clock = Yielding(&manual);
+        let store = Scripted::new([
+            prepared(1_000, Earlier::None),
+            prepared(1_000, Earlier::None),
+            prepared(1_000, Earlier::None),
+            filed_all(vec![DONE]),
+            filed_all(vec![QUEUED, QUEUED]),
+        ]);
+        let new = task(&user, None);
+        let all = pin!(futures::future::join3(
+            admit_kv(&config, &store, &clock, &new, "a"),
+            admit_kv(&config, &store, &clock, &new, "b"),
+            admit_kv(&config, &store, &clock, &new, "c"),
+        ));
+        let (a, b, c) = poll_some(all, 100).unwrap_or_else(|| panic!("still waiting: {:?}", store.calls()));
+        assert_eq!((slot(&a), slot(&b), slot(&c)), (Ok(1_000), Ok(2_000), Ok(3_000)));
+        assert_eq!(store.count("file"), 2);
+        assert!(store.calls().contains(&"file [2000, 3000]".to_string()), "{:?}", store.calls());
+        assert_eq!(store.ledger.borrow().spent().len(), 3);
+        assert!(GROUPS.with_borrow(HashMap::is_empty), "the group was not handed on");
+    }
+
+    /// Polls `future` at most `times` times.
+    fn poll_some<F: Future>(future: std::pin::Pin<&mut F>, times: usize) -> Option<F::Output> {
+        let mut future = future;
+        let mut cx = Context::from_waker(Waker::noop());
+        (0..times).find_map(|_| match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    }
+
+    /// The request leading a batch is dropped while it files: the others of its batch are
+    /// answered (it may have been filed: uncertain), and the group is handed on.
+    #[test]
+    fn a_dropped_leader_answers_its_batch_and_hands_the_group_on() {
+        let (config, user, manual) = (config(LedgerBackend::Kv), alice(), Manual::new());
+        let clock = Yielding(&manual);
+        let store = Scripted::new([
+            prepared(1_000, Earlier::None),
+            prepared(1_000, Earlier::None),
+            prepared(1_000, Earlier::None),
+            filed_all(vec![DONE]),
+            prepared(1_000, Earlier::None),
+            filed_all(vec![QUEUED]),
+        ]);
+        let new = task(&user, None);
+        let mut a = Box::pin(admit_kv(&config, &store, &clock, &new, "a"));
+        let mut b = Box::pin(admit_kv(&config, &store, &clock, &new, "b"));
+        let mut c = pin!(admit_kv(&config, &store, &clock, &new, "c"));
+        // a files alone while b and c wait; then b leads [b, c] and is dropped while filing.
+        assert!(poll_some(a.as_mut(), 1).is_none() && poll_some(b.as_mut(), 1).is_none());
+        assert!(poll_some(c.as_mut(), 1).is_none());
+        assert_eq!(poll_some(a.as_mut(), 1).as_ref().map(slot), Some(Ok(1_000)));
+        assert!(poll_some(b.as_mut(), 1).is_none(), "b should be filing [b, c]");
+        drop(b);
+        let uncertain = "Uncertain(\"the request committing this admission was cancelled\")";
+        assert_eq!(poll_some(c.as_mut(), 1).as_ref().map(slot), Some(Err(uncertain.to_string())));
+        // The next admission of the lane leads a commit of its own.
+        let d = admit_kv(&config, &store, &clock, &new, "d");
+        assert_eq!(poll_some(pin!(d), 10).as_ref().map(slot), Some(Ok(4_000)));
+    }
+
+    /// Where the `kv` path stops before storing anything, a reserved key is released; where
+    /// `file` did not answer (it may have run), it is kept.
+    #[test]
+    fn kv_refusals_and_errors_release_the_key_unless_the_task_may_be_stored() {
+        let user = alice();
+        let run = |store: &Scripted, new: &NewTask<'_>| {
+            let (config, manual) = (config(LedgerBackend::Kv), Manual::new());
+            let clock = Yielding(&manual);
+            run_now(admit_kv(&config, store, &clock, new, "a"))
+        };
+        let costly = NewTask { kind: "big", cost: 3, ..task(&user, Some("k")) };
+        let store = Scripted::new([prepared(1_000, Earlier::None)]);
+        assert_eq!(placement(run(&store, &costly)), Err("too costly for 2".to_string()));
+        assert_eq!(store.count("release"), 1);
+
+        let mut store = Scripted::new([prepared(1_000, Earlier::None)]);
+        store.ledger_down = true;
+        let outcome = run(&store, &task(&user, Some("k")));
+        assert_eq!(placement(outcome), Err(r#"Unavailable("key-value store down")"#.to_string()));
+        assert_eq!((store.count("release"), store.count("file")), (1, 0));
+
+        let down = Answer::File(Err(StoreError::Unavailable("down".to_string())));
+        let store = Scripted::new([prepared(1_000, Earlier::None), down]);
+        assert_eq!(placement(run(&store, &task(&user, Some("k")))), Err(r#"Uncertain("down")"#.to_string()));
+        assert_eq!(store.count("release"), 0);
+
+        let full = Answer::Prepare(Ok(Prepared { now: 1_000, backlog_full: true, earlier: Earlier::None, tier: None }));
+        let store = Scripted::new([full]);
+        assert_eq!(placement(run(&store, &task(&user, Some("k")))), Err("backlog full".to_string()));
+        assert_eq!(store.calls().len(), 1, "nothing was reserved, so nothing is released");
+
+        let store =
+            Scripted::new([prepared(1_000, Earlier::Pending), prepared(1_000, Earlier::None), filed_all(vec![DONE])]);
+        assert_eq!(placement(run(&store, &task(&user, Some("k")))), shown(DONE));
+        assert_eq!(store.count("prepare"), 2);
+    }
 }
