@@ -582,7 +582,9 @@ async fn wait_if_due(
         }
         clock.sleep(INLINE_WAIT_STEP).await;
         waits += 1;
-        let poked = store.poke(lane, task_id).await?;
+        // The task is stored: a failed look is no reason to answer 503 (which says nothing
+        // was, and invites a retry that stores it twice). Answer it as filed.
+        let Ok(poked) = store.poke(lane, task_id).await else { break };
         print_log(&poked.ran);
         admitted = Admitted {
             placement: match poked.placement {
@@ -918,7 +920,8 @@ mod tests {
     }
 
     /// A task filed as queued although its slot has come is poked every `INLINE_WAIT_STEP`
-    /// until it ran, at most `INLINE_WAIT_STEPS` times; one whose slot is ahead is not.
+    /// until it ran, at most `INLINE_WAIT_STEPS` times (a failed poke ends the wait: the task
+    /// is stored); one whose slot is ahead is not.
     #[test]
     fn a_due_task_is_waited_for_briefly_a_later_one_not_at_all() {
         let user = alice();
@@ -931,6 +934,11 @@ mod tests {
         let store = Scripted::new([admitted(1_001, QUEUED, 1_000)]);
         assert_eq!(placement(admit_redis(&store, &clock, &task(&user, None))), shown(QUEUED));
         assert_eq!((store.count("poke"), clock.sleeps()), (0, 0));
+
+        let clock = Manual::new();
+        let down = Answer::Poke(Err(StoreError::Unavailable("down".to_string())));
+        let store = Scripted::new([admitted(1_000, QUEUED, 1_000), down]);
+        assert_eq!(placement(admit_redis(&store, &clock, &task(&user, None))), shown(QUEUED));
 
         let clock = Manual::new();
         let late = std::iter::repeat_with(|| poke(QUEUED)).take(INLINE_WAIT_STEPS as usize);
