@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Sleep, timeout};
 use tokio_rustls::client::TlsStream;
+use tracing::Instrument;
 use wasmtime_wasi::TrappableError;
 use wasmtime_wasi_http::p3::bindings::http::types::{DnsErrorPayload, ErrorCode};
 use wasmtime_wasi_http::p3::{RequestOptions, WasiHttpHooks};
@@ -82,13 +83,26 @@ impl WasiHttpHooks for Hooks {
             first_byte: options.and_then(|o| o.first_byte_timeout).unwrap_or(DEFAULT_TIMEOUT),
             between_bytes: options.and_then(|o| o.between_bytes_timeout).unwrap_or(DEFAULT_TIMEOUT),
         };
-        let allowed = prepare(&self.component.allowed_outbound_hosts, &request);
+        // The span Spin's `#[instrument]` opens on every request (and what it costs).
+        let span = tracing::info_span!(
+            "spin_outbound_http.send_request",
+            otel.kind = "client",
+            url.full = %request.uri(),
+            http.request.method = %request.method(),
+            otel.name = %request.method(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let allowed = span.in_scope(|| prepare(&self.component.allowed_outbound_hosts, &request));
         let clients = self.clients.clone();
-        Box::new(async move {
-            allowed?;
-            let response = send(clients, request, timeouts).await?;
-            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
-        })
+        Box::new(
+            async move {
+                allowed?;
+                let response = send(clients, request, timeouts).await?;
+                tracing::Span::current().record("http.response.status_code", response.status().as_u16());
+                Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+            }
+            .instrument(span),
+        )
     }
 }
 

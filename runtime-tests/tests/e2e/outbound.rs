@@ -79,3 +79,12 @@ fn a_port_nobody_listens_on_is_connection_refused() {
     let reply = send(&host, &format!("http://{closed}/ok"), &[]);
     assert_eq!(reply.body, "error ErrorCode::ConnectionRefused");
 }
+
+/// https goes through rustls: a plain-HTTP server fails the handshake with Spin's error.
+#[test]
+fn https_to_a_server_without_tls_is_a_tls_protocol_error() {
+    let backend = Backend::start();
+    let host = Host::start_manifest_with(&outbound_manifest(), &[("target_hosts", "https://127.0.0.1:*")]);
+    let reply = send(&host, &format!("https://{}/ok", backend.addr()), &[]);
+    assert_eq!(reply.body, "error ErrorCode::TlsProtocolError");
+}
