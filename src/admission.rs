@@ -259,6 +259,7 @@ async fn admit_in_one_script(
 ) -> Result<Outcome, AdmitError> {
     let Request { lane, new, ledger_key, idem, task_id, .. } = request;
     let (keep, keep_ms) = config.policies.lane_history(new.kind);
+    let delivery = config.policies.delivery(new.kind).map(|d| d.spec());
     let policy = AdmitPolicy {
         kind: new.kind,
         cost: new.cost,
@@ -266,6 +267,7 @@ async fn admit_in_one_script(
         keep_ms,
         tier_key: request.tier_key.clone(),
         spec: request.policy(config, None)?.spec(),
+        delivery: delivery.as_deref(),
         overrides: request.overrides.iter().map(|(tier, p)| (*tier, p.spec())).collect(),
     };
     let started = clock.now();
@@ -290,7 +292,13 @@ async fn admit_in_one_script(
         match admission {
             Admission::Admitted { slot, ledger, tier, filed } => {
                 let recent = Ledger::decode(Some(&ledger))?.spent();
-                let admitted = wait_if_due(store, clock, lane, task_id, slot, filed).await?;
+                // A task to deliver runs in the drainer, never inline: nothing to wait for.
+                let admitted = if delivery.is_some() {
+                    print_log(&filed.ran);
+                    filed
+                } else {
+                    wait_if_due(store, clock, lane, task_id, slot, filed).await?
+                };
                 let task = new_task(new, task_id.clone(), slot, admitted.placement);
                 return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
             }

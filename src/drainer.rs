@@ -25,6 +25,11 @@ use crate::keys::is_task_id;
 use crate::log::print_log;
 use crate::queue::new_task_id;
 use crate::queue::{Drained, Queue, StoreError};
+use crate::scripts::{Claim, Ended, Outcome};
+use futures::FutureExt;
+use futures::future::{Either, select};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::pin::{Pin, pin};
 use std::time::Duration;
 use task_core::clock::Clock;
 
@@ -66,15 +71,16 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     };
     let config = Config::drainer().await?;
     let queue = Queue::connect(&config).await.map_err(store_error)?;
-    lead_or_stand_by(&queue, &SpinClock::default(), &new_task_id(), handoff).await.map_err(store_error)
+    let courier = SpinCourier { config: &config };
+    lead_or_stand_by(&queue, &SpinClock::default(), &courier, &new_task_id(), handoff).await.map_err(store_error)
 }
 
 /// What the drainer asks of the store: the queue in Redis, or a script of answers in tests.
 #[allow(async_fn_in_trait)]
 pub trait DrainStore {
-    /// Runs what is due if we hold (or can take) the lease; `handoff` is the token of the
-    /// leader whose tick woke us.
-    async fn drain(&self, token: &str, handoff: &str) -> Result<Drained, StoreError>;
+    /// Records `outcomes`, then runs what is due if we hold (or can take) the lease;
+    /// `handoff` is the token of the leader whose tick woke us.
+    async fn drain(&self, token: &str, handoff: &str, outcomes: &[Outcome]) -> Result<Drained, StoreError>;
     /// Wakes every replica's drainer; the first to hear it takes over our lease.
     async fn publish_tick(&self, token: &str) -> Result<(), StoreError>;
     /// Switches on the lease-expiry notification (the second wake-up path).
@@ -82,8 +88,8 @@ pub trait DrainStore {
 }
 
 impl DrainStore for Queue<'_> {
-    async fn drain(&self, token: &str, handoff: &str) -> Result<Drained, StoreError> {
-        self.run(&crate::scripts::Drain { token, handoff, lease_ttl_ms: LEASE_TTL_MS, batch: BATCH }).await
+    async fn drain(&self, token: &str, handoff: &str, outcomes: &[Outcome]) -> Result<Drained, StoreError> {
+        self.run(&crate::scripts::Drain { token, handoff, lease_ttl_ms: LEASE_TTL_MS, batch: BATCH, outcomes }).await
     }
 
     async fn publish_tick(&self, token: &str) -> Result<(), StoreError> {
@@ -95,20 +101,67 @@ impl DrainStore for Queue<'_> {
     }
 }
 
+/// Who makes the delivery attempts the drainer claims: Spin's outbound HTTP, or a script of
+/// outcomes in tests. Attempts run concurrently inside the handler, so a slow backend holds
+/// only its own attempts, never the drainer's loop.
+pub trait Courier {
+    fn deliver(&self, claim: Claim) -> Pin<Box<dyn Future<Output = Outcome> + '_>>;
+}
+
+struct SpinCourier<'c> {
+    config: &'c Config,
+}
+
+impl Courier for SpinCourier<'_> {
+    fn deliver(&self, claim: Claim) -> Pin<Box<dyn Future<Output = Outcome> + '_>> {
+        Box::pin(async move {
+            match self.config.policies.delivery(&claim.kind) {
+                Some(delivery) => {
+                    crate::delivery::deliver(&claim, delivery, self.config.delivery_secret.as_ref()).await
+                }
+                // The kind lost its target in a new configuration: nothing can deliver it.
+                None => Outcome {
+                    task_id: claim.task_id,
+                    attempt: claim.attempt,
+                    result: Ended::Failed,
+                    status: "no-target".to_string(),
+                    duration_ms: None,
+                    retry_after_ms: 0,
+                },
+            }
+        })
+    }
+}
+
 /// One handler's work: lead for about a window if the lease is ours to take, or watch the
-/// lease as a standby until another leader takes it or it lapses (see the module doc).
+/// lease as a standby until another leader takes it or it lapses (see the module doc). A
+/// leader with deliveries in flight keeps leading until they have ended (a Redis handler's
+/// spawned work would be cancelled when it returns), and reports each outcome as soon as it
+/// arrives.
 async fn lead_or_stand_by(
     store: &impl DrainStore,
     clock: &impl Clock,
+    courier: &impl Courier,
     token: &str,
     handoff: &str,
 ) -> Result<(), StoreError> {
     let started = clock.now();
     let mut watched_holder: Option<String> = None;
     let mut leading = false;
+    let mut in_flight = FuturesUnordered::new();
+    let mut ended: Vec<Outcome> = Vec::new();
     loop {
-        match store.drain(token, handoff).await? {
-            Drained::Busy { holder } => {
+        let reply = store.drain(token, handoff, &ended).await?;
+        ended.clear();
+        match reply {
+            Drained::Busy { holder, ran } => {
+                print_log(&ran);
+                if !in_flight.is_empty() {
+                    // Ours to report, whoever leads now.
+                    ended.extend(in_flight.next().await);
+                    collect_ended(&mut in_flight, &mut ended);
+                    continue;
+                }
                 match &watched_holder {
                     Some(seen) if *seen != holder => return Ok(()), // a new leader: it will tick
                     Some(_) => {}
@@ -121,22 +174,35 @@ async fn lead_or_stand_by(
             }
             Drained::Idle { ran } => {
                 print_log(&ran);
-                return Ok(());
+                if in_flight.is_empty() {
+                    return Ok(());
+                }
+                ended.extend(in_flight.next().await);
+                collect_ended(&mut in_flight, &mut ended);
             }
-            Drained::Active { next_due_in_ms, more_due_now, ran } => {
+            Drained::Active { next_due_in_ms, more_due_now, ran, claims } => {
                 print_log(&ran);
                 if !leading {
                     leading = true;
                     // Once per window is plenty; a refusal only removes the backup path.
                     let _ = store.enable_expiry_events().await;
                 }
-                if more_due_now {
+                for claim in claims {
+                    in_flight.push(courier.deliver(claim));
+                }
+                // Polling them once sends their requests now, at their claimed starts.
+                collect_ended(&mut in_flight, &mut ended);
+                if more_due_now || !ended.is_empty() {
                     continue;
                 }
-                // Hand over only when no slot is near: the next leader needs a few ms to
-                // start, and a task due meanwhile would run late by as much.
+                // Hand over only when no slot is near (the next leader needs a few ms to
+                // start, and a task due meanwhile would run late by as much) and nothing is
+                // in flight.
                 let elapsed = clock.since(started);
-                if elapsed >= WINDOW && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW) {
+                let may_hand_over = in_flight.is_empty()
+                    && elapsed >= WINDOW
+                    && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW);
+                if may_hand_over {
                     return store.publish_tick(token).await;
                 }
                 // Sleep until just before the next slot, then ask again every millisecond
@@ -144,14 +210,34 @@ async fn lead_or_stand_by(
                 // as much (the rule holds on completion times), so waking late would add up
                 // along a user's backlog. Asking again at once instead of after 1 ms would
                 // spin: with many users a slot is due every few ms, and each call that runs
-                // nothing costs a script call.
-                let left_ms = (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64;
+                // nothing costs a script call. A delivery that ends wakes the leader at once:
+                // its completion is the answer's arrival.
+                let left_ms = if in_flight.is_empty() {
+                    (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64
+                } else {
+                    POLL_MS
+                };
                 let wait_ms = leader_wait_ms(next_due_in_ms, left_ms);
-                if wait_ms > 0 {
-                    clock.sleep(Duration::from_millis(wait_ms as u64)).await;
+                let nap = Duration::from_millis(wait_ms.max(0) as u64);
+                if in_flight.is_empty() {
+                    if wait_ms > 0 {
+                        clock.sleep(nap).await;
+                    }
+                } else if let Either::Right((Some(outcome), _)) = select(pin!(clock.sleep(nap)), in_flight.next()).await
+                {
+                    ended.push(outcome);
+                    collect_ended(&mut in_flight, &mut ended);
                 }
             }
         }
+    }
+}
+
+/// Polls every delivery in flight once (which starts the new ones) and takes the outcomes of
+/// those that have ended.
+fn collect_ended<F: Future<Output = Outcome>>(in_flight: &mut FuturesUnordered<F>, ended: &mut Vec<Outcome>) {
+    while let Some(Some(outcome)) = in_flight.next().now_or_never() {
+        ended.push(outcome);
     }
 }
 
@@ -198,6 +284,8 @@ mod tests {
         drains: Cell<u32>,
         ticks: RefCell<Vec<String>>,
         expiry_enabled: Cell<u32>,
+        /// The outcomes each drain call reported, with the clock at the call.
+        reported: RefCell<Vec<(Duration, Outcome)>>,
     }
 
     impl<'c> Scripted<'c> {
@@ -210,12 +298,14 @@ mod tests {
                 drains: Cell::new(0),
                 ticks: RefCell::new(Vec::new()),
                 expiry_enabled: Cell::new(0),
+                reported: RefCell::new(Vec::new()),
             }
         }
     }
 
     impl DrainStore for Scripted<'_> {
-        async fn drain(&self, _token: &str, _handoff: &str) -> Result<Drained, StoreError> {
+        async fn drain(&self, _token: &str, _handoff: &str, outcomes: &[Outcome]) -> Result<Drained, StoreError> {
+            self.reported.borrow_mut().extend(outcomes.iter().map(|o| (self.clock.now(), o.clone())));
             self.clock.advance(self.call);
             self.drains.set(self.drains.get() + 1);
             let next = self.replies.borrow_mut().pop_front().or(self.last.get());
@@ -234,31 +324,96 @@ mod tests {
         }
     }
 
+    /// A backend that answers every attempt `takes` after it was sent (on the clock), with
+    /// `status`, and records when each attempt was sent.
+    struct Backend<'c> {
+        clock: &'c Manual,
+        takes: Duration,
+        sent: RefCell<Vec<(Duration, String)>>,
+    }
+
+    impl Courier for Backend<'_> {
+        fn deliver(&self, claim: Claim) -> Pin<Box<dyn Future<Output = Outcome> + '_>> {
+            let sent = self.clock.now();
+            self.sent.borrow_mut().push((sent, claim.task_id.clone()));
+            let done = sent + self.takes;
+            Box::pin(std::future::poll_fn(move |cx| {
+                if self.clock.now() < done {
+                    // Asks to be polled again (a host call would wake it when its answer came).
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(Outcome {
+                    task_id: claim.task_id.clone(),
+                    attempt: claim.attempt,
+                    result: Ended::Completed,
+                    status: "200".to_string(),
+                    duration_ms: Some(self.takes.as_millis() as u64),
+                    retry_after_ms: 0,
+                })
+            }))
+        }
+    }
+
+    fn backend(clock: &Manual, takes_ms: u64) -> Backend<'_> {
+        Backend { clock, takes: Duration::from_millis(takes_ms), sent: RefCell::new(Vec::new()) }
+    }
+
+    fn active(claims: Vec<Claim>) -> Drained {
+        Drained::Active { next_due_in_ms: 500, more_due_now: false, ran: Vec::new(), claims }
+    }
+
     fn far() -> Drained {
-        Drained::Active { next_due_in_ms: 500, more_due_now: false, ran: Vec::new() }
+        active(Vec::new())
     }
 
     fn near() -> Drained {
-        Drained::Active { next_due_in_ms: HANDOFF_CLEARANCE_MS / 2, more_due_now: false, ran: Vec::new() }
+        Drained::Active {
+            next_due_in_ms: HANDOFF_CLEARANCE_MS / 2,
+            more_due_now: false,
+            ran: Vec::new(),
+            claims: Vec::new(),
+        }
     }
 
     fn held_by_a() -> Drained {
-        Drained::Busy { holder: "a".to_string() }
+        Drained::Busy { holder: "a".to_string(), ran: Vec::new() }
     }
 
     fn held_by_b() -> Drained {
-        Drained::Busy { holder: "b".to_string() }
+        Drained::Busy { holder: "b".to_string(), ran: Vec::new() }
     }
 
     fn idle() -> Drained {
         Drained::Idle { ran: Vec::new() }
     }
 
+    fn claim(id: &str) -> Claim {
+        Claim {
+            task_id: id.to_string(),
+            user_id: "ann".to_string(),
+            kind: "mail".to_string(),
+            cost: 1,
+            attempt: 1,
+            slot: 0,
+            started_at: 0,
+            payload: None,
+        }
+    }
+
+    fn claims_two() -> Drained {
+        active(vec![claim("t1"), claim("t2")])
+    }
+
+    fn run(store: &Scripted, clock: &Manual, courier: &Backend, handoff: &str) -> Result<(), StoreError> {
+        run_now(lead_or_stand_by(store, clock, courier, "me", handoff))
+    }
+
     #[test]
     fn with_nothing_queued_the_handler_returns_without_a_tick() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[idle]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert_eq!((store.drains.get(), store.ticks.borrow().len(), clock.sleeps()), (1, 0, 0));
     }
 
@@ -268,7 +423,7 @@ mod tests {
     fn a_leader_hands_over_after_one_window_when_no_slot_is_near() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[far]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert_eq!(*store.ticks.borrow(), ["me"]);
         assert_eq!(store.expiry_enabled.get(), 1);
         assert!(clock.now() >= WINDOW && clock.now() < WINDOW + Duration::from_millis(2 * POLL_MS as u64));
@@ -282,7 +437,7 @@ mod tests {
     fn a_leader_keeps_a_near_slot_until_two_windows() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[near]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert_eq!(*store.ticks.borrow(), ["me"]);
         assert!(clock.now() >= 2 * WINDOW && clock.now() < 2 * WINDOW + Duration::from_millis(POLL_MS as u64 + 2));
     }
@@ -291,11 +446,11 @@ mod tests {
     #[test]
     fn a_leader_with_more_due_calls_again_at_once() {
         fn more() -> Drained {
-            Drained::Active { next_due_in_ms: 0, more_due_now: true, ran: Vec::new() }
+            Drained::Active { next_due_in_ms: 0, more_due_now: true, ran: Vec::new(), claims: Vec::new() }
         }
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[more, more, more, idle]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert_eq!((store.drains.get(), clock.sleeps(), store.expiry_enabled.get()), (4, 0, 1));
     }
 
@@ -304,7 +459,7 @@ mod tests {
     fn a_standby_returns_when_a_new_leader_takes_the_lease() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[held_by_a, held_by_a, held_by_a, held_by_b]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "a")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "a").is_ok());
         assert_eq!((store.drains.get(), clock.sleeps(), store.ticks.borrow().len()), (4, 3, 0));
     }
 
@@ -313,7 +468,7 @@ mod tests {
     fn a_standby_gives_up_after_its_bound() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[held_by_a]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert!(clock.now() > STANDBY_MAX && clock.now() <= STANDBY_MAX + STANDBY_POLL + store.call);
         assert_eq!(store.ticks.borrow().len(), 0);
     }
@@ -323,7 +478,41 @@ mod tests {
     fn a_standby_takes_over_a_lapsed_lease() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[held_by_a, held_by_a, idle]);
-        assert!(run_now(lead_or_stand_by(&store, &clock, "me", "")).is_ok());
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
         assert_eq!((store.drains.get(), clock.sleeps()), (3, 2));
+    }
+
+    /// Claimed attempts are sent at once, and each outcome is reported by the first drain
+    /// call after it arrives, within a poll's sleep.
+    #[test]
+    fn claims_are_sent_at_once_and_their_outcomes_reported_when_they_arrive() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[claims_two, far]);
+        let courier = backend(&clock, 100);
+        assert!(run(&store, &clock, &courier, "").is_ok());
+        let sent = courier.sent.borrow();
+        assert_eq!(sent.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
+        // Sent right after the call that claimed them (which took `call`).
+        assert!(sent.iter().all(|(at, _)| *at == store.call));
+        let reported = store.reported.borrow();
+        assert_eq!(reported.iter().map(|(_, o)| o.task_id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
+        for (at, _) in reported.iter() {
+            let answered = store.call + courier.takes;
+            assert!(*at >= answered && *at <= answered + Duration::from_millis(POLL_MS as u64), "{at:?}");
+        }
+    }
+
+    /// A leader whose deliveries are still in flight at the end of its windows keeps leading
+    /// until they end (returning would cancel them), then hands over.
+    #[test]
+    fn a_leader_does_not_hand_over_with_deliveries_in_flight() {
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[claims_two, far]);
+        let takes = 3 * WINDOW.as_millis() as u64;
+        let courier = backend(&clock, takes);
+        assert!(run(&store, &clock, &courier, "").is_ok());
+        assert_eq!(store.reported.borrow().len(), 2);
+        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert!(clock.now() >= Duration::from_millis(takes));
     }
 }

@@ -13,7 +13,9 @@
 //! - `kv_ledger`: the `kv` ledger backend on Spin's key-value store (compare-and-swap checked
 //!   by reading back); the `redis` backend lives inside `admit.lua`.
 //! - `admission`: a validated request to a stored task, as an `Outcome`.
-//! - `drainer`: the Redis-triggered component that runs queued tasks at their slots.
+//! - `drainer`: the Redis-triggered component that runs queued tasks at their slots, and
+//!   claims, delivers and records the attempts of tasks whose kind has a target.
+//! - `delivery`: one attempt: the signed request to the kind's target and how it ended.
 //! - `log`: the seed-format lines on stdout.
 //! - `deadline`: bounded waits (Spin's Redis client has no timeout) and the host clock the
 //!   waiting loops take.
@@ -37,6 +39,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod deadline;
+pub mod delivery;
 pub mod drainer;
 pub mod http;
 pub mod kv_ledger;

@@ -2,7 +2,7 @@
 //! hash, shared by every replica and updated by the scripts that do the counted work
 //! (`queue.rs`), so they are exact across replicas and survive restarts of the app.
 
-use crate::scripts::LATENESS_BUCKETS_MS;
+use crate::scripts::{DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -63,17 +63,54 @@ pub fn render(counters: &[(String, i64)]) -> String {
         &mut out,
         "task_api_lateness_seconds",
         "histogram",
-        "How long after its slot each task ran (completed_at - slot).",
+        "How long after its slot each task ran, or each delivery attempt started (started_at - slot).",
     );
     let mut cumulative = 0;
     for bound in LATENESS_BUCKETS_MS {
         cumulative += get(&format!("lateness_le:{bound}"));
         let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", seconds(bound));
     }
+    // Every start is counted (a delivery's attempts too); data from before that counter
+    // existed has one start per completion.
     let completed = get("completed") + completed_per_kind.values().sum::<i64>();
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {completed}");
+    let starts = if fields.contains_key("lateness_count") { get("lateness_count") } else { completed };
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {starts}");
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
-    let _ = writeln!(out, "{name}_count {completed}");
+    let _ = writeln!(out, "{name}_count {starts}");
+
+    let name = family(
+        &mut out,
+        "task_api_kind_deliveries_total",
+        "counter",
+        "Delivery attempts per kind that ended: delivered (a 2xx), retried, or failed (the task failed).",
+    );
+    for outcome in ["delivered", "retried", "failed"] {
+        for (kind, value) in per_kind(outcome) {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\",outcome=\"{outcome}\"}} {value}");
+        }
+    }
+    let name = family(&mut out, "task_api_kind_claims_total", "counter", "Delivery attempts started per kind.");
+    for (kind, value) in per_kind("claimed") {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
+    }
+    let lapsed_help = "Delivery attempts whose outcome was never recorded before their claim lapsed (retried).";
+    single(&mut out, "task_api_lapsed_claims_total", "counter", lapsed_help, get("lapsed"));
+    let name = family(
+        &mut out,
+        "task_api_delivery_duration_seconds",
+        "histogram",
+        "From a delivery's request to its answer's head, per kind (attempts without an answer are not in it).",
+    );
+    for (kind, count) in per_kind("delivery_count") {
+        let mut cumulative = 0;
+        for bound in DELIVERY_BUCKETS_MS {
+            cumulative += get(&format!("delivery_le:{bound}:{kind}"));
+            let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"{}\"}} {cumulative}", seconds(bound));
+        }
+        let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{kind=\"{kind}\"}} {}", seconds(get(&format!("delivery_sum_ms:{kind}"))));
+        let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {count}");
+    }
 
     let cancelled_help = "Queued tasks cancelled by DELETE /api/v1/task/{id} (they never run).";
     single(&mut out, "task_api_cancelled_total", "counter", cancelled_help, get("cancelled"));
@@ -160,6 +197,31 @@ mod tests {
             let base = family.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
             assert!(text.contains(&format!("# TYPE {base} ")), "{line}");
         }
+    }
+
+    #[test]
+    fn deliveries_per_kind() {
+        let text = render(&counters(&[
+            ("delivered:mail", 5),
+            ("retried:mail", 2),
+            ("failed:hook", 1),
+            ("claimed:mail", 7),
+            ("lapsed", 1),
+            ("delivery_le:5:mail", 1),
+            ("delivery_le:100:mail", 5),
+            ("delivery_count:mail", 7),
+            ("delivery_sum_ms:mail", 420),
+        ]));
+        assert!(text.contains("task_api_kind_deliveries_total{kind=\"mail\",outcome=\"delivered\"} 5\n"), "{text}");
+        assert!(text.contains("task_api_kind_deliveries_total{kind=\"mail\",outcome=\"retried\"} 2\n"), "{text}");
+        assert!(text.contains("task_api_kind_deliveries_total{kind=\"hook\",outcome=\"failed\"} 1\n"), "{text}");
+        assert!(text.contains("task_api_kind_claims_total{kind=\"mail\"} 7\n"), "{text}");
+        assert!(text.contains("task_api_lapsed_claims_total 1\n"), "{text}");
+        let name = "task_api_delivery_duration_seconds";
+        assert!(text.contains(&format!("{name}_bucket{{kind=\"mail\",le=\"0.005\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{kind=\"mail\",le=\"0.1\"}} 6\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{kind=\"mail\",le=\"+Inf\"}} 7\n")), "{text}");
+        assert!(text.contains(&format!("{name}_sum{{kind=\"mail\"}} 0.42\n")), "{text}");
     }
 
     #[test]

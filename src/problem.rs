@@ -93,6 +93,18 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, "task-completed", "The task already ran", detail)
     }
 
+    pub fn already_failed(task_id: &str, failed_at: i64) -> Problem {
+        let detail = format!("task {task_id} failed at {failed_at} (epoch ms); only a queued task can be cancelled");
+        Problem::new(StatusCode::CONFLICT, "task-failed", "The task already failed", detail)
+    }
+
+    pub fn running(task_id: &str, since: i64) -> Problem {
+        let detail = format!(
+            "a delivery attempt of task {task_id} has been in flight since {since} (epoch ms); only a queued task can be cancelled"
+        );
+        Problem::new(StatusCode::CONFLICT, "task-running", "The task is being delivered", detail)
+    }
+
     pub fn request_timeout(seconds: u64) -> Problem {
         let detail = format!("the body did not arrive within {seconds} s");
         Problem::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request body too slow", detail)

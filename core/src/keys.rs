@@ -24,6 +24,8 @@
 //! - `lease`    the drainer lease; `kick` rate-limits wake-ups; `tick` is the drainers'
 //!   channel;
 //! - `metrics`  hash of the counters behind `/metrics`;
+//! - `claims`   sorted set of the delivery attempts in flight (task id, scored by the instant
+//!   its claim lapses) and `inflight` hash of how many each lane has (lane → count);
 //! - `apikey:<id>` hash of an API key (`u` user id, `h` SHA-256 of the key, `c` created-at,
 //!   `s` the user's set) and `apikeys:<u>` the set of a user's key ids.
 
@@ -42,6 +44,8 @@ pub mod word {
     pub const METRICS: &str = "metrics";
     pub const API_KEY: &str = "apikey:";
     pub const USER_API_KEYS: &str = "apikeys:";
+    pub const CLAIMS: &str = "claims";
+    pub const IN_FLIGHT: &str = "inflight";
 }
 
 /// Key names under one configurable prefix (the `key_prefix` variable).

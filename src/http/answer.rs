@@ -80,27 +80,32 @@ pub(super) struct TaskView<'a> {
     queue_position: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a serde_json::value::RawValue>,
+    /// A delivery's attempt in flight, its failure, and the attempts that ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_since: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_at: Option<i64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    attempts: &'a [crate::scripts::Attempt],
 }
 
 impl<'a> TaskView<'a> {
     /// A stored task (`GET`, `DELETE`), with its payload.
     pub(super) fn of(task_id: &'a str, task: &'a crate::queue::TaskRecord) -> Self {
-        let status = match (task.completed_at, task.cancelled_at) {
-            (Some(_), _) => "completed",
-            (None, Some(_)) => "cancelled",
-            (None, None) => "queued",
-        };
         TaskView {
             task_id,
             user_id: &task.user_id,
             kind: &task.kind,
             cost: task.cost,
-            status,
+            status: task.status().name(),
             slot: task.slot,
             completed_at: task.completed_at,
             cancelled_at: task.cancelled_at,
             queue_position: None,
             payload: task.payload.as_deref(),
+            running_since: task.running_since,
+            failed_at: task.failed_at,
+            attempts: &task.attempts,
         }
     }
 }
@@ -131,6 +136,9 @@ pub(super) fn task_response(
         cancelled_at: None,
         queue_position: None,
         payload: None,
+        running_since: None,
+        failed_at: None,
+        attempts: &[],
     };
     let status = match task.placement {
         Placement::Completed { completed_at } => {

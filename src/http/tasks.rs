@@ -117,6 +117,8 @@ pub async fn cancel(config: &Loaded, caller: &Caller, id: &str) -> Result<HttpRe
         match queue.run(&crate::scripts::Cancel { lane: &lane, task_id: id }).await? {
             Cancelled::Cancelled { at } => task.cancelled_at = Some(at),
             Cancelled::Completed { at } => return Err(Problem::already_completed(id, at)),
+            Cancelled::Failed { at } => return Err(Problem::already_failed(id, at)),
+            Cancelled::Running { since } => return Err(Problem::running(id, since)),
             Cancelled::Unknown => return Err(Problem::not_found(format!("no task {id}"))),
         }
     }

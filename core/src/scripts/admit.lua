@@ -3,7 +3,8 @@
 -- payload (its JSON text, '' for none), kind, cost (units), ledger entries to keep and for
 -- how long (ms: the lane's policies' largest quota and longest window over every tier), the
 -- user's tier key ('' when no tier overrides this kind), the kind's built-in policy (spec),
--- then (tier, policy) for each tier that overrides it.
+-- its delivery (`Delivery::spec`; '' for a kind without a target), then (tier, policy) for
+-- each tier that overrides it.
 --
 -- A whole admission with the `redis` ledger backend, in one round trip and one atomic step:
 -- the Redis clock (the task's arrival: one clock for every replica), the user's tier and so
@@ -21,11 +22,11 @@
 local member, user, ledger_key, idem = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local max_backlog, id, tag, payload = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
 local kind, cost, keep, keep_ms = ARGV[15], tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
-local tier_key, spec = ARGV[19], ARGV[20]
+local tier_key, spec, delivery = ARGV[19], ARGV[20], ARGV[21]
 local tier = ''
 if tier_key ~= '' then
   tier = redis.call('GET', tier_key) or ''
-  for a = 21, #ARGV, 2 do
+  for a = 22, #ARGV, 2 do
     if ARGV[a] == tier then spec = ARGV[a + 1] break end
   end
 end
@@ -98,6 +99,6 @@ if cost ~= 1 then ledger = ledger .. '*' .. cost end
 -- The ledger constrains nothing once its last slot is older than the longest window.
 redis.call('SET', ledger_key, ledger, 'PXAT', int(slot + keep_ms + 1000))
 
-local task = {id = id, slot = slot, idem = idem, payload = payload, cost = cost, spec = spec}
+local task = {id = id, slot = slot, idem = idem, payload = payload, cost = cost, spec = spec, delivery = delivery}
 local filed = file_tasks(member, user, kind, now, {task})
 return append({'admitted', slot, ledger, tier}, filed)

@@ -36,6 +36,8 @@ pub struct AdmitPolicy<'a> {
     pub tier_key: Option<String>,
     /// The kind's built-in policy, and each overriding tier's (`Policy::spec`).
     pub spec: &'a str,
+    /// The kind's delivery (`Delivery::spec`), when it has a target.
+    pub delivery: Option<&'a str>,
     pub overrides: Vec<(&'a str, &'a str)>,
 }
 
@@ -78,6 +80,7 @@ impl Call for Admit<'_> {
             &policy.keep_ms.to_string(),
             policy.tier_key.as_deref().unwrap_or(""),
             policy.spec,
+            policy.delivery.unwrap_or(""),
         ]
         .map(str::to_string)
         .into();
@@ -146,6 +149,7 @@ mod tests {
         keep_ms: 60_000,
         tier_key: None,
         spec: "",
+        delivery: None,
         overrides: Vec::new(),
     };
     const CALL: Admit = Admit {
@@ -231,6 +235,7 @@ mod tests {
             keep_ms: 60_000,
             tier_key: Some("taskq:tier:alice".into()),
             spec: "20/60000",
+            delivery: Some("10000/5/2"),
             overrides: vec![("pro", "50/60000")],
         };
         let call = Admit {
@@ -259,6 +264,7 @@ mod tests {
             "60000",
             "taskq:tier:alice",
             "20/60000",
+            "10000/5/2",
             "pro",
             "50/60000",
         ];

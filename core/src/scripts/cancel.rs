@@ -22,6 +22,14 @@ pub enum Cancelled {
     Completed {
         at: i64,
     },
+    /// Its last delivery attempt failed it.
+    Failed {
+        at: i64,
+    },
+    /// A delivery attempt started `since` is in flight: it can no longer be withdrawn.
+    Running {
+        since: i64,
+    },
     Unknown,
 }
 
@@ -42,6 +50,8 @@ impl Call for Cancel<'_> {
         match state.as_str() {
             "cancelled" => Ok(Cancelled::Cancelled { at }),
             "completed" => Ok(Cancelled::Completed { at }),
+            "failed" => Ok(Cancelled::Failed { at }),
+            "running" => Ok(Cancelled::Running { since: at }),
             "unknown" => Ok(Cancelled::Unknown),
             other => Err(reply.fail(format_args!("cancel answered {other:?} for task {}", self.task_id))),
         }
@@ -63,6 +73,8 @@ mod tests {
         assert_eq!(read_reply(&call, &[text("cancelled"), Int(5)]), Ok(Cancelled::Cancelled { at: 5 }));
         assert_eq!(read_reply(&call, &[text("completed"), Int(6)]), Ok(Cancelled::Completed { at: 6 }));
         assert_eq!(read_reply(&call, &[text("unknown"), Int(0)]), Ok(Cancelled::Unknown));
+        assert_eq!(read_reply(&call, &[text("failed"), Int(7)]), Ok(Cancelled::Failed { at: 7 }));
+        assert_eq!(read_reply(&call, &[text("running"), Int(8)]), Ok(Cancelled::Running { since: 8 }));
         // A record without a queue entry is a bug.
         assert!(read_reply(&call, &[text("unqueued"), Int(0)]).is_err());
         assert!(read_reply(&call, &[text("unknown")]).is_err());

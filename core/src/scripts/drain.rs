@@ -1,26 +1,79 @@
-//! `drain.lua`: the drainer's step (the lease, then what is due).
+//! `drain.lua`: the drainer's step (the outcomes of its deliveries, the lease, then what is
+//! due).
 
 use crate::scripts::call::Call;
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{DRAIN, Script};
-use crate::scripts::shared::{Completion, completions};
+use crate::scripts::shared::{Completion, completion};
 
-/// Takes or renews the lease (`token`, or `handoff` it was handed), runs what is due for up
-/// to `batch` lanes, and answers when the next task is due.
+/// Records `outcomes`, takes or renews the lease (`token`, or `handoff` it was handed), runs
+/// what is due for up to `batch` lanes, and answers when the next task is due.
 pub struct Drain<'a> {
     pub token: &'a str,
     pub handoff: &'a str,
     pub lease_ttl_ms: i64,
     pub batch: i64,
+    pub outcomes: &'a [Outcome],
+}
+
+/// A delivery attempt the drainer must make now: its start is counted and its claim is open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub task_id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub cost: u32,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub slot: i64,
+    /// The claim's instant on Redis's clock: the attempt's start.
+    pub started_at: i64,
+    /// The payload's JSON text, as sent.
+    pub payload: Option<String>,
+}
+
+/// How a delivery attempt ended, as `settle` (lib.lua) records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub task_id: String,
+    pub attempt: u32,
+    pub result: Ended,
+    /// The HTTP status, or the error's name (`timeout`, `connection`...).
+    pub status: String,
+    /// From the request's start to the answer's head (none without an answer).
+    pub duration_ms: Option<u64>,
+    /// The backend's `Retry-After`, in ms (0 for none).
+    pub retry_after_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A 2xx: the task is completed.
+    Completed,
+    /// To try again (408, 429, 5xx, a timeout, a connection error), if attempts are left.
+    Retry,
+    /// Any other answer: the task fails now.
+    Failed,
+}
+
+impl Ended {
+    fn word(self) -> &'static str {
+        match self {
+            Ended::Completed => "ok",
+            Ended::Retry => "retry",
+            Ended::Failed => "fail",
+        }
+    }
 }
 
 #[derive(Debug)]
 pub enum Drained {
-    /// Another drainer holds the lease (its token).
+    /// Another drainer holds the lease (its token); `ran`: tasks our outcomes completed.
     Busy {
         holder: String,
+        ran: Vec<Completion>,
     },
-    /// Nothing is queued; the lease was dropped.
+    /// Nothing is queued or in flight; the lease was dropped.
     Idle {
         ran: Vec<Completion>,
     },
@@ -28,6 +81,7 @@ pub enum Drained {
         next_due_in_ms: i64,
         more_due_now: bool,
         ran: Vec<Completion>,
+        claims: Vec<Claim>,
     },
 }
 
@@ -39,58 +93,151 @@ impl Call for Drain<'_> {
     }
 
     fn args(&self) -> Vec<String> {
-        vec![self.token.to_string(), self.handoff.to_string(), self.lease_ttl_ms.to_string(), self.batch.to_string()]
+        let mut args = vec![
+            self.token.to_string(),
+            self.handoff.to_string(),
+            self.lease_ttl_ms.to_string(),
+            self.batch.to_string(),
+        ];
+        for o in self.outcomes {
+            args.extend([
+                o.task_id.clone(),
+                o.attempt.to_string(),
+                o.result.word().to_string(),
+                o.status.clone(),
+                o.duration_ms.map_or_else(String::new, |ms| ms.to_string()),
+                o.retry_after_ms.to_string(),
+            ]);
+        }
+        args
     }
 
-    /// `['busy', holder]` or `[state, ms until next due, more due now?, completions…]`.
+    /// `['busy', holder, k, completions…]` or `[state, ms until next due, more due now?, k,
+    /// completions×k, claims…]`.
     fn parse(&self, reply: &mut Cursor) -> Result<Drained, Unexpected> {
         match reply.text()?.as_str() {
-            "busy" => Ok(Drained::Busy { holder: reply.text()? }),
+            "busy" => {
+                let holder = reply.text()?;
+                Ok(Drained::Busy { holder, ran: counted_completions(reply)? })
+            }
             "idle" => {
                 // (No next instant and nothing more due.)
                 reply.int()?;
                 reply.int()?;
-                Ok(Drained::Idle { ran: completions(reply)? })
+                let ran = counted_completions(reply)?;
+                if !reply.at_end() {
+                    return Err(reply.fail("an idle drain claimed a delivery"));
+                }
+                Ok(Drained::Idle { ran })
             }
-            "active" => Ok(Drained::Active {
-                next_due_in_ms: reply.int()?,
-                more_due_now: reply.flag()?,
-                ran: completions(reply)?,
-            }),
+            "active" => {
+                let next_due_in_ms = reply.int()?;
+                let more_due_now = reply.flag()?;
+                let ran = counted_completions(reply)?;
+                let mut claims = Vec::new();
+                while !reply.at_end() {
+                    claims.push(claim(reply)?);
+                }
+                Ok(Drained::Active { next_due_in_ms, more_due_now, ran, claims })
+            }
             other => Err(reply.fail(format_args!("drain answered {other:?}"))),
         }
     }
 }
 
+/// A count, then that many completions.
+fn counted_completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpected> {
+    let n = reply.count()?;
+    (0..n).map(|_| completion(reply)).collect()
+}
+
+/// `(id, user, kind, cost, attempt, slot, started_at, payload or '')`.
+fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
+    let task_id = reply.text()?;
+    let user_id = reply.text()?;
+    let kind = reply.text()?;
+    let cost = u32::try_from(reply.int()?).map_err(|_| reply.fail("a cost out of range"))?;
+    let attempt = u32::try_from(reply.int()?).map_err(|_| reply.fail("an attempt number out of range"))?;
+    let slot = reply.int()?;
+    let started_at = reply.int()?;
+    let payload = Some(reply.text()?).filter(|p| !p.is_empty());
+    Ok(Claim { task_id, user_id, kind, cost, attempt, slot, started_at, payload })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::read_reply;
-    use super::super::reply::Reply::Int;
+    use super::super::reply::Reply::{self, Int};
     use super::super::reply::tests::text;
     use super::super::shared::tests::completion;
     use super::*;
 
-    const CALL: Drain = Drain { token: "tok", handoff: "", lease_ttl_ms: 2_000, batch: 50 };
+    const CALL: Drain = Drain { token: "tok", handoff: "", lease_ttl_ms: 2_000, batch: 50, outcomes: &[] };
+
+    fn a_claim() -> Vec<Reply> {
+        vec![text("t3"), text("ann"), text("mail"), Int(2), Int(1), Int(10), Int(13), text(r#"{"a":1}"#)]
+    }
 
     #[test]
     fn drain_replies() {
         assert_eq!(CALL.args(), ["tok", "", "2000", "50"]);
-        assert!(
-            matches!(read_reply(&CALL, &[text("busy"), text("tok")]), Ok(Drained::Busy { holder }) if holder == "tok")
-        );
-        let mut reply = vec![text("active"), Int(12), Int(1)];
+        let busy = read_reply(&CALL, &[text("busy"), text("tok"), Int(0)]);
+        assert!(matches!(busy, Ok(Drained::Busy { holder, ran }) if holder == "tok" && ran.is_empty()));
+        let mut reply = vec![text("active"), Int(12), Int(1), Int(2)];
         reply.extend(completion("t1", "bob", 10, 11));
         reply.extend(completion("t2", "eve", 10, 12));
-        let Ok(Drained::Active { next_due_in_ms, more_due_now, ran }) = read_reply(&CALL, &reply) else {
+        reply.extend(a_claim());
+        let Ok(Drained::Active { next_due_in_ms, more_due_now, ran, claims }) = read_reply(&CALL, &reply) else {
             panic!("not active")
         };
         assert_eq!((next_due_in_ms, more_due_now, ran.len()), (12, true, 2));
+        let expected = Claim {
+            task_id: "t3".into(),
+            user_id: "ann".into(),
+            kind: "mail".into(),
+            cost: 2,
+            attempt: 1,
+            slot: 10,
+            started_at: 13,
+            payload: Some(r#"{"a":1}"#.into()),
+        };
+        assert_eq!(claims, [expected]);
         assert!(
-            matches!(read_reply(&CALL, &[text("idle"), Int(0), Int(0)]), Ok(Drained::Idle { ran }) if ran.is_empty())
+            matches!(read_reply(&CALL, &[text("idle"), Int(0), Int(0), Int(0)]), Ok(Drained::Idle { ran }) if ran.is_empty())
         );
         assert!(read_reply(&CALL, &[text("active"), Int(5)]).is_err());
-        // An item more, or a completion cut short.
-        assert!(read_reply(&CALL, &[text("busy"), text("tok"), text("x")]).is_err());
+        // An item more, a claim cut short, or fewer completions than counted.
+        assert!(read_reply(&CALL, &[text("busy"), text("tok"), Int(0), text("x")]).is_err());
         assert!(read_reply(&CALL, &reply[..reply.len() - 1]).is_err());
+        assert!(read_reply(&CALL, &[text("idle"), Int(0), Int(0), Int(1)]).is_err());
+        let mut idle_claiming = vec![text("idle"), Int(0), Int(0), Int(0)];
+        idle_claiming.extend(a_claim());
+        assert!(read_reply(&CALL, &idle_claiming).is_err());
+    }
+
+    #[test]
+    fn outcomes_follow_the_drains_own_arguments() {
+        let outcomes = [
+            Outcome {
+                task_id: "t1".into(),
+                attempt: 2,
+                result: Ended::Retry,
+                status: "503".into(),
+                duration_ms: Some(7),
+                retry_after_ms: 3_000,
+            },
+            Outcome {
+                task_id: "t2".into(),
+                attempt: 1,
+                result: Ended::Completed,
+                status: "timeout".into(),
+                duration_ms: None,
+                retry_after_ms: 0,
+            },
+        ];
+        let call = Drain { outcomes: &outcomes, ..CALL };
+        let expected =
+            ["tok", "", "2000", "50", "t1", "2", "retry", "503", "7", "3000", "t2", "1", "ok", "timeout", "", "0"];
+        assert_eq!(call.args(), expected);
     }
 }

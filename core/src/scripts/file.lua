@@ -3,6 +3,7 @@
 -- key ('' for none), payload (its JSON text, '' for none: JSON text is never empty), cost,
 -- policy (spec).
 --
+-- (Never a task to deliver: deliveries need the `redis` ledger, config.rs.)
 -- Files the tasks of one user whose slots the `kv` ledger backend has just committed in
 -- Spin's key-value store (`ledger::KvLedger`): extends the ledger's expiry, then
 -- `file_tasks` (lib.lua). Returns its reply.
@@ -20,6 +21,6 @@ end
 local tasks = {}
 for a = 13, #ARGV, 6 do
   table.insert(tasks, {id = ARGV[a], slot = tonumber(ARGV[a + 1]), idem = ARGV[a + 2], payload = ARGV[a + 3],
-    cost = tonumber(ARGV[a + 4]), spec = ARGV[a + 5]})
+    cost = tonumber(ARGV[a + 4]), spec = ARGV[a + 5], delivery = ''})
 end
 return file_tasks(member, user, kind, now, tasks)

@@ -11,6 +11,9 @@ local prefix, log_key, task_ttl
 local default_spec, history, history_ms
 -- Keys of the queue and the drainer (keys.rs lists them all).
 local due_key, lease_key, metrics_key, kick_key, tick_channel
+-- Deliveries in flight: every open claim (task id, scored by when it lapses), and how many
+-- each lane has.
+local claims_key, in_flight_key
 
 -- Counters for /metrics (metrics.rs), updated in the same script as what they count. They
 -- are added up here and written once per field when the script ends (`flush_counts`, which
@@ -25,6 +28,7 @@ local function configure(argv)
   default_spec, history, history_ms = argv[4], tonumber(argv[5]), tonumber(argv[6])
   due_key, lease_key = prefix .. KEY_DUE, prefix .. KEY_LEASE
   metrics_key, kick_key, tick_channel = prefix .. KEY_METRICS, prefix .. KEY_KICK, prefix .. KEY_TICK
+  claims_key, in_flight_key = prefix .. KEY_CLAIMS, prefix .. KEY_IN_FLIGHT
   counted = {}
 end
 
@@ -153,43 +157,100 @@ local function backlog_full(member, max_backlog)
   return max_backlog > 0 and redis.call('LLEN', prefix .. KEY_QUEUE .. member) >= max_backlog
 end
 
+-- A start of `task` (see `complete`) at `now`, as the windows count it: checked by the
+-- independent witness, added to the lane's history (`done`) and to the lateness histogram.
+local function start(done, task, now)
+  local cost = task.cost
+  if breaks_rule(task.completions, task.slot, now, task.windows, cost) then count('rule_violations', 1) end
+  if history > 0 then
+    if cost == 1 then redis.call('RPUSH', done, int(now)) else redis.call('RPUSH', done, int(now) .. '*' .. cost) end
+    redis.call('LTRIM', done, -history, -1)
+    redis.call('PEXPIRE', done, history_ms + 1000)
+  end
+  local late = now - task.slot
+  count('lateness_count', 1)
+  count('lateness_sum_ms', late)
+  for _, bound in ipairs(lateness_buckets_ms) do
+    if late <= bound then count('lateness_le:' .. bound, 1) break end
+  end
+end
+
+-- The log entry of `task` ended at `now` (its completion, or a delivery attempt's end), with
+-- `extra` fields (a delivery's attempt).
+local function log_entry(task, now, extra)
+  local entry = {'task_id', task.id, 'user_id', task.user, 'slot', int(task.slot), 'completed_at', int(now),
+    'kind', task.kind, 'cost', task.cost, 'policy', task.spec}
+  for _, v in ipairs(extra) do table.insert(entry, v) end
+  if task.payload then
+    table.insert(entry, 'payload')
+    table.insert(entry, task.payload)
+  end
+  redis.call('XADD', log_key, '*', unpack(entry))
+end
+
 -- Records that task `id` (slot `slot`, of `user`, `kind`, `cost`, policy `spec` and its
 -- `windows`, payload or nil) ran at `now`: the lane's completion history (`done`, whose
 -- entries the rule looked at are `completions`), the counters, the task's record (`fields`:
 -- more of it to write in the same HSET, for a task that never was queued) and the log entry;
 -- appends (id, user, slot, completed_at) to `out`.
 local function complete(done, task, fields, now, out)
-  local id, slot, cost = task.id, task.slot, task.cost
-  if breaks_rule(task.completions, slot, now, task.windows, cost) then count('rule_violations', 1) end
-  if history > 0 then
-    if cost == 1 then redis.call('RPUSH', done, int(now)) else redis.call('RPUSH', done, int(now) .. '*' .. cost) end
-    redis.call('LTRIM', done, -history, -1)
-    redis.call('PEXPIRE', done, history_ms + 1000)
-  end
-  local late = now - slot
+  start(done, task, now)
   count('completed:' .. task.kind, 1)
-  count('lateness_sum_ms', late)
-  for _, bound in ipairs(lateness_buckets_ms) do
-    if late <= bound then count('lateness_le:' .. bound, 1) break end
-  end
-  local record = prefix .. KEY_TASK .. id
+  local record = prefix .. KEY_TASK .. task.id
   table.insert(fields, 'c')
   table.insert(fields, int(now))
   redis.call('HSET', record, unpack(fields))
   redis.call('PEXPIRE', record, task_ttl)
-  local entry = {'task_id', id, 'user_id', task.user, 'slot', int(slot), 'completed_at', int(now),
-    'kind', task.kind, 'cost', cost, 'policy', task.spec}
-  if task.payload then
-    table.insert(entry, 'payload')
-    table.insert(entry, task.payload)
+  log_entry(task, now, {})
+  for _, v in ipairs({task.id, task.user, int(task.slot), int(now)}) do table.insert(out, v) end
+end
+
+-- Deliveries (delivery.rs). A task whose record has `d` ('<timeout ms>/<attempts>/<concurrency>',
+-- `Delivery::spec`) is not run here but **claimed**: at its start the drainer gets it to
+-- deliver, the start counts in the lane's history as a completion does, and the claim stays
+-- open (in `claims` and the lane's `inflight` count) until `settle` records the outcome, or
+-- until it lapses (timeout + `CLAIM_MARGIN_MS`) and is retried.
+local CLAIM_MARGIN_MS = 5000
+-- A failed attempt's retry waits 1 s, doubling with each attempt, at most an hour (or the
+-- backend's Retry-After when later).
+local BACKOFF_FIRST_MS, BACKOFF_MAX_MS = 1000, 3600000
+
+local parsed_deliveries = {}
+local function delivery_of(spec)
+  local delivery = parsed_deliveries[spec]
+  if not delivery then
+    local timeout, attempts, concurrency = string.match(spec, '^(%d+)/(%d+)/(%d+)$')
+    delivery = {timeout = tonumber(timeout), attempts = tonumber(attempts), concurrency = tonumber(concurrency)}
+    parsed_deliveries[spec] = delivery
   end
-  redis.call('XADD', log_key, '*', unpack(entry))
-  for _, v in ipairs({id, task.user, int(slot), int(now)}) do table.insert(out, v) end
+  return delivery
+end
+
+-- Claims `task` (taken from the head of lane `member`) at `now`: its next attempt starts.
+-- Appends (id, user, kind, cost, attempt, slot, started_at, payload or '') to `claims`.
+local function claim(member, done, task, now, claims)
+  start(done, task, now)
+  local record = prefix .. KEY_TASK .. task.id
+  local attempt = redis.call('HINCRBY', record, 'a', 1)
+  redis.call('HSET', record, 'r', int(now), 'm', member)
+  redis.call('ZADD', claims_key, int(now + task.delivery.timeout + CLAIM_MARGIN_MS), task.id)
+  redis.call('HINCRBY', in_flight_key, member, 1)
+  count('claimed:' .. task.kind, 1)
+  for _, v in ipairs({task.id, task.user, task.kind, task.cost, attempt, int(task.slot), int(now), task.payload or ''}) do
+    table.insert(claims, v)
+  end
+end
+
+-- Whether lane `member` already has `delivery.concurrency` attempts in flight.
+local function lane_busy(member, delivery)
+  return delivery.concurrency > 0 and tonumber(redis.call('HGET', in_flight_key, member) or 0) >= delivery.concurrency
 end
 
 -- Runs the lane's head tasks that may start at `now`, appending each completion to `out`,
--- and files the lane under the instant its next head task may start.
-local function run_due(member, now, out)
+-- and files the lane under the instant its next head task may start. A head to deliver is
+-- claimed into `claims` (only the drainer passes it: it delivers them); without `claims`
+-- it is filed under its start, for the drainer.
+local function run_due(member, now, out, claims)
   local q = prefix .. KEY_QUEUE .. member
   local done = prefix .. KEY_DONE .. member
   while true do
@@ -201,19 +262,26 @@ local function run_due(member, now, out)
     local slot, id = split(head)
     -- The task's user, payload, kind, cost and policy (absent: no payload, the `default`
     -- kind, 1 unit, the default policy).
-    local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'u', 'p', 'k', 'w', 'l')
+    local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'u', 'p', 'k', 'w', 'l', 'd')
     local windows, cost = task_rule(record[5], record[4])
     local completions = recent_completions(done, windows)
     local at = earliest_start(completions, slot, windows, cost)
-    if at > now then
+    local delivery = record[6] and delivery_of(record[6])
+    if at > now or (delivery and not claims) then
       redis.call('ZADD', due_key, int(at), member)
+      return
+    end
+    if delivery and lane_busy(member, delivery) then
+      -- No free place: the outcome that frees one files the lane again (`settle`).
+      redis.call('ZREM', due_key, member)
       return
     end
     redis.call('LPOP', q)
     count('queued', -1)
     local task = {id = id, slot = slot, user = record[1] or '', kind = record[3] or DEFAULT_KIND, cost = cost,
-      spec = record[5] or default_spec, windows = windows, completions = completions, payload = record[2] or nil}
-    complete(done, task, {}, now, out)
+      spec = record[5] or default_spec, windows = windows, completions = completions, payload = record[2] or nil,
+      delivery = delivery}
+    if delivery then claim(member, done, task, now, claims) else complete(done, task, {}, now, out) end
   end
 end
 
@@ -222,7 +290,9 @@ end
 -- not one each. Publishing here saves the caller a round trip. Returns 1 if it published.
 -- `waiting`: the caller knows tasks wait (it just queued one), so `due` needs no look.
 local function wake_drainer(waiting)
-  if redis.call('EXISTS', lease_key) == 1 or (not waiting and redis.call('ZCARD', due_key) == 0) then return 0 end
+  if redis.call('EXISTS', lease_key) == 1 then return 0 end
+  -- (An open claim with no drainer: its holder died, and someone must see it lapse.)
+  if not waiting and redis.call('ZCARD', due_key) == 0 and redis.call('ZCARD', claims_key) == 0 then return 0 end
   if not redis.call('SET', kick_key, '1', 'NX', 'PX', 200) then return 0 end
   redis.call('PUBLISH', tick_channel, '')
   return 1
@@ -239,12 +309,35 @@ local function append(result, out)
   return result
 end
 
+-- Puts queue entry `entry` (slot `slot`) into queue `q` (whose last entry is `tail`, or nil)
+-- after the last entry with a slot no later than its own: usually the tail. Returns its
+-- 1-based position when it went to the tail (what RPUSH answers) or false, and whether it
+-- is the new head.
+local function enqueue(q, tail, entry, slot)
+  if not tail or split(tail) <= slot then
+    local position = redis.call('RPUSH', q, entry)
+    return position, position == 1
+  end
+  local i = redis.call('LLEN', q) - 2
+  while i >= 0 do
+    local e = redis.call('LINDEX', q, i)
+    if split(e) <= slot then
+      redis.call('LINSERT', q, 'AFTER', e, entry)
+      return false, false
+    end
+    i = i - 1
+  end
+  redis.call('LPUSH', q, entry)
+  return false, true
+end
+
 -- Files tasks of one lane (`member`: user `user`, kind `kind`; `tasks`: {id, slot, idem (''
 -- for none; it then names the task for a day), payload (JSON text, '' for none), cost,
--- spec (its policy)}, in slot order; admissions can reach here in another order than they
--- committed), runs what is due now, and wakes the drainer if nobody leads. A record keeps
--- kind, cost and policy only where they differ from the defaults. Returns `['filed', now,
--- k, (status, completed_at | queue position)×k, completions…]`.
+-- spec (its policy), delivery (`Delivery::spec`, '' for none)}, in slot order; admissions
+-- can reach here in another order than they committed), runs what is due now, and wakes
+-- the drainer if nobody leads. A record keeps kind, cost and policy only where they differ
+-- from the defaults. Returns `['filed', now, k, (status, completed_at | queue position)×k,
+-- completions…]`.
 local function file_tasks(member, user, kind, now, tasks)
   local q = prefix .. KEY_QUEUE .. member
   -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
@@ -266,6 +359,7 @@ local function file_tasks(member, user, kind, now, tasks)
     if kind ~= DEFAULT_KIND then table.insert(fields, 'k') table.insert(fields, kind) end
     if task.cost ~= 1 then table.insert(fields, 'w') table.insert(fields, task.cost) end
     if task.spec ~= default_spec then table.insert(fields, 'l') table.insert(fields, task.spec) end
+    if task.delivery ~= '' then table.insert(fields, 'd') table.insert(fields, task.delivery) end
     local entry = slot_s .. ':' .. id
     local tail = redis.call('LINDEX', q, -1)
     -- With nothing queued in the lane, a task whose slot has come and that the rule allows on
@@ -273,7 +367,8 @@ local function file_tasks(member, user, kind, now, tasks)
     -- and `run_due` would do, without their round of commands. (An empty queue is never
     -- filed in `due`: every script that empties one removes it.)
     local runs_now = false
-    if not tail and slot <= now then
+    -- (A task to deliver always waits for the drainer, which delivers it.)
+    if not tail and slot <= now and task.delivery == '' then
       local windows = windows_of(task.spec)
       local done = prefix .. KEY_DONE .. member
       local completions = recent_completions(done, windows)
@@ -289,23 +384,9 @@ local function file_tasks(member, user, kind, now, tasks)
     if not runs_now then
       redis.call('HSET', prefix .. KEY_TASK .. id, unpack(fields))
       queued_now = queued_now + 1
-      -- Usually the tail: insert after the last entry with a slot no later than ours.
-      if not tail or split(tail) <= slot then
-        position = redis.call('RPUSH', q, entry)
-        if position == 1 then new_head = true end
-      else
-        local i, pivot = redis.call('LLEN', q) - 2, nil
-        while i >= 0 do
-          local e = redis.call('LINDEX', q, i)
-          if split(e) <= slot then pivot = e break end
-          i = i - 1
-        end
-        if pivot then redis.call('LINSERT', q, 'AFTER', pivot, entry)
-        else
-          redis.call('LPUSH', q, entry)
-          new_head = true
-        end
-      end
+      local head
+      position, head = enqueue(q, tail, entry, slot)
+      new_head = new_head or head
     end
     table.insert(entries, {id, entry, position})
   end
@@ -340,4 +421,115 @@ local function file_tasks(member, user, kind, now, tasks)
   count_answer('inline', kind, inline)
   count_answer('queued', kind, queued)
   return append(append(reply, ran_now), out)
+end
+
+-- A lane's ledger as ledger.rs `Ledger` writes it ('v1 <seq>', then ' <slot>:<tag>' per
+-- entry, '*<cost>' after the tag when it is not 1, oldest first): its sequence number and
+-- its entries' slots and costs, or nil for a foreign value.
+local function read_ledger(stored)
+  if not stored then return 0, {}, {}, {} end
+  local seq, rest = string.match(stored, '^v1 (%d+)(.*)$')
+  if not seq then return nil end
+  local slots, costs, texts = {}, {}, {}
+  for text in string.gmatch(rest, '%S+') do
+    local t, c = string.match(text, '^(%-?%d+):%w*%*?(%d*)$')
+    if not t then return nil end
+    slots[#slots + 1] = tonumber(t)
+    costs[#slots] = tonumber(c) or 1
+    texts[#slots] = text
+  end
+  return tonumber(seq), slots, costs, texts
+end
+
+-- Admits `task` again to lane `member` from `at`, as admit.lua admits a new task: its slot
+-- by the rule on the lane's ledger, so behind every slot already promised, and queued there.
+-- A retry is a start the windows count like any other. Returns the slot.
+local function readmit(member, task, at)
+  local ledger_key = prefix .. KEY_LEDGER .. member
+  local seq, slots, costs, texts = read_ledger(redis.call('GET', ledger_key))
+  -- (A foreign ledger is replaced: the lane's start history still holds every start to the rule.)
+  if not seq then seq, slots, costs, texts = 0, {}, {}, {} end
+  local n = #slots
+  local slot = earliest(at, windows_of(task.spec), task.cost, function(k)
+    if k <= n then return slots[n - k + 1], costs[n - k + 1] end
+  end)
+  local parts = {'v1 ' .. int(seq + 1)}
+  for i = math.max(1, n - math.max(history, 1) + 2), n do table.insert(parts, texts[i]) end
+  local own = int(slot) .. ':' .. string.sub(task.id, 1, 12)
+  if task.cost ~= 1 then own = own .. '*' .. task.cost end
+  table.insert(parts, own)
+  redis.call('SET', ledger_key, table.concat(parts, ' '), 'PXAT', int(slot + history_ms + 1000))
+  local q = prefix .. KEY_QUEUE .. member
+  -- (If it is the new head, the caller's `run_due` files the lane.)
+  enqueue(q, redis.call('LINDEX', q, -1), int(slot) .. ':' .. task.id, slot)
+  count('queued', 1)
+  return slot
+end
+
+-- Records how attempt `attempt` (text) of task `id` ended at `now`: `result` 'ok' (a 2xx),
+-- 'retry' (408, 429, 5xx, a timeout, a connection error, a lapsed claim) or 'fail' (any other
+-- answer); `status` the HTTP status or the error's name; `duration` ms ('' for none);
+-- `retry_after` the backend's Retry-After in ms ('0' for none). An outcome for an attempt
+-- whose claim is no longer open (it lapsed and was retried) is stale and changes nothing.
+-- The task completes (its log entry, and (id, user, slot, completed_at) to `out`), is
+-- admitted again (`readmit`), or fails after its last attempt; then its lane, one attempt
+-- fewer in flight, is run again (`run_due`, with `claims`).
+local function settle(id, attempt, result, status, duration, retry_after, now, out, claims)
+  local key = prefix .. KEY_TASK .. id
+  local r = redis.call('HMGET', key, 'u', 's', 'k', 'w', 'l', 'd', 'a', 'm', 'r', 'p', 'h')
+  if not r[9] or r[7] ~= attempt then
+    count('stale_outcomes', 1)
+    return
+  end
+  local member, started, n = r[8], tonumber(r[9]), tonumber(attempt)
+  redis.call('ZREM', claims_key, id)
+  if redis.call('HINCRBY', in_flight_key, member, -1) <= 0 then redis.call('HDEL', in_flight_key, member) end
+  redis.call('HDEL', key, 'r')
+  local task = {id = id, slot = tonumber(r[2]), user = r[1] or '', kind = r[3] or DEFAULT_KIND,
+    cost = tonumber(r[4]) or 1, spec = r[5] or default_spec, payload = r[10] or nil}
+  -- The record keeps every attempt: '<started>,<status or error>,<duration ms>', ';' between.
+  local line = int(started) .. ',' .. status .. ',' .. duration
+  local attempts = line
+  if r[11] then attempts = r[11] .. ';' .. line end
+  local extra = {'started_at', int(started), 'attempt', attempt}
+  if tonumber(status) then
+    table.insert(extra, 'status')
+  else
+    table.insert(extra, 'error')
+  end
+  table.insert(extra, status)
+  if duration ~= '' then
+    table.insert(extra, 'duration_ms')
+    table.insert(extra, duration)
+    local ms = tonumber(duration)
+    count('delivery_count:' .. task.kind, 1)
+    count('delivery_sum_ms:' .. task.kind, ms)
+    for _, bound in ipairs(delivery_buckets_ms) do
+      if ms <= bound then count('delivery_le:' .. bound .. ':' .. task.kind, 1) break end
+    end
+  end
+  if result == 'ok' then
+    redis.call('HSET', key, 'h', attempts, 'c', int(now))
+    redis.call('PEXPIRE', key, task_ttl)
+    count('completed:' .. task.kind, 1)
+    count('delivered:' .. task.kind, 1)
+    log_entry(task, now, extra)
+    for _, v in ipairs({id, task.user, int(task.slot), int(now)}) do table.insert(out, v) end
+  elseif result == 'retry' and n < delivery_of(r[6]).attempts then
+    table.insert(extra, 'outcome')
+    table.insert(extra, 'retry')
+    log_entry(task, now, extra)
+    local backoff = math.min(BACKOFF_FIRST_MS * 2 ^ (n - 1), BACKOFF_MAX_MS)
+    local slot = readmit(member, task, now + math.max(backoff, tonumber(retry_after) or 0))
+    redis.call('HSET', key, 'h', attempts, 's', int(slot))
+    count('retried:' .. task.kind, 1)
+  else
+    table.insert(extra, 'outcome')
+    table.insert(extra, 'failed')
+    log_entry(task, now, extra)
+    redis.call('HSET', key, 'h', attempts, 'f', int(now))
+    redis.call('PEXPIRE', key, task_ttl)
+    count('failed:' .. task.kind, 1)
+  end
+  run_due(member, now, out, claims)
 end

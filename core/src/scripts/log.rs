@@ -2,11 +2,26 @@
 //! them.
 
 use crate::scripts::reply::{Cursor, Reply, Unexpected, parse_int};
-use crate::scripts::shared::{Completion, cost, kind, payload};
+use crate::scripts::shared::{Completion, Logged, cost, kind, payload};
 use std::collections::HashMap;
 
 /// The fields a log entry can have.
-const LOG_FIELDS: [&str; 8] = ["task_id", "user_id", "slot", "completed_at", "payload", "kind", "cost", "policy"];
+const LOG_FIELDS: [&str; 14] = [
+    "task_id",
+    "user_id",
+    "slot",
+    "completed_at",
+    "payload",
+    "kind",
+    "cost",
+    "policy",
+    "started_at",
+    "attempt",
+    "status",
+    "error",
+    "duration_ms",
+    "outcome",
+];
 
 /// `XRANGE`, flattened by the host: each entry is its id, then its field/value pairs (four
 /// before kinds existed, seven since, one more with a payload). Entries are told apart by
@@ -36,6 +51,21 @@ pub fn log_page(reply: &[Reply]) -> Result<Vec<(String, Completion)>, Unexpected
             cost: cost(&reply, fields.get("cost").copied())?,
             policy: fields.get("policy").map(|p| String::from_utf8_lossy(p).into_owned()),
             payload: payload(&reply, fields.get("payload").copied())?,
+            delivery: match fields.get("started_at") {
+                None => None,
+                Some(_) => {
+                    let optional = |name: &str| fields.get(name).map(|b| String::from_utf8_lossy(b).into_owned());
+                    Some(Logged {
+                        started_at: int("started_at")?,
+                        attempt: u32::try_from(int("attempt")?)
+                            .map_err(|_| reply.fail(format_args!("log entry {id}: attempt out of range")))?,
+                        status: optional("status").and_then(|s| s.parse().ok()),
+                        error: optional("error"),
+                        duration_ms: optional("duration_ms").and_then(|s| s.parse().ok()),
+                        outcome: optional("outcome"),
+                    })
+                }
+            },
         };
         page.push((id, completion));
     }
@@ -77,7 +107,20 @@ mod tests {
         .concat();
         reply.extend(entry("1-4", "d", None));
         reply.extend([text("kind"), text("email"), text("cost"), text("2"), text("policy"), text("5/60000")]);
+        reply.extend(entry("1-5", "e", None));
+        reply.extend([text("started_at"), text("4"), text("attempt"), text("2"), text("status"), text("503")]);
+        reply.extend([text("duration_ms"), text("9"), text("outcome"), text("retry")]);
         let Ok(page) = log_page(&reply) else { panic!("parse failed") };
+        let attempt = Logged {
+            started_at: 4,
+            attempt: 2,
+            status: Some(503),
+            error: None,
+            duration_ms: Some(9),
+            outcome: Some("retry".into()),
+        };
+        assert_eq!(page[5].1.delivery, Some(attempt));
+        assert!(page[4].1.delivery.is_none());
         let last = &page[4].1;
         assert_eq!((last.kind.as_str(), last.cost, last.policy.as_deref()), ("email", 2, Some("5/60000")));
         assert_eq!((page[0].1.kind.as_str(), page[0].1.cost, page[0].1.policy.as_deref()), ("default", 1, None));

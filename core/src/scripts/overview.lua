@@ -24,11 +24,15 @@ for i = 1, #next, 2 do
   end
   for _, v in ipairs({user, kind, redis.call('LLEN', q), tonumber(next[i + 1])}) do table.insert(reply, v) end
 end
-local log = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', recent)
-table.insert(reply, #log)
-for _, entry in ipairs(log) do
+-- (Only completions: a delivery attempt that did not complete its task has an `outcome`.)
+local completions = {}
+for _, entry in ipairs(redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', recent)) do
   local f = {}
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+  if not f.outcome then table.insert(completions, f) end
+end
+table.insert(reply, #completions)
+for _, f in ipairs(completions) do
   for _, v in ipairs({f.task_id or '', f.user_id or '', f.slot or '0', f.completed_at or '0', f.payload or '',
       f.kind or DEFAULT_KIND, f.cost or '1'}) do
     table.insert(reply, v)

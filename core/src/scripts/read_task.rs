@@ -23,6 +23,88 @@ pub struct TaskRecord {
     pub payload: Option<Box<RawValue>>,
     pub kind: String,
     pub cost: u32,
+    /// A delivery attempt's start, while it is in flight.
+    pub running_since: Option<i64>,
+    /// When its last delivery attempt failed it.
+    pub failed_at: Option<i64>,
+    /// Its delivery attempts that ended, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Where a task is in its life. A task is queued until it runs (completed at once) or, when
+/// its kind has a target, until an attempt is claimed (running); an attempt that fails and
+/// may be retried makes it queued again. Only a queued task can be cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl TaskRecord {
+    pub fn status(&self) -> Status {
+        if self.completed_at.is_some() {
+            Status::Completed
+        } else if self.failed_at.is_some() {
+            Status::Failed
+        } else if self.cancelled_at.is_some() {
+            Status::Cancelled
+        } else if self.running_since.is_some() {
+            Status::Running
+        } else {
+            Status::Queued
+        }
+    }
+}
+
+/// One delivery attempt that ended, as the record keeps it (`settle` in lib.lua:
+/// `<started>,<status or error>,<duration ms>`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub started_at: i64,
+    /// The backend's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why there was no answer (`timeout`, `connection-refused`, `lapsed`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// The record's `h` field: attempts separated by `;`.
+fn attempts(stored: Option<&[u8]>) -> Option<Vec<Attempt>> {
+    let Some(stored) = stored else { return Some(Vec::new()) };
+    let text = std::str::from_utf8(stored).ok()?;
+    text.split(';')
+        .map(|attempt| {
+            let mut parts = attempt.split(',');
+            let (started, outcome, duration) = (parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            let (status, error) = match outcome.parse::<u16>() {
+                Ok(code) => (Some(code), None),
+                Err(_) => (None, Some(outcome.to_string())),
+            };
+            let duration_ms = if duration.is_empty() { None } else { Some(duration.parse().ok()?) };
+            Some(Attempt { started_at: started.parse().ok()?, status, error, duration_ms })
+        })
+        .collect()
 }
 
 impl Call for ReadTask<'_> {
@@ -36,13 +118,14 @@ impl Call for ReadTask<'_> {
         vec![self.task_id.to_string(), if self.count { "1" } else { "0" }.to_string()]
     }
 
-    /// `HMGET t:<id> u s c x p k w`: nil for each field the record lacks.
+    /// `HMGET t:<id> u s c x p k w r f h`: nil for each field the record lacks.
     fn parse(&self, reply: &mut Cursor) -> Result<Option<TaskRecord>, Unexpected> {
-        let mut fields: [Option<&[u8]>; 7] = [None; 7];
+        let mut fields: [Option<&[u8]>; 10] = [None; 10];
         for field in &mut fields {
             *field = reply.optional()?;
         }
-        let [user, slot, completed, cancelled, stored_payload, stored_kind, stored_cost] = fields;
+        let [user, slot, completed, cancelled, stored_payload, stored_kind, stored_cost, running, failed, tried] =
+            fields;
         let (Some(user), Some(slot)) = (user, slot) else {
             return Ok(None);
         };
@@ -56,6 +139,9 @@ impl Call for ReadTask<'_> {
             payload: payload(reply, stored_payload)?,
             kind: kind(stored_kind),
             cost: cost(reply, stored_cost)?,
+            running_since: running.map(int).transpose()?,
+            failed_at: failed.map(int).transpose()?,
+            attempts: attempts(tried).ok_or_else(|| reply.fail("a task's attempts as stored"))?,
         }))
     }
 }
@@ -72,8 +158,9 @@ mod tests {
     #[test]
     fn task_records() {
         assert_eq!(ReadTask { task_id: "t", count: true }.args(), ["t", "1"]);
-        assert!(matches!(read_reply(&CALL, &[Nil, Nil, Nil, Nil, Nil, Nil, Nil]), Ok(None)));
-        let Ok(Some(task)) = read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, Nil, Nil, Nil]) else {
+        assert!(matches!(read_reply(&CALL, &[Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil]), Ok(None)));
+        let Ok(Some(task)) = read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil])
+        else {
             panic!("no task")
         };
         assert_eq!(
@@ -82,23 +169,53 @@ mod tests {
         );
         assert!(task.payload.is_none());
         assert_eq!((task.kind.as_str(), task.cost), ("default", 1));
-        let reply = [text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3")];
+        let reply = [text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3"), Nil, Nil, Nil];
         let Ok(Some(task)) = read_reply(&CALL, &reply) else { panic!("no task") };
         assert_eq!((task.kind.as_str(), task.cost), ("email", 3));
-        let Ok(Some(task)) =
-            read_reply(&CALL, &[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#), Nil, Nil])
-        else {
+        let Ok(Some(task)) = read_reply(
+            &CALL,
+            &[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#), Nil, Nil, Nil, Nil, Nil],
+        ) else {
             panic!("no task")
         };
         assert_eq!(task.completed_at, Some(1_004));
         assert_eq!(task.payload.as_ref().map(|p| p.get()), Some(r#"{"b":1,"a":2}"#));
-        let Ok(Some(task)) = read_reply(&CALL, &[text("alice"), text("1000"), Nil, text("900"), Nil, Nil, Nil]) else {
+        let Ok(Some(task)) =
+            read_reply(&CALL, &[text("alice"), text("1000"), Nil, text("900"), Nil, Nil, Nil, Nil, Nil, Nil])
+        else {
             panic!("no task")
         };
         assert_eq!(task.cancelled_at, Some(900));
-        assert!(read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, text("{not json"), Nil, Nil]).is_err());
+        assert!(
+            read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, text("{not json"), Nil, Nil, Nil, Nil, Nil])
+                .is_err()
+        );
         // A field more or less than were asked for.
         assert!(read_reply(&CALL, &[&reply[..], &[Nil]].concat()).is_err());
-        assert!(read_reply(&CALL, &reply[..6]).is_err());
+        assert!(read_reply(&CALL, &reply[..9]).is_err());
+    }
+
+    #[test]
+    fn delivered_task_records() {
+        let record = |running, failed, tried| {
+            [text("ann"), text("1000"), Nil, Nil, Nil, text("mail"), Nil, running, failed, tried]
+        };
+        let Ok(Some(task)) = read_reply(&CALL, &record(text("1001"), Nil, Nil)) else { panic!("no task") };
+        assert_eq!((task.status(), task.running_since, task.attempts.len()), (Status::Running, Some(1_001), 0));
+        let tried = text("1001,503,12;3050,timeout,;7000,404,3");
+        let Ok(Some(task)) = read_reply(&CALL, &record(Nil, text("7003"), tried)) else { panic!("no task") };
+        assert_eq!(task.status(), Status::Failed);
+        let expected = [
+            Attempt { started_at: 1_001, status: Some(503), error: None, duration_ms: Some(12) },
+            Attempt { started_at: 3_050, status: None, error: Some("timeout".into()), duration_ms: None },
+            Attempt { started_at: 7_000, status: Some(404), error: None, duration_ms: Some(3) },
+        ];
+        assert_eq!(task.attempts, expected);
+        // A queued task waiting for its retry.
+        let Ok(Some(task)) = read_reply(&CALL, &record(Nil, Nil, text("1001,503,12"))) else { panic!("no task") };
+        assert_eq!(task.status(), Status::Queued);
+        for bad in ["1001,503", "x,503,1", "1001,503,1,2", "1001,503,z"] {
+            assert!(read_reply(&CALL, &record(Nil, Nil, text(bad))).is_err(), "{bad}");
+        }
     }
 }

@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 
 /// Upper bounds of the lateness histogram buckets (ms), for the scripts and `/metrics`.
 pub const LATENESS_BUCKETS_MS: [i64; 10] = [1, 2, 5, 10, 20, 50, 100, 250, 1_000, 5_000];
+/// Upper bounds of the delivery-duration histogram buckets (ms): from a backend on the same
+/// host to the longest timeout a kind may set.
+pub const DELIVERY_BUCKETS_MS: [i64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000];
 
 const LIB: &str = include_str!("lib.lua");
 
@@ -84,14 +87,17 @@ const ALL: [&Script; 17] = [
     &KEY_REVOKE,
 ];
 
-/// The lateness histogram's bounds, as both forms of the scripts declare them.
-fn buckets_line() -> String {
-    let buckets: Vec<String> = LATENESS_BUCKETS_MS.iter().map(|b| b.to_string()).collect();
-    format!("local lateness_buckets_ms = {{{}}}", buckets.join(", "))
+/// A histogram's bounds as a Lua local, as both forms of the scripts declare them.
+fn buckets_line(name: &str, bounds: &[i64]) -> String {
+    let buckets: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
+    format!("local {name} = {{{}}}", buckets.join(", "))
 }
 
 /// What the Lua knows by name from Rust: the key words (`keys::word`) and the default kind.
-const LUA_CONSTANTS: [(&str, &str); 10] = [
+const LUA_CONSTANTS: [(&str, &str); 13] = [
+    ("KEY_LEDGER", word::LEDGER),
+    ("KEY_CLAIMS", word::CLAIMS),
+    ("KEY_IN_FLIGHT", word::IN_FLIGHT),
     ("KEY_QUEUE", word::QUEUE),
     ("KEY_DONE", word::DONE),
     ("KEY_TASK", word::TASK),
@@ -110,7 +116,8 @@ const LUA_CONSTANTS: [(&str, &str); 10] = [
 fn constants() -> String {
     let mut lines: Vec<String> =
         LUA_CONSTANTS.iter().map(|(name, value)| format!("local {name} = '{value}'")).collect();
-    lines.push(buckets_line());
+    lines.push(buckets_line("lateness_buckets_ms", &LATENESS_BUCKETS_MS));
+    lines.push(buckets_line("delivery_buckets_ms", &DELIVERY_BUCKETS_MS));
     lines.join("\n")
 }
 

@@ -23,6 +23,28 @@ pub struct Completion {
     /// tasks leave it out of their replies (the seed-format line does not show it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Box<RawValue>>,
+    /// For a task delivered to a target: the attempt this entry records. Only read back from
+    /// the log stream.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Logged>,
+}
+
+/// A delivery attempt as its log entry records it. Every attempt that ended has an entry:
+/// the one that completed the task (no `outcome`; `completed_at` is the answer's arrival),
+/// and each that did not (`outcome` `retry` or `failed`; `completed_at` is when it ended).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Logged {
+    /// When the attempt was claimed, on Redis's clock: the start the windows count.
+    pub started_at: i64,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl Completion {
@@ -127,6 +149,7 @@ pub(crate) fn completion(reply: &mut Cursor) -> Result<Completion, Unexpected> {
         cost: 1,
         policy: None,
         payload: None,
+        delivery: None,
     })
 }
 

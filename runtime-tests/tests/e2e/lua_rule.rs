@@ -159,7 +159,7 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
             .arg(0)
             .arg(header(""))
             .arg(&args[..])
-            .arg(&["default", &cost_arg, &keep_arg, &longest_arg, "", &spec][..])
+            .arg(&["default", &cost_arg, &keep_arg, &longest_arg, "", &spec, ""][..])
             .query(&mut conn)
             .unwrap_or_else(|e| panic!("case {case}: EVAL: {e}"));
         let int = |i: usize| match reply.get(i) {
