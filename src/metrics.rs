@@ -70,10 +70,11 @@ pub fn render(counters: &[(String, i64)]) -> String {
         cumulative += get(&format!("lateness_le:{bound}"));
         let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", seconds(bound));
     }
-    // Every start is counted (a delivery's attempts too); data from before that counter
-    // existed has one start per completion.
+    // Every start is counted: a task run at once starts as it completes, a delivery at each
+    // attempt's claim (its completion is counted again as delivered).
     let completed = get("completed") + completed_per_kind.values().sum::<i64>();
-    let starts = if fields.contains_key("lateness_count") { get("lateness_count") } else { completed };
+    let sum = |prefix: &str| per_kind(prefix).values().sum::<i64>();
+    let starts = completed - sum("delivered") + sum("claimed");
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {starts}");
     let _ = writeln!(out, "{name}_sum {}", seconds(get("lateness_sum_ms")));
     let _ = writeln!(out, "{name}_count {starts}");
@@ -202,6 +203,8 @@ mod tests {
     #[test]
     fn deliveries_per_kind() {
         let text = render(&counters(&[
+            ("completed:mail", 5),
+            ("completed:default", 3),
             ("delivered:mail", 5),
             ("retried:mail", 2),
             ("failed:hook", 1),
@@ -217,6 +220,8 @@ mod tests {
         assert!(text.contains("task_api_kind_deliveries_total{kind=\"hook\",outcome=\"failed\"} 1\n"), "{text}");
         assert!(text.contains("task_api_kind_claims_total{kind=\"mail\"} 7\n"), "{text}");
         assert!(text.contains("task_api_lapsed_claims_total 1\n"), "{text}");
+        // Starts: 3 tasks run at once and 7 delivery attempts (5 of which completed).
+        assert!(text.contains("task_api_lateness_seconds_count 10\n"), "{text}");
         let name = "task_api_delivery_duration_seconds";
         assert!(text.contains(&format!("{name}_bucket{{kind=\"mail\",le=\"0.005\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("{name}_bucket{{kind=\"mail\",le=\"0.1\"}} 6\n")), "{text}");

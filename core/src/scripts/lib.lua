@@ -168,7 +168,6 @@ local function start(done, task, now)
     redis.call('PEXPIRE', done, history_ms + 1000)
   end
   local late = now - task.slot
-  count('lateness_count', 1)
   count('lateness_sum_ms', late)
   for _, bound in ipairs(lateness_buckets_ms) do
     if late <= bound then count('lateness_le:' .. bound, 1) break end
