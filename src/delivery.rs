@@ -6,8 +6,9 @@
 //! `delivery_secret` variable holds one. Nothing else of ours is sent: no token, no key.
 //!
 //! Spin waits up to 600 s for a connection, a first byte and each later byte unless the
-//! guest says otherwise, so every attempt sets all three to its kind's timeout, and the whole
-//! attempt (answer head and body) is also bounded by it on our own clock.
+//! guest says otherwise, so every attempt sets all three to its kind's timeout, and the
+//! answer's head is also awaited at most that long on our own clock. The head decides the
+//! outcome; the body is read (and dropped) only in what is left of that time.
 
 use crate::deadline::with_deadline;
 use crate::scripts::{Claim, Ended, Outcome};
@@ -21,14 +22,13 @@ use task_core::delivery::{Delivery, Secret, Verdict, envelope, retry_after_ms, v
 /// How much of an answer's body is read (and dropped): reading it to its end lets Spin's
 /// pool reuse the connection; a larger body is cut, and its connection is not reused.
 const MAX_ANSWER_BODY: usize = 64 * 1024;
+/// The longest `Retry-After` honoured: a day, the longest window a policy may have.
+const MAX_RETRY_AFTER_MS: i64 = 24 * 3_600_000;
 
 /// Makes the attempt `claim` names to `delivery`'s target and says how it ended.
 pub async fn deliver(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>) -> Outcome {
     let limit = Duration::from_millis(u64::from(delivery.timeout_ms));
-    let ended = match with_deadline(attempt(claim, delivery, secret, limit), limit).await {
-        Some(ended) => ended,
-        None => Attempt::Error("timeout"),
-    };
+    let ended = attempt(claim, delivery, secret, limit).await;
     let outcome = |result, status: String, duration_ms, retry_after_ms| Outcome {
         task_id: claim.task_id.clone(),
         attempt: claim.attempt,
@@ -92,9 +92,10 @@ async fn attempt(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>, li
         return Attempt::Error("request");
     };
     let sent = Instant::now();
-    let response = match send(request).await {
-        Ok(response) => response,
-        Err(e) => return Attempt::Error(error_name(&e)),
+    let response = match with_deadline(send(request), limit).await {
+        Some(Ok(response)) => response,
+        Some(Err(e)) => return Attempt::Error(error_name(&e)),
+        None => return Attempt::Error("timeout"),
     };
     let head_after = sent.elapsed();
     let status = response.status().as_u16();
@@ -103,16 +104,20 @@ async fn attempt(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>, li
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| retry_after_ms(v, now.as_millis() as i64))
-        .unwrap_or(0);
-    // Read (and drop) the body so that the connection goes back to the pool.
+        .map_or(0, |ms| ms.min(MAX_RETRY_AFTER_MS));
+    // The head decided the outcome. Read (and drop) the body, within what is left of the
+    // attempt's time, so that the connection goes back to the pool.
     let mut body = response.into_body();
-    let mut read = 0;
-    while read <= MAX_ANSWER_BODY {
-        match body.frame().await {
-            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-            _ => break,
+    let drain = async {
+        let mut read = 0;
+        while read <= MAX_ANSWER_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
         }
-    }
+    };
+    let _ = with_deadline(drain, limit.saturating_sub(head_after)).await;
     Attempt::Answered { status, retry_after_ms, head_after }
 }
 
