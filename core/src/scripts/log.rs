@@ -2,7 +2,7 @@
 //! them.
 
 use crate::scripts::reply::{Cursor, Reply, Unexpected, parse_int};
-use crate::scripts::shared::{Completion, Logged, cost, kind, payload};
+use crate::scripts::shared::{Attempt, Completion, Logged, cost, kind, payload};
 use std::collections::HashMap;
 
 /// The fields a log entry can have.
@@ -56,12 +56,14 @@ pub fn log_page(reply: &[Reply]) -> Result<Vec<(String, Completion)>, Unexpected
                 Some(_) => {
                     let optional = |name: &str| fields.get(name).map(|b| String::from_utf8_lossy(b).into_owned());
                     Some(Logged {
-                        started_at: int("started_at")?,
                         attempt: u32::try_from(int("attempt")?)
                             .map_err(|_| reply.fail(format_args!("log entry {id}: attempt out of range")))?,
-                        status: optional("status").and_then(|s| s.parse().ok()),
-                        error: optional("error"),
-                        duration_ms: optional("duration_ms").and_then(|s| s.parse().ok()),
+                        ended: Attempt {
+                            started_at: int("started_at")?,
+                            status: optional("status").and_then(|s| s.parse().ok()),
+                            error: optional("error"),
+                            duration_ms: optional("duration_ms").and_then(|s| s.parse().ok()),
+                        },
                         outcome: optional("outcome"),
                     })
                 }
@@ -112,11 +114,8 @@ mod tests {
         reply.extend([text("duration_ms"), text("9"), text("outcome"), text("retry")]);
         let Ok(page) = log_page(&reply) else { panic!("parse failed") };
         let attempt = Logged {
-            started_at: 4,
             attempt: 2,
-            status: Some(503),
-            error: None,
-            duration_ms: Some(9),
+            ended: Attempt { started_at: 4, status: Some(503), error: None, duration_ms: Some(9) },
             outcome: Some("retry".into()),
         };
         assert_eq!(page[5].1.delivery, Some(attempt));

@@ -3,7 +3,7 @@
 use crate::scripts::call::Call;
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{READ_TASK, Script};
-use crate::scripts::shared::{cost, kind, payload};
+use crate::scripts::shared::{Attempt, cost, kind, payload};
 use serde_json::value::RawValue;
 
 /// A task's record; `count` makes the script count the answer it makes (200, or 404 for
@@ -69,21 +69,6 @@ impl TaskRecord {
             Status::Queued
         }
     }
-}
-
-/// One delivery attempt that ended, as the record keeps it (`settle` in lib.lua:
-/// `<started>,<status or error>,<duration ms>`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Attempt {
-    pub started_at: i64,
-    /// The backend's HTTP status, when it answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// Why there was no answer (`timeout`, `connection-refused`, `lapsed`...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
 }
 
 /// The record's `h` field: attempts separated by `;`.

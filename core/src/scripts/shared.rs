@@ -29,20 +29,29 @@ pub struct Completion {
     pub delivery: Option<Logged>,
 }
 
+/// One delivery attempt that ended, as the record keeps it (`settle` in lib.lua:
+/// `<started>,<status or error>,<duration ms>`) and its log entry shows it (`Logged`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub started_at: i64,
+    /// The backend's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why there was no answer (`timeout`, `connection-refused`, `lapsed`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
 /// A delivery attempt as its log entry records it. Every attempt that ended has an entry:
 /// the one that completed the task (no `outcome`; `completed_at` is the answer's arrival),
 /// and each that did not (`outcome` `retry` or `failed`; `completed_at` is when it ended).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Logged {
-    /// When the attempt was claimed, on Redis's clock: the start the windows count.
-    pub started_at: i64,
     pub attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
+    #[serde(flatten)]
+    pub ended: Attempt,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
 }
