@@ -14,11 +14,14 @@
 //!   store;
 //! - `q:<l>`    list of the lane's pending tasks, `"<slot>:<task id>"`, in slot order;
 //! - `due`      sorted set: lane → earliest instant its head task may start;
-//! - `done:<l>` list of the lane's last completion times (`<ms>`, or `<ms>*<units>` for a
-//!   weighted task; expires when the longest window has passed the last);
+//! - `done:<l>` list of the lane's last starts: completion times, and delivery attempts' claims
+//!   (`<ms>`, or `<ms>*<units>` for a weighted task; expires when the longest window has passed
+//!   the last);
 //! - `t:<id>`   hash of a task: `u` user id, `s` slot, `p` payload (JSON text, if any),
-//!   `k` kind, `w` cost and `l` policy (each only when not the default), `c` completed-at or
-//!   `x` cancelled-at (kept a day once either is set);
+//!   `k` kind, `w` cost and `l` policy (each only when not the default), `c` completed-at,
+//!   `x` cancelled-at or `f` failed-at (kept a day once one is set); for a kind with a target
+//!   also `d` its delivery (`Delivery::spec`), `a` attempts claimed, `r` the start of the
+//!   attempt in flight, `m` its lane, `h` the attempts that ended (`read_task::attempts`);
 //! - `idem:<u>:<key>` the task an Idempotency-Key names;
 //! - `tier:<u>` the user's tier (absent: the built-in one);
 //! - `lease`    the drainer lease; `kick` rate-limits wake-ups; `tick` is the drainers'
