@@ -62,10 +62,12 @@ pub use overview::{LaneView, Overview, QueuedTask, ReadOverview};
 pub use poke::Poke;
 pub use position::Position;
 pub use prepare::{Prepare, Prepared};
-pub use read_task::{Attempt, ReadTask, Status, TaskRecord};
+pub use read_task::{ReadTask, Status, TaskRecord};
 pub use release::Release;
 pub use reply::{Cursor, Reply, Unexpected};
-pub use script::{DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS, Script, is_function_missing, is_noscript, is_refusal, library, prelude};
-pub use shared::{Admitted, Completion, Earlier, Filed, Logged, Placement};
+pub use script::{
+    DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS, Script, is_function_missing, is_noscript, is_refusal, library, prelude,
+};
+pub use shared::{Admitted, Attempt, Completion, Earlier, Filed, Logged, Placement};
 pub use sweep::Sweep;
 pub use user_state::{LaneState, ReadUserState, UserState};
