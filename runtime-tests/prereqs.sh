@@ -8,6 +8,9 @@
 #                             run, and the script exits 1
 #   need_schemathesis         schemathesis $SCHEMATHESIS_VERSION (PyPI) in a venv under
 #                             target/schemathesis-venv, for runtime-tests/tests/e2e/schemathesis.rs
+#   need_standardwebhooks     the stock Standard Webhooks verifier, standardwebhooks
+#                             $STANDARDWEBHOOKS_VERSION (PyPI), in a venv under target/webhooks-venv,
+#                             for runtime-tests/tests/e2e/deliveries.rs
 #
 # Set `prereqs_tag` (e.g. "test.sh") before sourcing: it starts every line printed here.
 
@@ -71,4 +74,17 @@ need_schemathesis() {
   rm -rf "$venv"
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+}
+
+STANDARDWEBHOOKS_VERSION=1.3.0
+
+need_standardwebhooks() {
+  local venv=target/webhooks-venv
+  "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null && return 0
+  need_commands python3=python3
+  python3 -c 'import ensurepip, venv' 2>/dev/null || install_packages python3-venv
+  prereqs_say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $venv (python3 -m venv; pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION)"
+  rm -rf "$venv"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >&2
 }

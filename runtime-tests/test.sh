@@ -14,6 +14,7 @@ need_wasm_target
 need_lint_tools
 need_commands redis-server=redis-server redis-cli=redis-server chromium=chromium node=nodejs npm=npm
 need_schemathesis
+need_standardwebhooks
 
 # Incremental state only pays off across edits; a one-shot run would leave gigabytes of it.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -19,6 +19,7 @@ mod bench_smoke;
 mod cancel;
 mod check_log;
 mod commands;
+mod deliveries;
 mod engine;
 mod failures;
 mod keepalive;
