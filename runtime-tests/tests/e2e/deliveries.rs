@@ -396,3 +396,55 @@ fn replicas_killed_mid_delivery_lose_nothing() {
     let report = check::check(&entries, check::Rule::default(), Some(&ids));
     assert!(report.is_clean(), "{}\n{:#?}", report.summary(), report.violations);
 }
+
+/// A delivery configuration that cannot work is refused at load, every request answered with a
+/// problem that names the cause: a target `delivery_hosts` does not allow, the `kv` ledger with
+/// a target, a secret not in the `whsec_` form, a timeout out of range.
+#[test]
+fn bad_delivery_configurations_are_refused_with_the_cause_named() {
+    let redis = Redis::start();
+    let kind = r#"{"kinds": {"mail": {"windows": ["1/1s"], "target": "http://127.0.0.1:9/x"}}}"#;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("policies", kind), ("delivery_hosts", "http://10.0.0.1:9")], r#"kinds.mail.target "http://127.0.0.1:9/x""#),
+        (&[("policies", kind), ("delivery_hosts", "http://127.0.0.1:9"), ("ledger", "kv")], "ledger = redis"),
+        (
+            &[
+                (
+                    "policies",
+                    r#"{"kinds": {"mail": {"windows": [], "target": "http://127.0.0.1:9/x", "timeout": "90s"}}}"#,
+                ),
+                ("delivery_hosts", "http://127.0.0.1:9"),
+            ],
+            "kinds.mail.timeout",
+        ),
+        (
+            &[("policies", kind), ("delivery_hosts", "http://127.0.0.1:9"), ("delivery_secret", "hunter2")],
+            "delivery_secret",
+        ),
+    ];
+    for (variables, says) in cases {
+        let options = HostOptions {
+            variables: variables.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            ..HostOptions::default()
+        };
+        let host = Host::start(&redis, &options);
+        // The secret is the drainer's alone: the API refuses the others, the drainer says why.
+        if variables.iter().any(|(n, _)| *n == "delivery_secret") {
+            let _ = host.post_task(r#"{"user_id":"a","kind":"mail"}"#);
+            wait_until(
+                Duration::from_secs(10),
+                || format!("the drainer names {says:?}: {}", host.stderr_text()),
+                || {
+                    let _ = redis.try_query::<i64>(&["PUBLISH", "taskq:tick", ""]);
+                    host.stderr_text().contains(says)
+                },
+            );
+            assert!(!host.stderr_text().contains("hunter2"), "the secret is never repeated");
+            continue;
+        }
+        let reply = host.post_task(r#"{"user_id":"a","kind":"mail"}"#);
+        assert_eq!(reply.status, 500, "{variables:?}: {}", reply.body);
+        let detail = reply.json()["detail"].as_str().unwrap_or_default().to_string();
+        assert!(detail.contains(says), "{variables:?}: {detail}");
+    }
+}
