@@ -39,6 +39,7 @@
 //! `scale` needs `--redis` and the app's default `key_prefix`, and reads the log, so no
 //! `admin_token`.
 
+use runtime_tests::backend::Backend;
 use runtime_tests::check::{self, Rule};
 use runtime_tests::cluster::{
     Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task,
@@ -76,7 +77,9 @@ struct Options {
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         smoke: false,
-        scenarios: ["saturation", "admission", "hot", "memory", "keepalive", "scale"].map(String::from).to_vec(),
+        scenarios: ["saturation", "admission", "hot", "memory", "keepalive", "scale", "delivery"]
+            .map(String::from)
+            .to_vec(),
         rates: vec![250, 500, 1_000, 2_000],
         duration: Duration::from_secs(5),
         scale_users: 10_000,
@@ -205,6 +208,14 @@ fn main() {
                 }
             },
             "keepalive" => rows.extend(keep_alive(&options)),
+            "delivery" => {
+                if !options.url.is_empty() {
+                    eprintln!("bench: delivery starts its own replicas and backend; it does not take --url");
+                    std::process::exit(2);
+                }
+                rows.push(delivery(&options, false));
+                rows.push(delivery(&options, true));
+            }
             "scale" => match scale(&options) {
                 Ok(row) => rows.push(row),
                 Err(e) => {
@@ -855,6 +866,122 @@ fn scale(options: &Options) -> Result<Row, String> {
         log: Some(Logged { submitted: total, report }),
         note,
     })
+}
+
+/// Users × tasks delivered to a backend answering in 100 ms (the `default` kind, 1/s and
+/// 20/min, with a target), on 3 replicas; with `hanging`, 20 users of a second kind whose
+/// backend never answers (timeout 2 s) submit tasks first. From the log: attempt-start
+/// lateness, lost, doubled and violations on the claimed starts; from the backend's own
+/// records: arrival after the claimed start, windows on the arrival times (0 and 5 ms of
+/// tolerance), duplicate arrivals of one attempt, and deliveries per second.
+fn delivery(options: &Options, hanging: bool) -> Row {
+    let (users, tasks) = if options.smoke { (50, 3) } else { (1_000, 10) };
+    let backend = Backend::start();
+    let policies = format!(
+        r#"{{"kinds": {{"default": {{"windows": ["1/1s", "20/60s"], "target": "{}"}},
+            "stuck": {{"windows": ["1/1s"], "target": "{}", "timeout": "2s", "attempts": 2}}}}}}"#,
+        backend.url("/slow/100"),
+        backend.url("/hang")
+    );
+    let hosts = format!("http://{}", backend.addr());
+    let cluster =
+        Cluster::start_with(options, 3, Ledger::Redis, &[("policies", &policies), ("delivery_hosts", &hosts)]);
+    let prefix = format!("delivery-{}-{}-", options.run, if hanging { "h" } else { "p" });
+    if hanging {
+        for u in 0..20 {
+            let body = serde_json::json!({ "user_id": format!("stuck-{u}"), "kind": "stuck" }).to_string();
+            let _ = try_request(
+                &cluster.addrs[u % 3],
+                "POST",
+                "/api/v1/task",
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+        }
+    }
+    let started = Instant::now();
+    let jobs: Vec<_> = (0..users * tasks)
+        .map(|i| (Instant::now(), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users)))
+        .collect();
+    let Sent { latencies, errors, task_ids } = run_jobs(jobs, 64, Clock::FromSend);
+    let submit_s = started.elapsed().as_secs_f64();
+    let total = task_ids.len();
+    let deadline = Instant::now() + Duration::from_secs(60 + tasks as u64 * 3);
+    let ours = |r: &runtime_tests::backend::Recorded| r.path == "/slow/100";
+    while backend.requests().iter().filter(|r| ours(r)).count() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The last answers' outcomes reach the log 100 ms later.
+    let entries = loop {
+        let entries: Vec<_> =
+            read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect();
+        if entries.iter().filter(|e| e.ends_task()).count() >= total || Instant::now() >= deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let report = check::check(&entries, Rule::default(), Some(&task_ids));
+    let arrivals: Vec<_> = backend.requests().into_iter().filter(|r| ours(r)).collect();
+    let started_at: std::collections::HashMap<(String, u32), i64> =
+        entries.iter().filter_map(|e| Some(((e.task_id.clone()?, e.attempt?), e.started_at?))).collect();
+    let mut lags = Vec::new();
+    let mut per_attempt: std::collections::HashMap<(String, u32), usize> = std::collections::HashMap::new();
+    let mut lanes: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+    for r in &arrivals {
+        let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&r.body) else { continue };
+        let id = envelope["task_id"].as_str().unwrap_or_default().to_string();
+        let attempt = envelope["attempt"].as_u64().unwrap_or(0) as u32;
+        if let Some(start) = started_at.get(&(id.clone(), attempt)) {
+            lags.push(r.at_ms - *start as f64);
+        }
+        *per_attempt.entry((id, attempt)).or_insert(0) += 1;
+        lanes.entry(envelope["user_id"].to_string()).or_default().push(r.at_ms);
+    }
+    let duplicate_arrivals = per_attempt.values().filter(|&&n| n > 1).count();
+    for times in lanes.values_mut() {
+        times.sort_by(f64::total_cmp);
+    }
+    let broken = |tolerance: f64| -> usize {
+        let mut count = 0;
+        for times in lanes.values() {
+            for (quota, window) in [(1, 1_000.0), (20, 60_000.0)] {
+                count += (quota..times.len()).filter(|&i| times[i] - times[i - quota] < window - tolerance).count();
+            }
+        }
+        count
+    };
+    let (strict, tolerant) = (broken(0.0), broken(5.0));
+    lags.sort_by(f64::total_cmp);
+    let lag =
+        |p: f64| lags.get(((p / 100.0 * lags.len() as f64).ceil() as usize).clamp(1, lags.len().max(1)) - 1).copied();
+    let lag_text = |p| lag(p).map_or("-".to_string(), |v| format!("{v:.1}"));
+    let span_s =
+        match (arrivals.iter().map(|r| r.at_ms).reduce(f64::min), arrivals.iter().map(|r| r.at_ms).reduce(f64::max)) {
+            (Some(first), Some(last)) if last > first => (last - first) / 1_000.0,
+            _ => f64::NAN,
+        };
+    let note = format!(
+        "submitted in {submit_s:.1} s; backend arrival after the claimed start p50/p99/max {}/{}/{} ms; \
+         arrivals breaking a window at the backend: {strict} with 0 ms tolerance, {tolerant} with 5 ms; \
+         duplicate arrivals of one attempt: {duplicate_arrivals}; {:.0} deliveries/s",
+        lag_text(50.0),
+        lag_text(99.0),
+        lag_text(100.0),
+        arrivals.len() as f64 / span_s
+    );
+    Row {
+        scenario: format!(
+            "delivery, {}, {users} users x {tasks} tasks, 100 ms backend{}",
+            cluster.label(),
+            if hanging { ", another kind hanging" } else { "" }
+        ),
+        offered: "as fast as taken (64 clients)".to_string(),
+        achieved_per_s: latencies.len() as f64 / submit_s,
+        latencies,
+        errors,
+        log: Some(Logged { submitted: total, report }),
+        note,
+    }
 }
 
 fn memory_per_queued_task(redis: &str, user_prefix: &str, users: std::ops::Range<usize>) -> f64 {

@@ -24,6 +24,8 @@ const SCENARIOS: &[&str] = &[
     "keep-alive, do-nothing component, Content-Length",
     "keep-alive, do-nothing component, chunked",
     "scale, 3 replicas, 20 users x 3 tasks",
+    "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend",
+    "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, another kind hanging",
 ];
 
 /// The Markdown table's rows, each a map from column title to cell.
@@ -83,6 +85,15 @@ fn the_benchmark_runs_and_its_numbers_are_sane() {
     let lateness: Vec<f64> = scale["lateness p50/p99/max ms"].split('/').filter_map(|v| v.parse().ok()).collect();
     assert!(lateness.len() == 3 && lateness.is_sorted() && lateness[0] >= 0.0, "lateness {lateness:?}");
 
+    // Deliveries: every task delivered and completed once, the windows held on the claimed
+    // starts, no attempt arriving twice at the backend.
+    for row in rows.iter().filter(|r| r["scenario"].starts_with("delivery,")) {
+        assert_eq!(number(row, "tasks run"), number(row, "tasks submitted"), "{row:?}");
+        for column in ["lost", "doubled", "violations", "early"] {
+            assert_eq!(number(row, column), 0.0, "{column}: {row:?}");
+        }
+        assert!(row["notes"].contains("duplicate arrivals of one attempt: 0;"), "{row:?}");
+    }
     for row in rows.iter().filter(|r| r["scenario"].starts_with("hot user,")) {
         assert!(row["notes"].contains("slots exact: yes"), "{row:?}");
     }
