@@ -42,6 +42,37 @@ impl Recorded {
     }
 }
 
+/// The windows broken on the backend's own arrival times: for each lane (`lane` names a
+/// request's), every run of `quota + 1` arrivals closer together than the window (`quota`,
+/// ms) allows less `tolerance_ms`, described.
+pub fn window_breaks(
+    arrivals: &[&Recorded],
+    windows: &[(usize, f64)],
+    tolerance_ms: f64,
+    lane: impl Fn(&Recorded) -> String,
+) -> Vec<String> {
+    let mut lanes: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+    for r in arrivals {
+        lanes.entry(lane(r)).or_default().push(r.at_ms);
+    }
+    let mut broken = Vec::new();
+    for (lane, mut times) in lanes {
+        times.sort_by(f64::total_cmp);
+        for &(quota, window_ms) in windows {
+            for i in quota..times.len() {
+                let span = times[i] - times[i - quota];
+                if span < window_ms - tolerance_ms {
+                    broken.push(format!(
+                        "{lane}: {} arrivals within {span:.1} ms, over {quota} per {window_ms} ms",
+                        quota + 1
+                    ));
+                }
+            }
+        }
+    }
+    broken
+}
+
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,

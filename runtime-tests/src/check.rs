@@ -341,8 +341,8 @@ impl Report {
     }
 }
 
-/// Nearest-rank percentile of sorted `values`.
-fn percentile(values: &[i64], p: f64) -> Option<i64> {
+/// Nearest-rank percentile (p in 0..=100) of sorted `values`.
+pub fn percentile<T: Copy>(values: &[T], p: f64) -> Option<T> {
     if values.is_empty() {
         return None;
     }

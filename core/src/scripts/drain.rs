@@ -7,12 +7,14 @@ use crate::scripts::script::{DRAIN, Script};
 use crate::scripts::shared::{Completion, completion};
 
 /// Records `outcomes`, takes or renews the lease (`token`, or `handoff` it was handed), runs
-/// what is due for up to `batch` lanes, and answers when the next task is due.
+/// what is due for up to `batch` lanes, claiming about `claim_limit` delivery attempts at most,
+/// and answers when the next task is due.
 pub struct Drain<'a> {
     pub token: &'a str,
     pub handoff: &'a str,
     pub lease_ttl_ms: i64,
     pub batch: i64,
+    pub claim_limit: i64,
     pub outcomes: &'a [Outcome],
 }
 
@@ -98,6 +100,7 @@ impl Call for Drain<'_> {
             self.handoff.to_string(),
             self.lease_ttl_ms.to_string(),
             self.batch.to_string(),
+            self.claim_limit.to_string(),
         ];
         for o in self.outcomes {
             args.extend([
@@ -172,7 +175,8 @@ mod tests {
     use super::super::shared::tests::completion;
     use super::*;
 
-    const CALL: Drain = Drain { token: "tok", handoff: "", lease_ttl_ms: 2_000, batch: 50, outcomes: &[] };
+    const CALL: Drain =
+        Drain { token: "tok", handoff: "", lease_ttl_ms: 2_000, batch: 50, claim_limit: 16, outcomes: &[] };
 
     fn a_claim() -> Vec<Reply> {
         vec![text("t3"), text("ann"), text("mail"), Int(2), Int(1), Int(10), Int(13), text(r#"{"a":1}"#)]
@@ -180,7 +184,7 @@ mod tests {
 
     #[test]
     fn drain_replies() {
-        assert_eq!(CALL.args(), ["tok", "", "2000", "50"]);
+        assert_eq!(CALL.args(), ["tok", "", "2000", "50", "16"]);
         let busy = read_reply(&CALL, &[text("busy"), text("tok"), Int(0)]);
         assert!(matches!(busy, Ok(Drained::Busy { holder, ran }) if holder == "tok" && ran.is_empty()));
         let mut reply = vec![text("active"), Int(12), Int(1), Int(2)];
@@ -236,8 +240,9 @@ mod tests {
             },
         ];
         let call = Drain { outcomes: &outcomes, ..CALL };
-        let expected =
-            ["tok", "", "2000", "50", "t1", "2", "retry", "503", "7", "3000", "t2", "1", "ok", "timeout", "", "0"];
+        let expected = [
+            "tok", "", "2000", "50", "16", "t1", "2", "retry", "503", "7", "3000", "t2", "1", "ok", "timeout", "", "0",
+        ];
         assert_eq!(call.args(), expected);
     }
 }

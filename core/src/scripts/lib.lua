@@ -226,7 +226,9 @@ local function delivery_of(spec)
 end
 
 -- Claims `task` (taken from the head of lane `member`) at `now`: its next attempt starts.
--- Appends (id, user, kind, cost, attempt, slot, started_at, payload or '') to `claims`.
+-- Appends (id, user, kind, cost, attempt, slot, started_at, payload or '') to `claims`:
+-- `CLAIM_ITEMS` items.
+local CLAIM_ITEMS = 8
 local function claim(member, done, task, now, claims)
   start(done, task, now)
   local record = prefix .. KEY_TASK .. task.id

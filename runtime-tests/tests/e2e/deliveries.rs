@@ -4,7 +4,7 @@
 //! Windows are held on the backend's own arrival times, not only on what the app logged.
 
 use crate::support;
-use runtime_tests::backend::{Backend, Recorded};
+use runtime_tests::backend::{Backend, Recorded, window_breaks};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -54,35 +54,6 @@ fn raw_payload(r: &Recorded) -> String {
     let body = String::from_utf8_lossy(&r.body);
     let start = body.rfind(r#","payload":"#).map(|i| i + r#","payload":"#.len()).unwrap_or(0);
     body[start..body.len().saturating_sub(1)].to_string()
-}
-
-/// Arrivals closer together than `windows` (quota, ms) allow, less the tolerance, per
-/// `webhook-id` owner: `lane` names each request's lane.
-fn arrival_violations(
-    arrivals: &[&Recorded],
-    windows: &[(usize, f64)],
-    lane: impl Fn(&Recorded) -> String,
-) -> Vec<String> {
-    let mut lanes: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in arrivals {
-        lanes.entry(lane(r)).or_default().push(r.at_ms);
-    }
-    let mut broken = Vec::new();
-    for (lane, mut times) in lanes {
-        times.sort_by(f64::total_cmp);
-        for &(quota, window_ms) in windows {
-            for i in quota..times.len() {
-                let span = times[i] - times[i - quota];
-                if span < window_ms - ARRIVAL_TOLERANCE_MS {
-                    broken.push(format!(
-                        "{lane}: {} arrivals within {span:.1} ms, over {quota} per {window_ms} ms",
-                        quota + 1
-                    ));
-                }
-            }
-        }
-    }
-    broken
 }
 
 /// Verifies every request with the stock Standard Webhooks library; `Err` names the first
@@ -169,7 +140,9 @@ fn deliveries_hold_the_windows_at_the_backend_signed_with_the_payload_as_sent() 
     }
     assert!(seen.values().all(|&n| n == 1), "each task once: {seen:?}");
     let all: Vec<&Recorded> = arrived.iter().collect();
-    let broken = arrival_violations(&all, &[(1, 1_000.0), (3, 4_000.0)], |r| envelope(r)["user_id"].to_string());
+    let broken = window_breaks(&all, &[(1, 1_000.0), (3, 4_000.0)], ARRIVAL_TOLERANCE_MS, |r| {
+        envelope(r)["user_id"].to_string()
+    });
     assert!(broken.is_empty(), "{broken:#?}");
 
     assert_eq!(verify_with_standardwebhooks(&arrived), Ok(()));
@@ -231,7 +204,7 @@ fn failed_attempts_are_retried_inside_the_windows_and_failed_tasks_are_readable(
     }
     // Retries are starts the windows count: all six arrivals of ann's lane keep 1/1s and 3/6s.
     let ann: Vec<&Recorded> = of(&flaky).into_iter().chain(of(&flaky2)).collect();
-    let broken = arrival_violations(&ann, &[(1, 1_000.0), (3, 6_000.0)], |_| "ann".into());
+    let broken = window_breaks(&ann, &[(1, 1_000.0), (3, 6_000.0)], ARRIVAL_TOLERANCE_MS, |_| "ann".into());
     assert!(broken.is_empty(), "{broken:#?}");
     let later_tries = of(&later);
     assert!(
