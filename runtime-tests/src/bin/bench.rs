@@ -213,8 +213,12 @@ fn main() {
                     eprintln!("bench: delivery starts its own replicas and backend; it does not take --url");
                     std::process::exit(2);
                 }
-                rows.push(delivery(&options, false));
-                rows.push(delivery(&options, true));
+                // All at once (admission and deliveries share the cores), then each task sent
+                // as its slot comes due (deliveries at their steady rate).
+                for paced in [false, true] {
+                    rows.push(delivery(&options, false, paced));
+                    rows.push(delivery(&options, true, paced));
+                }
             }
             "scale" => match scale(&options) {
                 Ok(row) => rows.push(row),
@@ -874,7 +878,7 @@ fn scale(options: &Options) -> Result<Row, String> {
 /// lateness, lost, doubled and violations on the claimed starts; from the backend's own
 /// records: arrival after the claimed start, windows on the arrival times (0 and 5 ms of
 /// tolerance), duplicate arrivals of one attempt, and deliveries per second.
-fn delivery(options: &Options, hanging: bool) -> Row {
+fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
     let (users, tasks) = if options.smoke { (50, 3) } else { (1_000, 10) };
     let backend = Backend::start();
     let policies = format!(
@@ -886,7 +890,8 @@ fn delivery(options: &Options, hanging: bool) -> Row {
     let hosts = format!("http://{}", backend.addr());
     let cluster =
         Cluster::start_with(options, 3, Ledger::Redis, &[("policies", &policies), ("delivery_hosts", &hosts)]);
-    let prefix = format!("delivery-{}-{}-", options.run, if hanging { "h" } else { "p" });
+    let prefix =
+        format!("delivery-{}-{}{}-", options.run, if hanging { "h" } else { "p" }, if paced { "r" } else { "" });
     if hanging {
         for u in 0..20 {
             let body = serde_json::json!({ "user_id": format!("stuck-{u}"), "kind": "stuck" }).to_string();
@@ -900,9 +905,10 @@ fn delivery(options: &Options, hanging: bool) -> Row {
         }
     }
     let started = Instant::now();
-    let jobs: Vec<_> = (0..users * tasks)
-        .map(|i| (Instant::now(), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users)))
-        .collect();
+    // Paced: each user's next task leaves a second after its last, as its slot comes due.
+    let due = |i: usize| if paced { started + Duration::from_secs_f64(i as f64 / users as f64) } else { started };
+    let jobs: Vec<_> =
+        (0..users * tasks).map(|i| (due(i), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users))).collect();
     let Sent { latencies, errors, task_ids } = run_jobs(jobs, 64, Clock::FromSend);
     let submit_s = started.elapsed().as_secs_f64();
     // (Redis's clock and ours are the same machine's.)
@@ -968,11 +974,12 @@ fn delivery(options: &Options, hanging: bool) -> Row {
     );
     Row {
         scenario: format!(
-            "delivery, {}, {users} users x {tasks} tasks, 100 ms backend{}",
+            "delivery, {}, {users} users x {tasks} tasks, 100 ms backend{}{}",
             cluster.label(),
-            if hanging { ", another kind hanging" } else { "" }
+            if hanging { ", another kind hanging" } else { "" },
+            if paced { ", submitted as they come due" } else { "" }
         ),
-        offered: "as fast as taken (64 clients)".to_string(),
+        offered: if paced { format!("{users}/s (64 clients)") } else { "as fast as taken (64 clients)".to_string() },
         achieved_per_s: latencies.len() as f64 / submit_s,
         latencies,
         errors,

@@ -26,6 +26,8 @@ const SCENARIOS: &[&str] = &[
     "scale, 3 replicas, 20 users x 3 tasks",
     "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend",
     "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, another kind hanging",
+    "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, submitted as they come due",
+    "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, another kind hanging, submitted as they come due",
 ];
 
 /// The Markdown table's rows, each a map from column title to cell.
