@@ -11,7 +11,12 @@
 //! - Every other replica handles the same tick as a **standby**: it watches the lease until
 //!   the next leader takes it (then returns, and will see the next tick), or until the lease
 //!   expires because its holder died; then it takes over itself. Failover therefore needs no
-//!   HTTP traffic and takes at most `LEASE_TTL` + `STANDBY_POLL`.
+//!   HTTP traffic and takes at most `LEASE_TTL` + `STANDBY_POLL`. A standby also **helps**:
+//!   it claims and delivers the lanes the leader has left due for 20 ms or more (drain.lua),
+//!   so a backlog of deliveries spreads over the replicas.
+//! - A handler with deliveries in flight cannot return (its spawned work would be cancelled),
+//!   so a leader past its window ticks once and leads on; when another takes the lease it
+//!   **winds down**: it claims nothing more, reports its outcomes, and returns.
 //! - With nothing queued the leader drops the lease and the chain stops; the next admission
 //!   (or `/healthz`) that finds tasks waiting and no lease publishes a tick to restart it.
 //!   Redis's keyspace notification for the lease expiring is a second wake-up path (spin.toml).
@@ -39,6 +44,7 @@ use task_core::clock::Clock;
 const WINDOW: Duration = Duration::from_millis(1_000);
 /// Longest sleep while leading: bounds how late a newly queued, earlier task can start.
 const POLL_MS: i64 = 10;
+const POLL: Duration = Duration::from_millis(POLL_MS as u64);
 /// How early the leader wakes before a slot; it then asks every 1 ms until the task runs, so that a
 /// slot's task completes within about a millisecond of it whenever the machine allows. Measured
 /// (bench scale, 10,000 users x 25, 2026-11-23): sleeping to the slot instead cut drainer
@@ -88,7 +94,14 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
 pub trait DrainStore {
     /// Records `outcomes`, then runs what is due if we hold (or can take) the lease;
     /// `handoff` is the token of the leader whose tick woke us.
-    async fn drain(&self, token: &str, handoff: &str, outcomes: Vec<Outcome>) -> Result<Drained, StoreError>;
+    /// `claim_limit`: about how many delivery attempts it may claim (0: none, and no task run).
+    async fn drain(
+        &self,
+        token: &str,
+        handoff: &str,
+        outcomes: Vec<Outcome>,
+        claim_limit: i64,
+    ) -> Result<Drained, StoreError>;
     /// Wakes every replica's drainer; the first to hear it takes over our lease.
     async fn publish_tick(&self, token: &str) -> Result<(), StoreError>;
     /// Switches on the lease-expiry notification (the second wake-up path).
@@ -96,13 +109,19 @@ pub trait DrainStore {
 }
 
 impl DrainStore for Queue<'_> {
-    async fn drain(&self, token: &str, handoff: &str, outcomes: Vec<Outcome>) -> Result<Drained, StoreError> {
+    async fn drain(
+        &self,
+        token: &str,
+        handoff: &str,
+        outcomes: Vec<Outcome>,
+        claim_limit: i64,
+    ) -> Result<Drained, StoreError> {
         let call = crate::scripts::Drain {
             token,
             handoff,
             lease_ttl_ms: LEASE_TTL_MS,
             batch: BATCH,
-            claim_limit: CLAIM_LIMIT,
+            claim_limit,
             outcomes: &outcomes,
         };
         self.run(&call).await
@@ -149,13 +168,13 @@ impl Courier for SpinCourier<'_> {
     }
 }
 
-/// One handler's work: lead for about a window if the lease is ours to take, or watch the
-/// lease as a standby until another leader takes it or it lapses (see the module doc). A
-/// leader with deliveries in flight keeps leading until they have ended (a Redis handler's
-/// spawned work would be cancelled when it returns), and reports each outcome with its next
-/// call. While more is due than one call claims, it keeps `PIPELINE` calls out at once: a
-/// call spends most of its time waiting (for Redis, for the host), and on loaded cores a
-/// lone call at a time could not keep up with a thousand deliveries a second.
+/// One handler's work (see the module doc): lead for about a window if the lease is ours to
+/// take, or help the leader as a standby until another leader takes the lease or it lapses.
+/// Leader and helpers alike claim what is due and deliver it; while more is due than one call
+/// claims, each keeps `PIPELINE` calls out at once (a call spends most of its time waiting, for
+/// Redis and the host). A handler with deliveries in flight does not return until they have
+/// ended (a Redis handler's spawned work would be cancelled); it winds down instead: it stops
+/// claiming, reports the outcomes as they come, and returns.
 async fn lead_or_stand_by(
     store: &impl DrainStore,
     clock: &impl Clock,
@@ -164,12 +183,18 @@ async fn lead_or_stand_by(
     handoff: &str,
 ) -> Result<(), StoreError> {
     let started = clock.now();
+    // The lease's holder when a call first found another leading: when it changes, a new
+    // leader has taken over (and ticks: we shall hear it once we return).
     let mut watched_holder: Option<String> = None;
-    let mut leading = false;
+    let mut led = false;
+    // Whether the last reply said we hold the lease.
+    let mut holding;
+    let mut winding_down = false;
+    let mut ticked = false;
     let mut in_flight = FuturesUnordered::new();
     let mut ended: Vec<Outcome> = Vec::new();
     let mut calls = FuturesUnordered::new();
-    calls.push(store.drain(token, handoff, Vec::new()));
+    calls.push(store.drain(token, handoff, Vec::new(), CLAIM_LIMIT));
     loop {
         // Outcomes that arrive meanwhile go with the next call.
         let reply = loop {
@@ -182,109 +207,139 @@ async fn lead_or_stand_by(
         let Some(reply) = reply else {
             return Err(StoreError::Unexpected("the drainer had no call out".to_string()));
         };
-        match reply? {
-            Drained::Busy { holder, ran } => {
+        let (next_due_in_ms, more_due_now) = match reply? {
+            Drained::Idle { ran } => {
                 print_log(&ran);
                 if !calls.is_empty() {
                     continue; // the later replies decide
                 }
-                if !in_flight.is_empty() || !ended.is_empty() {
-                    // Ours to report, whoever leads now.
-                    next_outcomes(&mut in_flight, &mut ended).await;
-                    calls.push(store.drain(token, handoff, take(&mut ended)));
-                    continue;
+                if in_flight.is_empty() && ended.is_empty() {
+                    return Ok(());
                 }
+                while ended.is_empty() {
+                    outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
+                }
+                calls.push(store.drain(token, handoff, take(&mut ended), claim_limit(winding_down)));
+                continue;
+            }
+            Drained::Busy { holder, next_due_in_ms, more_due_now, ran, claims } => {
+                print_log(&ran);
+                holding = false;
+                in_flight.extend(claims.into_iter().map(|claim| courier.deliver(claim)));
                 match &watched_holder {
-                    Some(seen) if *seen != holder => return Ok(()), // a new leader: it will tick
+                    // We led and another took over, or a new leader took over from the one
+                    // we found.
+                    _ if led => winding_down = true,
+                    Some(seen) if *seen != holder => winding_down = true,
                     Some(_) => {}
                     None => watched_holder = Some(holder),
                 }
                 if clock.since(started) > STANDBY_MAX {
-                    return Ok(());
+                    winding_down = true;
                 }
-                clock.sleep(STANDBY_POLL).await;
-                calls.push(store.drain(token, handoff, Vec::new()));
-            }
-            Drained::Idle { ran } => {
-                print_log(&ran);
-                if !calls.is_empty() {
-                    continue;
-                }
-                if in_flight.is_empty() && ended.is_empty() {
-                    return Ok(());
-                }
-                next_outcomes(&mut in_flight, &mut ended).await;
-                calls.push(store.drain(token, handoff, take(&mut ended)));
+                (next_due_in_ms, more_due_now)
             }
             Drained::Active { next_due_in_ms, more_due_now, ran, claims } => {
                 print_log(&ran);
-                if !leading {
-                    leading = true;
+                holding = true;
+                if !led {
+                    led = true;
                     // Once per window is plenty; a refusal only removes the backup path.
                     let _ = store.enable_expiry_events().await;
                 }
-                for claim in claims {
-                    in_flight.push(courier.deliver(claim));
-                }
-                // Polling them once sends their requests now, at their claimed starts.
-                collect_ended(&mut in_flight, &mut ended);
-                if more_due_now {
-                    while calls.len() < PIPELINE {
-                        calls.push(store.drain(token, handoff, take(&mut ended)));
-                    }
-                    continue;
-                }
-                if !calls.is_empty() {
-                    continue;
-                }
-                if !ended.is_empty() {
-                    calls.push(store.drain(token, handoff, take(&mut ended)));
-                    continue;
-                }
-                // Hand over only when no slot is near (the next leader needs a few ms to
-                // start, and a task due meanwhile would run late by as much) and nothing is
-                // in flight.
-                let elapsed = clock.since(started);
-                let may_hand_over = in_flight.is_empty()
-                    && elapsed >= WINDOW
-                    && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW);
-                if may_hand_over {
-                    return store.publish_tick(token).await;
-                }
-                // Sleep until just before the next slot, then ask again every millisecond
-                // until it has run: a task that runs late pushes the user's next task back by
-                // as much (the rule holds on completion times), so waking late would add up
-                // along a user's backlog. Asking again at once instead of after 1 ms would
-                // spin: with many users a slot is due every few ms, and each call that runs
-                // nothing costs a script call. A delivery that ends wakes the leader at once:
-                // its completion is the answer's arrival.
-                let left_ms = if in_flight.is_empty() {
-                    (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64
-                } else {
-                    POLL_MS
-                };
-                let wait_ms = leader_wait_ms(next_due_in_ms, left_ms);
-                let nap = Duration::from_millis(wait_ms.max(0) as u64);
-                if in_flight.is_empty() {
-                    if wait_ms > 0 {
-                        clock.sleep(nap).await;
-                    }
-                } else if let Either::Right((Some(outcome), _)) = select(pin!(clock.sleep(nap)), in_flight.next()).await
-                {
-                    ended.push(outcome);
-                    collect_ended(&mut in_flight, &mut ended);
-                }
-                calls.push(store.drain(token, handoff, take(&mut ended)));
+                in_flight.extend(claims.into_iter().map(|claim| courier.deliver(claim)));
+                (next_due_in_ms, more_due_now)
+            }
+        };
+        // Polling the new deliveries once sends their requests now, at their claimed starts.
+        collect_ended(&mut in_flight, &mut ended);
+        if more_due_now && !winding_down {
+            while calls.len() < PIPELINE {
+                calls.push(store.drain(token, handoff, take(&mut ended), CLAIM_LIMIT));
+            }
+            continue;
+        }
+        if !calls.is_empty() {
+            continue;
+        }
+        if !ended.is_empty() {
+            calls.push(store.drain(token, handoff, take(&mut ended), claim_limit(winding_down)));
+            continue;
+        }
+        if winding_down {
+            if in_flight.is_empty() {
+                // Holding the lease (taken while winding down): the chain must go on.
+                return if holding { store.publish_tick(token).await } else { Ok(()) };
+            }
+            while ended.is_empty() {
+                outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
+            }
+            calls.push(store.drain(token, handoff, take(&mut ended), 0));
+            continue;
+        }
+        let elapsed = clock.since(started);
+        if holding && elapsed >= WINDOW {
+            // Hand over only when no slot is near (the next leader needs a few ms to start,
+            // and a task due meanwhile would run late by as much) and nothing is in flight.
+            if in_flight.is_empty() && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW) {
+                return store.publish_tick(token).await;
+            }
+            // With deliveries in flight we cannot return yet, but the lease passes on: the
+            // tick wakes the replicas (their drainers help while they run), the first takes
+            // the lease, and we wind down. Once per handler: with no other replica to take
+            // it, we lead on.
+            if !in_flight.is_empty() && !ticked {
+                ticked = true;
+                // A refused tick only keeps us leading.
+                let _ = store.publish_tick(token).await;
             }
         }
+        // Sleep until just before the next slot, then ask again every millisecond until it
+        // has run: a task that runs late pushes the user's next task back by as much (the
+        // rule holds on completion times), so waking late would add up along a user's
+        // backlog. Asking again at once instead of after 1 ms would spin: with many users a
+        // slot is due every few ms, and each call that runs nothing costs a script call. A
+        // delivery that ends wakes us at once: its completion is the answer's arrival.
+        let left_ms = if holding && in_flight.is_empty() {
+            (2 * WINDOW).saturating_sub(elapsed).as_millis() as i64
+        } else {
+            POLL_MS
+        };
+        // A helper takes only the leader's backlog (drain.lua): it looks every `POLL_MS`
+        // while tasks are due, and every `STANDBY_POLL` otherwise.
+        let wait_ms = if holding {
+            leader_wait_ms(next_due_in_ms, left_ms)
+        } else if next_due_in_ms <= 0 {
+            POLL_MS
+        } else {
+            STANDBY_POLL.as_millis() as i64
+        };
+        let nap = Duration::from_millis(wait_ms.max(0) as u64);
+        if in_flight.is_empty() {
+            if wait_ms > 0 {
+                clock.sleep(nap).await;
+            }
+        } else {
+            outcome_or_nap(clock, &mut in_flight, &mut ended, nap).await;
+        }
+        calls.push(store.drain(token, handoff, take(&mut ended), CLAIM_LIMIT));
     }
 }
 
-/// Waits for at least one outcome (unless one is already waiting to be reported), then takes
-/// every other that has arrived.
-async fn next_outcomes<F: Future<Output = Outcome>>(in_flight: &mut FuturesUnordered<F>, ended: &mut Vec<Outcome>) {
-    if ended.is_empty() {
-        ended.extend(in_flight.next().await);
+/// How many attempts a call may claim: none while winding down.
+fn claim_limit(winding_down: bool) -> i64 {
+    if winding_down { 0 } else { CLAIM_LIMIT }
+}
+
+/// Waits `nap`, or until a delivery in flight ends (then takes every other that has).
+async fn outcome_or_nap<F: Future<Output = Outcome>>(
+    clock: &impl Clock,
+    in_flight: &mut FuturesUnordered<F>,
+    ended: &mut Vec<Outcome>,
+    nap: Duration,
+) {
+    if let Either::Right((Some(outcome), _)) = select(pin!(clock.sleep(nap)), in_flight.next()).await {
+        ended.push(outcome);
     }
     collect_ended(in_flight, ended);
 }
@@ -342,6 +397,8 @@ mod tests {
         expiry_enabled: Cell<u32>,
         /// The outcomes each drain call reported, with the clock at the call.
         reported: RefCell<Vec<(Duration, Outcome)>>,
+        /// The claim limit each call was given.
+        limits: RefCell<Vec<i64>>,
         /// Calls out now, and the most that were out at once.
         out: Cell<usize>,
         most_out: Cell<usize>,
@@ -358,6 +415,7 @@ mod tests {
                 ticks: RefCell::new(Vec::new()),
                 expiry_enabled: Cell::new(0),
                 reported: RefCell::new(Vec::new()),
+                limits: RefCell::new(Vec::new()),
                 out: Cell::new(0),
                 most_out: Cell::new(0),
             }
@@ -365,7 +423,14 @@ mod tests {
     }
 
     impl DrainStore for Scripted<'_> {
-        async fn drain(&self, _token: &str, _handoff: &str, outcomes: Vec<Outcome>) -> Result<Drained, StoreError> {
+        async fn drain(
+            &self,
+            _token: &str,
+            _handoff: &str,
+            outcomes: Vec<Outcome>,
+            claim_limit: i64,
+        ) -> Result<Drained, StoreError> {
+            self.limits.borrow_mut().push(claim_limit);
             self.out.set(self.out.get() + 1);
             self.most_out.set(self.most_out.get().max(self.out.get()));
             // Answers on a later poll, as Redis would: other calls may go out meanwhile.
@@ -450,12 +515,22 @@ mod tests {
         }
     }
 
+    fn held_by(holder: &str) -> Drained {
+        Drained::Busy {
+            holder: holder.to_string(),
+            next_due_in_ms: 500,
+            more_due_now: false,
+            ran: Vec::new(),
+            claims: Vec::new(),
+        }
+    }
+
     fn held_by_a() -> Drained {
-        Drained::Busy { holder: "a".to_string(), ran: Vec::new() }
+        held_by("a")
     }
 
     fn held_by_b() -> Drained {
-        Drained::Busy { holder: "b".to_string(), ran: Vec::new() }
+        held_by("b")
     }
 
     fn idle() -> Drained {
@@ -589,17 +664,59 @@ mod tests {
         }
     }
 
-    /// A leader whose deliveries are still in flight at the end of its windows keeps leading
-    /// until they end (returning would cancel them), then hands over.
+    /// A leader whose deliveries are still in flight at the end of its window does not return
+    /// (that would cancel them) but ticks once, for another replica to take the lease; with
+    /// none taking it, it leads on until they end, then hands over.
     #[test]
-    fn a_leader_does_not_hand_over_with_deliveries_in_flight() {
+    fn a_leader_does_not_return_with_deliveries_in_flight() {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[claims_two, far]);
         let takes = 3 * WINDOW.as_millis() as u64;
         let courier = backend(&clock, takes);
         assert!(run(&store, &clock, &courier, "").is_ok());
         assert_eq!(store.reported.borrow().len(), 2);
-        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert_eq!(*store.ticks.borrow(), ["me", "me"]);
         assert!(clock.now() >= Duration::from_millis(takes));
+        assert!(store.limits.borrow().iter().all(|&limit| limit == CLAIM_LIMIT));
+    }
+
+    /// A leader whose lease another took winds down: it claims nothing more, reports its
+    /// outcomes, and returns once they are in, without a tick (the new leader ticks).
+    #[test]
+    fn a_leader_that_lost_the_lease_winds_down() {
+        fn taken() -> Drained {
+            held_by("b")
+        }
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[claims_two, taken]);
+        let courier = backend(&clock, 100);
+        assert!(run(&store, &clock, &courier, "").is_ok());
+        assert_eq!(store.reported.borrow().len(), 2);
+        assert!(store.ticks.borrow().is_empty());
+        let limits = store.limits.borrow();
+        assert_eq!(limits[..2], [CLAIM_LIMIT, CLAIM_LIMIT]);
+        assert!(limits[2..].iter().all(|&limit| limit == 0), "{limits:?}");
+    }
+
+    /// A helper (another leads) claims and delivers as the leader does, and when the lease
+    /// changes hands it winds down and returns once its outcomes are reported.
+    #[test]
+    fn a_helper_delivers_what_it_claims_and_winds_down_when_the_leader_changes() {
+        fn helping() -> Drained {
+            Drained::Busy {
+                holder: "a".to_string(),
+                next_due_in_ms: 500,
+                more_due_now: false,
+                ran: Vec::new(),
+                claims: vec![claim("t1")],
+            }
+        }
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[helping, held_by_a, held_by_b]);
+        let courier = backend(&clock, 100);
+        assert!(run(&store, &clock, &courier, "").is_ok());
+        assert_eq!(courier.sent.borrow().len(), 1);
+        assert_eq!(store.reported.borrow().len(), 1);
+        assert!(store.ticks.borrow().is_empty());
     }
 }

@@ -70,10 +70,13 @@ impl Ended {
 
 #[derive(Debug)]
 pub enum Drained {
-    /// Another drainer holds the lease (its token); `ran`: tasks our outcomes completed.
+    /// Another drainer holds the lease (its token): we help, claiming as the leader does.
     Busy {
         holder: String,
+        next_due_in_ms: i64,
+        more_due_now: bool,
         ran: Vec<Completion>,
+        claims: Vec<Claim>,
     },
     /// Nothing is queued or in flight; the lease was dropped.
     Idle {
@@ -115,35 +118,24 @@ impl Call for Drain<'_> {
         args
     }
 
-    /// `['busy', holder, k, completions…]` or `[state, ms until next due, more due now?, k,
-    /// completions×k, claims…]`.
+    /// `['busy', holder, …]` or `[state, …]`, then: ms until next due, more due now?, k,
+    /// completions×k, claims….
     fn parse(&self, reply: &mut Cursor) -> Result<Drained, Unexpected> {
-        match reply.text()?.as_str() {
-            "busy" => {
-                let holder = reply.text()?;
-                Ok(Drained::Busy { holder, ran: counted_completions(reply)? })
-            }
-            "idle" => {
-                // (No next instant and nothing more due.)
-                reply.int()?;
-                reply.int()?;
-                let ran = counted_completions(reply)?;
-                if !reply.at_end() {
-                    return Err(reply.fail("an idle drain claimed a delivery"));
-                }
-                Ok(Drained::Idle { ran })
-            }
-            "active" => {
-                let next_due_in_ms = reply.int()?;
-                let more_due_now = reply.flag()?;
-                let ran = counted_completions(reply)?;
-                let mut claims = Vec::new();
-                while !reply.at_end() {
-                    claims.push(claim(reply)?);
-                }
-                Ok(Drained::Active { next_due_in_ms, more_due_now, ran, claims })
-            }
-            other => Err(reply.fail(format_args!("drain answered {other:?}"))),
+        let state = reply.text()?;
+        let holder = if state == "busy" { Some(reply.text()?) } else { None };
+        let next_due_in_ms = reply.int()?;
+        let more_due_now = reply.flag()?;
+        let ran = counted_completions(reply)?;
+        let mut claims = Vec::new();
+        while !reply.at_end() {
+            claims.push(claim(reply)?);
+        }
+        match (state.as_str(), holder) {
+            ("busy", Some(holder)) => Ok(Drained::Busy { holder, next_due_in_ms, more_due_now, ran, claims }),
+            ("idle", _) if claims.is_empty() => Ok(Drained::Idle { ran }),
+            ("idle", _) => Err(reply.fail("an idle drain claimed a delivery")),
+            ("active", _) => Ok(Drained::Active { next_due_in_ms, more_due_now, ran, claims }),
+            (other, _) => Err(reply.fail(format_args!("drain answered {other:?}"))),
         }
     }
 }
@@ -185,8 +177,11 @@ mod tests {
     #[test]
     fn drain_replies() {
         assert_eq!(CALL.args(), ["tok", "", "2000", "50", "16"]);
-        let busy = read_reply(&CALL, &[text("busy"), text("tok"), Int(0)]);
-        assert!(matches!(busy, Ok(Drained::Busy { holder, ran }) if holder == "tok" && ran.is_empty()));
+        let mut reply = vec![text("busy"), text("tok"), Int(7), Int(0), Int(0)];
+        reply.extend(a_claim());
+        let busy = read_reply(&CALL, &reply);
+        assert!(matches!(busy, Ok(Drained::Busy { holder, next_due_in_ms: 7, more_due_now: false, ran, claims })
+            if holder == "tok" && ran.is_empty() && claims.len() == 1));
         let mut reply = vec![text("active"), Int(12), Int(1), Int(2)];
         reply.extend(completion("t1", "bob", 10, 11));
         reply.extend(completion("t2", "eve", 10, 12));
