@@ -64,27 +64,23 @@ install_packages() {
 # One version, so every machine runs the same checks; bump it on purpose.
 SCHEMATHESIS_VERSION=4.32.5
 
-need_schemathesis() {
-  local venv=target/schemathesis-venv
-  "$venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION" && return 0
+# `need_pip_tool VENV PACKAGE VERSION`: PACKAGE==VERSION (PyPI) in the venv VENV, made afresh
+# when the version installed there is another (or none).
+need_pip_tool() {
+  local venv=$1 package=$2 version=$3
+  "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('$package') == '$version'" 2>/dev/null \
+    && return 0
   need_commands python3=python3
   # Debian splits venv's pip bootstrap into its own package.
   python3 -c 'import ensurepip, venv' 2>/dev/null || install_packages python3-venv
-  prereqs_say "installing schemathesis $SCHEMATHESIS_VERSION into $venv (python3 -m venv; pip install schemathesis==$SCHEMATHESIS_VERSION)"
+  prereqs_say "installing $package $version into $venv (python3 -m venv; pip install $package==$version)"
   rm -rf "$venv"
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version" >&2
 }
+
+need_schemathesis() { need_pip_tool target/schemathesis-venv schemathesis "$SCHEMATHESIS_VERSION"; }
 
 STANDARDWEBHOOKS_VERSION=1.3.0
 
-need_standardwebhooks() {
-  local venv=target/webhooks-venv
-  "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null && return 0
-  need_commands python3=python3
-  python3 -c 'import ensurepip, venv' 2>/dev/null || install_packages python3-venv
-  prereqs_say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $venv (python3 -m venv; pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION)"
-  rm -rf "$venv"
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >&2
-}
+need_standardwebhooks() { need_pip_tool target/webhooks-venv standardwebhooks "$STANDARDWEBHOOKS_VERSION"; }
