@@ -92,9 +92,9 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
 /// What the drainer asks of the store: the queue in Redis, or a script of answers in tests.
 #[allow(async_fn_in_trait)]
 pub trait DrainStore {
-    /// Records `outcomes`, then runs what is due if we hold (or can take) the lease;
-    /// `handoff` is the token of the leader whose tick woke us.
-    /// `claim_limit`: about how many delivery attempts it may claim (0: none, and no task run).
+    /// Records `outcomes`, takes or renews the lease if it is ours to take (`handoff`: the token
+    /// of the leader whose tick woke us), and runs what is due (a helper: the leader's
+    /// backlog), claiming about `claim_limit` delivery attempts (0: none, and no task run).
     async fn drain(
         &self,
         token: &str,
