@@ -9,8 +9,8 @@
 -- already: the leader's backlog. Runs and claims are atomic, so more claimers cost only
 -- calls; under a backlog the attempts spread over the replicas, and otherwise the leader
 -- sends them all (one sender's requests reach a backend with one delay, so the windows
--- hold on the backend's arrivals as on the claimed starts). A drainer winding down (claim limit 0: it returns
--- once its attempts in flight have ended) only records outcomes.
+-- hold on the backend's arrivals as on the claimed starts). A drainer winding down (claim
+-- limit 0: it returns once its attempts in flight have ended) only records outcomes.
 -- The lease (free, ours, or handed to us by the tick we got) elects who keeps the tick chain
 -- going: the leader takes or renews it, and drops it when nothing is due or claimed, ending
 -- the chain until an admission wakes it again.
