@@ -193,8 +193,12 @@ async fn lead_or_stand_by(
     let mut ticked = false;
     let mut in_flight = FuturesUnordered::new();
     let mut ended: Vec<Outcome> = Vec::new();
+    // Every call reports the outcomes gathered so far and claims unless winding down.
+    let next_call = move |ended: &mut Vec<Outcome>, winding_down: bool| {
+        store.drain(token, handoff, take(ended), claim_limit(winding_down))
+    };
     let mut calls = FuturesUnordered::new();
-    calls.push(store.drain(token, handoff, Vec::new(), CLAIM_LIMIT));
+    calls.push(next_call(&mut ended, winding_down));
     loop {
         // Outcomes that arrive meanwhile go with the next call.
         let reply = loop {
@@ -219,7 +223,7 @@ async fn lead_or_stand_by(
                 while ended.is_empty() {
                     outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
                 }
-                calls.push(store.drain(token, handoff, take(&mut ended), claim_limit(winding_down)));
+                calls.push(next_call(&mut ended, winding_down));
                 continue;
             }
             Drained::Busy { holder, next_due_in_ms, more_due_now, ran, claims } => {
@@ -255,7 +259,7 @@ async fn lead_or_stand_by(
         collect_ended(&mut in_flight, &mut ended);
         if more_due_now && !winding_down {
             while calls.len() < PIPELINE {
-                calls.push(store.drain(token, handoff, take(&mut ended), CLAIM_LIMIT));
+                calls.push(next_call(&mut ended, winding_down));
             }
             continue;
         }
@@ -263,7 +267,7 @@ async fn lead_or_stand_by(
             continue;
         }
         if !ended.is_empty() {
-            calls.push(store.drain(token, handoff, take(&mut ended), claim_limit(winding_down)));
+            calls.push(next_call(&mut ended, winding_down));
             continue;
         }
         if winding_down {
@@ -274,7 +278,7 @@ async fn lead_or_stand_by(
             while ended.is_empty() {
                 outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
             }
-            calls.push(store.drain(token, handoff, take(&mut ended), 0));
+            calls.push(next_call(&mut ended, winding_down));
             continue;
         }
         let elapsed = clock.since(started);
@@ -322,7 +326,7 @@ async fn lead_or_stand_by(
         } else {
             outcome_or_nap(clock, &mut in_flight, &mut ended, nap).await;
         }
-        calls.push(store.drain(token, handoff, take(&mut ended), CLAIM_LIMIT));
+        calls.push(next_call(&mut ended, winding_down));
     }
 }
 
