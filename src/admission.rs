@@ -967,6 +967,7 @@ mod tests {
             running_since: None,
             failed_at: None,
             attempts: Vec::new(),
+            detail: None,
         }
     }
 

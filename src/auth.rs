@@ -8,8 +8,10 @@
 //!   SHA-256 is in Redis, read on every request, so a revoked key is refused by every replica
 //!   at once.
 //!
-//! In every mode the admin token (the `admin_token` variable) is the admin. The HTTP layer
-//! asks `identify` once per request and applies the rules of `Caller`.
+//! In every mode the admin token (the `admin_token` variable) is the admin, and under `jwt`
+//! or `api_key` a **worker key** (an API key the admin made with `"worker": true`) is a
+//! worker: it may claim and report the tasks of its kinds only, and acts for no user. The
+//! HTTP layer asks `identify` once per request and applies the rules of `Caller`.
 
 use crate::config::Config;
 use crate::queue::{Queue, StoreError};
@@ -36,6 +38,8 @@ pub enum Caller {
     Admin,
     /// A verified user: may act for and see only themself.
     User(UserId),
+    /// A worker key: may claim and report the tasks of these kinds, and nothing else.
+    Worker(Vec<String>),
 }
 
 impl Caller {
@@ -43,6 +47,7 @@ impl Caller {
     /// send, and may not send as anyone else's), or the refusal.
     pub fn task_user(&self, named: Option<UserId>) -> Result<UserId, Denied> {
         match (self, named) {
+            (Caller::Worker(_), _) => Err(Denied::Worker),
             (Caller::User(me), Some(named)) if named != *me => Err(Denied::OtherUser),
             (Caller::User(me), _) => Ok(me.clone()),
             (_, Some(named)) => Ok(named),
@@ -55,6 +60,25 @@ impl Caller {
         match self {
             Caller::Anyone | Caller::Admin => true,
             Caller::User(me) => me.as_str() == user_id,
+            Caller::Worker(_) => false,
+        }
+    }
+
+    /// Whether the caller may claim and report the tasks of `kind` (workers that pull).
+    pub fn may_work_on(&self, kind: &str) -> bool {
+        match self {
+            Caller::Anyone | Caller::Admin => true,
+            Caller::Worker(kinds) => kinds.iter().any(|k| k == kind),
+            Caller::User(_) => false,
+        }
+    }
+
+    /// The kinds the caller may report for (`None`: any), as `report.lua` checks them.
+    pub fn worker_kinds(&self) -> Option<&[String]> {
+        match self {
+            Caller::Worker(kinds) => Some(kinds),
+            Caller::User(_) => Some(&[]),
+            Caller::Anyone | Caller::Admin => None,
         }
     }
 }
@@ -66,6 +90,8 @@ pub enum Denied {
     NoUser,
     /// A verified user named someone else: a 403.
     OtherUser,
+    /// A worker key acts for no user: a 403.
+    Worker,
 }
 
 /// Why a request has no caller.
@@ -135,26 +161,35 @@ pub async fn identify(auth: &Auth, config: &Config, headers: &HeaderMap) -> Resu
     }
     match auth {
         Auth::None => Ok(Caller::Anyone),
+        // A key of ours is no JWT: under `jwt` it may still be a worker key.
+        Auth::Jwt(_) if parse_api_key(token).is_some() => match api_key_caller(config, token).await? {
+            worker @ Caller::Worker(_) => Ok(worker),
+            _ => Err(Refusal::Unauthenticated(
+                "invalid_token",
+                "under auth = jwt an API key is accepted only as a worker key".to_string(),
+            )),
+        },
         Auth::Jwt(verifier) => {
             verifier.verify(token).map(Caller::User).map_err(|why| Refusal::Unauthenticated("invalid_token", why))
         }
-        Auth::ApiKey => {
-            let presented = parse_api_key(token).ok_or_else(|| {
-                Refusal::Unauthenticated(
-                    "invalid_token",
-                    "the key is not one this API issues (tk_<id>_<secret>)".to_string(),
-                )
-            })?;
-            let queue = Queue::connect(config).await.map_err(store_refusal)?;
-            match queue.api_key(presented.key_id).await.map_err(store_refusal)? {
-                Some(stored) if same_digest(&stored.digest, &key_digest(token)) => {
-                    UserId::parse(stored.user_id).map(Caller::User).map_err(|e| {
-                        Refusal::Internal(format!("API key {} names no valid user id ({e:?})", presented.key_id))
-                    })
-                }
-                _ => Err(Refusal::Unauthenticated("invalid_token", "the key is unknown or revoked".to_string())),
-            }
-        }
+        Auth::ApiKey => api_key_caller(config, token).await,
+    }
+}
+
+/// The user or worker an API key (`token`) belongs to, or the 401.
+async fn api_key_caller(config: &Config, token: &str) -> Result<Caller, Refusal> {
+    let presented = parse_api_key(token).ok_or_else(|| {
+        Refusal::Unauthenticated("invalid_token", "the key is not one this API issues (tk_<id>_<secret>)".to_string())
+    })?;
+    let queue = Queue::connect(config).await.map_err(store_refusal)?;
+    match queue.api_key(presented.key_id).await.map_err(store_refusal)? {
+        Some(stored) if same_digest(&stored.digest, &key_digest(token)) => match stored.worker_kinds {
+            Some(kinds) => Ok(Caller::Worker(kinds)),
+            None => UserId::parse(stored.user_id)
+                .map(Caller::User)
+                .map_err(|e| Refusal::Internal(format!("API key {} names no valid user id ({e:?})", presented.key_id))),
+        },
+        _ => Err(Refusal::Unauthenticated("invalid_token", "the key is unknown or revoked".to_string())),
     }
 }
 
@@ -220,5 +255,11 @@ mod tests {
         assert_eq!(Caller::Anyone.task_user(None), Err(Denied::NoUser));
         assert!(alice.may_act_for("alice") && !alice.may_act_for("bob") && !alice.may_act_for("alice "));
         assert!(Caller::Admin.may_act_for("bob") && Caller::Anyone.may_act_for("bob"));
+        let worker = Caller::Worker(vec!["render".to_string()]);
+        assert_eq!(worker.task_user(Some(id("bob"))), Err(Denied::Worker));
+        assert!(!worker.may_act_for("bob") && worker.may_work_on("render") && !worker.may_work_on("mail"));
+        assert!(!alice.may_work_on("render") && Caller::Admin.may_work_on("x") && Caller::Anyone.may_work_on("x"));
+        assert_eq!(worker.worker_kinds().map(<[String]>::len), Some(1));
+        assert_eq!(Caller::Admin.worker_kinds(), None);
     }
 }

@@ -25,10 +25,11 @@ const MAX_ANSWER_BODY: usize = 64 * 1024;
 /// The longest `Retry-After` honoured: a day, the longest window a policy may have.
 const MAX_RETRY_AFTER_MS: i64 = 24 * 3_600_000;
 
-/// Makes the attempt `claim` names to `delivery`'s target and says how it ended.
-pub async fn deliver(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>) -> Outcome {
+/// Makes the attempt `claim` names to `target` (its kind's, with `delivery`'s limits) and
+/// says how it ended.
+pub async fn deliver(claim: &Claim, target: &str, delivery: &Delivery, secret: Option<&Secret>) -> Outcome {
     let limit = Duration::from_millis(u64::from(delivery.timeout_ms));
-    let ended = attempt(claim, delivery, secret, limit).await;
+    let ended = attempt(claim, target, secret, limit).await;
     let outcome = |result, status: String, duration_ms, retry_after_ms| Outcome {
         task_id: claim.task_id.clone(),
         attempt: claim.attempt,
@@ -60,7 +61,7 @@ enum Attempt {
     Error(&'static str),
 }
 
-async fn attempt(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>, limit: Duration) -> Attempt {
+async fn attempt(claim: &Claim, target: &str, secret: Option<&Secret>, limit: Duration) -> Attempt {
     let body = envelope(
         &claim.task_id,
         &claim.user_id,
@@ -78,7 +79,7 @@ async fn attempt(claim: &Claim, delivery: &Delivery, secret: Option<&Secret>, li
     let _ = options.set_connect_timeout(nanos);
     let _ = options.set_first_byte_timeout(nanos);
     let _ = options.set_between_bytes_timeout(nanos);
-    let mut request = http::Request::post(&delivery.target)
+    let mut request = http::Request::post(target)
         .header("content-type", "application/json")
         // Sent with its length rather than chunked: some backends read only a sized body.
         .header("content-length", body.len())

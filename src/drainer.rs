@@ -38,6 +38,7 @@ use std::mem::take;
 use std::pin::{Pin, pin};
 use std::time::Duration;
 use task_core::clock::Clock;
+use task_core::delivery::Delivery;
 
 /// How long one handler leads before handing over: short, because a Redis handler blocks
 /// every later message on its replica.
@@ -151,11 +152,11 @@ impl Courier for SpinCourier<'_> {
     fn deliver(&self, claim: Claim) -> Pin<Box<dyn Future<Output = Outcome> + '_>> {
         Box::pin(async move {
             match self.config.policies.delivery(&claim.kind) {
-                Some(delivery) => {
-                    crate::delivery::deliver(&claim, delivery, self.config.delivery_secret.as_ref()).await
+                Some(delivery @ Delivery { target: Some(target), .. }) => {
+                    crate::delivery::deliver(&claim, target, delivery, self.config.delivery_secret.as_ref()).await
                 }
                 // The kind lost its target in a new configuration: nothing can deliver it.
-                None => Outcome {
+                _ => Outcome {
                     task_id: claim.task_id,
                     attempt: claim.attempt,
                     result: Ended::Failed,
@@ -551,6 +552,8 @@ mod tests {
             slot: 0,
             started_at: 0,
             payload: None,
+            token: None,
+            deadline: 10_000,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Deliveries, the pure parts: a kind's target and its limits as configured, what an answer's
-//! status means, a backend's `Retry-After`, the request's body (the envelope) and its
+//! Deliveries, the pure parts: a kind's target (or `pull`: workers claim its tasks) and its
+//! limits as configured, what an answer's status means, a backend's `Retry-After`, the request's body (the envelope) and its
 //! Standard Webhooks signature (standardwebhooks.com). The component makes the request
 //! (`src/delivery.rs`).
 
@@ -19,8 +19,9 @@ pub const MAX_CONCURRENCY: u32 = 1_000;
 /// Where a kind's tasks are delivered, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// An absolute `http` or `https` URL, as written.
-    pub target: String,
+    /// An absolute `http` or `https` URL, as written; `None` for a kind whose tasks workers
+    /// pull (`"pull": true`: `POST /api/v1/claims`), which the drainer never delivers.
+    pub target: Option<String>,
     /// Each attempt's limit.
     pub timeout_ms: u32,
     /// Attempts before the task fails.
@@ -30,16 +31,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A kind's delivery from its object form's fields (absent: the defaults); `at` names
-    /// the kind in errors (`kinds.email`), and each error names its field.
+    /// A kind's delivery from its object form's fields (absent: the defaults; `target`
+    /// `None`: pulled by workers); `at` names the kind in errors (`kinds.email`), and each
+    /// error names its field.
     pub fn parse(
-        target: &str,
+        target: Option<&str>,
         timeout: Option<&str>,
         attempts: Option<u64>,
         concurrency: Option<u64>,
         at: &str,
     ) -> Result<Delivery, String> {
-        crate::outbound::Destination::parse(target).map_err(|e| format!("{at}.target {target:?}: {e}"))?;
+        if let Some(target) = target {
+            crate::outbound::Destination::parse(target).map_err(|e| format!("{at}.target {target:?}: {e}"))?;
+        }
         let timeout_ms = match timeout {
             None => DEFAULT_TIMEOUT_MS,
             Some(text) => parse_timeout(text).map_err(|e| format!("{at}.timeout {text:?}: {e}"))?,
@@ -50,7 +54,7 @@ impl Delivery {
             Some(n) => Err(format!("{at}.{field} {n}: must be from 1 to {max}")),
         };
         Ok(Delivery {
-            target: target.to_string(),
+            target: target.map(str::to_string),
             timeout_ms,
             attempts: bounded(attempts, "attempts", MAX_ATTEMPTS, DEFAULT_ATTEMPTS)?,
             concurrency: bounded(concurrency, "concurrency", MAX_CONCURRENCY, 0)?,
@@ -58,14 +62,25 @@ impl Delivery {
     }
 
     /// What the Lua scripts get in the task record: `<timeout ms>/<attempts>/<concurrency>`
-    /// (`"10000/5/0"`; 0 = unlimited).
+    /// (`"10000/5/0"`; 0 = unlimited), then `/pull` for a kind workers pull.
     pub fn spec(&self) -> String {
-        format!("{}/{}/{}", self.timeout_ms, self.attempts, self.concurrency)
+        let pulled = if self.target.is_none() { "/pull" } else { "" };
+        format!("{}/{}/{}{pulled}", self.timeout_ms, self.attempts, self.concurrency)
     }
 }
 
 /// `<n>ms`, `<n>s` or `<n>m`, from 1 s to 60 s.
 fn parse_timeout(text: &str) -> Result<u32, String> {
+    let ms = parse_duration_ms(text).map_err(|e| format!("a timeout {e}"))?;
+    match u32::try_from(ms) {
+        Ok(ms) if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) => Ok(ms),
+        _ => Err("a timeout is from 1s to 60s".into()),
+    }
+}
+
+/// A duration written `<n>ms`, `<n>s` or `<n>m` (a whole number), in ms; too large saturates.
+/// The error completes "a <what> ...".
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let (count, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = text.strip_suffix('s') {
@@ -73,17 +88,13 @@ fn parse_timeout(text: &str) -> Result<u32, String> {
     } else if let Some(n) = text.strip_suffix('m') {
         (n, 60_000)
     } else {
-        return Err("a timeout is written <n>ms, <n>s or <n>m, like \"10s\"".into());
+        return Err("is written <n>ms, <n>s or <n>m, like \"10s\"".into());
     };
     // Digits only: Rust's parse would also take a sign.
     if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("a timeout is a whole number of ms, s or m".into());
+        return Err("is a whole number of ms, s or m".into());
     }
-    let ms = count.parse::<u64>().map_or(u64::MAX, |n| n.saturating_mul(unit_ms));
-    match u32::try_from(ms) {
-        Ok(ms) if (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&ms) => Ok(ms),
-        _ => Err("a timeout is from 1s to 60s".into()),
-    }
+    Ok(count.parse::<u64>().map_or(u64::MAX, |n| n.saturating_mul(unit_ms)))
 }
 
 /// What an answer's status does to the task.
@@ -191,14 +202,17 @@ mod tests {
 
     #[test]
     fn a_delivery_takes_the_defaults_and_its_spec_carries_them() {
-        let d = Delivery::parse("http://mailer.internal:8080/send", None, None, None, "kinds.email")
+        let d = Delivery::parse(Some("http://mailer.internal:8080/send"), None, None, None, "kinds.email")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((d.timeout_ms, d.attempts, d.concurrency), (10_000, 5, 0));
         assert_eq!(d.spec(), "10000/5/0");
-        assert_eq!(d.target, "http://mailer.internal:8080/send");
-        let d = Delivery::parse("https://h/x", Some("1500ms"), Some(20), Some(1000), "kinds.email")
+        assert_eq!(d.target.as_deref(), Some("http://mailer.internal:8080/send"));
+        let d = Delivery::parse(Some("https://h/x"), Some("1500ms"), Some(20), Some(1000), "kinds.email")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.spec(), "1500/20/1000");
+        // Pulled: the same fields, and the spec says so.
+        let d = Delivery::parse(None, Some("30s"), Some(3), Some(2), "kinds.render").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.spec(), "30000/3/2/pull");
         for (text, ms) in [("1s", 1_000), ("60s", 60_000), ("1m", 60_000), ("1000ms", 1_000), ("25s", 25_000)] {
             assert_eq!(parse_timeout(text), Ok(ms), "{text}");
         }
@@ -222,12 +236,12 @@ mod tests {
             (None, None, Some(0), "kinds.email.concurrency 0: must be from 1 to 1000"),
             (None, None, Some(1001), "kinds.email.concurrency 1001"),
         ] {
-            match Delivery::parse("http://h/", timeout, attempts, concurrency, at) {
+            match Delivery::parse(Some("http://h/"), timeout, attempts, concurrency, at) {
                 Err(e) => assert!(e.contains(expected), "{expected}: {e}"),
                 Ok(d) => panic!("{expected}: accepted {d:?}"),
             }
         }
-        match Delivery::parse("http://user:pw@h/", None, None, None, at) {
+        match Delivery::parse(Some("http://user:pw@h/"), None, None, None, at) {
             Err(e) => assert!(e.starts_with(r#"kinds.email.target "http://user:pw@h/": "#), "{e}"),
             Ok(d) => panic!("userinfo accepted: {d:?}"),
         }

@@ -22,6 +22,7 @@
 //!   `x` cancelled-at or `f` failed-at (kept a day once one is set); for a kind with a target
 //!   also `d` its delivery (`Delivery::spec`), `a` attempts claimed, `r` the start of the
 //!   attempt in flight, `m` its lane, `h` the attempts that ended (`read_task::attempts`);
+//!   for a pulled kind also `t` the open claim's token and `y` the last outcome's detail;
 //! - `idem:<u>:<key>` the task an Idempotency-Key names;
 //! - `tier:<u>` the user's tier (absent: the built-in one);
 //! - `lease`    the drainer lease; `kick` rate-limits wake-ups; `tick` is the drainers'
@@ -29,8 +30,12 @@
 //! - `metrics`  hash of the counters behind `/metrics`;
 //! - `claims`   sorted set of the delivery attempts in flight (task id, scored by the instant
 //!   its claim lapses) and `inflight` hash of how many each lane has (lane → count);
+//! - `pull:<kind>` sorted set of a pulled kind's lanes (lane → earliest instant its head task
+//!   may start), which workers claim from instead of `due`, and `bell:<kind>` the list a
+//!   worker's long poll waits on (`BLPOP`): pushed when that set's soonest instant changes;
 //! - `apikey:<id>` hash of an API key (`u` user id, `h` SHA-256 of the key, `c` created-at,
-//!   `s` the user's set) and `apikeys:<u>` the set of a user's key ids.
+//!   `s` the user's set, `k` a worker key's kinds) and `apikeys:<u>` the set of a user's key
+//!   ids (`workerkeys` the worker keys').
 
 /// The words that follow the prefix in each kind of key.
 pub mod word {
@@ -49,6 +54,9 @@ pub mod word {
     pub const USER_API_KEYS: &str = "apikeys:";
     pub const CLAIMS: &str = "claims";
     pub const IN_FLIGHT: &str = "inflight";
+    pub const PULL: &str = "pull:";
+    pub const BELL: &str = "bell:";
+    pub const WORKER_KEYS: &str = "workerkeys";
 }
 
 /// Key names under one configurable prefix (the `key_prefix` variable).
@@ -108,6 +116,16 @@ impl Keys {
     /// The ids of a user's API keys (a set).
     pub fn user_api_keys(&self, user: &UserKey) -> String {
         format!("{}{}{}", self.prefix, word::USER_API_KEYS, user.0)
+    }
+
+    /// The list a worker's long poll for `kind` waits on (`BLPOP`); `file_pulled` (lib.lua) pushes it.
+    pub fn bell(&self, kind: &str) -> String {
+        format!("{}{}{kind}", self.prefix, word::BELL)
+    }
+
+    /// The ids of the worker keys (a set).
+    pub fn worker_keys(&self) -> String {
+        format!("{}{}", self.prefix, word::WORKER_KEYS)
     }
 
     /// The pub/sub channel that wakes the drainer (must match spin.toml).

@@ -10,6 +10,7 @@
 //! - `delivery`: a kind's target and its limits, what an answer's status means, the request's
 //!   body and its Standard Webhooks signature; `outbound`: Spin's `allowed_outbound_hosts`
 //!   matching, for the `delivery_hosts` variable.
+//! - `pull`: the bodies of a worker's claim and outcome (kinds that workers pull).
 //! - `user`: `UserId`, a user id that passed the one user-id rule (`UserId::parse`).
 //! - `request`: what a request may carry (body and header parsers, path and query ids).
 //! - `credentials`: bearer tokens, API-key shapes and digests, JWT verification.
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod ledger;
 pub mod outbound;
 pub mod policy;
+pub mod pull;
 pub mod request;
 pub mod scripts;
 pub mod slot;

@@ -19,8 +19,10 @@
 //!
 //! A kind may instead be an object that also names where its tasks are **delivered**
 //! (`delivery.rs`): `{"windows": ["5/60s"], "target": "http://mailer.internal:8080/send",
-//! "timeout": "10s", "attempts": 5, "concurrency": 2}`; only `windows` is required, and
-//! `timeout`, `attempts` and `concurrency` need a `target`. A tier overrides windows only.
+//! "timeout": "10s", "attempts": 5, "concurrency": 2}`, or that workers **pull** them
+//! (`"pull": true` instead of a target: `POST /api/v1/claims`); only `windows` is required,
+//! and `timeout`, `attempts` and `concurrency` need a `target` or `pull`. A tier overrides
+//! windows only.
 //!
 //! Unset (or without a `default` kind), the `default` kind is the default policy (1/s and 20/min) from
 //! `per_second` and `per_minute`, with the window names of the rate-limit fields as before
@@ -154,7 +156,7 @@ fn parse_window(text: &str) -> Result<Window, String> {
 pub struct Policies {
     kinds: BTreeMap<String, Policy>,
     tiers: BTreeMap<String, BTreeMap<String, Policy>>,
-    /// The kinds with a target.
+    /// The kinds with a target or pulled.
     deliveries: BTreeMap<String, Delivery>,
 }
 
@@ -176,12 +178,13 @@ struct Written {
 struct WrittenKind {
     windows: Vec<String>,
     target: Option<String>,
+    pull: Option<bool>,
     timeout: Option<String>,
     attempts: Option<Value>,
     concurrency: Option<Value>,
 }
 
-/// A kind as written: its windows, and its delivery if it has a target.
+/// A kind as written: its windows, and its delivery if it has a target or is pulled.
 fn parse_kind(value: Value, at: &str) -> Result<(Policy, Option<Delivery>), String> {
     if value.is_array() {
         return Ok((Policy::parse(&windows(value, at)?, at)?, None));
@@ -197,16 +200,20 @@ fn parse_kind(value: Value, at: &str) -> Result<(Policy, Option<Delivery>), Stri
     };
     let attempts = whole(kind.attempts, "attempts")?;
     let concurrency = whole(kind.concurrency, "concurrency")?;
-    let delivery = match kind.target {
-        Some(target) => Some(Delivery::parse(&target, kind.timeout.as_deref(), attempts, concurrency, at)?),
-        None => {
+    let delivery = match (kind.target, kind.pull.unwrap_or(false)) {
+        (Some(_), true) => return Err(format!("{at}: a kind has a target or \"pull\": true, not both")),
+        (Some(target), false) => {
+            Some(Delivery::parse(Some(&target), kind.timeout.as_deref(), attempts, concurrency, at)?)
+        }
+        (None, true) => Some(Delivery::parse(None, kind.timeout.as_deref(), attempts, concurrency, at)?),
+        (None, false) => {
             let given = [
                 ("timeout", kind.timeout.is_some()),
                 ("attempts", attempts.is_some()),
                 ("concurrency", concurrency.is_some()),
             ];
             if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
-                return Err(format!("{at}.{field}: only a kind with a target has a {field}"));
+                return Err(format!("{at}.{field}: only a kind with a target or \"pull\": true has a {field}"));
             }
             None
         }
@@ -273,12 +280,18 @@ impl Policies {
         tiered.or_else(|| self.kinds.get(kind))
     }
 
-    /// Where `kind`'s tasks are delivered; `None` for a kind without a target (or unknown).
+    /// Where `kind`'s tasks are delivered; `None` for a kind without a target or `pull`
+    /// (or unknown).
     pub fn delivery(&self, kind: &str) -> Option<&Delivery> {
         self.deliveries.get(kind)
     }
 
-    /// The kinds with a target, and their deliveries.
+    /// Whether workers pull `kind`'s tasks.
+    pub fn is_pulled(&self, kind: &str) -> bool {
+        self.delivery(kind).is_some_and(|d| d.target.is_none())
+    }
+
+    /// The kinds with a target or pulled, and their deliveries.
     pub fn deliveries(&self) -> impl Iterator<Item = (&str, &Delivery)> {
         self.deliveries.iter().map(|(kind, d)| (kind.as_str(), d))
     }
@@ -286,18 +299,16 @@ impl Policies {
     /// Every target is one `allowed` (the `delivery_hosts` variable) lets the app call;
     /// the error names the first kind and target it does not.
     pub fn check_targets(&self, allowed: &AllowedHosts) -> Result<(), String> {
-        match self.deliveries.iter().find(|(_, d)| !allowed.allows(&d.target)) {
+        let targets = self.deliveries.iter().filter_map(|(kind, d)| Some((kind, d.target.as_deref()?)));
+        match targets.into_iter().find(|(_, target)| !allowed.allows(target)) {
             None => Ok(()),
-            Some((kind, d)) if allowed.is_empty() => Err(format!(
-                "kinds.{kind}.target {:?}: delivery_hosts is empty, so the app may call no host: set it to an \
+            Some((kind, target)) if allowed.is_empty() => Err(format!(
+                "kinds.{kind}.target {target:?}: delivery_hosts is empty, so the app may call no host: set it to an \
                  allowed_outbound_hosts entry that covers the target (like \"http://127.0.0.1:8080\")",
-                d.target
             )),
-            Some((kind, d)) => Err(format!(
-                "kinds.{kind}.target {:?}: not allowed by delivery_hosts {:?}",
-                d.target,
-                allowed.to_string()
-            )),
+            Some((kind, target)) => {
+                Err(format!("kinds.{kind}.target {target:?}: not allowed by delivery_hosts {:?}", allowed.to_string()))
+            }
         }
     }
 
@@ -441,8 +452,9 @@ mod tests {
     fn a_kind_with_a_target_has_a_delivery_and_its_windows_as_before() {
         let policies = Policies::parse(DELIVERED, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
         let email = policies.delivery("email").unwrap_or_else(|| panic!("email has a target"));
-        assert_eq!(email.target, "http://mailer.internal:8080/send");
+        assert_eq!(email.target.as_deref(), Some("http://mailer.internal:8080/send"));
         assert_eq!(email.spec(), "2000/3/2");
+        assert!(!policies.is_pulled("email") && !policies.is_pulled("report"));
         assert_eq!(policies.delivery("sms").map(|d| d.spec()), Some("10000/5/0".to_string()));
         for kind in ["report", "chat", "default", "nope"] {
             assert!(policies.delivery(kind).is_none(), "{kind}");
@@ -457,6 +469,21 @@ mod tests {
         let listed = Policies::parse(r#"{"kinds": {"report": ["1/10s"]}}"#, Policy::legacy(1, 20));
         let object = Policies::parse(r#"{"kinds": {"report": {"windows": ["1/10s"]}}}"#, Policy::legacy(1, 20));
         assert_eq!(listed, object);
+    }
+
+    #[test]
+    fn a_pulled_kind_has_a_delivery_without_a_target_and_needs_no_hosts() {
+        let json = r#"{"kinds": {"render": {"windows": ["2/1s"], "pull": true, "timeout": "30s", "concurrency": 4},
+            "email": {"windows": [], "target": "http://h/", "pull": false}}}"#;
+        let policies = Policies::parse(json, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(policies.is_pulled("render") && !policies.is_pulled("email") && !policies.is_pulled("default"));
+        assert_eq!(policies.delivery("render").map(|d| d.spec()), Some("30000/5/4/pull".to_string()));
+        let hosts = |entry: &str| AllowedHosts::parse(entry).unwrap_or_else(|e| panic!("{entry}: {e}"));
+        assert_eq!(policies.check_targets(&hosts("http://h")), Ok(()));
+        assert!(policies.check_targets(&hosts("")).is_err_and(|e| e.contains("kinds.email.target")));
+        let pulled_only =
+            Policies::parse(r#"{"kinds": {"render": {"windows": [], "pull": true}}}"#, Policy::legacy(1, 20));
+        assert_eq!(pulled_only.map(|p| p.check_targets(&hosts(""))), Ok(Ok(())));
     }
 
     #[test]
@@ -478,8 +505,14 @@ mod tests {
         for (json, expected) in [
             (
                 r#"{"kinds": {"email": {"windows": ["5/60s"], "timeout": "5s"}}}"#,
-                "kinds.email.timeout: only a kind with a target",
+                "kinds.email.timeout: only a kind with a target or \"pull\": true has a timeout",
             ),
+            (
+                r#"{"kinds": {"email": {"windows": [], "target": "http://h", "pull": true}}}"#,
+                "kinds.email: a kind has a target or \"pull\": true, not both",
+            ),
+            (r#"{"kinds": {"email": {"windows": [], "pull": "yes"}}}"#, "kinds.email: invalid type"),
+            (r#"{"kinds": {"email": {"windows": [], "pull": true, "attempts": 21}}}"#, "kinds.email.attempts 21"),
             (
                 r#"{"kinds": {"email": {"windows": [], "attempts": 3}}}"#,
                 "kinds.email.attempts: only a kind with a target",

@@ -41,8 +41,10 @@ mod overview;
 mod poke;
 mod position;
 mod prepare;
+mod pull;
 mod read_task;
 mod release;
+mod report;
 mod sweep;
 mod user_state;
 
@@ -62,9 +64,11 @@ pub use overview::{LaneView, Overview, QueuedTask, ReadOverview};
 pub use poke::Poke;
 pub use position::Position;
 pub use prepare::{Prepare, Prepared};
+pub use pull::{Pull, Pulled};
 pub use read_task::{ReadTask, Status, TaskRecord};
 pub use release::Release;
 pub use reply::{Cursor, Reply, Unexpected};
+pub use report::{Report, Reported};
 pub use script::{
     DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS, Script, is_function_missing, is_noscript, is_refusal, library, prelude,
 };

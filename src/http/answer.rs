@@ -87,6 +87,9 @@ pub(super) struct TaskView<'a> {
     failed_at: Option<i64>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     attempts: &'a [crate::scripts::Attempt],
+    /// A pulled task's last outcome's detail, as its worker sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a serde_json::value::RawValue>,
 }
 
 impl<'a> TaskView<'a> {
@@ -106,6 +109,7 @@ impl<'a> TaskView<'a> {
             running_since: task.running_since,
             failed_at: task.failed_at,
             attempts: &task.attempts,
+            detail: task.detail.as_deref(),
         }
     }
 }
@@ -139,6 +143,7 @@ pub(super) fn task_response(
         running_since: None,
         failed_at: None,
         attempts: &[],
+        detail: None,
     };
     let status = match task.placement {
         Placement::Completed { completed_at } => {

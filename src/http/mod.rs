@@ -6,12 +6,15 @@
 //! - `tasks`: `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the body rules;
 //! - `users`: `GET /api/v1/users/{id}` and `PUT /api/v1/users/{id}/tier`;
 //! - `admin`: the log, the page's overview, `/metrics`, `/healthz`, and the admin token;
-//! - `keys`: `POST`/`GET /api/v1/keys` and `DELETE /api/v1/keys/{id}` (`auth = api_key`);
+//! - `keys`: `POST`/`GET /api/v1/keys` and `DELETE /api/v1/keys/{id}` (`auth = api_key`, and
+//!   worker keys);
+//! - `claims`: `POST /api/v1/claims` and `POST /api/v1/task/{id}/outcome` (workers that pull);
 //! - `openapi`: the contract, fitted to this deployment's kinds, tiers and authentication;
 //! - `headers`: the rate-limit fields, from the windows of a task's policy.
 
 pub mod admin;
 mod answer;
+mod claims;
 pub mod headers;
 mod keys;
 mod openapi;
@@ -50,6 +53,8 @@ enum Op {
     CreateTask,
     GetTask,
     CancelTask,
+    Claim,
+    ReportOutcome,
     UserState,
     SetTier,
     CreateKey,
@@ -76,7 +81,9 @@ struct Route {
 /// Every route; the first that matches a path wins (so `…/tier` comes before a user).
 const ROUTES: &[Route] = &[
     Route { prefix: "/api/v1/task", id_then: None, methods: &[("POST", Op::CreateTask)] },
+    Route { prefix: "/api/v1/task/", id_then: Some("/outcome"), methods: &[("POST", Op::ReportOutcome)] },
     Route { prefix: "/api/v1/task/", id_then: Some(""), methods: &[("GET", Op::GetTask), ("DELETE", Op::CancelTask)] },
+    Route { prefix: "/api/v1/claims", id_then: None, methods: &[("POST", Op::Claim)] },
     Route { prefix: "/api/v1/users/", id_then: Some("/tier"), methods: &[("PUT", Op::SetTier)] },
     Route { prefix: "/api/v1/users/", id_then: Some(""), methods: &[("GET", Op::UserState)] },
     Route { prefix: "/api/v1/keys", id_then: None, methods: &[("GET", Op::ListKeys), ("POST", Op::CreateKey)] },
@@ -128,6 +135,14 @@ async fn route(request: Request, config: &Loaded) -> Result<HttpResponse, Proble
         }
         Op::GetTask => tasks::get(config, &caller(config, headers).await?, id).await,
         Op::CancelTask => tasks::cancel(config, &caller(config, headers).await?, id).await,
+        Op::Claim => {
+            let caller = caller(config, headers).await?;
+            claims::claim(request, config, &caller).await
+        }
+        Op::ReportOutcome => {
+            let caller = caller(config, headers).await?;
+            claims::outcome(request, config, &caller, id).await
+        }
         Op::UserState => users::state(config, &caller(config, headers).await?, headers, id).await,
         Op::SetTier => users::set_tier(request, config, id).await,
         Op::CreateKey => keys::create(request, config).await,
@@ -196,10 +211,17 @@ mod tests {
         assert_eq!(route("/api/v1/users/u/tier", Method::GET).map(|r| r.0), Some(None));
         assert_eq!(route("/api/v1/keys/k1", Method::DELETE).map(|r| (r.0, r.1)), Some((Some(Op::RevokeKey), "k1")));
         assert_eq!(route("/api/v1/keys", Method::HEAD).map(|r| r.0), Some(Some(Op::ListKeys)));
+        assert_eq!(
+            route("/api/v1/task/abc/outcome", Method::POST).map(|r| (r.0, r.1)),
+            Some((Some(Op::ReportOutcome), "abc"))
+        );
+        assert_eq!(route("/api/v1/task/abc/outcome", Method::GET).map(|r| r.0), Some(None));
+        assert_eq!(route("/api/v1/claims", Method::POST).map(|r| r.0), Some(Some(Op::Claim)));
         // The fields the hand-written routing sent before the table.
         for (path, allowed) in [
             ("/api/v1/keys", "GET, HEAD, POST"),
             ("/api/v1/keys/x", "DELETE"),
+            ("/api/v1/claims", "POST"),
             ("/api/v1/users/u", "GET, HEAD"),
             ("/api/v1/users/u/tier", "PUT"),
             ("/api/v1/log", "GET, HEAD"),

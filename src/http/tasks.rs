@@ -31,6 +31,7 @@ pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> Resul
         Denied::OtherUser => Problem::forbidden(
             "user_id names another user than the caller's credentials; leave it out or name your own",
         ),
+        Denied::Worker => Problem::forbidden("a worker key may only claim and report tasks; it acts for no user"),
     })?;
     let new = NewTask {
         user_id: &user_id,
@@ -84,7 +85,7 @@ async fn task_route<'c>(config: &'c Loaded, id: &str) -> Result<Queue<'c>, Probl
 pub async fn get(config: &Loaded, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
     let queue = task_route(config, id).await?;
     // A verified user's answer depends on the owner, so it is counted after (by `handle`).
-    if let Caller::User(_) = caller {
+    if let Caller::User(_) | Caller::Worker(_) = caller {
         return match queue.run(&crate::scripts::ReadTask { task_id: id, count: false }).await? {
             Some(task) if caller.may_act_for(&task.user_id) => {
                 serialized_response(StatusCode::OK, &TaskView::of(id, &task))

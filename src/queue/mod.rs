@@ -141,9 +141,12 @@ impl<'a> Queue<'a> {
 
 /// What Redis keeps of an API key.
 pub struct StoredKey {
+    /// The key's user ('' for a worker key).
     pub user_id: String,
     /// SHA-256 of the whole key, lowercase hex (`auth::key_digest`).
     pub digest: Vec<u8>,
+    /// A worker key's kinds (`None` for a user's key).
+    pub worker_kinds: Option<Vec<String>>,
 }
 
 impl Queue<'_> {
@@ -167,14 +170,41 @@ impl Queue<'_> {
     /// The key `key_id` names, if it exists (one command, no script: this runs on every
     /// request under `auth = api_key`).
     pub async fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        let reply = self.execute("HMGET", &[&self.config.keys.api_key(key_id), "u", "h"]).await?;
+        let reply = self.execute("HMGET", &[&self.config.keys.api_key(key_id), "u", "h", "k"]).await?;
         let mut reply = Cursor::new(&reply);
-        let (user, digest) = (reply.optional()?, reply.optional()?);
+        let (user, digest, kinds) = (reply.optional()?, reply.optional()?, reply.optional()?);
         reply.finish()?;
         Ok(user.zip(digest).map(|(user, digest)| StoredKey {
             user_id: String::from_utf8_lossy(user).into_owned(),
             digest: digest.to_vec(),
+            worker_kinds: kinds.map(|k| String::from_utf8_lossy(k).split(',').map(str::to_string).collect()),
         }))
+    }
+
+    /// Waits up to `limit` for `kind`'s bell to ring (a worker's long poll: `file_pulled` in
+    /// lib.lua rings it when the kind's soonest lane changes). `BLPOP` blocks the connection
+    /// it is sent on, so it gets one of its own, closed after; our timer decides when the wait
+    /// ends (Redis's own timeout only bounds a command left behind). Whether it rang; a
+    /// failure waits a short while instead, so a caller's loop never spins.
+    pub async fn wait_for_bell(&self, kind: &str, limit: Duration) -> bool {
+        const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
+        let conn = match with_deadline(Connection::open(&self.config.redis_address), CALL_DEADLINE).await {
+            Some(Ok(conn)) => conn,
+            _ => {
+                spin_sdk::time::sleep(limit.min(PAUSE_AFTER_ERROR)).await;
+                return false;
+            }
+        };
+        let server_timeout = format!("{:.3}", (limit + Duration::from_secs(1)).as_secs_f64());
+        let params = [self.config.keys.bell(kind), server_timeout].map(|a| RedisParameter::Binary(a.into_bytes()));
+        match with_deadline(conn.execute("BLPOP", params), limit).await {
+            Some(Ok(reply)) => reply.first().is_some_and(|item| !matches!(item, RedisResult::Nil)),
+            Some(Err(_)) => {
+                spin_sdk::time::sleep(limit.min(PAUSE_AFTER_ERROR)).await;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Wakes the drainer on every replica; `handoff` lets the receiver take over our lease.

@@ -21,11 +21,6 @@ redis.call('HSET', task, 'x', int(now))
 redis.call('PEXPIRE', task, task_ttl)
 count('queued', -1)
 count('cancelled', 1)
--- The head may have changed: file the user under the instant the head may start now.
-local head = redis.call('LINDEX', q, 0)
-if head then
-  redis.call('ZADD', due_key, int(head_start(member, head)), member)
-else
-  redis.call('ZREM', due_key, member)
-end
+-- The head may have changed: file the lane under the instant the head may start now.
+refile(member)
 return {'cancelled', now}

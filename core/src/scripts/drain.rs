@@ -18,7 +18,8 @@ pub struct Drain<'a> {
     pub outcomes: &'a [Outcome],
 }
 
-/// A delivery attempt the drainer must make now: its start is counted and its claim is open.
+/// A delivery attempt the drainer must make now, or a worker's claim (`pull.lua`): its start
+/// is counted and its claim is open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub task_id: String,
@@ -32,6 +33,10 @@ pub struct Claim {
     pub started_at: i64,
     /// The payload's JSON text, as sent.
     pub payload: Option<String>,
+    /// A worker's claim token, which its outcome brings back (`None` for the drainer's).
+    pub token: Option<String>,
+    /// Its start plus the kind's timeout; the claim lapses a margin later.
+    pub deadline: i64,
 }
 
 /// How a delivery attempt ended, as `settle` (lib.lua) records it.
@@ -59,7 +64,7 @@ pub enum Ended {
 }
 
 impl Ended {
-    fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             Ended::Completed => "ok",
             Ended::Retry => "retry",
@@ -146,8 +151,8 @@ fn counted_completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpected
     (0..n).map(|_| completion(reply)).collect()
 }
 
-/// `(id, user, kind, cost, attempt, slot, started_at, payload or '')`.
-fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
+/// `(id, user, kind, cost, attempt, slot, started_at, payload or '', token or '', deadline)`.
+pub(crate) fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
     let task_id = reply.text()?;
     let user_id = reply.text()?;
     let kind = reply.text()?;
@@ -156,11 +161,13 @@ fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
     let slot = reply.int()?;
     let started_at = reply.int()?;
     let payload = Some(reply.text()?).filter(|p| !p.is_empty());
-    Ok(Claim { task_id, user_id, kind, cost, attempt, slot, started_at, payload })
+    let token = Some(reply.text()?).filter(|t| !t.is_empty());
+    let deadline = reply.int()?;
+    Ok(Claim { task_id, user_id, kind, cost, attempt, slot, started_at, payload, token, deadline })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::read_reply;
     use super::super::reply::Reply::{self, Int};
     use super::super::reply::tests::text;
@@ -170,8 +177,19 @@ mod tests {
     const CALL: Drain =
         Drain { token: "tok", handoff: "", lease_ttl_ms: 2_000, batch: 50, claim_limit: 16, outcomes: &[] };
 
-    fn a_claim() -> Vec<Reply> {
-        vec![text("t3"), text("ann"), text("mail"), Int(2), Int(1), Int(10), Int(13), text(r#"{"a":1}"#)]
+    pub(crate) fn a_claim() -> Vec<Reply> {
+        vec![
+            text("t3"),
+            text("ann"),
+            text("mail"),
+            Int(2),
+            Int(1),
+            Int(10),
+            Int(13),
+            text(r#"{"a":1}"#),
+            text(""),
+            Int(23),
+        ]
     }
 
     #[test]
@@ -199,6 +217,8 @@ mod tests {
             slot: 10,
             started_at: 13,
             payload: Some(r#"{"a":1}"#.into()),
+            token: None,
+            deadline: 23,
         };
         assert_eq!(claims, [expected]);
         assert!(

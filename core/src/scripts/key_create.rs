@@ -5,11 +5,13 @@ use crate::scripts::call::Call;
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{KEY_CREATE, Script};
 
-/// Stores the key `key_id` of `user_id` (its SHA-256, lowercase hex).
+/// Stores the key `key_id` of `user_id` (its SHA-256, lowercase hex), or of a worker of
+/// `worker_kinds` (`user_id` then '').
 pub struct KeyCreate<'a> {
     pub keys: &'a Keys,
     pub key_id: &'a str,
     pub user_id: &'a str,
+    pub worker_kinds: Option<&'a [String]>,
     pub digest: &'a [u8],
 }
 
@@ -22,9 +24,13 @@ impl Call for KeyCreate<'_> {
     }
 
     fn args(&self) -> Vec<String> {
-        let set = self.keys.user_api_keys(&UserKey::new(self.user_id));
+        let set = match self.worker_kinds {
+            Some(_) => self.keys.worker_keys(),
+            None => self.keys.user_api_keys(&UserKey::new(self.user_id)),
+        };
         let digest = String::from_utf8_lossy(self.digest).into_owned();
-        vec![self.keys.api_key(self.key_id), self.user_id.to_string(), digest, set, self.key_id.to_string()]
+        let kinds = self.worker_kinds.map_or_else(String::new, |kinds| kinds.join(","));
+        vec![self.keys.api_key(self.key_id), self.user_id.to_string(), digest, set, self.key_id.to_string(), kinds]
     }
 
     /// `created-at`.
@@ -42,8 +48,11 @@ mod tests {
     #[test]
     fn its_arguments_and_reply() {
         let keys = Keys::new("taskq:", "task_log");
-        let call = KeyCreate { keys: &keys, key_id: "k1", user_id: "a:b", digest: b"ab12" };
-        assert_eq!(call.args(), ["taskq:apikey:k1", "a:b", "ab12", "taskq:apikeys:a%3Ab", "k1"]);
+        let call = KeyCreate { keys: &keys, key_id: "k1", user_id: "a:b", worker_kinds: None, digest: b"ab12" };
+        assert_eq!(call.args(), ["taskq:apikey:k1", "a:b", "ab12", "taskq:apikeys:a%3Ab", "k1", ""]);
+        let kinds = ["render".to_string(), "ocr".to_string()];
+        let worker = KeyCreate { user_id: "", worker_kinds: Some(&kinds), ..call };
+        assert_eq!(worker.args(), ["taskq:apikey:k1", "", "ab12", "taskq:workerkeys", "k1", "render,ocr"]);
         assert_eq!(read_reply(&call, &[Int(7)]), Ok(7));
         assert!(read_reply(&call, &[]).is_err());
         assert!(read_reply(&call, &[Int(7), Int(7)]).is_err());

@@ -15,6 +15,10 @@ local due_key, lease_key, metrics_key, kick_key, tick_channel
 -- each lane has.
 local claims_key, in_flight_key
 
+-- A worker's claim call (pull.lua) sets this for the call: `{kind = <the kind it pulls>,
+-- token = <the call's nonce>, cap = <claims it takes at most>}`; nil in every other script.
+local puller
+
 -- Counters for /metrics (metrics.rs), updated in the same script as what they count. They
 -- are added up here and written once per field when the script ends (`flush_counts`, which
 -- scripts.rs calls after every script's body), so a field a script moves both ways (a task
@@ -30,6 +34,7 @@ local function configure(argv)
   metrics_key, kick_key, tick_channel = prefix .. KEY_METRICS, prefix .. KEY_KICK, prefix .. KEY_TICK
   claims_key, in_flight_key = prefix .. KEY_CLAIMS, prefix .. KEY_IN_FLIGHT
   counted = {}
+  puller = nil
 end
 
 local function count(field, n)
@@ -144,14 +149,6 @@ local function task_rule(spec, cost)
   return windows_of(spec or default_spec), tonumber(cost) or 1
 end
 
--- When the lane's head task (queue entry `head`) may start, by the rule on its completions.
-local function head_start(member, head)
-  local slot, id = split(head)
-  local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'l', 'w')
-  local windows, cost = task_rule(record[1], record[2])
-  return earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
-end
-
 -- Whether the lane's queue already holds `max_backlog` tasks (0: no limit; the API's 429).
 local function backlog_full(member, max_backlog)
   return max_backlog > 0 and redis.call('LLEN', prefix .. KEY_QUEUE .. member) >= max_backlog
@@ -205,10 +202,12 @@ local function complete(done, task, fields, now, out)
 end
 
 -- Deliveries (delivery.rs). A task whose record has `d` ('<timeout ms>/<attempts>/<concurrency>',
--- `Delivery::spec`) is not run here but **claimed**: at its start the drainer gets it to
--- deliver, the start counts in the lane's history as a completion does, and the claim stays
--- open (in `claims` and the lane's `inflight` count) until `settle` records the outcome, or
--- until it lapses (timeout + `CLAIM_MARGIN_MS`) and is retried.
+-- then '/pull' for a kind workers pull: `Delivery::spec`) is not run here but **claimed**: at
+-- its start the drainer gets it to deliver (or, pulled, a worker's claim call gets it), the
+-- start counts in the lane's history as a completion does, and the claim stays open (in
+-- `claims` and the lane's `inflight` count) until `settle` records the outcome, or until it
+-- lapses (timeout + `CLAIM_MARGIN_MS`) and is retried. A pulled lane waits in its kind's
+-- `pull:<kind>` set, not in `due`: only workers claim from it.
 local CLAIM_MARGIN_MS = 5000
 -- A failed attempt's retry waits 1 s, doubling with each attempt, at most an hour (or the
 -- backend's Retry-After when later).
@@ -218,27 +217,53 @@ local parsed_deliveries = {}
 local function delivery_of(spec)
   local delivery = parsed_deliveries[spec]
   if not delivery then
-    local timeout, attempts, concurrency = string.match(spec, '^(%d+)/(%d+)/(%d+)$')
-    delivery = {timeout = tonumber(timeout), attempts = tonumber(attempts), concurrency = tonumber(concurrency)}
+    local timeout, attempts, concurrency, rest = string.match(spec, '^(%d+)/(%d+)/(%d+)(.*)$')
+    delivery = {timeout = tonumber(timeout), attempts = tonumber(attempts), concurrency = tonumber(concurrency),
+      pull = rest == '/pull'}
     parsed_deliveries[spec] = delivery
   end
   return delivery
 end
 
 -- Claims `task` (taken from the head of lane `member`) at `now`: its next attempt starts.
--- Appends (id, user, kind, cost, attempt, slot, started_at, payload or '') to `claims`:
--- `CLAIM_ITEMS` items.
-local CLAIM_ITEMS = 8
+-- Appends (id, user, kind, cost, attempt, slot, started_at, payload or '', claim token ('' for
+-- the drainer's), deadline) to `claims`: `CLAIM_ITEMS` items. A worker's claim has a token,
+-- which its outcome must bring back (`settle`), and a deadline (its start plus the kind's
+-- timeout); either claim lapses `CLAIM_MARGIN_MS` after its deadline.
+local CLAIM_ITEMS = 10
 local function claim(member, done, task, now, claims)
   start(done, task, now)
   local record = prefix .. KEY_TASK .. task.id
   local attempt = redis.call('HINCRBY', record, 'a', 1)
-  redis.call('HSET', record, 'r', int(now), 'm', member)
-  redis.call('ZADD', claims_key, int(now + task.delivery.timeout + CLAIM_MARGIN_MS), task.id)
+  local token, deadline = '', now + task.delivery.timeout
+  if puller then
+    token = puller.token .. '.' .. (#claims / CLAIM_ITEMS + 1)
+    redis.call('HSET', record, 'r', int(now), 'm', member, 't', token)
+  else
+    redis.call('HSET', record, 'r', int(now), 'm', member)
+  end
+  redis.call('ZADD', claims_key, int(deadline + CLAIM_MARGIN_MS), task.id)
   redis.call('HINCRBY', in_flight_key, member, 1)
   count('claimed:' .. task.kind, 1)
-  for _, v in ipairs({task.id, task.user, task.kind, task.cost, attempt, int(task.slot), int(now), task.payload or ''}) do
+  for _, v in ipairs({task.id, task.user, task.kind, task.cost, attempt, int(task.slot), int(now), task.payload or '',
+      token, int(deadline)}) do
     table.insert(claims, v)
+  end
+end
+
+-- Files pulled lane `member` (kind `kind`) under `at`, the instant its head may start, for
+-- the workers' claims, and rings the kind's bell when that makes it the kind's soonest lane:
+-- a worker waiting in a long poll (`BLPOP` on the bell, claims.rs) wakes to look again.
+local BELLS_KEPT, BELL_TTL_MS = 16, 60000
+local function file_pulled(member, kind, at)
+  local pulled = prefix .. KEY_PULL .. kind
+  redis.call('ZREM', due_key, member)
+  redis.call('ZADD', pulled, int(at), member)
+  if redis.call('ZRANGE', pulled, 0, 0)[1] == member then
+    local bell = prefix .. KEY_BELL .. kind
+    redis.call('LPUSH', bell, int(at))
+    redis.call('LTRIM', bell, 0, BELLS_KEPT - 1)
+    redis.call('PEXPIRE', bell, BELL_TTL_MS)
   end
 end
 
@@ -247,17 +272,44 @@ local function lane_busy(member, delivery)
   return delivery.concurrency > 0 and tonumber(redis.call('HGET', in_flight_key, member) or 0) >= delivery.concurrency
 end
 
+-- Files lane `member` under the instant its head task may start by the rule on its
+-- completions (for the drainer, or for the workers when pulled), or takes it out of both
+-- when it is empty: after its head changed without running anything (a cancel).
+local function refile(member)
+  local head = redis.call('LINDEX', prefix .. KEY_QUEUE .. member, 0)
+  local sep = string.find(member, ':', 1, true)
+  local lane_kind = sep and string.sub(member, sep + 1) or DEFAULT_KIND
+  if not head then
+    redis.call('ZREM', due_key, member)
+    redis.call('ZREM', prefix .. KEY_PULL .. lane_kind, member)
+    return
+  end
+  local slot, id = split(head)
+  local record = redis.call('HMGET', prefix .. KEY_TASK .. id, 'l', 'w', 'd')
+  local windows, cost = task_rule(record[1], record[2])
+  local at = earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
+  if record[3] and delivery_of(record[3]).pull then
+    file_pulled(member, lane_kind, at)
+  else
+    redis.call('ZADD', due_key, int(at), member)
+  end
+end
+
 -- Runs the lane's head tasks that may start at `now`, appending each completion to `out`,
 -- and files the lane under the instant its next head task may start. A head to deliver is
 -- claimed into `claims` (only the drainer passes it: it delivers them); without `claims`
--- it is filed under its start, for the drainer.
+-- it is filed under its start, for the drainer. A pulled head is claimed only by a worker's
+-- call (`puller`, with its `claims`), up to its cap; otherwise it is filed for the workers.
 local function run_due(member, now, out, claims)
   local q = prefix .. KEY_QUEUE .. member
   local done = prefix .. KEY_DONE .. member
+  -- The kind of a pulled task claimed here: its lane, emptied, leaves the kind's set.
+  local pulled_kind = nil
   while true do
     local head = redis.call('LINDEX', q, 0)
     if not head then
       redis.call('ZREM', due_key, member)
+      if pulled_kind then redis.call('ZREM', prefix .. KEY_PULL .. pulled_kind, member) end
       return
     end
     local slot, id = split(head)
@@ -268,18 +320,26 @@ local function run_due(member, now, out, claims)
     local completions = recent_completions(done, windows)
     local at = earliest_start(completions, slot, windows, cost)
     local delivery = record[6] and delivery_of(record[6])
-    if at > now or (delivery and not claims) then
+    local kind = record[3] or DEFAULT_KIND
+    if delivery and delivery.pull then
+      if at > now or not (puller and claims) or #claims >= puller.cap * CLAIM_ITEMS then
+        file_pulled(member, kind, at)
+        return
+      end
+      pulled_kind = kind
+    elseif at > now or (delivery and (puller or not claims)) then
       redis.call('ZADD', due_key, int(at), member)
       return
     end
     if delivery and lane_busy(member, delivery) then
       -- No free place: the outcome that frees one files the lane again (`settle`).
       redis.call('ZREM', due_key, member)
+      if delivery.pull then redis.call('ZREM', prefix .. KEY_PULL .. kind, member) end
       return
     end
     redis.call('LPOP', q)
     count('queued', -1)
-    local task = {id = id, slot = slot, user = record[1] or '', kind = record[3] or DEFAULT_KIND, cost = cost,
+    local task = {id = id, slot = slot, user = record[1] or '', kind = kind, cost = cost,
       spec = record[5] or default_spec, windows = windows, completions = completions, payload = record[2] or nil,
       delivery = delivery}
     if delivery then claim(member, done, task, now, claims) else complete(done, task, {}, now, out) end
@@ -469,13 +529,14 @@ end
 
 -- Records how attempt `attempt` (text) of task `id` ended at `now`: `result` 'ok' (a 2xx),
 -- 'retry' (408, 429, 5xx, a timeout, a connection error, a lapsed claim) or 'fail' (any other
--- answer); `status` the HTTP status or the error's name; `duration` ms ('' for none);
--- `retry_after` the backend's Retry-After in ms ('0' for none). An outcome for an attempt
+-- answer); `status` the HTTP status, the error's name, or a worker's result as 'w:<result>';
+-- `duration` ms ('' for none); `retry_after` the backend's (or worker's) Retry-After in ms
+-- ('0' for none); `detail` a worker's detail (JSON text) or nil. An outcome for an attempt
 -- whose claim is no longer open (it lapsed and was retried) is stale and changes nothing.
 -- The task completes (its log entry, and (id, user, slot, completed_at) to `out`), is
 -- admitted again (`readmit`), or fails after its last attempt; then its lane, one attempt
 -- fewer in flight, is run again (`run_due`, with `claims`).
-local function settle(id, attempt, result, status, duration, retry_after, now, out, claims)
+local function settle(id, attempt, result, status, duration, retry_after, now, out, claims, detail)
   local key = prefix .. KEY_TASK .. id
   local r = redis.call('HMGET', key, 'u', 's', 'k', 'w', 'l', 'd', 'a', 'm', 'r', 'p', 'h')
   if not r[9] or r[7] ~= attempt then
@@ -485,7 +546,7 @@ local function settle(id, attempt, result, status, duration, retry_after, now, o
   local member, started, n = r[8], tonumber(r[9]), tonumber(attempt)
   redis.call('ZREM', claims_key, id)
   if redis.call('HINCRBY', in_flight_key, member, -1) <= 0 then redis.call('HDEL', in_flight_key, member) end
-  redis.call('HDEL', key, 'r')
+  redis.call('HDEL', key, 'r', 't')
   local task = {id = id, slot = tonumber(r[2]), user = r[1] or '', kind = r[3] or DEFAULT_KIND,
     cost = tonumber(r[4]) or 1, spec = r[5] or default_spec, payload = r[10] or nil}
   -- The record keeps every attempt: '<started>,<status or error>,<duration ms>', ';' between.
@@ -493,12 +554,23 @@ local function settle(id, attempt, result, status, duration, retry_after, now, o
   local attempts = line
   if r[11] then attempts = r[11] .. ';' .. line end
   local extra = {'started_at', int(started), 'attempt', attempt}
+  local worker_result = string.match(status, '^w:(.*)$')
   if tonumber(status) then
     table.insert(extra, 'status')
+    table.insert(extra, status)
+  elseif worker_result then
+    table.insert(extra, 'result')
+    table.insert(extra, worker_result)
   else
     table.insert(extra, 'error')
+    table.insert(extra, status)
   end
-  table.insert(extra, status)
+  if status == 'lapsed' then count('lapsed:' .. task.kind, 1) end
+  if detail then
+    table.insert(extra, 'detail')
+    table.insert(extra, detail)
+    redis.call('HSET', key, 'y', detail)
+  end
   if duration ~= '' then
     table.insert(extra, 'duration_ms')
     table.insert(extra, duration)

@@ -62,6 +62,7 @@ pub fn log_page(reply: &[Reply]) -> Result<Vec<(String, Completion)>, Unexpected
                             started_at: int("started_at")?,
                             status: optional("status").and_then(|s| s.parse().ok()),
                             error: optional("error"),
+                            result: optional("result"),
                             duration_ms: optional("duration_ms").and_then(|s| s.parse().ok()),
                         },
                         outcome: optional("outcome"),
@@ -115,7 +116,7 @@ mod tests {
         let Ok(page) = log_page(&reply) else { panic!("parse failed") };
         let attempt = Logged {
             attempt: 2,
-            ended: Attempt { started_at: 4, status: Some(503), error: None, duration_ms: Some(9) },
+            ended: Attempt { started_at: 4, status: Some(503), error: None, result: None, duration_ms: Some(9) },
             outcome: Some("retry".into()),
         };
         assert_eq!(page[5].1.delivery, Some(attempt));

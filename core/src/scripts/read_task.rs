@@ -29,6 +29,8 @@ pub struct TaskRecord {
     pub failed_at: Option<i64>,
     /// Its delivery attempts that ended, oldest first.
     pub attempts: Vec<Attempt>,
+    /// A pulled task's last outcome's `detail`, as its worker sent it.
+    pub detail: Option<Box<RawValue>>,
 }
 
 /// Where a task is in its life. A task is queued until it runs (completed at once) or, when
@@ -82,12 +84,14 @@ fn attempts(stored: Option<&[u8]>) -> Option<Vec<Attempt>> {
             if parts.next().is_some() {
                 return None;
             }
-            let (status, error) = match outcome.parse::<u16>() {
-                Ok(code) => (Some(code), None),
-                Err(_) => (None, Some(outcome.to_string())),
+            // An HTTP status, a worker's result (`w:<result>`), or the error's name.
+            let (status, result, error) = match (outcome.parse::<u16>(), outcome.strip_prefix("w:")) {
+                (Ok(code), _) => (Some(code), None, None),
+                (_, Some(result)) => (None, Some(result.to_string()), None),
+                _ => (None, None, Some(outcome.to_string())),
             };
             let duration_ms = if duration.is_empty() { None } else { Some(duration.parse().ok()?) };
-            Some(Attempt { started_at: started.parse().ok()?, status, error, duration_ms })
+            Some(Attempt { started_at: started.parse().ok()?, status, error, result, duration_ms })
         })
         .collect()
 }
@@ -103,14 +107,25 @@ impl Call for ReadTask<'_> {
         vec![self.task_id.to_string(), if self.count { "1" } else { "0" }.to_string()]
     }
 
-    /// `HMGET t:<id> u s c x p k w r f h`: nil for each field the record lacks.
+    /// `HMGET t:<id> u s c x p k w r f h y`: nil for each field the record lacks.
     fn parse(&self, reply: &mut Cursor) -> Result<Option<TaskRecord>, Unexpected> {
-        let mut fields: [Option<&[u8]>; 10] = [None; 10];
+        let mut fields: [Option<&[u8]>; 11] = [None; 11];
         for field in &mut fields {
             *field = reply.optional()?;
         }
-        let [user, slot, completed, cancelled, stored_payload, stored_kind, stored_cost, running, failed, tried] =
-            fields;
+        let [
+            user,
+            slot,
+            completed,
+            cancelled,
+            stored_payload,
+            stored_kind,
+            stored_cost,
+            running,
+            failed,
+            tried,
+            detail,
+        ] = fields;
         let (Some(user), Some(slot)) = (user, slot) else {
             return Ok(None);
         };
@@ -127,6 +142,7 @@ impl Call for ReadTask<'_> {
             running_since: running.map(int).transpose()?,
             failed_at: failed.map(int).transpose()?,
             attempts: attempts(tried).ok_or_else(|| reply.fail("a task's attempts as stored"))?,
+            detail: payload(reply, detail)?,
         }))
     }
 }
@@ -143,8 +159,9 @@ mod tests {
     #[test]
     fn task_records() {
         assert_eq!(ReadTask { task_id: "t", count: true }.args(), ["t", "1"]);
-        assert!(matches!(read_reply(&CALL, &[Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil]), Ok(None)));
-        let Ok(Some(task)) = read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil])
+        assert!(matches!(read_reply(&CALL, &[Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil]), Ok(None)));
+        let Ok(Some(task)) =
+            read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil, Nil])
         else {
             panic!("no task")
         };
@@ -154,46 +171,56 @@ mod tests {
         );
         assert!(task.payload.is_none());
         assert_eq!((task.kind.as_str(), task.cost), ("default", 1));
-        let reply = [text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3"), Nil, Nil, Nil];
+        let reply = [text("alice"), text("1000"), Nil, Nil, Nil, text("email"), text("3"), Nil, Nil, Nil, Nil];
         let Ok(Some(task)) = read_reply(&CALL, &reply) else { panic!("no task") };
         assert_eq!((task.kind.as_str(), task.cost), ("email", 3));
         let Ok(Some(task)) = read_reply(
             &CALL,
-            &[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#), Nil, Nil, Nil, Nil, Nil],
+            &[text("alice"), text("1000"), text("1004"), Nil, text(r#"{"b":1,"a":2}"#), Nil, Nil, Nil, Nil, Nil, Nil],
         ) else {
             panic!("no task")
         };
         assert_eq!(task.completed_at, Some(1_004));
         assert_eq!(task.payload.as_ref().map(|p| p.get()), Some(r#"{"b":1,"a":2}"#));
         let Ok(Some(task)) =
-            read_reply(&CALL, &[text("alice"), text("1000"), Nil, text("900"), Nil, Nil, Nil, Nil, Nil, Nil])
+            read_reply(&CALL, &[text("alice"), text("1000"), Nil, text("900"), Nil, Nil, Nil, Nil, Nil, Nil, Nil])
         else {
             panic!("no task")
         };
         assert_eq!(task.cancelled_at, Some(900));
         assert!(
-            read_reply(&CALL, &[text("alice"), text("1000"), Nil, Nil, text("{not json"), Nil, Nil, Nil, Nil, Nil])
-                .is_err()
+            read_reply(
+                &CALL,
+                &[text("alice"), text("1000"), Nil, Nil, text("{not json"), Nil, Nil, Nil, Nil, Nil, Nil]
+            )
+            .is_err()
         );
         // A field more or less than were asked for.
         assert!(read_reply(&CALL, &[&reply[..], &[Nil]].concat()).is_err());
-        assert!(read_reply(&CALL, &reply[..9]).is_err());
+        assert!(read_reply(&CALL, &reply[..10]).is_err());
     }
 
     #[test]
     fn delivered_task_records() {
         let record = |running, failed, tried| {
-            [text("ann"), text("1000"), Nil, Nil, Nil, text("mail"), Nil, running, failed, tried]
+            [text("ann"), text("1000"), Nil, Nil, Nil, text("mail"), Nil, running, failed, tried, Nil]
         };
         let Ok(Some(task)) = read_reply(&CALL, &record(text("1001"), Nil, Nil)) else { panic!("no task") };
         assert_eq!((task.status(), task.running_since, task.attempts.len()), (Status::Running, Some(1_001), 0));
-        let tried = text("1001,503,12;3050,timeout,;7000,404,3");
+        let tried = text("1001,503,12;3050,timeout,;5000,w:retry,40;7000,404,3");
         let Ok(Some(task)) = read_reply(&CALL, &record(Nil, text("7003"), tried)) else { panic!("no task") };
         assert_eq!(task.status(), Status::Failed);
         let expected = [
-            Attempt { started_at: 1_001, status: Some(503), error: None, duration_ms: Some(12) },
-            Attempt { started_at: 3_050, status: None, error: Some("timeout".into()), duration_ms: None },
-            Attempt { started_at: 7_000, status: Some(404), error: None, duration_ms: Some(3) },
+            Attempt { started_at: 1_001, status: Some(503), error: None, result: None, duration_ms: Some(12) },
+            Attempt { started_at: 3_050, status: None, error: Some("timeout".into()), result: None, duration_ms: None },
+            Attempt {
+                started_at: 5_000,
+                status: None,
+                error: None,
+                result: Some("retry".into()),
+                duration_ms: Some(40),
+            },
+            Attempt { started_at: 7_000, status: Some(404), error: None, result: None, duration_ms: Some(3) },
         ];
         assert_eq!(task.attempts, expected);
         // A queued task waiting for its retry.

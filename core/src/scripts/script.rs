@@ -65,9 +65,11 @@ pub static USER_STATE: Script = Script::new("user_state", include_str!("user_sta
 pub static KEY_CREATE: Script = Script::new("key_create", include_str!("key_create.lua"));
 pub static KEY_LIST: Script = Script::new("key_list", include_str!("key_list.lua"));
 pub static KEY_REVOKE: Script = Script::new("key_revoke", include_str!("key_revoke.lua"));
+pub static PULL: Script = Script::new("pull", include_str!("pull.lua"));
+pub static REPORT: Script = Script::new("report", include_str!("report.lua"));
 
 /// Every script, in the library in this order.
-const ALL: [&Script; 17] = [
+const ALL: [&Script; 19] = [
     &PREPARE,
     &ADMIT,
     &FILE,
@@ -85,6 +87,8 @@ const ALL: [&Script; 17] = [
     &KEY_CREATE,
     &KEY_LIST,
     &KEY_REVOKE,
+    &PULL,
+    &REPORT,
 ];
 
 /// A histogram's bounds as a Lua local, as both forms of the scripts declare them.
@@ -94,7 +98,7 @@ fn buckets_line(name: &str, bounds: &[i64]) -> String {
 }
 
 /// What the Lua knows by name from Rust: the key words (`keys::word`) and the default kind.
-const LUA_CONSTANTS: [(&str, &str); 13] = [
+const LUA_CONSTANTS: [(&str, &str); 15] = [
     ("KEY_LEDGER", word::LEDGER),
     ("KEY_CLAIMS", word::CLAIMS),
     ("KEY_IN_FLIGHT", word::IN_FLIGHT),
@@ -103,6 +107,8 @@ const LUA_CONSTANTS: [(&str, &str); 13] = [
     ("KEY_TASK", word::TASK),
     ("KEY_API_KEY", word::API_KEY),
     ("KEY_DUE", word::DUE),
+    ("KEY_PULL", word::PULL),
+    ("KEY_BELL", word::BELL),
     ("KEY_LEASE", word::LEASE),
     ("KEY_KICK", word::KICK),
     ("KEY_TICK", word::TICK),

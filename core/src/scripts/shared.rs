@@ -40,6 +40,9 @@ pub struct Attempt {
     /// Why there was no answer (`timeout`, `connection-refused`, `lapsed`...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A worker's outcome for a pulled task (`completed`, `retry` or `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
