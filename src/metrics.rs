@@ -83,19 +83,26 @@ pub fn render(counters: &[(String, i64)]) -> String {
         &mut out,
         "task_api_kind_deliveries_total",
         "counter",
-        "Delivery attempts per kind that ended: delivered (a 2xx), retried, or failed (the task failed).",
+        "Delivery attempts (and pulled claims) per kind that ended: delivered (a 2xx, or a worker's completed), retried, or failed (the task failed).",
     );
     for outcome in ["delivered", "retried", "failed"] {
         for (kind, value) in per_kind(outcome) {
             let _ = writeln!(out, "{name}{{kind=\"{kind}\",outcome=\"{outcome}\"}} {value}");
         }
     }
-    let name = family(&mut out, "task_api_kind_claims_total", "counter", "Delivery attempts started per kind.");
+    let claims_help = "Delivery attempts started per kind (a pulled kind's: claims by workers).";
+    let name = family(&mut out, "task_api_kind_claims_total", "counter", claims_help);
     for (kind, value) in per_kind("claimed") {
         let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
     }
     let lapsed_help = "Delivery attempts whose outcome was never recorded before their claim lapsed (retried).";
     single(&mut out, "task_api_lapsed_claims_total", "counter", lapsed_help, get("lapsed"));
+    let name = family(&mut out, "task_api_kind_lapsed_claims_total", "counter", "Lapsed claims per kind (retried).");
+    for (kind, value) in per_kind("lapsed") {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
+    }
+    let stale_help = "Outcomes refused or ignored because their claim was no longer open (a worker's answers 409).";
+    single(&mut out, "task_api_stale_outcomes_total", "counter", stale_help, get("stale_outcomes"));
     let name = family(
         &mut out,
         "task_api_delivery_duration_seconds",
@@ -210,6 +217,8 @@ mod tests {
             ("failed:hook", 1),
             ("claimed:mail", 7),
             ("lapsed", 1),
+            ("lapsed:mail", 1),
+            ("stale_outcomes", 2),
             ("delivery_le:5:mail", 1),
             ("delivery_le:100:mail", 5),
             ("delivery_count:mail", 7),
@@ -220,6 +229,8 @@ mod tests {
         assert!(text.contains("task_api_kind_deliveries_total{kind=\"hook\",outcome=\"failed\"} 1\n"), "{text}");
         assert!(text.contains("task_api_kind_claims_total{kind=\"mail\"} 7\n"), "{text}");
         assert!(text.contains("task_api_lapsed_claims_total 1\n"), "{text}");
+        assert!(text.contains("task_api_kind_lapsed_claims_total{kind=\"mail\"} 1\n"), "{text}");
+        assert!(text.contains("task_api_stale_outcomes_total 2\n"), "{text}");
         // Starts: 3 tasks run at once and 7 delivery attempts (5 of which completed).
         assert!(text.contains("task_api_lateness_seconds_count 10\n"), "{text}");
         let name = "task_api_delivery_duration_seconds";

@@ -291,6 +291,11 @@ impl Policies {
         self.delivery(kind).is_some_and(|d| d.target.is_none())
     }
 
+    /// The kinds workers pull.
+    pub fn pulled_kinds(&self) -> Vec<&str> {
+        self.deliveries().filter(|(_, d)| d.target.is_none()).map(|(kind, _)| kind).collect()
+    }
+
     /// The kinds with a target or pulled, and their deliveries.
     pub fn deliveries(&self) -> impl Iterator<Item = (&str, &Delivery)> {
         self.deliveries.iter().map(|(kind, d)| (kind.as_str(), d))
@@ -477,6 +482,7 @@ mod tests {
             "email": {"windows": [], "target": "http://h/", "pull": false}}}"#;
         let policies = Policies::parse(json, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
         assert!(policies.is_pulled("render") && !policies.is_pulled("email") && !policies.is_pulled("default"));
+        assert_eq!(policies.pulled_kinds(), ["render"]);
         assert_eq!(policies.delivery("render").map(|d| d.spec()), Some("30000/5/4/pull".to_string()));
         let hosts = |entry: &str| AllowedHosts::parse(entry).unwrap_or_else(|e| panic!("{entry}: {e}"));
         assert_eq!(policies.check_targets(&hosts("http://h")), Ok(()));

@@ -60,7 +60,7 @@ pub use key_list::KeyList;
 pub use key_revoke::KeyRevoke;
 pub use log::log_page;
 pub use metrics::Metrics;
-pub use overview::{LaneView, Overview, QueuedTask, ReadOverview};
+pub use overview::{LaneView, OpenClaim, Overview, QueuedTask, ReadOverview};
 pub use poke::Poke;
 pub use position::Position;
 pub use prepare::{Prepare, Prepared};

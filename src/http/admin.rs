@@ -155,6 +155,7 @@ pub async fn overview(config: &Loaded, headers: &HeaderMap, query: Option<&str>)
         waiting_users: snapshot.waiting_users,
         next_due,
         recent: &snapshot.recent,
+        claims: &snapshot.claims,
         user,
     };
     serialized_response(StatusCode::OK, &body)
@@ -177,6 +178,8 @@ struct OverviewView<'a> {
     waiting_users: i64,
     next_due: Vec<NextDue<'a>>,
     recent: &'a [Completion],
+    /// Pulled tasks in workers' hands, soonest deadline first.
+    claims: &'a [crate::scripts::OpenClaim],
     user: Option<UserView<'a>>,
 }
 

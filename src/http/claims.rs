@@ -45,8 +45,7 @@ pub async fn claim(request: Request, config: &Loaded, caller: &Caller) -> Result
     let config = configured(config)?;
     let ask = ClaimRequest::parse(&body).map_err(Problem::bad_request)?;
     if !config.policies.is_pulled(&ask.kind) {
-        let pulled: Vec<&str> =
-            config.policies.deliveries().filter(|(_, d)| d.target.is_none()).map(|(kind, _)| kind).collect();
+        let pulled = config.policies.pulled_kinds();
         let pulled = if pulled.is_empty() { "none".to_string() } else { pulled.join(", ") };
         return Err(Problem::bad_request(format!(
             "kind {:?} is not pulled by workers (pulled kinds: {pulled})",

@@ -81,7 +81,7 @@ pub async fn create(request: Request, config: &Loaded) -> Result<HttpResponse, P
 
 /// A worker key's kinds: one or more, each a kind this configuration lets workers pull.
 fn worker_kinds(config: &crate::config::Config, kinds: Option<Vec<String>>) -> Result<Vec<String>, Problem> {
-    let pulled: Vec<&str> = config.policies.deliveries().filter(|(_, d)| d.target.is_none()).map(|(k, _)| k).collect();
+    let pulled = config.policies.pulled_kinds();
     let kinds = kinds.filter(|k| !k.is_empty()).ok_or_else(|| {
         Problem::bad_request(format!("a worker key names its kinds: \"kinds\": [...] of {}", pulled.join(", ")))
     })?;

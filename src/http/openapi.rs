@@ -2,7 +2,9 @@
 //! this one, so that a generated client or a fuzzer sees what this deployment accepts:
 //!
 //! - kinds and tiers: an `enum` of the configured ones (`Kind` and `Tier`, which every kind
-//!   and tier in the document refers to);
+//!   and tier in the document refers to, and `PulledKind`, the kinds workers pull); without
+//!   a pulled kind, the workers' routes (`POST /api/v1/claims` and `…/outcome`) are left out,
+//!   as they can only answer 400 here;
 //! - who may call: only the security scheme of the `auth` variable (none, `userToken` for
 //!   `jwt`, `apiKey` for `api_key`), and the admin token where it is set; a task's `user_id`
 //!   is required with `auth = none`, where nothing else names the user.
@@ -36,7 +38,17 @@ fn fit(doc: &mut Value, config: &Config, auth: &Auth) {
     schemas["Kind"]["enum"] = json!(config.policies.kinds().collect::<Vec<_>>());
     // An empty `enum` when no tier is configured: only `null` (the built-in tier) is valid.
     schemas["Tier"]["enum"] = json!(config.policies.tiers().collect::<Vec<_>>());
-    for name in ["Kind", "Tier"] {
+    let pulled = config.policies.pulled_kinds();
+    if pulled.is_empty() {
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            paths.remove("/api/v1/claims");
+            paths.remove("/api/v1/task/{task_id}/outcome");
+        }
+    } else {
+        doc["components"]["schemas"]["PulledKind"]["enum"] = json!(pulled);
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    for name in ["Kind", "Tier", "PulledKind"] {
         if let Some(schema) = schemas[name].as_object_mut() {
             schema.remove("pattern");
         }
@@ -106,8 +118,27 @@ mod tests {
     fn kinds_and_tiers_are_the_configured_ones() {
         let doc = document(&Auth::None, None);
         assert_eq!(doc["components"]["schemas"]["Kind"]["enum"], json!(["default", "email"]));
+        // No kind is pulled: no workers' routes.
+        assert!(
+            doc["paths"].get("/api/v1/claims").is_none()
+                && doc["paths"].get("/api/v1/task/{task_id}/outcome").is_none()
+        );
         assert_eq!(doc["components"]["schemas"]["Tier"]["enum"], json!(["pro", "team"]));
         assert_eq!(doc["components"]["schemas"]["TaskRequest"]["required"], json!(["user_id"]));
+    }
+
+    #[test]
+    fn a_pulled_kind_brings_the_workers_routes() {
+        let json = r#"{"kinds": {"render": {"windows": ["1/1s"], "pull": true}, "email": ["5/60s"]}}"#;
+        let policies = Policies::parse(json, Policy::legacy(1, 20)).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::for_tests(policies, Some("t".to_string()));
+        let mut doc: Value = serde_json::from_str(DOCUMENT).unwrap_or_else(|e| panic!("{e}"));
+        fit(&mut doc, &config, &Auth::ApiKey);
+        assert_eq!(doc["components"]["schemas"]["PulledKind"]["enum"], json!(["render"]));
+        assert!(doc["components"]["schemas"]["PulledKind"].get("pattern").is_none());
+        for path in ["/api/v1/claims", "/api/v1/task/{task_id}/outcome"] {
+            assert_eq!(security(&doc, path, "post"), json!([{"apiKey": []}, {"adminToken": []}]), "{path}");
+        }
     }
 
     #[test]

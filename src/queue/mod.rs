@@ -183,24 +183,23 @@ impl Queue<'_> {
 
     /// Waits up to `limit` for `kind`'s bell to ring (a worker's long poll: `file_pulled` in
     /// lib.lua rings it when the kind's soonest lane changes). `BLPOP` blocks the connection
-    /// it is sent on, so it gets one of its own, closed after; our timer decides when the wait
-    /// ends (Redis's own timeout only bounds a command left behind). Whether it rang; a
-    /// failure waits a short while instead, so a caller's loop never spins.
+    /// it is sent on, so it gets one of its own, closed after; our timer, started before the
+    /// connection is opened, decides when the wait ends (Redis's own timeout only bounds a
+    /// command left behind). Whether it rang; a failure waits out the rest of a short pause
+    /// instead, so a caller's loop never spins.
     pub async fn wait_for_bell(&self, kind: &str, limit: Duration) -> bool {
         const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
-        let conn = match with_deadline(Connection::open(&self.config.redis_address), CALL_DEADLINE).await {
-            Some(Ok(conn)) => conn,
-            _ => {
-                spin_sdk::time::sleep(limit.min(PAUSE_AFTER_ERROR)).await;
-                return false;
-            }
-        };
         let server_timeout = format!("{:.3}", (limit + Duration::from_secs(1)).as_secs_f64());
         let params = [self.config.keys.bell(kind), server_timeout].map(|a| RedisParameter::Binary(a.into_bytes()));
-        match with_deadline(conn.execute("BLPOP", params), limit).await {
+        let began = std::time::Instant::now();
+        let ring = async {
+            let conn = Connection::open(&self.config.redis_address).await?;
+            conn.execute("BLPOP", params).await
+        };
+        match with_deadline(ring, limit).await {
             Some(Ok(reply)) => reply.first().is_some_and(|item| !matches!(item, RedisResult::Nil)),
             Some(Err(_)) => {
-                spin_sdk::time::sleep(limit.min(PAUSE_AFTER_ERROR)).await;
+                spin_sdk::time::sleep(limit.min(PAUSE_AFTER_ERROR).saturating_sub(began.elapsed())).await;
                 false
             }
             None => false,

@@ -6,7 +6,7 @@ use crate::scripts::shared::{Attempt, Completion, Logged, cost, kind, payload};
 use std::collections::HashMap;
 
 /// The fields a log entry can have.
-const LOG_FIELDS: [&str; 14] = [
+const LOG_FIELDS: [&str; 16] = [
     "task_id",
     "user_id",
     "slot",
@@ -19,6 +19,8 @@ const LOG_FIELDS: [&str; 14] = [
     "attempt",
     "status",
     "error",
+    "result",
+    "detail",
     "duration_ms",
     "outcome",
 ];
@@ -51,6 +53,7 @@ pub fn log_page(reply: &[Reply]) -> Result<Vec<(String, Completion)>, Unexpected
             cost: cost(&reply, fields.get("cost").copied())?,
             policy: fields.get("policy").map(|p| String::from_utf8_lossy(p).into_owned()),
             payload: payload(&reply, fields.get("payload").copied())?,
+            detail: payload(&reply, fields.get("detail").copied())?,
             delivery: match fields.get("started_at") {
                 None => None,
                 Some(_) => {
@@ -113,6 +116,9 @@ mod tests {
         reply.extend(entry("1-5", "e", None));
         reply.extend([text("started_at"), text("4"), text("attempt"), text("2"), text("status"), text("503")]);
         reply.extend([text("duration_ms"), text("9"), text("outcome"), text("retry")]);
+        reply.extend(entry("1-6", "f", None));
+        reply.extend([text("started_at"), text("5"), text("attempt"), text("1"), text("result"), text("failed")]);
+        reply.extend([text("detail"), text(r#"{"why": "x"}"#), text("outcome"), text("failed")]);
         let Ok(page) = log_page(&reply) else { panic!("parse failed") };
         let attempt = Logged {
             attempt: 2,
@@ -120,6 +126,9 @@ mod tests {
             outcome: Some("retry".into()),
         };
         assert_eq!(page[5].1.delivery, Some(attempt));
+        let pulled = page[6].1.delivery.as_ref().map(|d| (d.ended.result.as_deref(), d.outcome.as_deref()));
+        assert_eq!(pulled, Some((Some("failed"), Some("failed"))));
+        assert_eq!(page[6].1.detail.as_ref().map(|d| d.get()), Some(r#"{"why": "x"}"#));
         assert!(page[4].1.delivery.is_none());
         let last = &page[4].1;
         assert_eq!((last.kind.as_str(), last.cost, last.policy.as_deref()), ("email", 2, Some("5/60000")));

@@ -3,9 +3,10 @@
 -- user's lanes (none when no user is watched). A bounded snapshot for the page (work
 -- independent of the number of users), flattened: `now, queued, waiting, tier ('' for the
 -- built-in one or no user), n, (user, kind, queued, next)×n, m, (task, user, slot,
--- completed, payload, kind, cost)×m`, then per watched lane `k, (task, slot, payload,
--- cost)×k, j, (completion)×j` (a payload is its JSON text, '' for none; a completion '<ms>'
--- or '<ms>*<units>').
+-- completed, payload, kind, cost)×m, c, (task, user, kind, attempt, started, deadline)×c`
+-- (the open claims of pulled kinds that lapse first, as many as `soonest`), then per watched
+-- lane `k, (task, slot, payload, cost)×k, j, (completion)×j` (a payload is its JSON text, ''
+-- for none; a completion '<ms>' or '<ms>*<units>').
 local soonest, recent, queued_max = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local tier_key = ARGV[10]
 local tier = ''
@@ -37,6 +38,20 @@ for _, f in ipairs(completions) do
       f.kind or DEFAULT_KIND, f.cost or '1'}) do
     table.insert(reply, v)
   end
+end
+-- (Deliveries' claims are in the same set: a bounded look past them.)
+local pulled = {}
+for _, id in ipairs(redis.call('ZRANGE', claims_key, 0, 4 * soonest - 1)) do
+  if #pulled >= soonest then break end
+  local r = redis.call('HMGET', prefix .. KEY_TASK .. id, 'u', 'k', 'a', 'r', 'd')
+  if r[4] and r[5] and delivery_of(r[5]).pull then
+    local deadline = tonumber(r[4]) + delivery_of(r[5]).timeout
+    table.insert(pulled, {id, r[1] or '', r[2] or DEFAULT_KIND, tonumber(r[3]), tonumber(r[4]), deadline})
+  end
+end
+table.insert(reply, #pulled)
+for _, c in ipairs(pulled) do
+  for _, v in ipairs(c) do table.insert(reply, v) end
 end
 for a = 11, #ARGV do
   local member = ARGV[a]

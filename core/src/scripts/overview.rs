@@ -31,6 +31,8 @@ pub struct Overview {
     pub next_due: Vec<(String, String, i64, i64)>,
     /// The newest completions, newest first.
     pub recent: Vec<Completion>,
+    /// Open claims of pulled kinds, soonest to lapse first.
+    pub claims: Vec<OpenClaim>,
     /// Per lane asked about: its queued tasks in run order, and its last completions.
     pub lanes: Vec<LaneView>,
 }
@@ -40,6 +42,17 @@ pub struct Overview {
 pub struct LaneView {
     pub queued: Vec<QueuedTask>,
     pub completed: Vec<Spent>,
+}
+
+/// A pulled task's attempt in a worker's hands.
+#[derive(Debug, serde::Serialize)]
+pub struct OpenClaim {
+    pub task_id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub attempt: i64,
+    pub started_at: i64,
+    pub deadline: i64,
 }
 
 #[derive(Debug)]
@@ -65,8 +78,9 @@ impl Call for ReadOverview<'_> {
     }
 
     /// `now, queued, waiting, tier, n, (user, kind, queued, next)×n, m, (task, user, slot,
-    /// completed, payload, kind, cost)×m`, then per watched lane `k, (task, slot, payload,
-    /// cost)×k, j, (completion)×j` (`overview.lua`).
+    /// completed, payload, kind, cost)×m, c, (task, user, kind, attempt, started,
+    /// deadline)×c`, then per watched lane `k, (task, slot, payload, cost)×k, j,
+    /// (completion)×j` (`overview.lua`).
     fn parse(&self, reply: &mut Cursor) -> Result<Overview, Unexpected> {
         let (now, queued_tasks, waiting_users, tier) = (reply.int()?, reply.int()?, reply.int()?, tier(reply)?);
         let n = reply.count()?;
@@ -82,6 +96,14 @@ impl Call for ReadOverview<'_> {
                 Ok(completion)
             })
             .collect::<Result<_, _>>()?;
+        let c = reply.count()?;
+        let claims = (0..c)
+            .map(|_| {
+                let (task_id, user_id, kind) = (reply.text()?, reply.text()?, reply.text()?);
+                let (attempt, started_at, deadline) = (reply.int()?, reply.int()?, reply.int()?);
+                Ok(OpenClaim { task_id, user_id, kind, attempt, started_at, deadline })
+            })
+            .collect::<Result<_, _>>()?;
         let mut lanes = Vec::with_capacity(self.lanes.len());
         for _ in self.lanes {
             let k = reply.count()?;
@@ -93,7 +115,7 @@ impl Call for ReadOverview<'_> {
                 .collect::<Result<_, _>>()?;
             lanes.push(LaneView { queued, completed: history(reply)? });
         }
-        Ok(Overview { now, queued_tasks, waiting_users, tier, next_due, recent, lanes })
+        Ok(Overview { now, queued_tasks, waiting_users, tier, next_due, recent, claims, lanes })
     }
 }
 
@@ -116,6 +138,7 @@ mod tests {
         reply.push(Int(1));
         reply.extend(completion("t9", "bob", 90, 95));
         reply.extend([text(r#"{"job":7}"#), text("email"), text("2")]);
+        reply.extend([Int(1), text("t7"), text("carl"), text("render"), Int(2), Int(95), Int(10_095)]);
         reply.extend([
             Int(2),
             text("q1"),
@@ -137,6 +160,9 @@ mod tests {
         assert_eq!(overview.recent.len(), 1);
         assert_eq!(overview.recent[0].payload.as_ref().map(|p| p.get()), Some(r#"{"job":7}"#));
         assert_eq!((overview.recent[0].kind.as_str(), overview.recent[0].cost), ("email", 2));
+        let claim = &overview.claims[0];
+        assert_eq!((claim.task_id.as_str(), claim.kind.as_str(), claim.attempt), ("t7", "render", 2));
+        assert_eq!((claim.started_at, claim.deadline, overview.claims.len()), (95, 10_095, 1));
         let lane = &overview.lanes[0];
         let queued: Vec<_> = lane
             .queued
@@ -151,10 +177,16 @@ mod tests {
         assert!(read_reply(&call(&[]), &reply).is_err());
         assert!(read_reply(&call(&[]), &[Int(1), Int(2), Int(3), text(""), Int(5)]).is_err());
         // No user watched: no tier, no lanes.
-        let Ok(idle) = read_reply(&call(&[]), &[Int(1), Int(2), Int(3), text(""), Int(0), Int(0)]) else {
+        let Ok(idle) = read_reply(&call(&[]), &[Int(1), Int(2), Int(3), text(""), Int(0), Int(0), Int(0)]) else {
             panic!("parse failed")
         };
-        assert!(idle.tier.is_none() && idle.lanes.is_empty() && idle.next_due.is_empty() && idle.recent.is_empty());
+        assert!(
+            idle.tier.is_none()
+                && idle.lanes.is_empty()
+                && idle.next_due.is_empty()
+                && idle.recent.is_empty()
+                && idle.claims.is_empty()
+        );
         // An item less.
         assert!(read_reply(&call(&one), &reply[..reply.len() - 1]).is_err());
     }

@@ -27,6 +27,10 @@ pub struct Completion {
     /// the log stream.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Logged>,
+    /// A pulled task's attempt: the detail its worker reported, as sent. Only read back from
+    /// the log stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Box<RawValue>>,
 }
 
 /// One delivery attempt that ended, as the record keeps it (`settle` in lib.lua:
@@ -162,6 +166,7 @@ pub(crate) fn completion(reply: &mut Cursor) -> Result<Completion, Unexpected> {
         policy: None,
         payload: None,
         delivery: None,
+        detail: None,
     })
 }
 

@@ -112,7 +112,8 @@ fn every_answer_matches_the_openapi_document() {
     // Kinds, costs and tiers: a host with a `policies` variable, on keys of its own. Every
     // answer below is checked against its document: the other hosts' kinds and tiers are a
     // subset of its own, and `check` looks at answers, not at who may ask.
-    let policies = r#"{"kinds": {"default": ["1/1s", "20/60s"], "email": ["5/60s"]},
+    let policies = r#"{"kinds": {"default": ["1/1s", "20/60s"], "email": ["5/60s"],
+        "render": {"windows": ["1/1s"], "pull": true, "attempts": 2}},
         "tiers": {"pro": {"default": ["5/30s", "100/60s"], "email": ["50/60s"]}}}"#;
     let kinds = Host::start(
         &redis,
@@ -123,6 +124,8 @@ fn every_answer_matches_the_openapi_document() {
     );
     let doc = served_document(&kinds);
     assert_eq!(served_document(&host)["components"]["schemas"]["Kind"]["enum"], json!(["default"]));
+    // Without a pulled kind the workers' routes are left out of the document.
+    assert!(served_document(&host)["paths"].get("/api/v1/claims").is_none());
     let json = [("Content-Type", "application/json")];
     let mut checked = Vec::new();
     let mut see = |method: &str, route: &str, reply: Reply| {
@@ -294,6 +297,60 @@ fn every_answer_matches_the_openapi_document() {
         let verdict = validate(&doc, "#/components/schemas/TaskRequest", &parsed);
         assert!(verdict.is_err(), "{body} is valid by TaskRequest");
     }
+
+    // Workers that pull: claims (none due, one due, bad ones) and outcomes (each answer).
+    let claim = |body: &str| request(&kinds.addr, "POST", "/api/v1/claims", &json, body.as_bytes());
+    let valid = |schema: &str, body: &str| {
+        let parsed: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        validate(&doc, &format!("#/components/schemas/{schema}"), &parsed)
+    };
+    let none = see("POST", "/api/v1/claims", claim(r#"{"kind":"render","wait":"50ms"}"#));
+    assert_eq!((none.status, none.json()["claims"].as_array().map(Vec::len)), (200, Some(0)), "{}", none.body);
+    for body in [r#"{"user_id":"kr","kind":"render","payload":{"n":1}}"#, r#"{"user_id":"ks","kind":"render"}"#] {
+        assert_eq!(see("POST", "/api/v1/task", post(&kinds, &json, body)).status, 202, "{body}");
+    }
+    let got = see("POST", "/api/v1/claims", claim(r#"{"kind":"render","max":5}"#));
+    let claims = got.json()["claims"].as_array().cloned().unwrap_or_default();
+    assert_eq!((got.status, claims.len()), (200, 2), "{}", got.body);
+    for (body, status) in [
+        (r#"{"kind":"email"}"#, 400),
+        (r#"{"kind":"render","max":0}"#, 400),
+        (r#"{"kind":"render","wait":"31s"}"#, 400),
+        (r#"{"kind":"render","extra":1}"#, 400),
+        ("[]", 400),
+    ] {
+        assert_eq!(see("POST", "/api/v1/claims", claim(body)).status, status, "{body}");
+        assert!(valid("ClaimRequest", body).is_err(), "{body} is valid by ClaimRequest");
+    }
+    let outcome_route = "/api/v1/task/{task_id}/outcome";
+    let report = |claim: &Value, body: &str| {
+        let path = format!("/api/v1/task/{}/outcome", claim["task_id"].as_str().unwrap_or_default());
+        valid("OutcomeRequest", body).unwrap_or_else(|e| panic!("request body: {e}"));
+        request(&kinds.addr, "POST", &path, &json, body.as_bytes())
+    };
+    let token = |claim: &Value| claim["claim"].as_str().unwrap_or_default().to_string();
+    let done = format!(r#"{{"claim":"{}","result":"completed","detail":{{"frames":3}}}}"#, token(&claims[0]));
+    assert_eq!(see("POST", outcome_route, report(&claims[0], &done)).status, 200);
+    assert_eq!(see("POST", outcome_route, report(&claims[0], &done)).status, 409);
+    let again = format!(r#"{{"claim":"{}","result":"retry","retry_after":"2s"}}"#, token(&claims[1]));
+    let queued = see("POST", outcome_route, report(&claims[1], &again));
+    assert_eq!((queued.status, queued.json()["status"].as_str()), (200, Some("queued")), "{}", queued.body);
+    let nobody = r#"{"claim":"x","result":"failed"}"#;
+    let unknown =
+        request(&kinds.addr, "POST", "/api/v1/task/000000000000000000000000/outcome", &json, nobody.as_bytes());
+    assert_eq!(see("POST", outcome_route, unknown).status, 404);
+    assert_eq!(see("POST", outcome_route, report(&claims[1], r#"{"claim":"x","result":"failed"}"#)).status, 409);
+    let malformed = request(&kinds.addr, "POST", "/api/v1/task/000000000000000000000000/outcome", &json, b"{}");
+    assert_eq!(see("POST", outcome_route, malformed).status, 400);
+    let get = request(&kinds.addr, "GET", "/api/v1/task/000000000000000000000000/outcome", &[], b"");
+    assert_eq!(see("POST", outcome_route, get).status, 405);
+    let read = see(
+        "GET",
+        "/api/v1/task/{task_id}",
+        kinds.get(&format!("/api/v1/task/{}", claims[0]["task_id"].as_str().unwrap_or_default())),
+    );
+    assert_eq!(read.json()["detail"], json!({"frames": 3}), "{}", read.body);
+    assert_eq!(see("GET", "/api/v1/overview", kinds.get("/api/v1/overview")).status, 200);
 
     // Tiers: set, refused, cleared.
     let tier_path = "/api/v1/users/ka/tier";
