@@ -122,8 +122,8 @@ impl Config {
         policies.check_targets(&delivery_hosts).map_err(|e| anyhow::anyhow!("variable policies: {e}"))?;
         if let (LedgerBackend::Kv, Some((kind, _))) = (ledger, policies.deliveries().next()) {
             anyhow::bail!(
-                "variable ledger = kv cannot go with a kind that has a target (kinds.{kind}): deliveries \
-                 re-admit their retries through the ledger in Redis, so set ledger = redis"
+                "variable ledger = kv cannot go with a kind that has a target or is pulled (kinds.{kind}): \
+                 deliveries and claims re-admit their retries through the ledger in Redis, so set ledger = redis"
             );
         }
         let delivery_secret = match drainer_only(api, "delivery_secret").await?.trim() {

@@ -199,3 +199,16 @@ pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Futur
     drop(subscriptions);
     ended
 }
+
+#[cfg(test)]
+mod readme {
+    /// The worker the README shows is the one the tests run (`examples/worker.py`), word for
+    /// word, so the README's cannot drift from a worker that works.
+    #[test]
+    fn the_readme_shows_the_tested_worker() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (readme, worker) = (read("README.md"), read("examples/worker.py"));
+        assert!(readme.contains(&format!("```python\n{worker}```")), "README.md must show examples/worker.py as it is");
+    }
+}
