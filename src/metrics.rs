@@ -107,7 +107,7 @@ pub fn render(counters: &[(String, i64)]) -> String {
         &mut out,
         "task_api_delivery_duration_seconds",
         "histogram",
-        "From a delivery's request to its answer's head, per kind (attempts without an answer are not in it).",
+        "From a delivery's request to its answer's head, per kind (attempts without an answer are not in it); for a pulled kind, from the claim to the worker's outcome.",
     );
     for (kind, count) in per_kind("delivery_count") {
         let mut cumulative = 0;

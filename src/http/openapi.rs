@@ -44,6 +44,12 @@ fn fit(doc: &mut Value, config: &Config, auth: &Auth) {
             paths.remove("/api/v1/claims");
             paths.remove("/api/v1/task/{task_id}/outcome");
         }
+        // No worker key can be made either.
+        let schemas = &mut doc["components"]["schemas"];
+        schemas["ApiKeyRequest"] = json!({"$ref": "#/components/schemas/UserKeyRequest"});
+        if let Some(schemas) = schemas.as_object_mut() {
+            schemas.remove("WorkerKeyRequest");
+        }
     } else {
         doc["components"]["schemas"]["PulledKind"]["enum"] = json!(pulled);
     }

@@ -15,8 +15,8 @@ local due_key, lease_key, metrics_key, kick_key, tick_channel
 -- each lane has.
 local claims_key, in_flight_key
 
--- A worker's claim call (pull.lua) sets this for the call: `{kind = <the kind it pulls>,
--- token = <the call's nonce>, cap = <claims it takes at most>}`; nil in every other script.
+-- A worker's claim call (pull.lua) sets this for the call: `{token = <the call's nonce>,
+-- cap = <claims it takes at most>}`; nil in every other script.
 local puller
 
 -- Counters for /metrics (metrics.rs), updated in the same script as what they count. They
@@ -570,6 +570,9 @@ local function settle(id, attempt, result, status, duration, retry_after, now, o
     table.insert(extra, 'detail')
     table.insert(extra, detail)
     redis.call('HSET', key, 'y', detail)
+  elseif worker_result then
+    -- (The record shows the last outcome's detail: none this time.)
+    redis.call('HDEL', key, 'y')
   end
   if duration ~= '' then
     table.insert(extra, 'duration_ms')

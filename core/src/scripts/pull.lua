@@ -7,7 +7,7 @@
 -- queued), each claim `CLAIM_ITEMS` items (lib.lua `claim`).
 local kind, max, nonce = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local now = now_ms()
-puller = {kind = kind, token = nonce, cap = max}
+puller = {token = nonce, cap = max}
 local pulled = prefix .. KEY_PULL .. kind
 local claims, out = {}, {}
 -- A due lane may give nothing (its `concurrency` is full): look again for the places left,
