@@ -22,7 +22,8 @@ const EMAIL_PAYLOAD = '{"to": "ann@example.com"}';
 // second, 20 per minute) and `email`, 2 units per 10 s.
 const DEFAULT = 'default';
 const EMAIL = 'email';
-const KINDS = [DEFAULT, EMAIL];
+const PULLED = 'render';
+const KINDS = [DEFAULT, EMAIL, PULLED];
 const lane = (kind) => `.lane[data-kind="${kind}"]`;
 // A user id that must come out as text, never as markup.
 const NASTY = `<img src=x onerror="window.__xss=1">'"<script>window.__xss=2</script> 😀`;
@@ -217,7 +218,7 @@ try {
   step = 'checking both lanes through the API and the log';
   const state = await api(`/api/v1/users/${encodeURIComponent(USER)}`);
   const pageDone = { [DEFAULT]: await doneTimes(DEFAULT), [EMAIL]: await doneTimes(EMAIL) };
-  for (const kind of KINDS) {
+  for (const kind of [DEFAULT, EMAIL]) {
     const api = state.kinds?.[kind];
     const times = api && [...api.recent_completions].sort((a, b) => a - b);
     if (!api || api.queued !== 0 || JSON.stringify(times) !== JSON.stringify(pageDone[kind])) {
@@ -250,6 +251,29 @@ try {
   const status = await page.locator('#status').textContent();
   if (status !== 'live') fail(`#status is ${JSON.stringify(status)}, not "live"`);
 
+  step = 'seeing a task claimed by a worker';
+  const json = { 'Content-Type': 'application/json' };
+  const post = async (path, body) => {
+    const r = await fetch(`${BASE_URL}${path}`, { method: 'POST', headers: json, body: JSON.stringify(body) });
+    return { status: r.status, body: await r.json() };
+  };
+  const pulled = await post('/api/v1/task', { user_id: USER, kind: PULLED });
+  if (pulled.status !== 202) fail(`a ${PULLED} task answered ${pulled.status}: ${JSON.stringify(pulled.body)}`);
+  const claimed = await post('/api/v1/claims', { kind: PULLED, wait: '5s' });
+  const held = claimed.body.claims?.[0];
+  if (claimed.status !== 200 || held?.task_id !== pulled.body.task_id) {
+    fail(`claiming the ${PULLED} task answered ${claimed.status}: ${JSON.stringify(claimed.body)}`);
+  }
+  await page.waitForFunction(
+    (user) => !document.getElementById('claims-card').hidden &&
+      [...document.querySelectorAll('#claims tbody tr')].some((tr) => tr.cells[0].textContent === user &&
+        tr.cells[2].textContent === '1' && /^in \d/.test(tr.cells[4].textContent)),
+    USER,
+  );
+  const reported = await post(`/api/v1/task/${held.task_id}/outcome`, { claim: held.claim, result: 'completed' });
+  if (reported.status !== 200) fail(`the outcome answered ${reported.status}: ${JSON.stringify(reported.body)}`);
+  await page.waitForFunction(() => document.getElementById('claims-card').hidden);
+
   step = 'submitting a user id made of markup';
   await page.selectOption('#kind', DEFAULT);
   await page.fill('#user-id', NASTY);
@@ -272,7 +296,7 @@ try {
   if (problems.length) fail(`the page reported errors:\n  ${problems.join('\n  ')}`);
   console.log(`page test passed: 5 tasks for ${USER} (${completed} ran inline, ${queued} queued, 1 cancelled), ` +
     `${check}; 3 ${EMAIL} tasks (2, 1, 1 units) in their own lane, ${emailCheck}; a cost over the quota refused; ` +
-    `markup in user ids stays text; screenshot ${SCREENSHOT}`);
+    `a ${PULLED} task shown while claimed; markup in user ids stays text; screenshot ${SCREENSHOT}`);
 } catch (e) {
   const extra = problems.length ? `\n  ${problems.join('\n  ')}` : '';
   failure = (e instanceof Failure ? e.message : `while ${step}: ${e.message}`) + extra;

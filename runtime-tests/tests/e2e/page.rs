@@ -7,7 +7,9 @@
 //! costing more than the kind ever admits refused (422), submits one of 2 units (runs at once)
 //! and two of 1 (wait for the 10 s window), and sees them in a lane of their own, drawn on
 //! its 10 s window, until they run; both lanes are checked against `GET /api/v1/users/{id}`
-//! and the log. It saves a screenshot (to `docs/page.png`, the README's picture, with
+//! and the log. A task of a pulled kind, claimed by a worker (the test's own requests), shows
+//! in "Claimed by workers" with its attempt and deadline until its outcome is reported. It
+//! saves a screenshot (to `docs/page.png`, the README's picture, with
 //! `UPDATE_SCREENSHOT=1`).
 //!
 //! With `auth = api_key` (`runtime-tests/browser/page-auth.mjs`), a user's API key in the
@@ -116,8 +118,9 @@ fn drive_browser(script: &str, host: &Host, env: &[(&str, OsString)]) -> String 
     stdout
 }
 
-/// The default kind as the default policy has it (1 per second, 20 per minute), and `email`.
-const POLICIES: &str = r#"{"kinds": {"email": ["2/10s"]}}"#;
+/// The default kind as the default policy has it (1 per second, 20 per minute), `email`, and
+/// `render`, which workers pull (the page shows its claims while a worker holds them).
+const POLICIES: &str = r#"{"kinds": {"email": ["2/10s"], "render": {"windows": ["1/1s"], "pull": true}}}"#;
 const USER: &str = "browser-user";
 
 #[test]
