@@ -4,7 +4,7 @@
 //! the windows count, exactly as a delivery's (`pull.lua`); its outcome is recorded as a
 //! delivery's (`report.lua`), so retries, failures and lapsed claims follow §8.
 
-use super::answer::{Loaded, configured, ok_json, serialized_response};
+use super::answer::{Loaded, configured, counted, ok_json, serialized_response};
 use super::tasks::read_request;
 use crate::auth::Caller;
 use crate::keys::is_task_id;
@@ -63,10 +63,12 @@ pub async fn claim(request: Request, config: &Loaded, caller: &Caller) -> Result
     let wait = Duration::from_millis(ask.wait_ms);
     let began = Instant::now();
     loop {
-        let pulled = queue.run(&Pull { kind: &ask.kind, max: ask.max, nonce: &nonce }).await?;
         let left = wait.saturating_sub(began.elapsed());
-        if !pulled.claims.is_empty() || left.is_zero() {
-            return claimed(&pulled.claims);
+        let last = left.is_zero();
+        let pulled = queue.run(&Pull { kind: &ask.kind, max: ask.max, nonce: &nonce, last }).await?;
+        if !pulled.claims.is_empty() || last {
+            // The script counted this answer.
+            return claimed(&pulled.claims).map(counted);
         }
         // Until the kind's soonest lane may start, or a bell says that changed.
         let until_due = pulled.next_in_ms.map(|ms| Duration::from_millis(ms.max(1) as u64));
@@ -115,14 +117,17 @@ pub async fn outcome(request: Request, config: &Loaded, caller: &Caller, id: &st
         detail: told.detail.as_deref(),
         kinds: caller.worker_kinds(),
     };
-    match Queue::connect(config).await?.run(&report).await? {
-        Reported::Completed { at } => ok_json(json!({"task_id": id, "status": "completed", "completed_at": at})),
-        Reported::Queued { slot } => ok_json(json!({"task_id": id, "status": "queued", "slot": slot})),
-        Reported::Failed { at } => ok_json(json!({"task_id": id, "status": "failed", "failed_at": at})),
-        Reported::Stale => Err(Problem::conflict(
+    // Every answer after the script ran was counted by it.
+    let answer = match Queue::connect(config).await?.run(&report).await? {
+        Reported::Completed { at } => ok_json(json!({"task_id": id, "status": "completed", "completed_at": at}))?,
+        Reported::Queued { slot } => ok_json(json!({"task_id": id, "status": "queued", "slot": slot}))?,
+        Reported::Failed { at } => ok_json(json!({"task_id": id, "status": "failed", "failed_at": at}))?,
+        Reported::Stale => Problem::conflict(
             "the claim is not this task's open claim: it lapsed (the task is retried under a new claim), was reported already, or is another task's",
-        )),
-        Reported::Forbidden => Err(Problem::forbidden("the caller may not report for this task's kind")),
-        Reported::Unknown => Err(Problem::not_found(format!("no task {id}"))),
-    }
+        )
+        .into(),
+        Reported::Forbidden => Problem::forbidden("the caller may not report for this task's kind").into(),
+        Reported::Unknown => Problem::not_found(format!("no task {id}")).into(),
+    };
+    Ok(counted(answer))
 }

@@ -6,11 +6,13 @@ use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{PULL, Script};
 
 /// Claims up to `max` tasks of `kind` that may start now; `nonce` (random) makes the claims'
-/// tokens.
+/// tokens. `last`: the caller's wait is over, so this reply is the answer (the script then
+/// counts its 200, as it does whenever it claims).
 pub struct Pull<'a> {
     pub kind: &'a str,
     pub max: u32,
     pub nonce: &'a str,
+    pub last: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +32,7 @@ impl Call for Pull<'_> {
     }
 
     fn args(&self) -> Vec<String> {
-        vec![self.kind.to_string(), self.max.to_string(), self.nonce.to_string()]
+        vec![self.kind.to_string(), self.max.to_string(), self.nonce.to_string(), u8::from(self.last).to_string()]
     }
 
     /// `[now, next_in (-1: none), n, claims×n]`.
@@ -56,8 +58,9 @@ mod tests {
 
     #[test]
     fn claims_with_their_tokens() {
-        let call = Pull { kind: "mail", max: 5, nonce: "n1" };
-        assert_eq!(call.args(), ["mail", "5", "n1"]);
+        let call = Pull { kind: "mail", max: 5, nonce: "n1", last: false };
+        assert_eq!(call.args(), ["mail", "5", "n1", "0"]);
+        assert_eq!(Pull { last: true, ..call }.args()[3], "1");
         let mut one = a_claim();
         one[8] = text("n1.1");
         let mut reply: Vec<Reply> = vec![Int(100), Int(0), Int(1)];
