@@ -33,3 +33,4 @@ mod schedule;
 mod schemathesis;
 mod shutdown;
 mod stall;
+mod workers;
