@@ -16,6 +16,8 @@
 //! - `drainer`: the Redis-triggered component that runs queued tasks at their slots, and
 //!   claims, delivers and records the attempts of tasks whose kind has a target.
 //! - `delivery`: one attempt: the signed request to the kind's target and how it ended.
+//!   A pulled kind's attempts are claimed and reported by workers instead (`http::claims`);
+//!   the drainer only retries their lapsed claims.
 //! - `log`: the seed-format lines on stdout.
 //! - `deadline`: bounded waits (Spin's Redis client has no timeout) and the host clock the
 //!   waiting loops take.
