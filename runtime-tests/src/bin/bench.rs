@@ -31,6 +31,11 @@
 //!   and the same answer chunked. A response whose body leaves after its head waits for the
 //!   client's delayed ACK (~40 ms on Linux): the host, like Spin, sets no TCP_NODELAY. The
 //!   notes count those answers; the chunked row shows the stall every time.
+//! - `pull`: 1,000 users × 10 tasks of a kind workers pull (`"pull": true`, 1/s and 20/min),
+//!   all at once and then as they come due, claimed by 8 worker loops (threads, each on a
+//!   keep-alive connection to one of 3 replicas, long-polling `POST /api/v1/claims` for up to
+//!   10 tasks and reporting each `completed` at once): claim lateness from the log (the
+//!   claims' starts against their slots), duplicate claims, lapses, claims per second.
 //! - `scale`: U users × T tasks submitted as fast as the replicas take them, then drained;
 //!   the log is checked against the rule, lateness reported, Redis memory per queued task.
 //!
@@ -77,7 +82,7 @@ struct Options {
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         smoke: false,
-        scenarios: ["saturation", "admission", "hot", "memory", "keepalive", "scale", "delivery"]
+        scenarios: ["saturation", "admission", "hot", "memory", "keepalive", "scale", "delivery", "pull"]
             .map(String::from)
             .to_vec(),
         rates: vec![250, 500, 1_000, 2_000],
@@ -218,6 +223,15 @@ fn main() {
                 for paced in [false, true] {
                     rows.push(delivery(&options, false, paced));
                     rows.push(delivery(&options, true, paced));
+                }
+            }
+            "pull" => {
+                if !options.url.is_empty() {
+                    eprintln!("bench: pull starts its own replicas; it does not take --url");
+                    std::process::exit(2);
+                }
+                for paced in [false, true] {
+                    rows.push(pull(&options, paced));
                 }
             }
             "scale" => match scale(&options) {
@@ -985,6 +999,138 @@ fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
         errors,
         log: Some(Logged { submitted: total, report }),
         note,
+    }
+}
+
+/// One claim a worker loop got: (task id, attempt, started_at, slot).
+type Claimed = (String, u64, i64, i64);
+
+/// Users × tasks of a pulled kind (the `default` kind, 1/s and 20/min, `"pull": true`) on 3
+/// replicas, claimed by worker loops that report each claim `completed` at once. The loops
+/// long-poll from before the first task is submitted until every task has completed. From the
+/// log: claim lateness (a claim is an attempt start), lost, doubled and violations on the
+/// claimed starts; from the loops: duplicate claims of one attempt, claims per second, and
+/// outcomes refused as stale (409: a claim that lapsed before its outcome).
+fn pull(options: &Options, paced: bool) -> Row {
+    let (users, tasks, loops) = if options.smoke { (50, 3, 2) } else { (1_000, 10, 8) };
+    let policies = r#"{"kinds": {"default": {"windows": ["1/1s", "20/60s"], "pull": true}}}"#;
+    let cluster = Cluster::start_with(options, 3, Ledger::Redis, &[("policies", policies)]);
+    let prefix = format!("pull-{}-{}-", options.run, if paced { "r" } else { "a" });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let stale = Arc::new(AtomicUsize::new(0));
+    let claimed: Arc<Mutex<Vec<Claimed>>> = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..loops)
+        .map(|i| {
+            let addr = cluster.addrs[i % 3].clone();
+            let (stop, completed, stale, claimed) = (stop.clone(), completed.clone(), stale.clone(), claimed.clone());
+            std::thread::spawn(move || worker_loop(&addr, &stop, &completed, &stale, &claimed))
+        })
+        .collect();
+    let started = Instant::now();
+    let due = |i: usize| if paced { started + Duration::from_secs_f64(i as f64 / users as f64) } else { started };
+    let jobs: Vec<_> =
+        (0..users * tasks).map(|i| (due(i), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users))).collect();
+    let Sent { latencies, errors, task_ids } = run_jobs(jobs, 64, Clock::FromSend);
+    let submit_s = started.elapsed().as_secs_f64();
+    let total = task_ids.len();
+    let deadline = Instant::now() + Duration::from_secs(60 + tasks as u64 * 3);
+    while completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let entries: Vec<_> =
+        read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect();
+    let report = check::check(&entries, Rule::default(), Some(&task_ids));
+    let claimed = claimed.lock().map(|c| c.clone()).unwrap_or_default();
+    let mut per_attempt: std::collections::HashMap<(&str, u64), usize> = std::collections::HashMap::new();
+    for (id, attempt, _, _) in &claimed {
+        *per_attempt.entry((id.as_str(), *attempt)).or_insert(0) += 1;
+    }
+    let duplicates = per_attempt.values().filter(|&&n| n > 1).count();
+    let retried = claimed.iter().filter(|c| c.1 > 1).count();
+    let lapsed = entries.iter().filter(|e| e.error.as_deref() == Some("lapsed")).count();
+    let mut lateness: Vec<i64> = claimed.iter().filter(|c| c.1 == 1).map(|c| c.2 - c.3).collect();
+    lateness.sort_unstable();
+    let at = |p| check::percentile(&lateness, p).map_or("-".to_string(), |v: i64| v.to_string());
+    let span_s = match (claimed.iter().map(|c| c.2).min(), claimed.iter().map(|c| c.2).max()) {
+        (Some(first), Some(last)) if last > first => (last - first) as f64 / 1_000.0,
+        _ => f64::NAN,
+    };
+    let note = format!(
+        "submitted in {submit_s:.1} s; {loops} worker loops; claim lateness (start - slot, first attempts) \
+         p50/p99/max {}/{}/{} ms; duplicate claims of one attempt: {duplicates}; claims of a later attempt: \
+         {retried}; lapsed: {lapsed}; stale outcomes (409): {}; {:.0} claims/s",
+        at(50.0),
+        at(99.0),
+        at(100.0),
+        stale.load(Ordering::Relaxed),
+        claimed.len() as f64 / span_s
+    );
+    Row {
+        scenario: format!(
+            "pull, {}, {users} users x {tasks} tasks, {loops} worker loops{}",
+            cluster.label(),
+            if paced { ", submitted as they come due" } else { "" }
+        ),
+        offered: if paced { format!("{users}/s (64 clients)") } else { "as fast as taken (64 clients)".to_string() },
+        achieved_per_s: latencies.len() as f64 / submit_s,
+        latencies,
+        errors,
+        log: Some(Logged { submitted: total, report }),
+        note,
+    }
+}
+
+/// One worker: claims up to 10 tasks (waiting up to 1 s for one), reports each `completed`,
+/// until `stop`; a broken connection is opened again.
+fn worker_loop(
+    addr: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    completed: &AtomicUsize,
+    stale: &AtomicUsize,
+    claimed: &Mutex<Vec<Claimed>>,
+) {
+    let json = [("Content-Type", "application/json")];
+    let mut connection = None;
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match connection.as_mut() {
+            Some(conn) => conn,
+            None => match KeepAlive::open(addr) {
+                Ok(conn) => connection.insert(conn),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            },
+        };
+        let Ok(reply) = conn.send("POST", "/api/v1/claims", &json, br#"{"kind":"default","max":10,"wait":"1s"}"#)
+        else {
+            connection = None;
+            continue;
+        };
+        let claims = reply.json()["claims"].as_array().cloned().unwrap_or_default();
+        for c in claims {
+            let id = c["task_id"].as_str().unwrap_or_default().to_string();
+            let attempt = c["attempt"].as_u64().unwrap_or(0);
+            let (started, slot) = (c["started_at"].as_i64().unwrap_or(0), c["slot"].as_i64().unwrap_or(0));
+            if let Ok(mut claimed) = claimed.lock() {
+                claimed.push((id.clone(), attempt, started, slot));
+            }
+            let body = serde_json::json!({"claim": c["claim"], "result": "completed"}).to_string();
+            match conn.send("POST", &format!("/api/v1/task/{id}/outcome"), &json, body.as_bytes()) {
+                Ok(r) if r.status == 200 => {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) if r.status == 409 => {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -28,6 +28,8 @@ const SCENARIOS: &[&str] = &[
     "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, another kind hanging",
     "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, submitted as they come due",
     "delivery, 3 replicas, 50 users x 3 tasks, 100 ms backend, another kind hanging, submitted as they come due",
+    "pull, 3 replicas, 50 users x 3 tasks, 2 worker loops",
+    "pull, 3 replicas, 50 users x 3 tasks, 2 worker loops, submitted as they come due",
 ];
 
 /// The Markdown table's rows, each a map from column title to cell.
@@ -95,6 +97,14 @@ fn the_benchmark_runs_and_its_numbers_are_sane() {
             assert_eq!(number(row, column), 0.0, "{column}: {row:?}");
         }
         assert!(row["notes"].contains("duplicate arrivals of one attempt: 0;"), "{row:?}");
+    }
+    // Pulled: every task claimed and completed once, on the windows, no attempt claimed twice.
+    for row in rows.iter().filter(|r| r["scenario"].starts_with("pull,")) {
+        assert_eq!(number(row, "tasks run"), number(row, "tasks submitted"), "{row:?}");
+        for column in ["lost", "doubled", "violations", "early"] {
+            assert_eq!(number(row, column), 0.0, "{column}: {row:?}");
+        }
+        assert!(row["notes"].contains("duplicate claims of one attempt: 0;"), "{row:?}");
     }
     for row in rows.iter().filter(|r| r["scenario"].starts_with("hot user,")) {
         assert!(row["notes"].contains("slots exact: yes"), "{row:?}");
