@@ -918,13 +918,7 @@ fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
             );
         }
     }
-    let started = Instant::now();
-    // Paced: each user's next task leaves a second after its last, as its slot comes due.
-    let due = |i: usize| if paced { started + Duration::from_secs_f64(i as f64 / users as f64) } else { started };
-    let jobs: Vec<_> =
-        (0..users * tasks).map(|i| (due(i), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users))).collect();
-    let Sent { latencies, errors, task_ids } = run_jobs(jobs, 64, Clock::FromSend);
-    let submit_s = started.elapsed().as_secs_f64();
+    let (Sent { latencies, errors, task_ids }, submit_s) = submit_all(&cluster, users, tasks, &prefix, paced);
     // (Redis's clock and ours are the same machine's.)
     let submitted_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let total = task_ids.len();
@@ -986,18 +980,45 @@ fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
         lag_text(&mut lags.iter().filter(|(start, _)| *start > submitted_ms).map(|(_, lag)| *lag).collect()),
         arrivals.len() as f64 / span_s
     );
+    let scenario = format!(
+        "delivery, {}, {users} users x {tasks} tasks, 100 ms backend{}",
+        cluster.label(),
+        if hanging { ", another kind hanging" } else { "" },
+    );
+    submitted_row(scenario, users, paced, (latencies, errors, submit_s), Logged { submitted: total, report }, note)
+}
+
+/// Submits `users` × `tasks` (user ids `<prefix><n>`) from 64 clients spread over the
+/// cluster's replicas: as fast as they are taken, or paced (each user's next task a second
+/// after its last, as its slot comes due). What was sent, and how long it took (s).
+fn submit_all(cluster: &Cluster, users: usize, tasks: usize, prefix: &str, paced: bool) -> (Sent, f64) {
+    let started = Instant::now();
+    let due = |i: usize| if paced { started + Duration::from_secs_f64(i as f64 / users as f64) } else { started };
+    let replicas = cluster.addrs.len();
+    let jobs: Vec<_> = (0..users * tasks)
+        .map(|i| (due(i), cluster.addrs[i % replicas].clone(), format!("{prefix}{}", i % users)))
+        .collect();
+    let sent = run_jobs(jobs, 64, Clock::FromSend);
+    (sent, started.elapsed().as_secs_f64())
+}
+
+/// The row of a run submitted by `submit_all`: its admissions (latencies, errors, seconds
+/// taken) and its log.
+fn submitted_row(
+    scenario: String,
+    users: usize,
+    paced: bool,
+    (latencies, errors, submit_s): (Vec<Duration>, usize, f64),
+    log: Logged,
+    note: String,
+) -> Row {
     Row {
-        scenario: format!(
-            "delivery, {}, {users} users x {tasks} tasks, 100 ms backend{}{}",
-            cluster.label(),
-            if hanging { ", another kind hanging" } else { "" },
-            if paced { ", submitted as they come due" } else { "" }
-        ),
+        scenario: format!("{scenario}{}", if paced { ", submitted as they come due" } else { "" }),
         offered: if paced { format!("{users}/s (64 clients)") } else { "as fast as taken (64 clients)".to_string() },
         achieved_per_s: latencies.len() as f64 / submit_s,
         latencies,
         errors,
-        log: Some(Logged { submitted: total, report }),
+        log: Some(log),
         note,
     }
 }
@@ -1027,12 +1048,7 @@ fn pull(options: &Options, paced: bool) -> Row {
             std::thread::spawn(move || worker_loop(&addr, &stop, &completed, &stale, &claimed))
         })
         .collect();
-    let started = Instant::now();
-    let due = |i: usize| if paced { started + Duration::from_secs_f64(i as f64 / users as f64) } else { started };
-    let jobs: Vec<_> =
-        (0..users * tasks).map(|i| (due(i), cluster.addrs[i % 3].clone(), format!("{prefix}{}", i % users))).collect();
-    let Sent { latencies, errors, task_ids } = run_jobs(jobs, 64, Clock::FromSend);
-    let submit_s = started.elapsed().as_secs_f64();
+    let (Sent { latencies, errors, task_ids }, submit_s) = submit_all(&cluster, users, tasks, &prefix, paced);
     let total = task_ids.len();
     let deadline = Instant::now() + Duration::from_secs(60 + tasks as u64 * 3);
     while completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
@@ -1070,19 +1086,8 @@ fn pull(options: &Options, paced: bool) -> Row {
         stale.load(Ordering::Relaxed),
         claimed.len() as f64 / span_s
     );
-    Row {
-        scenario: format!(
-            "pull, {}, {users} users x {tasks} tasks, {loops} worker loops{}",
-            cluster.label(),
-            if paced { ", submitted as they come due" } else { "" }
-        ),
-        offered: if paced { format!("{users}/s (64 clients)") } else { "as fast as taken (64 clients)".to_string() },
-        achieved_per_s: latencies.len() as f64 / submit_s,
-        latencies,
-        errors,
-        log: Some(Logged { submitted: total, report }),
-        note,
-    }
+    let scenario = format!("pull, {}, {users} users x {tasks} tasks, {loops} worker loops", cluster.label());
+    submitted_row(scenario, users, paced, (latencies, errors, submit_s), Logged { submitted: total, report }, note)
 }
 
 /// One worker: claims up to 10 tasks (waiting up to 1 s for one), reports each `completed`,
