@@ -276,3 +276,46 @@ fn authentication_without_an_admin_token_is_a_configuration_error() {
     assert_eq!(reply.status, 500, "{}", reply.body);
     assert!(reply.body.contains("none, jwt or api_key"), "{}", reply.body);
 }
+
+/// Under `auth = jwt` a worker key (an API key the admin made with `"worker": true`) claims and
+/// reports its pulled kind; a user's JWT may not claim, and a user's API key is no credential.
+#[test]
+fn under_jwt_workers_use_worker_keys() {
+    let redis = Redis::start();
+    let policies = r#"{"kinds": {"render": {"windows": [], "pull": true}}}"#;
+    let host = host(&redis, &[("auth", "jwt"), ("jwt_hs256_secret", SECRET), ("policies", policies)]);
+    let make = |body: &str| {
+        let reply = call(&host, "POST", "/api/v1/keys", Some(ADMIN_TOKEN), body);
+        assert_eq!(reply.status, 201, "{body}: {}", reply.body);
+        reply.json()["key"].as_str().unwrap_or_default().to_string()
+    };
+    let worker = make(r#"{"worker":true,"kinds":["render"]}"#);
+    let user_key = make(r#"{"user_id":"ann"}"#);
+    let ann = hs256(&json!({"sub": "ann", "exp": now() + 300}));
+    let made = call(&host, "POST", "/api/v1/task", Some(&ann), r#"{"kind":"render"}"#);
+    assert_eq!(made.status, 202, "{}", made.body);
+
+    let claim = r#"{"kind":"render"}"#;
+    assert_eq!(call(&host, "POST", "/api/v1/claims", Some(&ann), claim).status, 403);
+    assert_unauthenticated(
+        &call(&host, "POST", "/api/v1/claims", Some(&user_key), claim),
+        &user_key,
+        "accepted only as a worker key",
+    );
+    let got = call(&host, "POST", "/api/v1/claims", Some(&worker), claim);
+    assert_eq!(got.json()["claims"][0]["task_id"], made.json()["task_id"], "{}", got.body);
+    let outcome = format!(
+        r#"{{"claim":"{}","result":"completed"}}"#,
+        got.json()["claims"][0]["claim"].as_str().unwrap_or_default()
+    );
+    let path = format!("/api/v1/task/{}/outcome", made.json()["task_id"].as_str().unwrap_or_default());
+    assert_eq!(call(&host, "POST", &path, Some(&worker), &outcome).status, 200);
+    let read = call(
+        &host,
+        "GET",
+        &format!("/api/v1/task/{}", made.json()["task_id"].as_str().unwrap_or_default()),
+        Some(&ann),
+        "",
+    );
+    assert_eq!(read.json()["status"], "completed", "{}", read.body);
+}
