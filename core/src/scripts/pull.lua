@@ -8,7 +8,6 @@
 -- queued), each claim `CLAIM_ITEMS` items (lib.lua `claim`). A reply that is the answer (it
 -- claimed, or the wait is over) counts its 200 here rather than by another round trip.
 local kind, max, nonce, last = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10] == '1'
-
 local now = now_ms()
 puller = {token = nonce, cap = max}
 local pulled = prefix .. KEY_PULL .. kind
