@@ -5,8 +5,9 @@
 //! entry *n* and every window (`q` units per `w` ms) of the policy *n* was admitted under, the
 //! costs of the lane's entries counted in `(at[n] - w, at[n]]`, *n* and the entries before it
 //! included, add up to at most `q`. An entry's instant is its `completed_at`, or for a
-//! delivery attempt (an entry with `started_at`) its `started_at`: the windows count attempt
-//! starts, every attempt's, retried and failed ones included. The policy comes from the entry
+//! delivery attempt (an entry with `started_at`; a pulled task's attempts are the same, with
+//! the worker's `result` in place of a `status`) its `started_at`: the windows count attempt
+//! starts, every attempt's, retried, lapsed and failed ones included. The policy comes from the entry
 //! itself (the NDJSON `policy` field); an entry without one (a seed-format text line, or an
 //! entry written before policies existed) is held to the configured [`Rule`]: `per_second`
 //! per 1 s and `per_minute` per 60 s, each of its entries costing 1 unit. With those defaults
@@ -45,6 +46,17 @@ pub enum Outcome {
     Failed,
 }
 
+/// What a worker reported for an attempt of a pulled task (the NDJSON `result` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PulledResult {
+    /// The work was done: the attempt completed its task.
+    Completed,
+    /// The worker asks for another attempt (the task fails instead after its last attempt).
+    Retry,
+    /// The worker failed the task.
+    Failed,
+}
+
 /// One log entry: a completed task, or one ended delivery attempt (`started_at` is `Some`).
 /// `task_id`, `slot`, `kind`, `cost`, `policy` and the delivery fields exist only in the NDJSON
 /// form of the log; the seed-format text lines carry just the user and the time (and stand for
@@ -70,6 +82,8 @@ pub struct Entry {
     pub attempt: Option<u32>,
     /// A delivery attempt: the backend's HTTP status, when it answered.
     pub status: Option<u16>,
+    /// A pulled task's attempt: what its worker reported, in place of a `status`.
+    pub result: Option<PulledResult>,
     /// A delivery attempt: what went wrong when there was no answer (`timeout`, `lapsed`, …).
     pub error: Option<String>,
     /// A delivery attempt: how long the backend took to answer.
@@ -93,6 +107,7 @@ impl Entry {
             started_at: None,
             attempt: None,
             status: None,
+            result: None,
             error: None,
             duration_ms: None,
             outcome: None,
@@ -132,7 +147,8 @@ pub fn parse_policy(spec: &str) -> Result<Vec<Window>, String> {
 
 /// Parses one log line: NDJSON (`{"task_id":…,"user_id":…,"slot":…,"completed_at":…,
 /// "kind":…,"cost":…,"policy":…}`, a delivery attempt adding `started_at`, `attempt`,
-/// `status` or `error`, `duration_ms` and `outcome`) or the seed format `<user_id>-task completed at-<epoch ms>`.
+/// `status` or `error` (a pulled task's attempt: its worker's `result` or `error`, and
+/// `detail`), `duration_ms` and `outcome`) or the seed format `<user_id>-task completed at-<epoch ms>`.
 /// `None` for lines that are neither (a host's own output mixed into stdout, say) and for
 /// NDJSON entries [`parse_entry`] cannot read.
 pub fn parse_line(line: &str) -> Option<Entry> {
@@ -144,9 +160,11 @@ pub fn parse_line(line: &str) -> Option<Entry> {
 /// with `{` that is not JSON, or a JSON object with a `task_id` or `completed_at` whose
 /// `user_id`, `completed_at`, `slot`, `kind`, `cost` (a whole number ≥ 1), `policy` or a
 /// delivery field (`started_at`, `attempt` ≥ 1, `status`, `error`, `duration_ms`, `outcome`
-/// `"retry"` or `"failed"`; `attempt` and `outcome` only with `started_at`) is missing where
-/// required or malformed. A JSON object with neither field is someone else's output and is
-/// skipped.
+/// `"retry"` or `"failed"`, a pulled attempt's `result` `"completed"`, `"retry"` or
+/// `"failed"`, agreeing with its `outcome` and without a `status`; `attempt`, `outcome` and
+/// `result` only with `started_at`) is missing where required or malformed. A pulled
+/// attempt's `detail` (any JSON) is not read. A JSON object with neither field is someone
+/// else's output and is skipped.
 pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.starts_with('{') {
@@ -205,8 +223,31 @@ pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
             Some(serde_json::Value::String(s)) if s == "failed" => Some(Outcome::Failed),
             Some(v) => return Err(format!("outcome {v} is neither \"retry\" nor \"failed\"")),
         };
-        if started_at.is_none() && (attempt.is_some() || outcome.is_some()) {
-            return Err("an attempt or outcome without started_at".to_string());
+        let result = match object.get("result") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s == "completed" => Some(PulledResult::Completed),
+            Some(serde_json::Value::String(s)) if s == "retry" => Some(PulledResult::Retry),
+            Some(serde_json::Value::String(s)) if s == "failed" => Some(PulledResult::Failed),
+            Some(v) => return Err(format!("result {v} is not \"completed\", \"retry\" or \"failed\"")),
+        };
+        if started_at.is_none() && (attempt.is_some() || outcome.is_some() || result.is_some()) {
+            return Err("an attempt, outcome or result without started_at".to_string());
+        }
+        if let Some(result) = result {
+            // A worker's word and how the attempt ended must agree: `completed` ends the task
+            // (no outcome), `failed` fails it, and `retry` retries it or, on its last attempt,
+            // fails it. A pulled attempt has no HTTP status.
+            let agrees = match result {
+                PulledResult::Completed => outcome.is_none(),
+                PulledResult::Failed => outcome == Some(Outcome::Failed),
+                PulledResult::Retry => outcome.is_some(),
+            };
+            if !agrees {
+                return Err(format!("result {result:?} with outcome {outcome:?}"));
+            }
+            if status.is_some() {
+                return Err("both a worker's result and an HTTP status".to_string());
+            }
         }
         let duration_ms = whole("duration_ms")?;
         return Ok(Some(Entry {
@@ -220,6 +261,7 @@ pub fn parse_entry(line: &str) -> Result<Option<Entry>, String> {
             started_at,
             attempt,
             status,
+            result,
             error,
             duration_ms,
             outcome,
@@ -638,6 +680,58 @@ mod tests {
             r#"{"task_id":"t1","user_id":"u","completed_at":90,"started_at":"soon"}"#,
             r#"{"task_id":"t1","user_id":"u","completed_at":90,"started_at":12,"attempt":0}"#,
             r#"{"task_id":"t1","user_id":"u","completed_at":90,"outcome":"failed"}"#,
+        ] {
+            assert!(parse_entry(bad).is_err(), "{bad} read as {:?}", parse_entry(bad));
+        }
+    }
+
+    #[test]
+    fn pulled_attempts_are_read_and_held_to_the_windows_and_concurrency() {
+        // As the app logs a pulled kind's attempts: the worker's result and detail (any JSON,
+        // here one with fields named like the entry's own), a lapsed claim, a retry on the
+        // last attempt that failed the task.
+        let lines = [
+            r#"{"task_id":"a","user_id":"u","slot":0,"completed_at":400,"kind":"render","cost":1,"policy":"1/1000,3/4000","payload":{"n":1},"attempt":1,"started_at":3,"result":"retry","duration_ms":397,"detail":{"task_id":"x","completed_at":"no"},"outcome":"retry"}"#,
+            r#"{"task_id":"b","user_id":"u","slot":1000,"completed_at":7003,"kind":"render","cost":1,"policy":"1/1000,3/4000","attempt":1,"started_at":1003,"error":"lapsed","outcome":"retry"}"#,
+            r#"{"task_id":"a","user_id":"u","slot":2000,"completed_at":7100,"kind":"render","cost":1,"policy":"1/1000,3/4000","attempt":2,"started_at":7003,"result":"completed","duration_ms":97,"detail":[1.50,"é"]}"#,
+            r#"{"task_id":"b","user_id":"u","slot":8003,"completed_at":8100,"kind":"render","cost":1,"policy":"1/1000,3/4000","attempt":2,"started_at":8003,"result":"retry","duration_ms":97,"outcome":"failed"}"#,
+            r#"{"task_id":"c","user_id":"u","slot":9003,"completed_at":9010,"kind":"render","cost":1,"policy":"1/1000,3/4000","attempt":1,"started_at":9003,"result":"failed","duration_ms":7,"detail":null,"outcome":"failed"}"#,
+        ];
+        let entries: Vec<Entry> = lines
+            .iter()
+            .map(|l| match parse_entry(l) {
+                Ok(Some(entry)) => entry,
+                other => panic!("{l} read as {other:?}"),
+            })
+            .collect();
+        let results: Vec<Option<PulledResult>> = entries.iter().map(|e| e.result).collect();
+        use PulledResult::{Completed, Failed, Retry};
+        assert_eq!(results, [Some(Retry), None, Some(Completed), Some(Retry), Some(Failed)]);
+        assert_eq!((entries[1].error.as_deref(), entries[0].counted_at()), (Some("lapsed"), 3));
+        let expected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let one: BTreeMap<String, usize> = [("render".to_string(), 1)].into();
+        let report = check_with_concurrency(&entries, Rule::default(), Some(&expected), &one);
+        assert!(report.is_clean(), "{}\n{:?}\n{:?}", report.summary(), report.violations, report.in_flight);
+        assert_eq!((report.attempts, report.retries, report.failed), (5, 2, 2));
+        // The lapsed claim of b held the lane's one place until it lapsed at 7003: a claim
+        // at 5000 is over the concurrency, and one 999 ms after a start breaks 1/1000.
+        let mut early = entries.clone();
+        early[2].started_at = Some(5_000);
+        let report = check_with_concurrency(&early, Rule::default(), Some(&expected), &one);
+        assert_eq!(report.in_flight.len(), 1, "{:?}", report.in_flight);
+        let mut close = entries.clone();
+        close[4].started_at = Some(9_002);
+        assert_eq!(check(&close, Rule::default(), None).violations.len(), 1);
+        for bad in [
+            // A word a worker cannot send, a result that disagrees with the outcome, a result
+            // beside an HTTP status, a result without a start.
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"done"}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"completed","outcome":"retry"}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"failed","outcome":"retry"}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"failed"}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"retry"}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"started_at":1,"result":"completed","status":200}"#,
+            r#"{"task_id":"t","user_id":"u","completed_at":9,"result":"completed"}"#,
         ] {
             assert!(parse_entry(bad).is_err(), "{bad} read as {:?}", parse_entry(bad));
         }

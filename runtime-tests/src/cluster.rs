@@ -371,6 +371,12 @@ impl Host {
         let _ = self.child.wait();
     }
 
+    /// Sends the replica's process `signal` as `kill` spells it: `-STOP` pauses it (a replica
+    /// too busy to run anything for a while), `-CONT` resumes it.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).stderr(Stdio::null()).status();
+    }
+
     /// Whether the process has exited, and how.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -28,6 +28,7 @@ mod openapi;
 mod outbound;
 mod page;
 mod policies;
+mod pulls;
 mod recovery;
 mod schedule;
 mod schemathesis;
