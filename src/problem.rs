@@ -100,9 +100,9 @@ impl Problem {
 
     pub fn running(task_id: &str, since: i64) -> Problem {
         let detail = format!(
-            "a delivery attempt of task {task_id} has been in flight since {since} (epoch ms); only a queued task can be cancelled"
+            "an attempt of task {task_id} (a delivery, or a worker's claim) has been in flight since {since} (epoch ms); only a queued task can be cancelled"
         );
-        Problem::new(StatusCode::CONFLICT, "task-running", "The task is being delivered", detail)
+        Problem::new(StatusCode::CONFLICT, "task-running", "The task is running", detail)
     }
 
     pub fn request_timeout(seconds: u64) -> Problem {

@@ -251,20 +251,24 @@ local function claim(member, done, task, now, claims)
   end
 end
 
--- Files pulled lane `member` (kind `kind`) under `at`, the instant its head may start, for
--- the workers' claims, and rings the kind's bell when that makes it the kind's soonest lane:
--- a worker waiting in a long poll (`BLPOP` on the bell, claims.rs) wakes to look again.
+-- Rings kind `kind`'s bell: one worker waiting in a long poll (`BLPOP` on the bell,
+-- claims.rs) wakes to look again. A `BLPOP` takes one ring, so each ring wakes one waiter.
 local BELLS_KEPT, BELL_TTL_MS = 16, 60000
-local function file_pulled(member, kind, at)
+local function ring(kind)
+  local bell = prefix .. KEY_BELL .. kind
+  redis.call('LPUSH', bell, '1')
+  redis.call('LTRIM', bell, 0, BELLS_KEPT - 1)
+  redis.call('PEXPIRE', bell, BELL_TTL_MS)
+end
+
+-- Files pulled lane `member` (kind `kind`) under `at`, the instant its head may start, for
+-- the workers' claims, and rings the kind's bell when the lane is due now (a waiter takes
+-- it) or is the kind's new soonest (the waiters' timers are set for a later one).
+local function file_pulled(member, kind, at, now)
   local pulled = prefix .. KEY_PULL .. kind
   redis.call('ZREM', due_key, member)
   redis.call('ZADD', pulled, int(at), member)
-  if redis.call('ZRANGE', pulled, 0, 0)[1] == member then
-    local bell = prefix .. KEY_BELL .. kind
-    redis.call('LPUSH', bell, int(at))
-    redis.call('LTRIM', bell, 0, BELLS_KEPT - 1)
-    redis.call('PEXPIRE', bell, BELL_TTL_MS)
-  end
+  if at <= now or redis.call('ZRANGE', pulled, 0, 0)[1] == member then ring(kind) end
 end
 
 -- Whether lane `member` already has `delivery.concurrency` attempts in flight.
@@ -289,7 +293,7 @@ local function refile(member)
   local windows, cost = task_rule(record[1], record[2])
   local at = earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
   if record[3] and delivery_of(record[3]).pull then
-    file_pulled(member, lane_kind, at)
+    file_pulled(member, lane_kind, at, now_ms())
   else
     redis.call('ZADD', due_key, int(at), member)
   end
@@ -323,7 +327,7 @@ local function run_due(member, now, out, claims)
     local kind = record[3] or DEFAULT_KIND
     if delivery and delivery.pull then
       if at > now or not (puller and claims) or #claims >= puller.cap * CLAIM_ITEMS then
-        file_pulled(member, kind, at)
+        file_pulled(member, kind, at, now)
         return
       end
       pulled_kind = kind
