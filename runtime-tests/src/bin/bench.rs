@@ -32,13 +32,10 @@
 //!   client's delayed ACK (~40 ms on Linux): the host, like Spin, sets no TCP_NODELAY. The
 //!   notes count those answers; the chunked row shows the stall every time.
 //! - `pull`: 1,000 users × 10 tasks of a kind workers pull (`"pull": true`, 1/s and 20/min),
-//!   all at once and then as they come due, on 3 replicas, claimed by 8 worker loops (threads,
-//!   each on a keep-alive connection to one of the replicas, long-polling `POST /api/v1/claims`
-//!   for up to 10 tasks for up to 5 s and reporting each `completed` at once): claim lateness
-//!   (the claims' starts against their slots, first attempts), duplicate claims (an attempt
-//!   claimed twice, or a task claimed again without a lapse), tasks never completed, lapses and
-//!   stale (409) outcomes, the windows on the claims' starts (the log checker), claims per
-//!   second over the drain, admission rate and latency.
+//!   all at once and then as they come due, claimed by 8 worker loops (threads, each on a
+//!   keep-alive connection to one of 3 replicas, long-polling `POST /api/v1/claims` for up to
+//!   10 tasks and reporting each `completed` at once): claim lateness from the log (the
+//!   claims' starts against their slots), duplicate claims, lapses, claims per second.
 //! - `scale`: U users × T tasks submitted as fast as the replicas take them, then drained;
 //!   the log is checked against the rule, lateness reported, Redis memory per queued task.
 //!
@@ -1029,142 +1026,79 @@ fn submitted_row(
 /// One claim a worker loop got: (task id, attempt, started_at, slot).
 type Claimed = (String, u64, i64, i64);
 
-/// What the worker loops of a `pull` run counted besides their claims.
-#[derive(Default)]
-struct LoopCounts {
-    /// Outcomes answered 200.
-    completed: AtomicUsize,
-    /// Outcomes answered 409 (the claim was no longer the task's: it had lapsed).
-    stale: AtomicUsize,
-    /// Outcomes answered otherwise, or not at all.
-    outcome_errors: AtomicUsize,
-    /// Claim calls answered 200, and those among them that brought no claim.
-    polls: AtomicUsize,
-    empty_polls: AtomicUsize,
-    /// Claim calls answered otherwise, or not at all.
-    poll_errors: AtomicUsize,
-    /// How long the claim calls that brought claims took, and the outcome calls answered 200.
-    claim_latencies: Mutex<Vec<Duration>>,
-    outcome_latencies: Mutex<Vec<Duration>>,
-}
-
-/// Users × tasks of a pulled kind (the `default` kind, 1/s and 20/min, `"pull": true`,
-/// timeout 10 s, 5 attempts) on 3 replicas, claimed by worker loops that report each claim
-/// `completed` at once. The loops long-poll from before the first task is submitted until
-/// every task has completed. From the loops' claims: claim lateness (`started_at - slot` of
-/// first attempts), duplicate claims (an attempt claimed twice, or a later attempt claimed
-/// though the log shows no lapse of the one before), claims per second (tasks completed over
-/// the drain, from the first claim's start to the last completion), outcomes refused as stale
-/// (409). From the log: tasks never completed, lapses, and lost, doubled and violations on
-/// the claims' starts (the checker).
+/// Users × tasks of a pulled kind (the `default` kind, 1/s and 20/min, `"pull": true`) on 3
+/// replicas, claimed by worker loops that report each claim `completed` at once. The loops
+/// long-poll from before the first task is submitted until every task has completed. From the
+/// log: claim lateness (a claim is an attempt start), lost, doubled and violations on the
+/// claimed starts; from the loops: duplicate claims of one attempt, claims per second, and
+/// outcomes refused as stale (409: a claim that lapsed before its outcome).
 fn pull(options: &Options, paced: bool) -> Row {
     let (users, tasks, loops) = if options.smoke { (50, 3, 2) } else { (1_000, 10, 8) };
-    let policies =
-        r#"{"kinds": {"default": {"windows": ["1/1s", "20/60s"], "pull": true, "timeout": "10s", "attempts": 5}}}"#;
+    let policies = r#"{"kinds": {"default": {"windows": ["1/1s", "20/60s"], "pull": true}}}"#;
     let cluster = Cluster::start_with(options, 3, Ledger::Redis, &[("policies", policies)]);
     let prefix = format!("pull-{}-{}-", options.run, if paced { "r" } else { "a" });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let counts = Arc::new(LoopCounts::default());
+    let completed = Arc::new(AtomicUsize::new(0));
+    let stale = Arc::new(AtomicUsize::new(0));
     let claimed: Arc<Mutex<Vec<Claimed>>> = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..loops)
         .map(|i| {
-            let addr = cluster.addrs[i % cluster.addrs.len()].clone();
-            let (stop, counts, claimed) = (stop.clone(), counts.clone(), claimed.clone());
-            std::thread::spawn(move || worker_loop(&addr, &stop, &counts, &claimed))
+            let addr = cluster.addrs[i % 3].clone();
+            let (stop, completed, stale, claimed) = (stop.clone(), completed.clone(), stale.clone(), claimed.clone());
+            std::thread::spawn(move || worker_loop(&addr, &stop, &completed, &stale, &claimed))
         })
         .collect();
     let (Sent { latencies, errors, task_ids }, submit_s) = submit_all(&cluster, users, tasks, &prefix, paced);
     let total = task_ids.len();
     let deadline = Instant::now() + Duration::from_secs(60 + tasks as u64 * 3);
-    while counts.completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    while completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
-    // Every outcome was answered, so the log has every ending unless a task was lost.
-    let entries = loop {
-        let entries: Vec<_> =
-            read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect();
-        if entries.iter().filter(|e| e.ends_task()).count() >= total || Instant::now() >= deadline {
-            break entries;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let report = check::check(&entries, Rule::default(), Some(&task_ids));
-    let label = cluster.label();
-    // The loops still waiting in a long poll see their connection close and stop.
-    drop(cluster);
     for worker in workers {
         let _ = worker.join();
     }
+    let entries: Vec<_> =
+        read_log_at(&cluster.addrs[0]).into_iter().filter(|e| e.user_id.starts_with(&prefix)).collect();
+    let report = check::check(&entries, Rule::default(), Some(&task_ids));
     let claimed = claimed.lock().map(|c| c.clone()).unwrap_or_default();
     let mut per_attempt: std::collections::HashMap<(&str, u64), usize> = std::collections::HashMap::new();
     for (id, attempt, _, _) in &claimed {
         *per_attempt.entry((id.as_str(), *attempt)).or_insert(0) += 1;
     }
-    let lapses: std::collections::HashSet<(&str, u64)> = entries
-        .iter()
-        .filter(|e| e.error.as_deref() == Some("lapsed"))
-        .filter_map(|e| Some((e.task_id.as_deref()?, u64::from(e.attempt?))))
-        .collect();
-    let twice = per_attempt.values().filter(|&&n| n > 1).map(|n| n - 1).sum::<usize>();
-    let unlapsed =
-        per_attempt.keys().filter(|(id, attempt)| *attempt > 1 && !lapses.contains(&(*id, attempt - 1))).count();
+    let duplicates = per_attempt.values().filter(|&&n| n > 1).count();
     let retried = claimed.iter().filter(|c| c.1 > 1).count();
-    let completed_entries: Vec<&check::Entry> =
-        entries.iter().filter(|e| e.result == Some(check::PulledResult::Completed)).collect();
-    let completed_ids: std::collections::HashSet<&str> =
-        completed_entries.iter().filter_map(|e| e.task_id.as_deref()).collect();
-    let never_completed = task_ids.iter().filter(|id| !completed_ids.contains(id.as_str())).count();
+    let lapsed = entries.iter().filter(|e| e.error.as_deref() == Some("lapsed")).count();
     let mut lateness: Vec<i64> = claimed.iter().filter(|c| c.1 == 1).map(|c| c.2 - c.3).collect();
     lateness.sort_unstable();
     let at = |p| check::percentile(&lateness, p).map_or("-".to_string(), |v: i64| v.to_string());
-    let drain_s = match (claimed.iter().map(|c| c.2).min(), completed_entries.iter().map(|e| e.completed_at).max()) {
+    let span_s = match (claimed.iter().map(|c| c.2).min(), claimed.iter().map(|c| c.2).max()) {
         (Some(first), Some(last)) if last > first => (last - first) as f64 / 1_000.0,
         _ => f64::NAN,
     };
-    let count = |n: &AtomicUsize| n.load(Ordering::Relaxed);
-    let own = |p| report.own_delay_percentile(p).map_or("-".to_string(), |v| v.to_string());
-    let calls = |latencies: &Mutex<Vec<Duration>>| {
-        let mut latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-        let slow = latencies.iter().filter(|l| **l >= Duration::from_millis(35)).count();
-        let (p50, p99) = (percentile_ms(&mut latencies, 50.0), percentile_ms(&mut latencies, 99.0));
-        format!("{p50:.1}/{p99:.1} ms ({slow} of {} took 35 ms or more)", latencies.len())
-    };
     let note = format!(
-        "submitted in {submit_s:.1} s; {loops} worker loops (claims of up to 10, waiting up to 5 s); claim \
-         lateness (start - slot, first attempts) p50/p99/max {}/{}/{} ms, of it the claims' own delay (not \
-         inherited from the lane's late earlier start, which the windows count) p50/p99/max {}/{}/{} ms; duplicate \
-         claims: {} ({twice} of an attempt already claimed, {unlapsed} of a later attempt without a lapse); never \
-         completed: {never_completed}; claims: {} ({retried} of a later attempt); lapsed: {}; outcomes 409 \
-         (stale): {}, failed: {}; claim calls: {} ({} empty), failed: {}; claim calls that brought claims (a long \
-         poll's wait included) p50/p99 {}, outcome calls {}; {:.0} claims/s ({} completed in {drain_s:.1} s from the first claim to the \
-         last completion)",
+        "submitted in {submit_s:.1} s; {loops} worker loops; claim lateness (start - slot, first attempts) \
+         p50/p99/max {}/{}/{} ms; duplicate claims of one attempt: {duplicates}; claims of a later attempt: \
+         {retried}; lapsed: {lapsed}; stale outcomes (409): {}; {:.0} claims/s",
         at(50.0),
         at(99.0),
         at(100.0),
-        own(50.0),
-        own(99.0),
-        own(100.0),
-        twice + unlapsed,
-        claimed.len(),
-        lapses.len(),
-        count(&counts.stale),
-        count(&counts.outcome_errors),
-        count(&counts.polls),
-        count(&counts.empty_polls),
-        count(&counts.poll_errors),
-        calls(&counts.claim_latencies),
-        calls(&counts.outcome_latencies),
-        completed_ids.len() as f64 / drain_s,
-        completed_ids.len(),
+        stale.load(Ordering::Relaxed),
+        claimed.len() as f64 / span_s
     );
-    let scenario = format!("pull, {label}, {users} users x {tasks} tasks, {loops} worker loops");
+    let scenario = format!("pull, {}, {users} users x {tasks} tasks, {loops} worker loops", cluster.label());
     submitted_row(scenario, users, paced, (latencies, errors, submit_s), Logged { submitted: total, report }, note)
 }
 
-/// One worker: claims up to 10 tasks (waiting up to 5 s for one), reports each `completed` at
-/// once, until `stop`; a broken connection is opened again.
-fn worker_loop(addr: &str, stop: &std::sync::atomic::AtomicBool, counts: &LoopCounts, claimed: &Mutex<Vec<Claimed>>) {
+/// One worker: claims up to 10 tasks (waiting up to 1 s for one), reports each `completed`,
+/// until `stop`; a broken connection is opened again.
+fn worker_loop(
+    addr: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    completed: &AtomicUsize,
+    stale: &AtomicUsize,
+    claimed: &Mutex<Vec<Claimed>>,
+) {
     let json = [("Content-Type", "application/json")];
     let mut connection = None;
     while !stop.load(Ordering::Relaxed) {
@@ -1178,34 +1112,12 @@ fn worker_loop(addr: &str, stop: &std::sync::atomic::AtomicBool, counts: &LoopCo
                 }
             },
         };
-        let claims = match conn.send("POST", "/api/v1/claims", &json, br#"{"kind":"default","max":10,"wait":"5s"}"#) {
-            Ok(reply) if reply.status == 200 => {
-                let claims = reply.json()["claims"].as_array().cloned().unwrap_or_default();
-                if let (false, Ok(mut latencies)) = (claims.is_empty(), counts.claim_latencies.lock()) {
-                    latencies.push(reply.elapsed);
-                }
-                claims
-            }
-            // The run is over and the cluster going away (its Redis first): nothing to count.
-            _ if stop.load(Ordering::Relaxed) => break,
-            Ok(reply) => {
-                eprintln!("bench: pull: POST /api/v1/claims to {addr}: {} {}", reply.status, reply.body);
-                counts.poll_errors.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            Err(e) => {
-                eprintln!("bench: pull: POST /api/v1/claims to {addr}: {e}");
-                counts.poll_errors.fetch_add(1, Ordering::Relaxed);
-                connection = None;
-                continue;
-            }
+        let Ok(reply) = conn.send("POST", "/api/v1/claims", &json, br#"{"kind":"default","max":10,"wait":"1s"}"#)
+        else {
+            connection = None;
+            continue;
         };
-        counts.polls.fetch_add(1, Ordering::Relaxed);
-        if claims.is_empty() {
-            counts.empty_polls.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut broken = false;
+        let claims = reply.json()["claims"].as_array().cloned().unwrap_or_default();
         for c in claims {
             let id = c["task_id"].as_str().unwrap_or_default().to_string();
             let attempt = c["attempt"].as_u64().unwrap_or(0);
@@ -1214,32 +1126,15 @@ fn worker_loop(addr: &str, stop: &std::sync::atomic::AtomicBool, counts: &LoopCo
                 claimed.push((id.clone(), attempt, started, slot));
             }
             let body = serde_json::json!({"claim": c["claim"], "result": "completed"}).to_string();
-            let path = format!("/api/v1/task/{id}/outcome");
-            let counter = match conn.send("POST", &path, &json, body.as_bytes()) {
+            match conn.send("POST", &format!("/api/v1/task/{id}/outcome"), &json, body.as_bytes()) {
                 Ok(r) if r.status == 200 => {
-                    if let Ok(mut latencies) = counts.outcome_latencies.lock() {
-                        latencies.push(r.elapsed);
-                    }
-                    &counts.completed
+                    completed.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(r) => {
-                    eprintln!("bench: pull: POST {path} (attempt {attempt}) to {addr}: {} {}", r.status, r.body);
-                    if r.status == 409 { &counts.stale } else { &counts.outcome_errors }
+                Ok(r) if r.status == 409 => {
+                    stale.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    eprintln!("bench: pull: POST {path} (attempt {attempt}) to {addr}: {e}");
-                    // The claims left in the batch lapse and come back as later attempts.
-                    broken = true;
-                    &counts.outcome_errors
-                }
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if broken {
-                break;
+                _ => {}
             }
-        }
-        if broken {
-            connection = None;
         }
     }
 }

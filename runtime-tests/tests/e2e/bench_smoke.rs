@@ -98,16 +98,13 @@ fn the_benchmark_runs_and_its_numbers_are_sane() {
         }
         assert!(row["notes"].contains("duplicate arrivals of one attempt: 0;"), "{row:?}");
     }
-    // Pulled: every task claimed and completed once, on the windows, no attempt claimed twice
-    // and no task claimed again without its claim having lapsed.
+    // Pulled: every task claimed and completed once, on the windows, no attempt claimed twice.
     for row in rows.iter().filter(|r| r["scenario"].starts_with("pull,")) {
         assert_eq!(number(row, "tasks run"), number(row, "tasks submitted"), "{row:?}");
         for column in ["lost", "doubled", "violations", "early"] {
             assert_eq!(number(row, column), 0.0, "{column}: {row:?}");
         }
-        for said in ["duplicate claims: 0 (", "never completed: 0;"] {
-            assert!(row["notes"].contains(said), "{said:?}: {row:?}");
-        }
+        assert!(row["notes"].contains("duplicate claims of one attempt: 0;"), "{row:?}");
     }
     for row in rows.iter().filter(|r| r["scenario"].starts_with("hot user,")) {
         assert!(row["notes"].contains("slots exact: yes"), "{row:?}");
