@@ -22,5 +22,5 @@ redis.call('PEXPIRE', task, task_ttl)
 count('queued', -1)
 count('cancelled', 1)
 -- The head may have changed: file the lane under the instant the head may start now.
-refile(member)
+refile(member, now)
 return {'cancelled', now}

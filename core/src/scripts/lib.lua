@@ -278,8 +278,8 @@ end
 
 -- Files lane `member` under the instant its head task may start by the rule on its
 -- completions (for the drainer, or for the workers when pulled), or takes it out of both
--- when it is empty: after its head changed without running anything (a cancel).
-local function refile(member)
+-- when it is empty: after its head changed without running anything (a cancel, at `now`).
+local function refile(member, now)
   local head = redis.call('LINDEX', prefix .. KEY_QUEUE .. member, 0)
   local sep = string.find(member, ':', 1, true)
   local lane_kind = sep and string.sub(member, sep + 1) or DEFAULT_KIND
@@ -293,7 +293,7 @@ local function refile(member)
   local windows, cost = task_rule(record[1], record[2])
   local at = earliest_start(recent_completions(prefix .. KEY_DONE .. member, windows), slot, windows, cost)
   if record[3] and delivery_of(record[3]).pull then
-    file_pulled(member, lane_kind, at, now_ms())
+    file_pulled(member, lane_kind, at, now)
   else
     redis.call('ZADD', due_key, int(at), member)
   end
