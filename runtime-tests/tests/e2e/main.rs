@@ -34,4 +34,3 @@ mod schedule;
 mod schemathesis;
 mod shutdown;
 mod stall;
-mod workers;
