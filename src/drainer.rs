@@ -6,8 +6,11 @@
 //!
 //! - One handler at a time holds the **lease** (a Redis key with a TTL) and *leads* for about
 //!   a second: it runs what is due, sleeps until the next slot (at most `POLL`, so a task
-//!   queued meanwhile with an earlier slot is seen), then publishes a **tick** carrying its
-//!   token and returns. The first replica to handle that tick takes the lease over.
+//!   queued meanwhile with an earlier slot is seen), then **hands over**: it frees the lease
+//!   and publishes a **tick** carrying its token, and returns. The next drain call of any
+//!   replica takes the lease: a standby's already running, or the first to handle the tick.
+//!   (Held until it lapsed, the lease went only to a replica free to hear the tick; with
+//!   every replica busy helping, nobody led for up to its TTL: bench delivery, 2026-12-05.)
 //! - Every other replica handles the same tick as a **standby**: it watches the lease until
 //!   the next leader takes it (then returns, and will see the next tick), or until the lease
 //!   expires because its holder died; then it takes over itself. Failover therefore needs no
@@ -105,6 +108,9 @@ pub trait DrainStore {
     ) -> Result<Drained, StoreError>;
     /// Wakes every replica's drainer; the first to hear it takes over our lease.
     async fn publish_tick(&self, token: &str) -> Result<(), StoreError>;
+    /// A leader's last act: frees its lease, for the next drain call of any replica to take,
+    /// and ticks.
+    async fn hand_over(&self, token: &str) -> Result<(), StoreError>;
     /// Switches on the lease-expiry notification (the second wake-up path).
     async fn enable_expiry_events(&self) -> Result<(), StoreError>;
 }
@@ -130,6 +136,10 @@ impl DrainStore for Queue<'_> {
 
     async fn publish_tick(&self, token: &str) -> Result<(), StoreError> {
         Queue::publish_tick(self, token).await
+    }
+
+    async fn hand_over(&self, token: &str) -> Result<(), StoreError> {
+        self.run(&crate::scripts::Handover { token }).await
     }
 
     async fn enable_expiry_events(&self) -> Result<(), StoreError> {
@@ -183,7 +193,7 @@ async fn lead_or_stand_by(
     token: &str,
     handoff: &str,
 ) -> Result<(), StoreError> {
-    let started = clock.now();
+    let mut started = clock.now();
     // The lease's holder when a call first found another leading: when it changes, a new
     // leader has taken over (and ticks: we shall hear it once we return).
     let mut watched_holder: Option<String> = None;
@@ -249,6 +259,9 @@ async fn lead_or_stand_by(
                 holding = true;
                 if !led {
                     led = true;
+                    // The window counts from taking the lease: a standby that took it after
+                    // helping for a window would otherwise hand it over at once.
+                    started = clock.now();
                     // Once per window is plenty; a refusal only removes the backup path.
                     let _ = store.enable_expiry_events().await;
                 }
@@ -274,7 +287,7 @@ async fn lead_or_stand_by(
         if winding_down {
             if in_flight.is_empty() {
                 // Holding the lease (taken while winding down): the chain must go on.
-                return if holding { store.publish_tick(token).await } else { Ok(()) };
+                return if holding { store.hand_over(token).await } else { Ok(()) };
             }
             while ended.is_empty() {
                 outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
@@ -287,7 +300,7 @@ async fn lead_or_stand_by(
             // Hand over only when no slot is near (the next leader needs a few ms to start,
             // and a task due meanwhile would run late by as much) and nothing is in flight.
             if in_flight.is_empty() && (next_due_in_ms > HANDOFF_CLEARANCE_MS || elapsed >= 2 * WINDOW) {
-                return store.publish_tick(token).await;
+                return store.hand_over(token).await;
             }
             // With deliveries in flight we cannot return yet, but the lease passes on: the
             // tick wakes the replicas (their drainers help while they run), the first takes
@@ -458,7 +471,12 @@ mod tests {
         }
 
         async fn publish_tick(&self, token: &str) -> Result<(), StoreError> {
-            self.ticks.borrow_mut().push(token.to_string());
+            self.ticks.borrow_mut().push(format!("tick {token}"));
+            Ok(())
+        }
+
+        async fn hand_over(&self, token: &str) -> Result<(), StoreError> {
+            self.ticks.borrow_mut().push(format!("handover {token}"));
             Ok(())
         }
 
@@ -580,7 +598,7 @@ mod tests {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[far]);
         assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
-        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert_eq!(*store.ticks.borrow(), ["handover me"]);
         assert_eq!(store.expiry_enabled.get(), 1);
         assert!(clock.now() >= WINDOW && clock.now() < WINDOW + Duration::from_millis(2 * POLL_MS as u64));
         // Each call but the last is followed by a poll's sleep: k calls end at k * (poll + call) - poll.
@@ -594,7 +612,7 @@ mod tests {
         let clock = Manual::new();
         let store = Scripted::new(&clock, &[near]);
         assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
-        assert_eq!(*store.ticks.borrow(), ["me"]);
+        assert_eq!(*store.ticks.borrow(), ["handover me"]);
         assert!(clock.now() >= 2 * WINDOW && clock.now() < 2 * WINDOW + Duration::from_millis(POLL_MS as u64 + 2));
     }
 
@@ -651,6 +669,22 @@ mod tests {
         assert_eq!((store.drains.get(), clock.sleeps()), (3, 2));
     }
 
+    /// A standby that takes the lease leads for a whole window from then, however long it
+    /// helped before: counted from the handler's start, it handed over at once, and with every
+    /// replica busy helping, nobody heard the tick and nobody led until the lease lapsed.
+    #[test]
+    fn a_standby_that_takes_the_lease_leads_a_window_from_then() {
+        let clock = Manual::new();
+        let mut replies: Vec<fn() -> Drained> = vec![held_by_a; 15];
+        replies.push(far);
+        let store = Scripted::new(&clock, &replies);
+        assert!(run(&store, &clock, &backend(&clock, 0), "").is_ok());
+        let took = 16 * store.call + 15 * STANDBY_POLL;
+        assert!(clock.now() >= took + WINDOW, "handed over at {:?}, took the lease at {took:?}", clock.now());
+        assert!(clock.now() < took + WINDOW + Duration::from_millis(2 * POLL_MS as u64), "{:?}", clock.now());
+        assert_eq!(*store.ticks.borrow(), ["handover me"]);
+    }
+
     /// Claimed attempts are sent at once, and each outcome is reported by the first drain
     /// call after it arrives, within a poll's sleep.
     #[test]
@@ -682,7 +716,8 @@ mod tests {
         let courier = backend(&clock, takes);
         assert!(run(&store, &clock, &courier, "").is_ok());
         assert_eq!(store.reported.borrow().len(), 2);
-        assert_eq!(*store.ticks.borrow(), ["me", "me"]);
+        // The tick at the window's end leaves the lease held: it leads on.
+        assert_eq!(*store.ticks.borrow(), ["tick me", "handover me"]);
         assert!(clock.now() >= Duration::from_millis(takes));
         assert!(store.limits.borrow().iter().all(|&limit| limit == CLAIM_LIMIT));
     }

@@ -67,9 +67,10 @@ pub static KEY_LIST: Script = Script::new("key_list", include_str!("key_list.lua
 pub static KEY_REVOKE: Script = Script::new("key_revoke", include_str!("key_revoke.lua"));
 pub static PULL: Script = Script::new("pull", include_str!("pull.lua"));
 pub static REPORT: Script = Script::new("report", include_str!("report.lua"));
+pub static HANDOVER: Script = Script::new("handover", include_str!("handover.lua"));
 
 /// Every script, in the library in this order.
-const ALL: [&Script; 19] = [
+const ALL: [&Script; 20] = [
     &PREPARE,
     &ADMIT,
     &FILE,
@@ -89,6 +90,7 @@ const ALL: [&Script; 19] = [
     &KEY_REVOKE,
     &PULL,
     &REPORT,
+    &HANDOVER,
 ];
 
 /// A histogram's bounds as a Lua local, as both forms of the scripts declare them.

@@ -662,6 +662,31 @@ fn hot_user(options: &Options, concurrency: usize, ledger: Ledger) -> Row {
     }
 }
 
+/// Each attempt's own delay (ms): its start after the earliest its slot and its lane's earlier
+/// starts allowed under `windows`. Lateness is inherited along a lane (a start that came late
+/// moves the next one's earliest start as far), so this is what each claim added.
+fn own_delays(entries: &[check::Entry], windows: &[(usize, f64)]) -> Vec<f64> {
+    let mut lanes: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> = Default::default();
+    for e in entries {
+        if let (Some(slot), Some(start)) = (e.slot, e.started_at) {
+            lanes.entry((&e.user_id, &e.kind)).or_default().push((start, slot));
+        }
+    }
+    let mut delays = Vec::new();
+    for mut starts in lanes.into_values() {
+        starts.sort_unstable();
+        for (n, &(start, slot)) in starts.iter().enumerate() {
+            let earliest = windows
+                .iter()
+                .filter(|&&(quota, _)| n >= quota)
+                .map(|&(quota, length)| starts[n - quota].0 + length as i64)
+                .fold(slot, i64::max);
+            delays.push((start - earliest) as f64);
+        }
+    }
+    delays
+}
+
 /// Requests per route in the keep-alive scenario (at 40 ms a stall, the chunked row's
 /// 500 take 20 s).
 const KEEPALIVE_REQUESTS: usize = 500;
@@ -952,6 +977,8 @@ fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
         *per_attempt.entry((id, attempt)).or_insert(0) += 1;
     }
     let duplicate_arrivals = per_attempt.values().filter(|&&n| n > 1).count();
+    // Connections the replicas opened to the backend: few when Spin's pool reuses them.
+    let connections = arrivals.iter().map(|r| r.peer).collect::<std::collections::HashSet<_>>().len();
     let user = |r: &Recorded| {
         serde_json::from_slice::<serde_json::Value>(&r.body)
             .map_or_else(|_| String::new(), |e| e["user_id"].to_string())
@@ -973,9 +1000,11 @@ fn delivery(options: &Options, hanging: bool, paced: bool) -> Row {
             _ => f64::NAN,
         };
     let note = format!(
-        "submitted in {submit_s:.1} s; backend arrival after the claimed start p50/p99/max {} ms, of attempts \
-         claimed after the last submission {} ms; arrivals breaking a window at the backend: {strict} with 0 ms \
-         tolerance, {tolerant} with 5 ms; duplicate arrivals of one attempt: {duplicate_arrivals}; {:.0} deliveries/s",
+        "submitted in {submit_s:.1} s; claims' own delay p50/p99/max {} ms; backend arrival after the claimed \
+         start p50/p99/max {} ms, of attempts claimed after the last submission {} ms; arrivals breaking a window \
+         at the backend: {strict} with 0 ms tolerance, {tolerant} with 5 ms; duplicate arrivals of one attempt: \
+         {duplicate_arrivals}; {:.0} deliveries/s over {connections} connections",
+        lag_text(&mut own_delays(&entries, &windows)),
         lag_text(&mut lags.iter().map(|(_, lag)| *lag).collect()),
         lag_text(&mut lags.iter().filter(|(start, _)| *start > submitted_ms).map(|(_, lag)| *lag).collect()),
         arrivals.len() as f64 / span_s
@@ -1076,13 +1105,19 @@ fn pull(options: &Options, paced: bool) -> Row {
         (Some(first), Some(last)) if last > first => (last - first) as f64 / 1_000.0,
         _ => f64::NAN,
     };
+    let mut own = own_delays(&entries, &[(1, 1_000.0), (20, 60_000.0)]);
+    own.sort_by(f64::total_cmp);
+    let own_at = |p| check::percentile(&own, p).map_or("-".to_string(), |v: f64| format!("{v:.0}"));
     let note = format!(
         "submitted in {submit_s:.1} s; {loops} worker loops; claim lateness (start - slot, first attempts) \
-         p50/p99/max {}/{}/{} ms; duplicate claims of one attempt: {duplicates}; claims of a later attempt: \
+         p50/p99/max {}/{}/{} ms, the claims' own delay {}/{}/{} ms; duplicate claims of one attempt: {duplicates}; claims of a later attempt: \
          {retried}; lapsed: {lapsed}; stale outcomes (409): {}; {:.0} claims/s",
         at(50.0),
         at(99.0),
         at(100.0),
+        own_at(50.0),
+        own_at(99.0),
+        own_at(100.0),
         stale.load(Ordering::Relaxed),
         claimed.len() as f64 / span_s
     );
