@@ -22,6 +22,7 @@ mod commands;
 mod deliveries;
 mod engine;
 mod failures;
+mod handover;
 mod keepalive;
 mod lua_rule;
 mod openapi;
