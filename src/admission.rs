@@ -177,7 +177,7 @@ impl AdmitStore for Queue<'_> {
     }
 
     async fn release(&self, idempotency_key: &str) -> Result<(), StoreError> {
-        self.run(&scripts::Release { idempotency_key }).await
+        self.run(&scripts::UnitScript::release(idempotency_key)).await
     }
 
     async fn poke(&self, lane: &LaneKey, task_id: &str) -> Result<Admitted, StoreError> {

@@ -139,7 +139,7 @@ impl DrainStore for Queue<'_> {
     }
 
     async fn hand_over(&self, token: &str) -> Result<(), StoreError> {
-        self.run(&crate::scripts::Handover { token }).await
+        self.run(&crate::scripts::UnitScript::handover(token)).await
     }
 
     async fn enable_expiry_events(&self) -> Result<(), StoreError> {

@@ -30,10 +30,8 @@ mod shared;
 
 mod admit;
 mod cancel;
-mod count_status;
 mod drain;
 mod file;
-mod handover;
 mod key_create;
 mod key_list;
 mod key_revoke;
@@ -44,18 +42,16 @@ mod position;
 mod prepare;
 mod pull;
 mod read_task;
-mod release;
 mod report;
 mod sweep;
+mod unit_script;
 mod user_state;
 
 pub use admit::{Admission, Admit, AdmitPolicy};
 pub use call::{Call, read_reply};
 pub use cancel::{Cancel, Cancelled};
-pub use count_status::CountStatus;
 pub use drain::{Claim, Drain, Drained, Ended, Outcome};
 pub use file::{File, TaskToFile};
-pub use handover::Handover;
 pub use header::{Header, TASK_TTL_MS};
 pub use key_create::KeyCreate;
 pub use key_list::KeyList;
@@ -68,7 +64,6 @@ pub use position::Position;
 pub use prepare::{Prepare, Prepared};
 pub use pull::{Pull, Pulled};
 pub use read_task::{ReadTask, Status, TaskRecord};
-pub use release::Release;
 pub use reply::{Cursor, Reply, Unexpected};
 pub use report::{Report, Reported};
 pub use script::{
@@ -76,4 +71,5 @@ pub use script::{
 };
 pub use shared::{Admitted, Attempt, Completion, Earlier, Filed, Logged, Placement};
 pub use sweep::Sweep;
+pub use unit_script::UnitScript;
 pub use user_state::{LaneState, ReadUserState, UserState};

@@ -180,7 +180,7 @@ async fn count_response(config: &Config, response: &HttpResponse) {
         return;
     }
     if let Ok(queue) = Queue::connect(config).await {
-        let _ = queue.run(&crate::scripts::CountStatus { status: response.status().as_u16() }).await;
+        let _ = queue.run(&crate::scripts::UnitScript::count_status(response.status().as_u16())).await;
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::support::Redis;
 use std::time::Duration;
 use task_core::keys::Keys;
-use task_core::scripts::{Call, Handover, Header};
+use task_core::scripts::{Call, Header, UnitScript};
 
 #[test]
 fn a_handover_frees_only_the_callers_lease_and_ticks_with_its_token() {
@@ -20,7 +20,7 @@ fn a_handover_frees_only_the_callers_lease_and_ticks_with_its_token() {
     let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
     let _: () = redis::cmd("SET").arg(&lease).arg("a").query(&mut conn).unwrap_or_else(|e| panic!("SET: {e}"));
     let mut hand_over = |token: &str| {
-        let call = Handover { token };
+        let call = UnitScript::handover(token);
         let _: i64 = redis::cmd("EVAL")
             .arg(&call.script().compiled().0)
             .arg(0)
