@@ -199,7 +199,7 @@ async fn lead_or_stand_by(
     let mut watched_holder: Option<String> = None;
     let mut led = false;
     // Whether the last reply said we hold the lease.
-    let mut holding;
+    let mut holding = false;
     let mut winding_down = false;
     let mut ticked = false;
     let mut in_flight = FuturesUnordered::new();
@@ -256,12 +256,19 @@ async fn lead_or_stand_by(
             }
             Drained::Active { next_due_in_ms, more_due_now, ran, claims } => {
                 print_log(&ran);
+                if !holding {
+                    // Just took the lease. The window counts from now: a standby that took it
+                    // after helping for a window would otherwise hand it over at once. And a
+                    // drainer winding down leads again: winding down, it would hold the lease
+                    // and claim nothing until its deliveries ended (a hanging kind's: its
+                    // timeout), the others only helping, 20 ms late.
+                    started = clock.now();
+                    winding_down = false;
+                    ticked = false;
+                }
                 holding = true;
                 if !led {
                     led = true;
-                    // The window counts from taking the lease: a standby that took it after
-                    // helping for a window would otherwise hand it over at once.
-                    started = clock.now();
                     // Once per window is plenty; a refusal only removes the backup path.
                     let _ = store.enable_expiry_events().await;
                 }
@@ -738,6 +745,25 @@ mod tests {
         let limits = store.limits.borrow();
         assert_eq!(limits[..2], [CLAIM_LIMIT, CLAIM_LIMIT]);
         assert!(limits[2..].iter().all(|&limit| limit == 0), "{limits:?}");
+    }
+
+    /// A leader winding down that takes the lease again (freed by the one that took it) leads
+    /// again: it claims, where winding down it would hold the lease and claim nothing.
+    #[test]
+    fn a_drainer_winding_down_that_takes_the_lease_leads_again() {
+        fn taken() -> Drained {
+            held_by("b")
+        }
+        let clock = Manual::new();
+        let store = Scripted::new(&clock, &[claims_two, taken, far]);
+        let courier = backend(&clock, 100);
+        assert!(run(&store, &clock, &courier, "").is_ok());
+        let limits = store.limits.borrow();
+        assert_eq!(limits[..3], [CLAIM_LIMIT, CLAIM_LIMIT, 0], "{limits:?}");
+        assert!(limits[3..].iter().all(|&limit| limit == CLAIM_LIMIT), "{limits:?}");
+        // It led a window from taking the lease back, and handed over.
+        assert_eq!(store.ticks.borrow().last().map(String::as_str), Some("handover me"));
+        assert!(clock.now() >= WINDOW, "{:?}", clock.now());
     }
 
     /// A helper (another leads) claims and delivers as the leader does, and when the lease
