@@ -42,6 +42,26 @@ fn submit(host: &Host, body: &str) -> (String, i64) {
     (json["task_id"].as_str().unwrap_or_default().to_string(), json["slot"].as_i64().unwrap_or_default())
 }
 
+/// What a stalled delivery test needs to be explained: the drainer's lease and queue in Redis
+/// and what each replica printed (a handler's error among it).
+fn stall_report(redis: &Redis, hosts: &[Host]) -> String {
+    use task_core::keys::word;
+    let key = |word: &str| format!("taskq:{word}");
+    let lease: Option<String> = redis.try_query(&["GET", &key(word::LEASE)]).unwrap_or(None);
+    let lease_ttl: i64 = redis.try_query(&["PTTL", &key(word::LEASE)]).unwrap_or(-3);
+    let zset = |word: &str| -> Vec<String> {
+        redis.try_query(&["ZRANGE", &key(word), "0", "-1", "WITHSCORES"]).unwrap_or_default()
+    };
+    let (due, claims) = (zset(word::DUE), zset(word::CLAIMS));
+    let now: Vec<String> = redis.try_query(&["TIME"]).unwrap_or_default();
+    let mut report =
+        format!("lease {lease:?} (pttl {lease_ttl}), Redis TIME {now:?}\ndue {due:?}\nclaims {claims:?}\n");
+    for (i, host) in hosts.iter().enumerate() {
+        report += &format!("replica {i} stderr:\n{}\n", host.stderr_text());
+    }
+    report
+}
+
 fn task(host: &Host, id: &str) -> serde_json::Value {
     let reply = host.get(&format!("/api/v1/task/{id}"));
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -124,7 +144,14 @@ fn deliveries_hold_the_windows_at_the_backend_signed_with_the_payload_as_sent() 
         }
     }
     let arrived = backend.wait_for(sent.len(), Duration::from_secs(30));
-    assert_eq!(arrived.len(), sent.len(), "{} of {} tasks arrived", arrived.len(), sent.len());
+    assert_eq!(
+        arrived.len(),
+        sent.len(),
+        "{} of {} tasks arrived\n{}",
+        arrived.len(),
+        sent.len(),
+        stall_report(&redis, &hosts)
+    );
 
     let mut seen = HashMap::new();
     for r in &arrived {
@@ -194,7 +221,7 @@ fn failed_attempts_are_retried_inside_the_windows_and_failed_tasks_are_readable(
     let (down, _) = submit(&hosts[1], r#"{"user_id":"dee","kind":"down"}"#);
     // 3 + 3 (flaky), 2 (later), 1 (gone), 2 (down).
     let arrived = backend.wait_for(11, Duration::from_secs(40));
-    assert_eq!(arrived.len(), 11, "{arrived:#?}");
+    assert_eq!(arrived.len(), 11, "{arrived:#?}\n{}", stall_report(&redis, &hosts));
     let of = |id: &str| -> Vec<&Recorded> { arrived.iter().filter(|r| r.header("webhook-id") == Some(id)).collect() };
 
     for id in [&flaky, &flaky2] {

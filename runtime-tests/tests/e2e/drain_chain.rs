@@ -1,0 +1,106 @@
+//! The drainer's chain of handlers (`src/drainer.rs`) at its two ends, on a real Redis: a
+//! leader's handover (`handover.lua`) and a chain going idle (`drain.lua`), each followed by
+//! the wake-up that must come next.
+
+use crate::support::Redis;
+use std::time::Duration;
+use task_core::keys::{Keys, word};
+use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
+
+/// A Redis with the tick channel listened to, and the app's scripts run as its calls do.
+struct Chain {
+    _redis: Redis,
+    conn: redis::Connection,
+    ticks: redis::Connection,
+    header: [String; 6],
+}
+
+impl Chain {
+    fn start() -> Chain {
+        let redis = Redis::start();
+        let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
+        let conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
+        let mut ticks = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
+        let keys = Keys::new("taskq:", "task_log");
+        // A raw SUBSCRIBE: `as_pubsub()` unsubscribes when its guard drops.
+        let () = redis::cmd("SUBSCRIBE")
+            .arg(keys.tick_channel())
+            .exec(&mut ticks)
+            .unwrap_or_else(|e| panic!("SUBSCRIBE: {e}"));
+        ticks.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("timeout: {e}"));
+        let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
+        Chain { _redis: redis, conn, ticks, header }
+    }
+
+    fn run<T: redis::FromRedisValue>(&mut self, call: &impl Call) -> T {
+        redis::cmd("EVAL")
+            .arg(&call.script().compiled().0)
+            .arg(0)
+            .arg(&self.header[..])
+            .arg(call.args())
+            .query(&mut self.conn)
+            .unwrap_or_else(|e| panic!("EVAL: {e}"))
+    }
+
+    fn command<T: redis::FromRedisValue>(&mut self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        cmd.arg(&args[1..]);
+        cmd.query(&mut self.conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The next tick's payload: a leader's token, or "" for a kick.
+    fn tick(&mut self) -> String {
+        let reply = self.ticks.recv_response().unwrap_or_else(|e| panic!("no tick: {e}"));
+        let message = redis::Msg::from_owned_value(reply).unwrap_or_else(|| panic!("not a message"));
+        message.get_payload::<String>().unwrap_or_else(|e| panic!("tick payload: {e}"))
+    }
+}
+
+fn key(word: &str) -> String {
+    format!("taskq:{word}")
+}
+
+#[test]
+fn a_handover_frees_only_the_callers_lease_and_ticks_with_its_token() {
+    let mut chain = Chain::start();
+    let lease = key(word::LEASE);
+    let () = chain.command(&["SET", &lease, "a"]);
+    let mut hand_over = |token: &str| {
+        assert_eq!(chain.run::<i64>(&UnitScript::handover(token)), 0);
+        assert_eq!(chain.tick(), token, "the tick after {token}'s handover");
+        chain.command::<Option<String>>(&["GET", &lease])
+    };
+    // Another's lease stays; our own goes; with none, only the tick.
+    assert_eq!(hand_over("b"), Some("a".to_string()));
+    assert_eq!(hand_over("a"), None);
+    assert_eq!(hand_over("a"), None);
+}
+
+/// A kick wakes the drainers at most once per 200 ms (a burst of admissions publishes one),
+/// but once a drainer has found nothing to do and stopped the chain, the next task queued must
+/// wake it at once, the throttle running or not. (It did not: with a backend answering in a
+/// few ms the chain went idle within 200 ms of its kick, and the tasks queued next waited
+/// for the next request.)
+#[test]
+fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
+    let mut chain = Chain::start();
+    let due = key(word::DUE);
+    // A lane filed as due whose queue is empty: what the drainer finds when it looks is
+    // nothing to run. `GET /healthz` (sweep.lua) wakes the drainers as an admission does.
+    let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
+    assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
+    assert_eq!(chain.tick(), "");
+    // Hold the throttle open however slow this machine is: within it, no second kick (the
+    // drainer woken by the first will look).
+    let () = chain.command(&["PEXPIRE", &key(word::KICK), "60000"]);
+    assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
+
+    let drain = Drain { token: "d1", handoff: "", lease_ttl_ms: 1_000, batch: 16, claim_limit: 16, outcomes: &[] };
+    let reply: Vec<redis::Value> = chain.run(&drain);
+    assert_eq!(reply.first(), Some(&redis::Value::BulkString(b"idle".to_vec())), "{reply:?}");
+    assert_eq!(chain.command::<i64>(&["EXISTS", &key(word::LEASE)]), 0, "the chain stopped");
+
+    let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
+    assert!(chain.run::<bool>(&Sweep), "the chain stopped: the next wake-up goes out at once");
+    assert_eq!(chain.tick(), "");
+}
