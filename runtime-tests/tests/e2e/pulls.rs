@@ -575,15 +575,10 @@ fn long_polls_answer_at_the_bell_at_the_slot_and_after_their_wait() {
         rang = (before, id, slot);
     });
     let (admitted, eve, eve_slot) = rang;
-    let claims = claims_of(&reply);
-    assert_eq!(claims.len(), 1, "{}", reply.body);
-    assert_eq!(claims[0]["task_id"].as_str(), Some(eve.as_str()), "{}", reply.body);
+    let claimed = the_one_claim(&reply, &eve, eve_slot, "its slot");
     let after = answered.duration_since(admitted);
     assert!(after < BELL_TOLERANCE, "the poll answered {after:?} after the admission");
-    let started = whole(&claims[0]["started_at"]);
-    assert!(started >= eve_slot, "claimed at {started}, before its slot {eve_slot}");
-    assert!(started - eve_slot <= CLAIM_TOLERANCE_MS, "claimed {} ms after its slot", started - eve_slot);
-    let reported = report(&hosts[1], &claims[0], r#""result":"completed""#);
+    let reported = report(&hosts[1], &claimed, r#""result":"completed""#);
     assert_eq!(reported.status, 200, "{}", reported.body);
 
     // An outcome's bell: `solo`'s lane has one place; its second task waits for the first's
@@ -601,18 +596,9 @@ fn long_polls_answer_at_the_bell_at_the_slot_and_after_their_wait() {
         freed = (before, whole(&done.json()["completed_at"]));
     });
     let (reported_at, completed_at) = freed;
-    let claims = claims_of(&reply);
-    assert_eq!(claims.len(), 1, "{}", reply.body);
-    assert_eq!(claims[0]["task_id"].as_str(), Some(second.as_str()), "{}", reply.body);
+    the_one_claim(&reply, &second, completed_at, "the first's outcome freed the only place");
     let after = answered.duration_since(reported_at);
     assert!(after < BELL_TOLERANCE, "the poll answered {after:?} after the outcome");
-    let started = whole(&claims[0]["started_at"]);
-    assert!(started >= completed_at, "claimed at {started}, while the first held the only place until {completed_at}");
-    assert!(
-        started - completed_at <= CLAIM_TOLERANCE_MS,
-        "claimed {} ms after the place freed",
-        started - completed_at
-    );
 
     // At the slot: fay's first task starts now, so her second may start a second later
     // (1/1s counts claim starts), and a poll made now waits for that instant.
@@ -632,15 +618,24 @@ fn long_polls_answer_at_the_bell_at_the_slot_and_after_their_wait() {
     assert!(due - asked > 300, "the test is too slow to see a poll wait: due {} ms after asking", due - asked);
     let reply = post(&hosts[0], "/api/v1/claims", r#"{"kind":"render","wait":"5s"}"#);
     let answered = now_ms();
-    let claims = claims_of(&reply);
-    assert_eq!(claims.len(), 1, "{}", reply.body);
-    assert_eq!((claims[0]["task_id"].as_str(), whole(&claims[0]["attempt"])), (Some(two.as_str()), 1));
-    let started = whole(&claims[0]["started_at"]);
-    assert!(started >= due, "claimed at {started}, before the rule allows it at {due}");
-    assert!(started - due <= CLAIM_TOLERANCE_MS, "claimed {} ms after its slot", started - due);
+    let claimed = the_one_claim(&reply, &two, due, "the instant the rule allows it");
+    assert_eq!(whole(&claimed["attempt"]), 1, "{claimed}");
+    let started = whole(&claimed["started_at"]);
     assert!(answered >= due, "answered at {answered}, before the slot {due}");
     assert!(answered - due <= ANSWER_TOLERANCE_MS, "answered {} ms after its slot", answered - due);
     println!("pulls: the poll at a slot claimed {} ms and answered {} ms after it", started - due, answered - due);
+}
+
+/// The one claim a poll answered with: of task `id`, its start (Redis's clock) no earlier than
+/// `earliest` (`what`: that instant, for the message) and within `CLAIM_TOLERANCE_MS` of it.
+fn the_one_claim(reply: &Reply, id: &str, earliest: i64, what: &str) -> Value {
+    let claims = claims_of(reply);
+    assert_eq!(claims.len(), 1, "{}", reply.body);
+    assert_eq!(claims[0]["task_id"].as_str(), Some(id), "{}", reply.body);
+    let started = whole(&claims[0]["started_at"]);
+    assert!(started >= earliest, "claimed at {started}, before {what} at {earliest}");
+    assert!(started - earliest <= CLAIM_TOLERANCE_MS, "claimed {} ms after {what}", started - earliest);
+    claims[0].clone()
 }
 
 /// Two polls wait for a kind on one replica, each for one task (`max` 1), when two users'
