@@ -199,8 +199,13 @@ impl Redis {
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the server: Redis that cannot answer in time.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        send_signal(&self.child, signal);
     }
+}
+
+/// Sends `child` `signal` as `kill` spells it (`-STOP`, `-CONT`).
+fn send_signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill").args([signal, &child.id().to_string()]).stderr(Stdio::null()).status();
 }
 
 impl Drop for Redis {
@@ -374,7 +379,7 @@ impl Host {
     /// Sends the replica's process `signal` as `kill` spells it: `-STOP` pauses it (a replica
     /// too busy to run anything for a while), `-CONT` resumes it.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        send_signal(&self.child, signal);
     }
 
     /// Whether the process has exited, and how.
