@@ -293,8 +293,10 @@ async fn lead_or_stand_by(
         }
         if winding_down {
             if in_flight.is_empty() {
-                // Holding the lease (taken while winding down): the chain must go on.
-                return if holding { store.hand_over(token).await } else { Ok(()) };
+                // No lease to hand over: only a reply saying another holds it (or that we
+                // helped too long) sets us winding down, and one that gives us the lease
+                // makes us lead again.
+                return Ok(());
             }
             while ended.is_empty() {
                 outcome_or_nap(clock, &mut in_flight, &mut ended, POLL).await;
