@@ -352,14 +352,17 @@ end
 
 -- Wakes the drainers (a tick on their channel, spin.toml) when tasks wait but no drainer
 -- holds the lease; at most once per 200 ms, so a burst of requests publishes one wake-up,
--- not one each. Publishing here saves the caller a round trip. Returns 1 if it published.
+-- not one each (a chain going idle ends the 200 ms early: drain.lua). Publishing here saves
+-- the caller a round trip. Returns 1 if it published.
 -- `waiting`: the caller knows tasks wait (it just queued one), so `due` needs no look.
 local function wake_drainer(waiting)
   if redis.call('EXISTS', lease_key) == 1 then return 0 end
   -- (An open claim with no drainer: its holder died, and someone must see it lapse.)
   if not waiting and redis.call('ZCARD', due_key) == 0 and redis.call('ZCARD', claims_key) == 0 then return 0 end
   if not redis.call('SET', kick_key, '1', 'NX', 'PX', 200) then return 0 end
-  redis.call('PUBLISH', tick_channel, '')
+  -- A wake-up no replica heard (Spin may serve HTTP before its Redis trigger has subscribed)
+  -- holds back nothing: the next caller publishes again.
+  if redis.call('PUBLISH', tick_channel, '') == 0 then redis.call('DEL', kick_key) end
   return 1
 end
 

@@ -1,35 +1,49 @@
-//! The drainer's chain of handlers (`src/drainer.rs`) at its two ends, on a real Redis: a
-//! leader's handover (`handover.lua`) and a chain going idle (`drain.lua`), each followed by
-//! the wake-up that must come next.
+//! The drainer's chain of handlers (`src/drainer.rs`) on a real Redis: its start (a wake-up
+//! with nobody to hear it), a leader's handover (`handover.lua`) and the chain going idle
+//! (`drain.lua`), each followed by the wake-up that must come next.
 
 use crate::support::Redis;
 use std::time::Duration;
 use task_core::keys::{Keys, word};
 use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
 
-/// A Redis with the tick channel listened to, and the app's scripts run as its calls do.
+/// A Redis, the tick channel listened to (after `listen`), and the app's scripts run as its
+/// calls do.
 struct Chain {
     _redis: Redis,
+    client: redis::Client,
     conn: redis::Connection,
-    ticks: redis::Connection,
+    ticks: Option<redis::Connection>,
     header: [String; 6],
 }
 
 impl Chain {
-    fn start() -> Chain {
+    /// A Redis nobody listens to yet: no replica has subscribed.
+    fn unheard() -> Chain {
         let redis = Redis::start();
         let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
         let conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
-        let mut ticks = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
         let keys = Keys::new("taskq:", "task_log");
+        let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
+        Chain { _redis: redis, client, conn, ticks: None, header }
+    }
+
+    fn start() -> Chain {
+        let mut chain = Chain::unheard();
+        chain.listen();
+        chain
+    }
+
+    /// Subscribes to the tick channel, as a replica's drainer trigger does.
+    fn listen(&mut self) {
+        let mut ticks = self.client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
         // A raw SUBSCRIBE: `as_pubsub()` unsubscribes when its guard drops.
         let () = redis::cmd("SUBSCRIBE")
-            .arg(keys.tick_channel())
+            .arg(Keys::new("taskq:", "task_log").tick_channel())
             .exec(&mut ticks)
             .unwrap_or_else(|e| panic!("SUBSCRIBE: {e}"));
         ticks.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("timeout: {e}"));
-        let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
-        Chain { _redis: redis, conn, ticks, header }
+        self.ticks = Some(ticks);
     }
 
     fn run<T: redis::FromRedisValue>(&mut self, call: &impl Call) -> T {
@@ -50,7 +64,8 @@ impl Chain {
 
     /// The next tick's payload: a leader's token, or "" for a kick.
     fn tick(&mut self) -> String {
-        let reply = self.ticks.recv_response().unwrap_or_else(|e| panic!("no tick: {e}"));
+        let ticks = self.ticks.as_mut().unwrap_or_else(|| panic!("not listening"));
+        let reply = ticks.recv_response().unwrap_or_else(|e| panic!("no tick: {e}"));
         let message = redis::Msg::from_owned_value(reply).unwrap_or_else(|| panic!("not a message"));
         message.get_payload::<String>().unwrap_or_else(|e| panic!("tick payload: {e}"))
     }
@@ -103,4 +118,24 @@ fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
     let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
     assert!(chain.run::<bool>(&Sweep), "the chain stopped: the next wake-up goes out at once");
     assert_eq!(chain.tick(), "");
+}
+
+/// Spin may serve HTTP before its Redis trigger has subscribed, so the first admissions' wake-up
+/// can go out with no replica to hear it; it must not hold back the next one for the
+/// throttle's 200 ms (a burst over by then would wait for another request).
+#[test]
+fn a_wake_up_nobody_heard_does_not_hold_back_the_next() {
+    let mut chain = Chain::unheard();
+    let kick = key(word::KICK);
+    let () = chain.command(&["ZADD", &key(word::DUE), "0", "ghost:mail"]);
+    assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
+    assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 0, "nobody heard it: no throttle");
+    assert!(chain.run::<bool>(&Sweep), "the next wake-up goes out at once");
+
+    // Heard, it throttles the next as before.
+    chain.listen();
+    assert!(chain.run::<bool>(&Sweep));
+    assert_eq!(chain.tick(), "");
+    assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 1);
+    assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
 }
