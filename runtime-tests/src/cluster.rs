@@ -53,6 +53,12 @@ pub fn host_binary() -> PathBuf {
     dir.join("spin-host")
 }
 
+/// The key (or channel) `word` (`task_core::keys::word`) under the key prefix spin.toml gives
+/// by default, as the hosts the tests start use it.
+pub fn app_key(word: &str) -> String {
+    format!("taskq:{word}")
+}
+
 /// A loopback port for a server that must be told its address before it starts: redis-server,
 /// or a `start.sh` replica (which keeps its port across restarts of its host). `spin-host`
 /// started here needs none: it binds port 0 and prints the address it got.

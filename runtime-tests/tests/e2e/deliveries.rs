@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{Host, HostOptions, Redis, check, read_log, request, wait_until};
+use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -48,11 +48,10 @@ fn submit(host: &Host, body: &str) -> (String, i64) {
 /// and what each replica printed (a handler's error among it).
 fn stall_report(redis: &Redis, hosts: &[Host]) -> String {
     use task_core::keys::word;
-    let key = |word: &str| format!("taskq:{word}");
-    let lease: Option<String> = redis.try_query(&["GET", &key(word::LEASE)]).unwrap_or(None);
-    let lease_ttl: i64 = redis.try_query(&["PTTL", &key(word::LEASE)]).unwrap_or(-3);
+    let lease: Option<String> = redis.try_query(&["GET", &app_key(word::LEASE)]).unwrap_or(None);
+    let lease_ttl: i64 = redis.try_query(&["PTTL", &app_key(word::LEASE)]).unwrap_or(-3);
     let zset = |word: &str| -> Vec<String> {
-        redis.try_query(&["ZRANGE", &key(word), "0", "-1", "WITHSCORES"]).unwrap_or_default()
+        redis.try_query(&["ZRANGE", &app_key(word), "0", "-1", "WITHSCORES"]).unwrap_or_default()
     };
     let (due, claims) = (zset(word::DUE), zset(word::CLAIMS));
     let now: Vec<String> = redis.try_query(&["TIME"]).unwrap_or_default();

@@ -2,7 +2,7 @@
 //! with nobody to hear it), a leader's handover (`handover.lua`) and the chain going idle
 //! (`drain.lua`), each followed by the wake-up that must come next.
 
-use crate::support::Redis;
+use crate::support::{Redis, app_key};
 use std::time::Duration;
 use task_core::keys::{Keys, word};
 use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
@@ -14,6 +14,7 @@ struct Chain {
     client: redis::Client,
     conn: redis::Connection,
     ticks: Option<redis::Connection>,
+    tick_channel: String,
     header: [String; 6],
 }
 
@@ -25,7 +26,7 @@ impl Chain {
         let conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
         let keys = Keys::new("taskq:", "task_log");
         let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
-        Chain { _redis: redis, client, conn, ticks: None, header }
+        Chain { _redis: redis, client, conn, ticks: None, tick_channel: keys.tick_channel(), header }
     }
 
     fn start() -> Chain {
@@ -39,7 +40,7 @@ impl Chain {
         let mut ticks = self.client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
         // A raw SUBSCRIBE: `as_pubsub()` unsubscribes when its guard drops.
         let () = redis::cmd("SUBSCRIBE")
-            .arg(Keys::new("taskq:", "task_log").tick_channel())
+            .arg(&self.tick_channel)
             .exec(&mut ticks)
             .unwrap_or_else(|e| panic!("SUBSCRIBE: {e}"));
         ticks.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("timeout: {e}"));
@@ -71,14 +72,10 @@ impl Chain {
     }
 }
 
-fn key(word: &str) -> String {
-    format!("taskq:{word}")
-}
-
 #[test]
 fn a_handover_frees_only_the_callers_lease_and_ticks_with_its_token() {
     let mut chain = Chain::start();
-    let lease = key(word::LEASE);
+    let lease = app_key(word::LEASE);
     let () = chain.command(&["SET", &lease, "a"]);
     let mut hand_over = |token: &str| {
         assert_eq!(chain.run::<i64>(&UnitScript::handover(token)), 0);
@@ -99,7 +96,7 @@ fn a_handover_frees_only_the_callers_lease_and_ticks_with_its_token() {
 #[test]
 fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
     let mut chain = Chain::start();
-    let due = key(word::DUE);
+    let due = app_key(word::DUE);
     // A lane filed as due whose queue is empty: what the drainer finds when it looks is
     // nothing to run. `GET /healthz` (sweep.lua) wakes the drainers as an admission does.
     let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
@@ -107,13 +104,13 @@ fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
     assert_eq!(chain.tick(), "");
     // Hold the throttle open however slow this machine is: within it, no second kick (the
     // drainer woken by the first will look).
-    let () = chain.command(&["PEXPIRE", &key(word::KICK), "60000"]);
+    let () = chain.command(&["PEXPIRE", &app_key(word::KICK), "60000"]);
     assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
 
     let drain = Drain { token: "d1", handoff: "", lease_ttl_ms: 1_000, batch: 16, claim_limit: 16, outcomes: &[] };
     let reply: Vec<redis::Value> = chain.run(&drain);
     assert_eq!(reply.first(), Some(&redis::Value::BulkString(b"idle".to_vec())), "{reply:?}");
-    assert_eq!(chain.command::<i64>(&["EXISTS", &key(word::LEASE)]), 0, "the chain stopped");
+    assert_eq!(chain.command::<i64>(&["EXISTS", &app_key(word::LEASE)]), 0, "the chain stopped");
 
     let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
     assert!(chain.run::<bool>(&Sweep), "the chain stopped: the next wake-up goes out at once");
@@ -126,8 +123,8 @@ fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
 #[test]
 fn a_wake_up_nobody_heard_does_not_hold_back_the_next() {
     let mut chain = Chain::unheard();
-    let kick = key(word::KICK);
-    let () = chain.command(&["ZADD", &key(word::DUE), "0", "ghost:mail"]);
+    let kick = app_key(word::KICK);
+    let () = chain.command(&["ZADD", &app_key(word::DUE), "0", "ghost:mail"]);
     assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
     assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 0, "nobody heard it: no throttle");
     assert!(chain.run::<bool>(&Sweep), "the next wake-up goes out at once");
