@@ -336,9 +336,13 @@ local function run_due(member, now, out, claims)
       return
     end
     if delivery and lane_busy(member, delivery) then
-      -- No free place: the outcome that frees one files the lane again (`settle`).
-      redis.call('ZREM', due_key, member)
-      if delivery.pull then redis.call('ZREM', prefix .. KEY_PULL .. kind, member) end
+      -- No free place: the outcome that frees one files the lane again (`settle`). A lane
+      -- is filed in one set: the workers' when pulled, the drainer's otherwise.
+      if delivery.pull then
+        redis.call('ZREM', prefix .. KEY_PULL .. kind, member)
+      else
+        redis.call('ZREM', due_key, member)
+      end
       return
     end
     redis.call('LPOP', q)
