@@ -3,6 +3,7 @@
 //! for the 400.
 
 use crate::delivery::parse_duration_ms;
+use crate::request::whole_number;
 use crate::scripts::Ended;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -43,9 +44,10 @@ impl ClaimRequest {
         }
         let written: WrittenClaim = serde_json::from_slice(body).map_err(|e| format!("{shape}: {e}"))?;
         let kind = written.kind.ok_or_else(|| format!("kind is missing: {shape}"))?;
+        // `null` is as absent, and a whole number may be written `3.0`, as on the task route.
         let max = match written.max {
-            None => 1,
-            Some(v) => match v.as_u64() {
+            None | Some(serde_json::Value::Null) => 1,
+            Some(v) => match v.as_number().and_then(whole_number) {
                 Some(n) if (1..=u64::from(MAX_CLAIMS)).contains(&n) => n as u32,
                 _ => return Err(format!("max {v}: must be a whole number from 1 to {MAX_CLAIMS}")),
             },
@@ -134,6 +136,9 @@ mod tests {
             Ok(ClaimRequest { kind: "render".into(), max: 100, wait_ms: 30_000 })
         );
         assert_eq!(parse(r#"{"kind":"r","wait":"250ms"}"#).map(|c| c.wait_ms), Ok(250));
+        // As the contract's `integer` and its `null`s read them.
+        assert_eq!(parse(r#"{"kind":"r","max":47.0}"#).map(|c| c.max), Ok(47));
+        assert_eq!(parse(r#"{"kind":"r","max":null,"wait":null}"#).map(|c| (c.max, c.wait_ms)), Ok((1, 0)));
         for (body, expected) in [
             (r#"{"max":1}"#, "kind is missing"),
             (r#"{"kind":"r","max":0}"#, "max 0: must be a whole number from 1 to 100"),
@@ -171,6 +176,9 @@ mod tests {
         let retry = parse(r#"{"claim":"n.1","result":"retry","retry_after":"2m","detail":null}"#);
         assert_eq!(retry.map(|o| (o.result, o.retry_after_ms, o.detail)), Ok((Ended::Retry, 120_000, None)));
         assert_eq!(parse(r#"{"claim":"n.1","result":"failed"}"#).map(|o| o.result), Ok(Ended::Failed));
+        // A `null` retry_after is none, whatever the result.
+        let null = parse(r#"{"claim":"n.1","result":"failed","retry_after":null}"#);
+        assert_eq!(null.map(|o| (o.result, o.retry_after_ms)), Ok((Ended::Failed, 0)));
         let big = format!(r#"{{"claim":"n","result":"failed","detail":"{}"}}"#, "x".repeat(MAX_DETAIL));
         for (body, expected) in [
             (r#"{"result":"completed"}"#, "claim is missing"),

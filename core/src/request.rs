@@ -88,11 +88,7 @@ pub fn parse_task_body(body: &[u8], policies: &Policies) -> Result<TaskBody, Bod
     };
     let cost = match fields.cost {
         None | Some(Value::Null) => 1,
-        // A whole number however written (`3`, `3.0`, `3e0`), as the contract's `integer` is.
-        Some(Value::Number(n)) => match n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
-        {
+        Some(Value::Number(n)) => match whole_number(&n) {
             Some(units) if (1..=u64::from(MAX_COST)).contains(&units) => units as u32,
             _ => return Err(invalid(format!("cost must be a whole number of units from 1 to {MAX_COST}, not {n}"))),
         },
@@ -134,6 +130,12 @@ pub fn user_id_of(raw: &RawValue) -> Result<UserId, String> {
         NotUserId::Empty => "user_id must not be empty".to_string(),
         NotUserId::TooLong => format!("user_id must be at most {MAX_USER_ID_CHARS} characters"),
     })
+}
+
+/// A non-negative whole number however it is written (`3`, `3.0`, `3e0`), as the contract's
+/// `integer` is (JSON Schema counts `3.0` as an integer).
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
 }
 
 /// `-?[0-9]+`: a JSON number without fraction or exponent.

@@ -4,8 +4,8 @@
 //! The document is the one the host serves, unpatched: it names this host's kinds, tiers and
 //! security itself. `runtime-tests/schemathesis.toml` bounds the run and lists the answers that
 //! depend on state or on limits a schema cannot state; `runtime-tests/schemathesis_hooks.py`
-//! only keeps out header bytes Spin refuses before the app runs. Any finding fails the test,
-//! with schemathesis's report.
+//! only keeps out header bytes Spin refuses before the app runs, and shortens a worker's long
+//! poll to 50 ms. Any finding fails the test, with schemathesis's report.
 //!
 //! schemathesis lives in a venv that `runtime-tests/test.sh` creates (`target/schemathesis-venv`).
 
@@ -28,8 +28,10 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
     let redis = Redis::start();
     // Several kinds and tiers, each window admitting 1000 units so that every cost the contract
     // allows can run (a cost over the smallest quota is a 422 that depends on the configuration);
-    // the admin token so that the admin routes are exercised past their 401.
-    let policies = r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"], "report": ["1000/10s", "1000/24h"]},
+    // a kind workers pull, so that the workers' routes are in the document; the admin token so
+    // that the admin routes are exercised past their 401.
+    let policies = r#"{"kinds": {"default": ["1000/1s"], "email": ["1000/60s"], "report": ["1000/10s", "1000/24h"],
+        "render": {"windows": ["1000/1s"], "pull": true}},
         "tiers": {"pro": {"email": ["1000/10s"]}, "team": {"report": ["1000/1s"]}, "free": {}}}"#;
     let host = Host::start(
         &redis,
