@@ -338,12 +338,33 @@ pub struct Report {
 }
 
 impl Report {
+    /// What makes a log break the rule, by name.
+    fn findings(&self) -> [(&'static str, &Vec<String>); 5] {
+        [
+            ("violations", &self.violations),
+            ("duplicated", &self.duplicated),
+            ("missing", &self.missing),
+            ("early", &self.early),
+            ("in_flight", &self.in_flight),
+        ]
+    }
+
     pub fn is_clean(&self) -> bool {
-        self.violations.is_empty()
-            && self.duplicated.is_empty()
-            && self.missing.is_empty()
-            && self.early.is_empty()
-            && self.in_flight.is_empty()
+        self.findings().iter().all(|(_, found)| found.is_empty())
+    }
+
+    /// The summary, then the first few of each finding: what a failed "the log is clean"
+    /// assertion prints.
+    pub fn problems(&self) -> String {
+        const SHOWN: usize = 20;
+        let mut text = self.summary();
+        for (name, found) in self.findings().iter().filter(|(_, found)| !found.is_empty()) {
+            text.push_str(&format!("\n{name} ({}):", found.len()));
+            for item in found.iter().take(SHOWN) {
+                text.push_str(&format!("\n  {item}"));
+            }
+        }
+        text
     }
 
     /// The p-th percentile (0..=100) of lateness, nearest-rank.

@@ -53,10 +53,28 @@ pub fn host_binary() -> PathBuf {
     dir.join("spin-host")
 }
 
+/// The key prefix spin.toml gives by default (its `key_prefix` variable), which the hosts the
+/// tests start use.
+pub fn app_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let path = repo_root().join("spin.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let manifest: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        manifest
+            .get("variables")
+            .and_then(|v| v.get("key_prefix"))
+            .and_then(|v| v.get("default"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{}: no default for the variable key_prefix", path.display()))
+            .to_string()
+    })
+}
+
 /// The key (or channel) `word` (`task_core::keys::word`) under the key prefix spin.toml gives
 /// by default, as the hosts the tests start use it.
 pub fn app_key(word: &str) -> String {
-    format!("taskq:{word}")
+    format!("{}{word}", app_prefix())
 }
 
 /// A loopback port for a server that must be told its address before it starts: redis-server,

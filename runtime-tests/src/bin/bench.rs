@@ -47,14 +47,15 @@
 use runtime_tests::backend::{Backend, Recorded, window_breaks};
 use runtime_tests::check::{self, Rule};
 use runtime_tests::cluster::{
-    Host, HostOptions, KeepAlive, Redis, noop_manifest, percentile_ms, read_log_at, require_wasm, try_post_task,
-    try_request,
+    Host, HostOptions, KeepAlive, Redis, app_key, noop_manifest, percentile_ms, read_log_at, require_wasm,
+    try_post_task, try_request,
 };
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use task_core::keys::word;
 
 /// Keep-alive connections of the saturation scenario (what the real Spin was measured with, docs/numbers.md).
 const SATURATION_CONNECTIONS: usize = 32;
@@ -801,16 +802,17 @@ fn keep_alive_rows(target: &str, addr: &str, probes: &[Probe], requests: usize) 
 }
 
 /// Average `MEMORY USAGE` per queued task of the users `ARGV[1] .. i` for i from `ARGV[2]` to
-/// below `ARGV[3]` (ids that need no encoding in keys): their queue lists and each queued
-/// task's record (the `due` entry and the ledger are per user, not per task).
+/// below `ARGV[3]` (ids that need no encoding in keys): their queue lists (`ARGV[4]` and the user)
+/// and each queued task's record (`ARGV[5]` and its id). The `due` entry and the ledger are per
+/// user, not per task.
 const MEMORY_PER_QUEUED_TASK: &str = r#"
 local bytes, tasks = 0, 0
 for i = tonumber(ARGV[2]), tonumber(ARGV[3]) - 1 do
-  local q = 'taskq:q:' .. ARGV[1] .. i
+  local q = ARGV[4] .. ARGV[1] .. i
   bytes = bytes + (redis.call('MEMORY', 'USAGE', q) or 0)
   for _, e in ipairs(redis.call('LRANGE', q, 0, -1)) do
     local id = string.sub(e, string.find(e, ':', 1, true) + 1)
-    bytes = bytes + (redis.call('MEMORY', 'USAGE', 'taskq:t:' .. id) or 0)
+    bytes = bytes + (redis.call('MEMORY', 'USAGE', ARGV[5] .. id) or 0)
     tasks = tasks + 1
   end
 end
@@ -826,7 +828,7 @@ fn scale(options: &Options) -> Result<Row, String> {
     let cluster = Cluster::start(options, 3, Ledger::Redis);
     let redis = cluster.redis_url.clone().ok_or("with --url, scale needs --redis")?;
     let drain_calls =
-        || redis_cli(&redis, &["HGET", "taskq:metrics", "drain_calls"]).trim().parse::<i64>().unwrap_or(0);
+        || redis_cli(&redis, &["HGET", &app_key(word::METRICS), "drain_calls"]).trim().parse::<i64>().unwrap_or(0);
     let drain_calls_before = drain_calls();
     let xlen = || redis_cli(&redis, &["XLEN", "task_log"]).trim().parse::<usize>().unwrap_or(0);
     let logged_before = xlen();
@@ -849,7 +851,7 @@ fn scale(options: &Options) -> Result<Row, String> {
     // Redis runs on this machine, so its clock is this clock.
     let submitted_at_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let queued: i64 = redis_cli(&redis, &["ZCARD", "taskq:due"]).trim().parse().unwrap_or(0);
+    let queued: i64 = redis_cli(&redis, &["ZCARD", &app_key(word::DUE)]).trim().parse().unwrap_or(0);
     // Bytes Redis holds per queued task: the queue entries and task records of the last 100
     // users submitted (MEMORY USAGE, sampled), divided by their tasks still queued. (The
     // first users' backlogs may have run by now: on a slow day the submission outlasts them.)
@@ -894,9 +896,9 @@ fn scale(options: &Options) -> Result<Row, String> {
     if !options.smoke && cluster.own.is_some() {
         // Per-user state (ledger, completion times, queue) expires a minute after the last task.
         std::thread::sleep(Duration::from_secs(65));
-        let state_keys: usize = ["taskq:ledger:*", "taskq:done:*", "taskq:q:*"]
+        let state_keys: usize = [word::LEDGER, word::DONE, word::QUEUE]
             .iter()
-            .map(|pattern| redis_cli(&redis, &["--scan", "--pattern", pattern]).lines().count())
+            .map(|word| redis_cli(&redis, &["--scan", "--pattern", &app_key(&format!("{word}*"))]).lines().count())
             .sum();
         note.push_str(&format!("; per-user keys left after idling 65 s: {state_keys}"));
     }
@@ -1176,7 +1178,11 @@ fn worker_loop(
 
 fn memory_per_queued_task(redis: &str, user_prefix: &str, users: std::ops::Range<usize>) -> f64 {
     let (first, end) = (users.start.to_string(), users.end.to_string());
-    redis_cli(redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0", user_prefix, &first, &end]).trim().parse().unwrap_or(0.0)
+    let (queue, task) = (app_key(word::QUEUE), app_key(word::TASK));
+    redis_cli(redis, &["EVAL", MEMORY_PER_QUEUED_TASK, "0", user_prefix, &first, &end, &queue, &task])
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
 }
 
 /// Redis memory per queued task without a payload, with a typical small one, and with the

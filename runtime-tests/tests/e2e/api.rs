@@ -4,7 +4,8 @@
 use crate::support;
 
 use std::time::Duration;
-use support::{Host, HostOptions, Redis, request};
+use support::{Host, HostOptions, Redis, app_key, request};
+use task_core::keys::word;
 
 /// The two policies of draft-ietf-httpapi-ratelimit-headers-11 with the default limits.
 const POLICY: [(&str, [(&str, i64); 2]); 2] = [("burst", [("q", 1), ("w", 1)]), ("minute", [("q", 20), ("w", 60)])];
@@ -52,7 +53,7 @@ fn limits(windows: &[(&str, &[(&str, i64)])]) -> Vec<(String, Vec<(String, i64)>
 /// Every key in Redis but the metrics counters (which count bad requests too).
 fn state_keys(redis: &Redis) -> Vec<String> {
     let keys: Vec<String> = redis.query(&["KEYS", "*"]);
-    keys.into_iter().filter(|k| k != "taskq:metrics").collect()
+    keys.into_iter().filter(|k| *k != app_key(word::METRICS)).collect()
 }
 
 fn start() -> (Redis, Host) {
@@ -311,7 +312,7 @@ fn concurrent_duplicates_create_one_task() {
         .collect();
     assert_eq!(ids.len(), 10);
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    assert_eq!(redis.query::<usize>(&["LLEN", "taskq:q:erin"]), 1);
+    assert_eq!(redis.query::<usize>(&["LLEN", &app_key(&format!("{}erin", word::QUEUE))]), 1);
 }
 
 /// With `max_backlog` = 2, a third queued task for the same user is refused with 429 and
@@ -330,8 +331,8 @@ fn a_full_backlog_answers_429() {
         assert_eq!(refused.status, 429, "{ledger}: {}", refused.body);
         assert!(refused.header("retry-after").is_some(), "{ledger}");
         assert_eq!(refused.json()["status"], 429, "{ledger}");
-        assert_eq!(redis.query::<usize>(&["LLEN", "taskq:q:frank"]), 2, "{ledger}");
-        assert!(!redis.query::<bool>(&["EXISTS", "taskq:idem:frank:full-1"]), "{ledger}");
+        assert_eq!(redis.query::<usize>(&["LLEN", &app_key(&format!("{}frank", word::QUEUE))]), 2, "{ledger}");
+        assert!(!redis.query::<bool>(&["EXISTS", &app_key(&format!("{}frank:full-1", word::IDEMPOTENCY))]), "{ledger}");
         assert_eq!(host.post_task(r#"{"user_id":"grace"}"#).status, 200, "{ledger}");
     }
 }

@@ -7,7 +7,8 @@ use crate::support;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{Host, HostOptions, Redis, Reply, repo_root, request};
+use support::{Host, HostOptions, Redis, Reply, app_key, repo_root, request};
+use task_core::keys::word;
 
 const ADMIN_TOKEN: &str = "admin-t0ken";
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
@@ -209,7 +210,7 @@ fn api_keys_are_made_listed_and_revoked_across_replicas() {
     assert_eq!(ids, expected);
     assert!(!listed.body.contains(&alice[alice.len() - 64..]), "a listing shows a secret");
     // Only a hash is stored: no Redis value holds the key.
-    let stored = redis.query::<Vec<String>>(&["HGETALL", &format!("taskq:apikey:{alice_id}")]).join("\n");
+    let stored = redis.query::<Vec<String>>(&["HGETALL", &app_key(&format!("{}{alice_id}", word::API_KEY))]).join("\n");
     assert!(stored.contains("alice") && !stored.contains(&alice[alice.len() - 64..]), "{stored}");
 
     // Alice's key works on every replica, for her only.

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{Host, HostOptions, Redis, check, read_log, request, wait_until};
+use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
+use task_core::keys::word;
 use test_rng::XorShift;
 
 const USERS: usize = 300;
@@ -78,12 +79,12 @@ fn a_cancel_racing_the_executor_either_cancels_or_finds_it_ran() {
     assert_eq!(outcomes.len(), USERS);
 
     // Nothing is left to run once the queue is empty: then the log is final.
-    let queued = || redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]);
+    let queued = || redis.query::<Option<i64>>(&["HGET", &app_key(word::METRICS), "queued"]);
     wait_until(Duration::from_secs(30), || format!("{:?} tasks still queued", queued()), || queued() == Some(0));
 
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), None);
-    assert!(report.is_clean(), "{}", report.summary());
+    assert!(report.is_clean(), "{}", report.problems());
     let ran: HashMap<&str, usize> =
         entries.iter().filter_map(|e| e.task_id.as_deref()).fold(HashMap::new(), |mut m, id| {
             *m.entry(id).or_default() += 1;

@@ -98,7 +98,7 @@ fn mixed_log() -> Vec<String> {
 #[test]
 fn a_clean_log_of_lanes_weights_and_a_tier_change_passes() {
     let report = checked(&mixed_log());
-    assert!(report.is_clean(), "{}\n{:?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.entries, report.users, report.lanes), (10, 2, 3));
     let lane = |u: &str, k: &str| report.per_lane.get(&(u.to_string(), k.to_string())).copied();
     assert_eq!((lane("u", "default"), lane("u", "email"), lane("v", "default")), (Some(5), Some(3), Some(2)));
@@ -132,7 +132,7 @@ fn lanes_of_one_user_are_independent() {
     // One second apart would be needed only if the two were one lane.
     let lines = [ndjson("d1", "u", "default", 1, "1/1000", 0, 0), ndjson("m1", "u", "email", 1, "1/1000", 10, 10)];
     let report = checked(&lines);
-    assert!(report.is_clean(), "{:?}", report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.users, report.lanes), (1, 2));
     // Control: the same two in one lane, (-990, 10] holds 2 units.
     let lines = [ndjson("d1", "u", "default", 1, "1/1000", 0, 0), ndjson("m1", "u", "default", 1, "1/1000", 10, 10)];
@@ -201,7 +201,7 @@ fn own_delay_follows_the_entrys_policy_and_costs() {
         ])
     };
     let report = run(2);
-    assert!(report.is_clean(), "{:?}", report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!(report.lateness_ms, vec![100, 130]);
     assert_eq!(report.own_delay_ms, vec![30, 100]);
     // With a 1-unit o1 the two fit one window (1 + 2 = 3): o2 was allowed at its slot.

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
+use task_core::keys::word;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -47,7 +48,6 @@ fn submit(host: &Host, body: &str) -> (String, i64) {
 /// What a stalled delivery test needs to be explained: the drainer's lease and queue in Redis
 /// and what each replica printed (a handler's error among it).
 fn stall_report(redis: &Redis, hosts: &[Host]) -> String {
-    use task_core::keys::word;
     let lease: Option<String> = redis.try_query(&["GET", &app_key(word::LEASE)]).unwrap_or(None);
     let lease_ttl: i64 = redis.try_query(&["PTTL", &app_key(word::LEASE)]).unwrap_or(-3);
     let zset = |word: &str| -> Vec<String> {
@@ -185,7 +185,7 @@ fn deliveries_hold_the_windows_at_the_backend_signed_with_the_payload_as_sent() 
     // after its claimed start.
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), Some(&sent.keys().cloned().collect::<Vec<_>>()));
-    assert!(report.is_clean(), "{}\n{:#?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     let started: HashMap<&str, i64> =
         entries.iter().filter_map(|e| Some((e.task_id.as_deref()?, e.started_at?))).collect();
     let lag = arrived
@@ -276,7 +276,7 @@ fn failed_attempts_are_retried_inside_the_windows_and_failed_tasks_are_readable(
     let entries = read_log(&hosts[0]);
     let expected: Vec<String> = [&flaky, &flaky2, &later, &gone, &down].iter().map(|s| s.to_string()).collect();
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
-    assert!(report.is_clean(), "{}\n{:#?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.attempts, report.failed), (11, 2), "{}", report.summary());
 }
 
@@ -345,7 +345,7 @@ fn concurrency_holds_and_a_hanging_backend_delays_only_its_own_lanes() {
         None,
         &BTreeMap::from([("slow".to_string(), 2)]),
     );
-    assert!(report.is_clean() && report.in_flight.is_empty(), "{}\n{:#?}", report.summary(), report.in_flight);
+    assert!(report.is_clean(), "{}", report.problems());
 }
 
 /// Every replica killed with SIGKILL while attempts are in flight: fresh replicas retry each
@@ -398,7 +398,7 @@ fn replicas_killed_mid_delivery_lose_nothing() {
     }
     let entries = read_log(&fresh[0]);
     let report = check::check(&entries, check::Rule::default(), Some(&ids));
-    assert!(report.is_clean(), "{}\n{:#?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
 }
 
 /// A delivery configuration that cannot work is refused at load, every request answered with a
@@ -439,7 +439,7 @@ fn bad_delivery_configurations_are_refused_with_the_cause_named() {
                 Duration::from_secs(10),
                 || format!("the drainer names {says:?}: {}", host.stderr_text()),
                 || {
-                    let _ = redis.try_query::<i64>(&["PUBLISH", "taskq:tick", ""]);
+                    let _ = redis.try_query::<i64>(&["PUBLISH", &app_key(word::TICK), ""]);
                     host.stderr_text().contains(says)
                 },
             );

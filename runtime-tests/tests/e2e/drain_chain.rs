@@ -2,7 +2,7 @@
 //! with nobody to hear it), a leader's handover (`handover.lua`) and the chain going idle
 //! (`drain.lua`), each followed by the wake-up that must come next.
 
-use crate::support::{Redis, app_key};
+use crate::support::{Redis, app_key, app_prefix};
 use std::time::Duration;
 use task_core::keys::{Keys, word};
 use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
@@ -24,7 +24,7 @@ impl Chain {
         let redis = Redis::start();
         let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("redis url: {e}"));
         let conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
-        let keys = Keys::new("taskq:", "task_log");
+        let keys = Keys::new(app_prefix(), "task_log");
         let header = Header { keys: &keys, default_spec: "", history: 20, history_ms: 60_000 }.argv();
         Chain { _redis: redis, client, conn, ticks: None, tick_channel: keys.tick_channel(), header }
     }

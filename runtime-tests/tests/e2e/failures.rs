@@ -11,7 +11,8 @@ use crate::test_rng;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Host, HostOptions, Redis, check, read_log, try_post_task, try_request, wait_until};
+use support::{Host, HostOptions, Redis, app_key, check, read_log, try_post_task, try_request, wait_until};
+use task_core::keys::word;
 use test_rng::XorShift;
 
 /// Waits until Redis's log stream holds `count` entries; fails the test, showing `host`'s
@@ -65,7 +66,7 @@ fn killed_replicas_lose_nothing_and_the_survivor_keeps_draining() {
 
     let entries = read_log(survivor);
     let report = check::check(&entries, check::Rule { per_second: 1, per_minute: 0 }, Some(&acknowledged));
-    assert!(report.is_clean(), "{}\n{:?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!(entries.len(), total);
     println!("replica loss: {}", report.summary());
 }
@@ -212,7 +213,11 @@ fn chaos() {
     wait_for_log(&redis, &hosts[0], expected.len(), timeout);
     let entries = read_log(&hosts[0]);
     // Nothing is queued any more, so no cancelled task can still turn up.
-    assert_eq!(redis.query::<Option<i64>>(&["HGET", "taskq:metrics", "queued"]), Some(0), "tasks are still queued");
+    assert_eq!(
+        redis.query::<Option<i64>>(&["HGET", &app_key(word::METRICS), "queued"]),
+        Some(0),
+        "tasks are still queued"
+    );
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
     let ran_cancelled: Vec<&str> =
         entries.iter().filter_map(|e| e.task_id.as_deref()).filter(|id| cancelled.contains(*id)).collect();
@@ -230,14 +235,7 @@ fn chaos() {
         support::percentile_ms(&mut waits, 100.0),
         report.summary()
     );
-    assert!(
-        report.is_clean(),
-        "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}",
-        report.summary(),
-        report.violations,
-        report.missing,
-        report.duplicated
-    );
+    assert!(report.is_clean(), "{}", report.problems());
     assert!(ran_cancelled.is_empty(), "cancelled tasks ran: {ran_cancelled:?}");
     assert!(!cancelled.is_empty(), "no DELETE cancelled anything, so the run tested nothing of it");
 }

@@ -10,7 +10,8 @@ use crate::slot;
 use crate::support;
 use crate::test_rng;
 
-use support::Redis;
+use support::{Redis, app_key, app_prefix};
+use task_core::keys::word;
 use test_rng::XorShift;
 
 const ADMIT: &str = include_str!("../../../core/src/scripts/admit.lua");
@@ -40,7 +41,7 @@ fn random_cost(rng: &mut XorShift, windows: &[slot::Window]) -> u32 {
 /// The shared header of every script (ARGV[1..6], `lib.lua`), as the app builds it: prefix,
 /// log key, task TTL, default policy, history kept (entries, ms).
 fn header(spec: &str) -> Vec<String> {
-    let keys = task_core::keys::Keys::new("taskq:", "task_log");
+    let keys = task_core::keys::Keys::new(app_prefix(), "task_log");
     task_core::scripts::Header { keys: &keys, default_spec: spec, history: 25, history_ms: 86_400_000 }.argv().to_vec()
 }
 
@@ -111,6 +112,8 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
     let mut conn = client.get_connection().unwrap_or_else(|e| panic!("connecting to redis: {e}"));
     let lib = task_core::scripts::prelude();
     let script = format!("{lib}\nconfigure(ARGV)\n{ADMIT}");
+    // User `u`'s ledger, which the script is given.
+    let ledger = app_key(&format!("{}u", word::LEDGER));
     let mut rng = XorShift(0x94D0_49BB_1331_11EB);
     let (mut constrained, mut refused) = (0, 0);
     for case in 0..1_000 {
@@ -139,11 +142,8 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let entries: Vec<String> = history.into_iter().map(|(e, _)| e).collect();
         let before = format!("v1 {} {}", seq + entries.len() as u64, entries.join(" "));
         if !entries.is_empty() {
-            let _: () = redis::cmd("SET")
-                .arg("taskq:ledger:u")
-                .arg(&before)
-                .query(&mut conn)
-                .unwrap_or_else(|e| panic!("SET: {e}"));
+            let _: () =
+                redis::cmd("SET").arg(&ledger).arg(&before).query(&mut conn).unwrap_or_else(|e| panic!("SET: {e}"));
         }
         let most = windows.iter().map(|w| w.quota).min();
         let cost = match most {
@@ -153,7 +153,7 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
         let keep = windows.iter().map(|w| w.quota).max().unwrap_or(0);
         let longest = windows.iter().map(|w| w.window_ms).max().unwrap_or(0);
         let (cost_arg, keep_arg, longest_arg) = (cost.to_string(), keep.to_string(), longest.to_string());
-        let args = ["u", "user u", "taskq:ledger:u", "", "0", "0123456789abcdef01234567", "0123456789ab", ""];
+        let args = ["u", "user u", ledger.as_str(), "", "0", "0123456789abcdef01234567", "0123456789ab", ""];
         let reply: Vec<redis::Value> = redis::cmd("EVAL")
             .arg(&script)
             .arg(0)
@@ -171,7 +171,7 @@ fn admit_lua_gives_the_slot_of_slot_next_slot() {
             other => panic!("case {case}: item {i} of {reply:?} is {other:?}"),
         };
         let mut stored = || -> Option<String> {
-            redis::cmd("GET").arg("taskq:ledger:u").query(&mut conn).unwrap_or_else(|e| panic!("GET: {e}"))
+            redis::cmd("GET").arg(&ledger).query(&mut conn).unwrap_or_else(|e| panic!("GET: {e}"))
         };
         if most.is_some_and(|most| cost > most) {
             assert_eq!(text(0), "costly", "case {case}: cost {cost} under {windows:?}");

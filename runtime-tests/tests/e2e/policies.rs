@@ -103,7 +103,7 @@ fn one_user_with_two_kinds_runs_each_lane_on_its_own_limits() {
         assert_eq!(entry["cost"], 1, "{entry}");
     }
     let report = check_log(&host);
-    assert!(report.is_clean(), "{}: {:?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     let state = request(&host.addr, "GET", "/api/v1/users/u", &ADMIN, b"").json();
     assert_eq!(state["kinds"]["email"]["recent_completions"].as_array().map(Vec::len), Some(3), "{state}");
     assert_eq!(state["kinds"]["email"]["remaining"][0]["policy"], "3s", "{state}");
@@ -156,7 +156,7 @@ fn tier_change_mid_backlog(ledger: &str) {
     let policies: Vec<&str> = log.iter().map(|e| e["policy"].as_str().unwrap_or("")).collect();
     assert_eq!(policies, ["1/2000", "1/2000", "1/2000", "1/2000", "2/1000", "2/1000", "2/1000"]);
     let report = check_log(&hosts[0]);
-    assert!(report.is_clean(), "{}: {:?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
 
     // Back to the built-in tier; an unknown tier or a malformed body is refused.
     assert_eq!(set_tier(&hosts[0], "t", Value::Null).json()["tier"], Value::Null);
@@ -210,7 +210,7 @@ fn weighted_tasks(ledger: &str) {
     let costs: Vec<i64> = log.iter().map(|e| e["cost"].as_i64().unwrap_or(0)).collect();
     assert_eq!(costs, [2, 1, 2]);
     let report = check_log(&host);
-    assert!(report.is_clean(), "{}: {:?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     // A cost no window could ever admit is refused, never queued.
     let over = post(&host, serde_json::json!({"user_id": "w", "kind": "report", "cost": 4}));
     assert_eq!(over.status, 422, "{}", over.body);

@@ -337,14 +337,7 @@ fn worker_processes_on_three_replicas_take_each_task_once_within_the_windows_and
     }
     let bounds: BTreeMap<String, usize> = [("render".to_string(), 1), ("batch".to_string(), 2)].into();
     let report = check::check_with_concurrency(&entries, check::Rule::default(), Some(&ids), &bounds);
-    assert!(
-        report.is_clean(),
-        "{}\n{:#?}\n{:#?}\n{:#?}",
-        report.summary(),
-        report.violations,
-        report.in_flight,
-        report.early
-    );
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.attempts, report.retries, report.failed), (ids.len(), 0, 0), "{}", report.summary());
 
     // The bounds were reached, so they were tested: a batch lane had two attempts in flight
@@ -496,14 +489,7 @@ fn a_worker_killed_with_claims_in_hand_loses_nothing_its_claims_lapse_and_are_re
     // The lapsed claim held ocr's one place until it lapsed: no overlap with the next claim.
     let one: BTreeMap<String, usize> = [("ocr".to_string(), 1)].into();
     let report = check::check_with_concurrency(&entries, check::Rule::default(), Some(&expected), &one);
-    assert!(
-        report.is_clean(),
-        "{}\n{:#?}\n{:#?}\n{:#?}",
-        report.summary(),
-        report.violations,
-        report.early,
-        report.in_flight
-    );
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.attempts, report.retries, report.failed), (15, 4, 0), "{}", report.summary());
 
     let metrics = hosts[0].get("/metrics").body;
@@ -856,7 +842,7 @@ fn outcomes_retry_later_fail_with_their_detail_and_refuse_stale_claims() {
     let entries = read_log(&hosts[0]);
     let expected = vec![a.clone(), b.clone(), c.clone()];
     let report = check::check(&entries, check::Rule::default(), Some(&expected));
-    assert!(report.is_clean(), "{}\n{:#?}", report.summary(), report.violations);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!((report.attempts, report.retries, report.failed), (6, 3, 2), "{}", report.summary());
     let words: Vec<(u32, Option<PulledResult>, Option<Outcome>)> = entries
         .iter()

@@ -399,14 +399,6 @@ fn queued_tasks_resume_after_a_redis_restart_with_only_the_supervisors_probes() 
         // next probe (1 s) wakes the drainer; a stranded queue would never resume at all.
         assert!(resume_ms.is_some_and(|ms| ms < 30_000), "outage {n}: draining resumed after {resume_ms:?} ms");
     }
-    assert!(
-        report.is_clean(),
-        "{}\nviolations: {:?}\nmissing: {:?}\nduplicated: {:?}\nearly: {:?}",
-        report.summary(),
-        report.violations,
-        report.missing,
-        report.duplicated,
-        report.early
-    );
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!(entries.len(), total);
 }

@@ -105,7 +105,7 @@ fn burst_runs_on_the_rule(replicas: usize, ledger: &str, lossy_cas: bool, shape:
 
     let entries = read_log(&hosts[0]);
     let report = check::check(&entries, check::Rule::default(), Some(&acknowledged));
-    assert!(report.is_clean(), "{}\n{:?}\n{:?}", report.summary(), report.violations, report.early);
+    assert!(report.is_clean(), "{}", report.problems());
     assert_eq!(entries.len(), total, "{}", report.summary());
     let windows = vec![
         check::Window { quota: 1, window_ms: 1_000 },
