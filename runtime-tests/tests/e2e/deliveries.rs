@@ -452,3 +452,109 @@ fn bad_delivery_configurations_are_refused_with_the_cause_named() {
         assert!(detail.contains(says), "{variables:?}: {detail}");
     }
 }
+
+/// The value README.md's `export NAME='value'` line gives.
+fn readme_export(readme: &str, name: &str) -> String {
+    readme
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("export {name}='")))
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("README.md exports no {name}"))
+        .to_string()
+}
+
+/// A child process killed (SIGKILL) on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// README "Deliveries" as a user runs it: its Python backend (the block as printed, on a free
+/// port instead of 8080) under the stock `standardwebhooks`, the app with the README's kind,
+/// hosts and secret, and its curl's body. The backend verifies the signature and prints the
+/// task id and the envelope, payload as sent; the task completes.
+#[test]
+fn the_readmes_backend_verifies_and_prints_a_delivery() {
+    let readme =
+        std::fs::read_to_string(support::repo_root().join("README.md")).unwrap_or_else(|e| panic!("README.md: {e}"));
+    let code = readme
+        .split("A backend in Python")
+        .nth(1)
+        .and_then(|rest| rest.split("```python\n").nth(1))
+        .and_then(|block| block.split("\n```").next())
+        .unwrap_or_else(|| panic!("no Python block after \"A backend in Python\" in README.md"));
+    let port = support::free_loopback_port().to_string();
+    let on_port = |text: &str| {
+        assert!(text.contains("8080"), "the README's port moved: {text}");
+        text.replace("8080", &port)
+    };
+    let secret = readme_export(&readme, "SPIN_VARIABLE_DELIVERY_SECRET");
+    let python = support::repo_root().join("target/webhooks-venv/bin/python");
+    assert!(python.exists(), "{} is missing: runtime-tests/test.sh installs it", python.display());
+    let mut backend = Killed(
+        Command::new(python)
+            .args(["-c", &on_port(code)])
+            .env("DELIVERY_SECRET", &secret)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python: {e}")),
+    );
+    let (lines, printed) = std::sync::mpsc::channel();
+    if let Some(out) = backend.0.stdout.take() {
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+    }
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if let Some(err) = backend.0.stderr.take() {
+        let stderr = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+                stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_str(&format!("{line}\n"));
+            }
+        });
+    }
+    let said = || stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    wait_until(
+        Duration::from_secs(20),
+        || format!("the README's backend listening on {port}; it said:\n{}", said()),
+        || std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok(),
+    );
+    let redis = Redis::start();
+    let options = HostOptions {
+        variables: vec![
+            ("policies".into(), on_port(&readme_export(&readme, "SPIN_VARIABLE_POLICIES"))),
+            ("delivery_hosts".into(), on_port(&readme_export(&readme, "SPIN_VARIABLE_DELIVERY_HOSTS"))),
+            ("delivery_secret".into(), secret.clone()),
+        ],
+        ..HostOptions::default()
+    };
+    let host = Host::start(&redis, &options);
+    let (id, _) = submit(&host, r#"{"user_id":"123","kind":"mail","payload":{"to":"ann@example.com"}}"#);
+    let line = printed.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| {
+        panic!("the backend printed nothing ({e}); it said:\n{}\nthe host said:\n{}", said(), host.stderr_text())
+    });
+    let (printed_id, envelope) = line.split_once(' ').unwrap_or_else(|| panic!("the backend printed {line:?}"));
+    assert_eq!(printed_id, id, "{line}");
+    let envelope: serde_json::Value = serde_json::from_str(envelope).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(
+        (&envelope["task_id"], &envelope["user_id"], &envelope["kind"], &envelope["attempt"]),
+        (&serde_json::json!(id), &serde_json::json!("123"), &serde_json::json!("mail"), &serde_json::json!(1)),
+        "{line}"
+    );
+    assert_eq!(envelope["payload"], serde_json::json!({"to": "ann@example.com"}), "{line}");
+    wait_until(
+        Duration::from_secs(10),
+        || format!("task {id} completed: {}", task(&host, &id)),
+        || task(&host, &id)["status"] == "completed",
+    );
+}
