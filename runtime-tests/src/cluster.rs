@@ -53,21 +53,19 @@ pub fn host_binary() -> PathBuf {
     dir.join("spin-host")
 }
 
-/// The key prefix spin.toml gives by default (its `key_prefix` variable), which the hosts the
-/// tests start use.
+/// The key prefix spin.toml gives by default (its `key_prefix` variable), as the host's own
+/// loader resolves it for the hosts the tests start.
 pub fn app_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let path = repo_root().join("spin.toml");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let manifest: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        manifest
-            .get("variables")
-            .and_then(|v| v.get("key_prefix"))
-            .and_then(|v| v.get("default"))
-            .and_then(toml::Value::as_str)
-            .unwrap_or_else(|| panic!("{}: no default for the variable key_prefix", path.display()))
-            .to_string()
+        let app = crate::manifest::load(&path, None, &Default::default())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        app.components
+            .get("api")
+            .and_then(|api| api.variables.get("key_prefix"))
+            .unwrap_or_else(|| panic!("{}: the api component has no key_prefix", path.display()))
+            .clone()
     })
 }
 

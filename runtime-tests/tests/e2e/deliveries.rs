@@ -6,8 +6,9 @@
 use crate::support;
 use runtime_tests::backend::{Backend, Recorded, window_breaks};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
 use task_core::keys::word;
@@ -509,21 +510,21 @@ fn the_readmes_backend_verifies_and_prints_a_delivery() {
     let (lines, printed) = std::sync::mpsc::channel();
     if let Some(out) = backend.0.stdout.take() {
         std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
             }
         });
     }
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
     if let Some(err) = backend.0.stderr.take() {
         let stderr = stderr.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
-                stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_str(&format!("{line}\n"));
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                stderr.lock().unwrap_or_else(PoisonError::into_inner).push_str(&format!("{line}\n"));
             }
         });
     }
-    let said = || stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let said = || stderr.lock().unwrap_or_else(PoisonError::into_inner).clone();
     wait_until(
         Duration::from_secs(20),
         || format!("the README's backend listening on {port}; it said:\n{}", said()),
