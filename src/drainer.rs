@@ -21,7 +21,8 @@
 //!   so a leader past its window ticks once and leads on; when another takes the lease it
 //!   **winds down**: it claims nothing more, reports its outcomes, and returns.
 //! - With nothing queued the leader drops the lease and the chain stops; the next admission
-//!   (or `/healthz`) that finds tasks waiting and no lease publishes a tick to restart it.
+//!   (or `/healthz`, or a `GET` of an unfinished task) that finds tasks waiting and no lease
+//!   publishes a tick to restart it.
 //!   Redis's keyspace notification for the lease expiring is a second wake-up path (spin.toml).
 //!
 //! Running a task is atomic in Redis (`queue.rs`), so two leaders at once (one stalled past
