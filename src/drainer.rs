@@ -23,7 +23,9 @@
 //! - With nothing queued the leader drops the lease and the chain stops; the next admission
 //!   (or `/healthz`, or a `GET` of an unfinished task) that finds tasks waiting and no lease
 //!   publishes a tick to restart it.
-//!   Redis's keyspace notification for the lease expiring is a second wake-up path (spin.toml).
+//!   Redis's keyspace notifications for the lease expiring, and for the alarms a leader renews
+//!   (`task_core::keys::ALARM_SECONDS`) expiring once every replica has stopped, are the other
+//!   wake-up paths (spin.toml).
 //!
 //! Running a task is atomic in Redis (`queue.rs`), so two leaders at once (one stalled past
 //! its TTL) cost only work, never a doubled task.

@@ -26,7 +26,8 @@
 //! - `idem:<u>:<key>` the task an Idempotency-Key names;
 //! - `tier:<u>` the user's tier (absent: the built-in one);
 //! - `lease`    the drainer lease; `kick` rate-limits wake-ups; `tick` is the drainers'
-//!   channel;
+//!   channel; `alarm:<s>` (one per `ALARM_SECONDS`) expires `<s>` seconds after a leader last
+//!   renewed it, and Redis's notification of that wakes the drainers (spin.toml);
 //! - `metrics`  hash of the counters behind `/metrics`;
 //! - `claims`   sorted set of the delivery attempts in flight (task id, scored by the instant
 //!   its claim lapses) and `inflight` hash of how many each lane has (lane → count);
@@ -48,6 +49,7 @@ pub mod word {
     pub const TIER: &str = "tier:";
     pub const LEASE: &str = "lease";
     pub const KICK: &str = "kick";
+    pub const ALARM: &str = "alarm:";
     pub const TICK: &str = "tick";
     pub const METRICS: &str = "metrics";
     pub const API_KEY: &str = "apikey:";
@@ -58,6 +60,15 @@ pub mod word {
     pub const BELL: &str = "bell:";
     pub const WORKER_KEYS: &str = "workerkeys";
 }
+
+/// The drainers' alarms, in seconds (a key `alarm:<s>` each, and a trigger on its keyspace
+/// channel in spin.toml). Spin has no timer trigger, and a tick chain dies with its replicas:
+/// when every replica stopped with work left, the chain's alarms go off that long after the
+/// last leader renewed them and wake whichever replicas are back by then, with no request.
+/// Staggered, so that replicas back within a few seconds resume in a few seconds, and those
+/// back after a reschedule still resume on their own. Shortest first (drain.lua renews them
+/// all when the first runs low).
+pub const ALARM_SECONDS: [u32; 3] = [5, 60, 900];
 
 /// Key names under one configurable prefix (the `key_prefix` variable).
 #[derive(Clone, Debug)]

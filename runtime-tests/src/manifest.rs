@@ -382,4 +382,27 @@ mod tests {
         assert!(app.redis_triggers.iter().any(|(a, c, _)| a == "redis://127.0.0.1:7000" && c == "taskq:tick"));
         Ok(())
     }
+
+    /// The drainer hears its ticks, the lease lapsing, and every alarm the scripts set (the
+    /// keys' words and `ALARM_SECONDS` of the core): one fact, in two files.
+    #[test]
+    fn the_drainer_listens_for_every_alarm() -> anyhow::Result<()> {
+        use task_core::keys::{ALARM_SECONDS, word};
+        let app = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin.toml"), None, &HashMap::new())?;
+        let prefix = &app.components["drainer"].variables["key_prefix"];
+        let keyspace = |word: &str| format!("__keyspace@0__:{prefix}{word}");
+        let mut expected = vec![format!("{prefix}{}", word::TICK), keyspace(word::LEASE)];
+        expected.extend(ALARM_SECONDS.map(|s| keyspace(&format!("{}{s}", word::ALARM))));
+        let mut heard: Vec<_> = app
+            .redis_triggers
+            .iter()
+            .filter(|(_, _, component)| component == "drainer")
+            .map(|(_, c, _)| c.clone())
+            .collect();
+        heard.sort();
+        expected.sort();
+        assert_eq!(heard, expected);
+        assert!(ALARM_SECONDS.windows(2).all(|w| w[0] < w[1]), "drain.lua renews the alarms by the first");
+        Ok(())
+    }
 }

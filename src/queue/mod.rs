@@ -5,26 +5,10 @@
 //! header and its arguments, and reads its reply whole. The few commands that are not
 //! scripts follow it: a user's tier (`SET`/`DEL`), log pages (`XRANGE`), an API key's
 //! lookup (`HMGET`, on every request under `auth = api_key`), the drainers' tick (`PUBLISH`)
-//! and the keyspace events the drainer's second trigger listens to (`CONFIG`).
+//! and the keyspace events the drainer's lease and alarm triggers listen to (`CONFIG`).
 //!
-//! Data (all under the `key_prefix`; `<u>` is the encoded user id and `<l>` a lane, the
-//! user's tasks of one kind, see `keys.rs`):
-//! - `ledger:<l>` the lane's recent slots and costs (`ledger.rs`), in Redis or the key-value
-//!   store;
-//! - `q:<l>`    list of the lane's pending tasks, `"<slot>:<task id>"`, in slot order;
-//! - `due`      sorted set: lane → earliest instant its head task may start;
-//! - `done:<l>` list of the lane's last completion times (`<ms>`, or `<ms>*<units>` for a
-//!   weighted task; expires when the longest window has passed the last);
-//! - `t:<id>`   hash of a task: `u` user id, `s` slot, `p` payload (JSON text, if any),
-//!   `k` kind, `w` cost and `l` policy (each only when not the default), `c` completed-at or
-//!   `x` cancelled-at (kept a day once either is set);
-//! - `idem:<u>:<key>` the task an Idempotency-Key names;
-//! - `tier:<u>` the user's tier (absent: the built-in one);
-//! - `lease`    the drainer lease (see `drainer.rs`); `kick` rate-limits wake-ups; `tick`
-//!   is the drainers' channel;
-//! - `metrics`  hash of the counters behind `/metrics` (see `metrics.rs`);
-//! - `apikey:<id>` hash of an API key (`u` user id, `h` SHA-256 of the key, `c` created-at,
-//!   `s` the user's set) and `apikeys:<u>` the set of a user's key ids (`auth.rs`).
+//! Data: every key is listed, with what it holds, in `task_core::keys` (the one place that
+//! builds their names).
 //!
 //! "Running" a task is `run_due` in `lib.lua`: it takes the user's head task when the slot
 //! rule allows it on the user's actual completion times, records the completion, and
@@ -212,9 +196,9 @@ impl Queue<'_> {
         self.call(publish).await
     }
 
-    /// Switches on the keyspace notification the drainer's second trigger listens to (the
-    /// lease expiring), keeping whatever flags are already set. Managed Redis services may
-    /// refuse CONFIG; the drainer then relies on standbys and `/healthz` alone.
+    /// Switches on the keyspace notifications the drainer's other triggers listen to (the
+    /// lease and the alarms expiring), keeping whatever flags are already set. Managed Redis
+    /// services may refuse CONFIG; the drainer then relies on standbys and requests alone.
     pub async fn enable_expiry_events(&self) -> Result<(), StoreError> {
         let reply = self.execute("CONFIG", &["GET", "notify-keyspace-events"]).await?;
         // `[name, flags]`.

@@ -12,8 +12,8 @@
 -- hold on the backend's arrivals as on the claimed starts). A drainer winding down (claim
 -- limit 0: it returns once its attempts in flight have ended) only records outcomes.
 -- The lease (free, ours, or handed to us by the tick we got) elects who keeps the tick chain
--- going: the leader takes or renews it, and drops it when nothing is due or claimed, ending
--- the chain until an admission wakes it again.
+-- going: the leader takes or renews it (and the alarms), and drops it (and them) when
+-- nothing is due or claimed, ending the chain until an admission wakes it again.
 -- Returns `['busy', holder, …]` (another drainer leads) or `[state, …]` (state `active` or
 -- `idle`), then: ms until the next task is due or claim lapses, more due now?, k, completions
 -- (4 items each: k of them)…, claims (8 items each: `claim` in lib.lua)….
@@ -72,10 +72,15 @@ elseif #next_due == 0 and #next_lapse == 0 then
   -- that wake-up when the chain went idle within 200 ms of it (a backend answering in a few
   -- ms, before the burst's next task was queued), and the queued tasks waited for the next
   -- request (e2e deliveries, 1 run in 12 under load, 2026-12-05).
-  redis.call('DEL', lease_key, kick_key)
+  redis.call('DEL', lease_key, kick_key, unpack(alarm_keys))
   state = 'idle'
 else
   redis.call('SET', lease_key, token, 'PX', lease_ttl)
+  -- The alarms go off only once no leader has renewed them for their lifetime: every
+  -- replica stopped with work left. Renewed about once a second (the shortest has a few
+  -- seconds), not on every call, so that a Redis reporting every write on their channels
+  -- wakes the drainers rarely.
+  if redis.call('PTTL', alarm_keys[1]) < alarm_ms[1] - 1000 then arm_alarms() end
 end
 local head = {state, next_in, more, #out / 4}
 if state == 'busy' then head = {state, holder, next_in, more, #out / 4} end

@@ -1,5 +1,6 @@
 -- Shared by every script (scripts.rs puts it before the scripts' bodies, after what it takes
--- from Rust: the key words `KEY_*` of keys.rs, `DEFAULT_KIND` and `lateness_buckets_ms`): the
+-- from Rust: the key words `KEY_*` of keys.rs, `DEFAULT_KIND`, the histograms' buckets and
+-- `alarm_seconds`): the
 -- configuration, and the functions that run tasks. Loaded once
 -- as a Redis Functions library (or sent with each script where Redis refuses functions), so
 -- the configuration is not read here but by `configure`, which every call runs first: ARGV[1..6].
@@ -11,6 +12,9 @@ local prefix, log_key, task_ttl
 local default_spec, history, history_ms
 -- Keys of the queue and the drainer (keys.rs lists them all).
 local due_key, lease_key, metrics_key, kick_key, tick_channel
+-- The drainers' alarms (keys.rs `ALARM_SECONDS`), shortest first: their keys, and each
+-- key's lifetime (ms).
+local alarm_keys, alarm_ms
 -- Deliveries in flight: every open claim (task id, scored by when it lapses), and how many
 -- each lane has.
 local claims_key, in_flight_key
@@ -33,6 +37,8 @@ local function configure(argv)
   due_key, lease_key = prefix .. KEY_DUE, prefix .. KEY_LEASE
   metrics_key, kick_key, tick_channel = prefix .. KEY_METRICS, prefix .. KEY_KICK, prefix .. KEY_TICK
   claims_key, in_flight_key = prefix .. KEY_CLAIMS, prefix .. KEY_IN_FLIGHT
+  alarm_keys, alarm_ms = {}, {}
+  for i, s in ipairs(alarm_seconds) do alarm_keys[i], alarm_ms[i] = prefix .. KEY_ALARM .. s, s * 1000 end
   counted = {}
   puller = nil
 end
@@ -354,6 +360,12 @@ local function run_due(member, now, out, claims)
   end
 end
 
+-- Sets the drainers' alarms (keys.rs `ALARM_SECONDS`) to go off their lifetimes from now,
+-- unless renewed (drain.lua) or deleted (a chain gone idle) before.
+local function arm_alarms()
+  for i, key in ipairs(alarm_keys) do redis.call('SET', key, '1', 'PX', alarm_ms[i]) end
+end
+
 -- Wakes the drainers (a tick on their channel, spin.toml) when tasks wait but no drainer
 -- holds the lease; at most once per 200 ms, so a burst of requests publishes one wake-up,
 -- not one each (a chain going idle ends the 200 ms early: drain.lua). Publishing here saves
@@ -365,8 +377,12 @@ local function wake_drainer(waiting)
   if not waiting and redis.call('ZCARD', due_key) == 0 and redis.call('ZCARD', claims_key) == 0 then return 0 end
   if not redis.call('SET', kick_key, '1', 'NX', 'PX', 200) then return 0 end
   -- A wake-up no replica heard (Spin may serve HTTP before its Redis trigger has subscribed)
-  -- holds back nothing: the next caller publishes again.
-  if redis.call('PUBLISH', tick_channel, '') == 0 then redis.call('DEL', kick_key) end
+  -- holds back nothing: the next caller publishes again; and should nobody call, the
+  -- alarms wake the replicas that have subscribed by then.
+  if redis.call('PUBLISH', tick_channel, '') == 0 then
+    redis.call('DEL', kick_key)
+    arm_alarms()
+  end
   return 1
 end
 

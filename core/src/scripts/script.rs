@@ -1,7 +1,7 @@
 //! The scripts' texts: each script is `lib.lua`, after what it takes from Rust, and its own
 //! body; they reach Redis as one Functions library or one by one (see `scripts`).
 
-use crate::keys::word;
+use crate::keys::{ALARM_SECONDS, word};
 use crate::policy::DEFAULT_KIND;
 use std::sync::OnceLock;
 
@@ -93,14 +93,15 @@ const ALL: [&Script; 20] = [
     &HANDOVER,
 ];
 
-/// A histogram's bounds as a Lua local, as both forms of the scripts declare them.
-fn buckets_line(name: &str, bounds: &[i64]) -> String {
-    let buckets: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
-    format!("local {name} = {{{}}}", buckets.join(", "))
+/// Numbers (a histogram's bounds, the alarms) as a Lua local, as both forms of the scripts
+/// declare them.
+fn numbers_line(name: &str, numbers: &[i64]) -> String {
+    let numbers: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
+    format!("local {name} = {{{}}}", numbers.join(", "))
 }
 
 /// What the Lua knows by name from Rust: the key words (`keys::word`) and the default kind.
-const LUA_CONSTANTS: [(&str, &str); 15] = [
+const LUA_CONSTANTS: [(&str, &str); 16] = [
     ("KEY_LEDGER", word::LEDGER),
     ("KEY_CLAIMS", word::CLAIMS),
     ("KEY_IN_FLIGHT", word::IN_FLIGHT),
@@ -113,19 +114,21 @@ const LUA_CONSTANTS: [(&str, &str); 15] = [
     ("KEY_BELL", word::BELL),
     ("KEY_LEASE", word::LEASE),
     ("KEY_KICK", word::KICK),
+    ("KEY_ALARM", word::ALARM),
     ("KEY_TICK", word::TICK),
     ("KEY_METRICS", word::METRICS),
     ("DEFAULT_KIND", DEFAULT_KIND),
 ];
 
-/// What comes before `lib.lua` in both forms of the scripts: `LUA_CONSTANTS` and the
-/// lateness buckets, as Lua locals. (Every value is a key word or a kind name: no quote or
+/// What comes before `lib.lua` in both forms of the scripts: `LUA_CONSTANTS`, the histograms'
+/// buckets and the alarms, as Lua locals. (Every value is a key word or a kind name: no quote or
 /// backslash to escape.)
 fn constants() -> String {
     let mut lines: Vec<String> =
         LUA_CONSTANTS.iter().map(|(name, value)| format!("local {name} = '{value}'")).collect();
-    lines.push(buckets_line("lateness_buckets_ms", &LATENESS_BUCKETS_MS));
-    lines.push(buckets_line("delivery_buckets_ms", &DELIVERY_BUCKETS_MS));
+    lines.push(numbers_line("lateness_buckets_ms", &LATENESS_BUCKETS_MS));
+    lines.push(numbers_line("delivery_buckets_ms", &DELIVERY_BUCKETS_MS));
+    lines.push(numbers_line("alarm_seconds", &ALARM_SECONDS.map(i64::from)));
     lines.join("\n")
 }
 

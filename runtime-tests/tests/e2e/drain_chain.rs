@@ -1,10 +1,11 @@
 //! The drainer's chain of handlers (`src/drainer.rs`) on a real Redis: its start (a wake-up
 //! with nobody to hear it), a leader's handover (`handover.lua`) and the chain going idle
-//! (`drain.lua`), each followed by the wake-up that must come next.
+//! (`drain.lua`), each followed by the wake-up that must come next; and the alarms that wake
+//! the drainers when nobody else will.
 
 use crate::support::{Redis, app_key, app_prefix};
 use std::time::Duration;
-use task_core::keys::{Keys, word};
+use task_core::keys::{ALARM_SECONDS, Keys, word};
 use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
 
 /// A Redis, the tick channel listened to (after `listen`), and the app's scripts run as its
@@ -61,6 +62,11 @@ impl Chain {
         let mut cmd = redis::cmd(args[0]);
         cmd.arg(&args[1..]);
         cmd.query(&mut self.conn).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The drainers' alarms: each key and its lifetime (s).
+    fn alarms(&self) -> Vec<(String, i64)> {
+        ALARM_SECONDS.iter().map(|&s| (app_key(&format!("{}{s}", word::ALARM)), i64::from(s))).collect()
     }
 
     /// The next tick's payload: a leader's token, or "" for a kick.
@@ -127,6 +133,10 @@ fn a_wake_up_nobody_heard_does_not_hold_back_the_next() {
     let () = chain.command(&["ZADD", &app_key(word::DUE), "0", "ghost:mail"]);
     assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
     assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 0, "nobody heard it: no throttle");
+    // Should nobody call again, the alarms wake the replicas that have subscribed by then.
+    for (key, ms) in chain.alarms() {
+        assert!((ms * 1000 - 1000..=ms * 1000).contains(&chain.command::<i64>(&["PTTL", &key])), "{key}");
+    }
     assert!(chain.run::<bool>(&Sweep), "the next wake-up goes out at once");
 
     // Heard, it throttles the next as before.
@@ -135,4 +145,42 @@ fn a_wake_up_nobody_heard_does_not_hold_back_the_next() {
     assert_eq!(chain.tick(), "");
     assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 1);
     assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
+}
+
+/// A leader keeps the alarms from going off: it sets them when it takes the lease, renews
+/// them once the shortest has run a second down (not on every call), and deletes them when
+/// the chain goes idle, so that they go off only once every drainer has stopped.
+#[test]
+fn a_leader_keeps_the_alarms_off_and_an_idle_chain_deletes_them() {
+    let mut chain = Chain::start();
+    let due = app_key(word::DUE);
+    let alarms = chain.alarms();
+    let ttl = |chain: &mut Chain, key: &str| chain.command::<i64>(&["PTTL", key]);
+    // Something due later keeps the chain active.
+    let () = chain.command(&["ZADD", &due, "99999999999999", "later:mail"]);
+    let drain = Drain { token: "d1", handoff: "", lease_ttl_ms: 1_000, batch: 16, claim_limit: 16, outcomes: &[] };
+    let reply: Vec<redis::Value> = chain.run(&drain);
+    assert_eq!(reply.first(), Some(&redis::Value::BulkString(b"active".to_vec())), "{reply:?}");
+    for (key, s) in &alarms {
+        let left = ttl(&mut chain, key);
+        assert!((s * 1000 - 1000..=s * 1000).contains(&left), "{key}: {left} ms");
+    }
+    // With most of a second left on the shortest, a call leaves them be...
+    let (short, short_s) = alarms[0].clone();
+    let () = chain.command(&["PEXPIRE", &short, &(short_s * 1000 - 500).to_string()]);
+    let _: Vec<redis::Value> = chain.run(&drain);
+    assert!(ttl(&mut chain, &short) <= short_s * 1000 - 500, "renewed with time to spare");
+    // ...and renews every one once it has run low.
+    let () = chain.command(&["PEXPIRE", &short, "2000"]);
+    let (long, long_s) = alarms[alarms.len() - 1].clone();
+    let () = chain.command(&["PEXPIRE", &long, "2000"]);
+    let _: Vec<redis::Value> = chain.run(&drain);
+    assert!(ttl(&mut chain, &short) > 2_000 && ttl(&mut chain, &long) > (long_s - 1) * 1000, "renewed");
+
+    let () = chain.command(&["ZREM", &due, "later:mail"]);
+    let reply: Vec<redis::Value> = chain.run(&drain);
+    assert_eq!(reply.first(), Some(&redis::Value::BulkString(b"idle".to_vec())), "{reply:?}");
+    for (key, _) in &alarms {
+        assert_eq!(ttl(&mut chain, key), -2, "{key} left after the chain went idle");
+    }
 }

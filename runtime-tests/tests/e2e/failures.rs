@@ -71,6 +71,59 @@ fn killed_replicas_lose_nothing_and_the_survivor_keeps_draining() {
     println!("replica loss: {}", report.summary());
 }
 
+/// Every replica killed while tasks wait, and fresh ones started after the dead leader's
+/// lease has lapsed with nobody to hear it: with no request at all (no probe, no admission,
+/// no poll), the drainers' alarm wakes the fresh replicas and the queue drains, every task
+/// once and on the rule.
+#[test]
+fn replicas_back_after_every_one_died_resume_with_no_request() {
+    let redis = Redis::start();
+    let options = HostOptions { variables: vec![("per_minute".into(), "0".into())], ..HostOptions::default() };
+    let mut hosts: Vec<Host> = (0..2).map(|_| Host::start(&redis, &options)).collect();
+    let (users, per_user) = (4, 6);
+    let mut acknowledged = Vec::new();
+    for round in 0..per_user {
+        for u in 0..users {
+            let reply = hosts[(round * users + u) % 2].post_task(&format!(r#"{{"user_id":"a{u}"}}"#));
+            assert!(reply.status == 200 || reply.status == 202, "{}", reply.body);
+            acknowledged.push(reply.json()["task_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let total = users * per_user;
+    // A second round has run: a drainer leads (and has set the alarms).
+    wait_for_log(&redis, &hosts[0], 2 * users, Duration::from_secs(30));
+    for host in &mut hosts {
+        host.kill();
+    }
+    let ran_before = redis.log_len();
+    assert!(ran_before < total, "the queue drained before the kill");
+    let lease = app_key(word::LEASE);
+    wait_until(
+        Duration::from_secs(5),
+        || "the dead leader's lease to lapse".into(),
+        || !redis.query::<bool>(&["EXISTS", &lease]),
+    );
+    // Started side by side, to be back before the 5 s alarm; on a machine too loaded for that,
+    // the 1 min alarm wakes them.
+    let fresh: Vec<Host> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..2).map(|_| s.spawn(|| Host::start(&redis, &options))).collect();
+        starting.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    assert_eq!(fresh.len(), 2, "a fresh replica did not start");
+    let back = Instant::now();
+    wait_for_log(&redis, &fresh[0], ran_before + 1, Duration::from_secs(75));
+    let resumed_after = back.elapsed();
+    wait_for_log(&redis, &fresh[0], total, Duration::from_secs(30));
+    let entries = read_log(&fresh[1]);
+    let report = check::check(&entries, check::Rule { per_second: 1, per_minute: 0 }, Some(&acknowledged));
+    assert!(report.is_clean(), "{}", report.problems());
+    println!(
+        "every replica killed with {} of {total} tasks left: fresh replicas resumed {:.1} s after they started, with no request",
+        total - ran_before,
+        resumed_after.as_secs_f64()
+    );
+}
+
 struct Scale {
     users: usize,
     tasks_per_user: usize,
