@@ -72,7 +72,8 @@ elseif #next_due == 0 and #next_lapse == 0 then
   -- that wake-up when the chain went idle within 200 ms of it (a backend answering in a few
   -- ms, before the burst's next task was queued), and the queued tasks waited for the next
   -- request (e2e deliveries, 1 run in 12 under load, 2026-12-05).
-  redis.call('DEL', lease_key, kick_key, unpack(alarm_keys))
+  redis.call('DEL', lease_key, kick_key)
+  for i = 1, #alarm_seconds do redis.call('DEL', alarm_key(i)) end
   state = 'idle'
 else
   redis.call('SET', lease_key, token, 'PX', lease_ttl)
@@ -80,7 +81,7 @@ else
   -- replica stopped with work left. Renewed about once a second (the shortest has a few
   -- seconds), not on every call, so that a Redis reporting every write on their channels
   -- wakes the drainers rarely.
-  if redis.call('PTTL', alarm_keys[1]) < alarm_ms[1] - 1000 then arm_alarms() end
+  if redis.call('PTTL', alarm_key(1)) < alarm_seconds[1] * 1000 - 1000 then arm_alarms() end
 end
 local head = {state, next_in, more, #out / 4}
 if state == 'busy' then head = {state, holder, next_in, more, #out / 4} end

@@ -12,9 +12,6 @@ local prefix, log_key, task_ttl
 local default_spec, history, history_ms
 -- Keys of the queue and the drainer (keys.rs lists them all).
 local due_key, lease_key, metrics_key, kick_key, tick_channel
--- The drainers' alarms (keys.rs `ALARM_SECONDS`), shortest first: their keys, and each
--- key's lifetime (ms).
-local alarm_keys, alarm_ms
 -- Deliveries in flight: every open claim (task id, scored by when it lapses), and how many
 -- each lane has.
 local claims_key, in_flight_key
@@ -37,8 +34,6 @@ local function configure(argv)
   due_key, lease_key = prefix .. KEY_DUE, prefix .. KEY_LEASE
   metrics_key, kick_key, tick_channel = prefix .. KEY_METRICS, prefix .. KEY_KICK, prefix .. KEY_TICK
   claims_key, in_flight_key = prefix .. KEY_CLAIMS, prefix .. KEY_IN_FLIGHT
-  alarm_keys, alarm_ms = {}, {}
-  for i, s in ipairs(alarm_seconds) do alarm_keys[i], alarm_ms[i] = prefix .. KEY_ALARM .. s, s * 1000 end
   counted = {}
   puller = nil
 end
@@ -360,10 +355,16 @@ local function run_due(member, now, out, claims)
   end
 end
 
--- Sets the drainers' alarms (keys.rs `ALARM_SECONDS`) to go off their lifetimes from now,
--- unless renewed (drain.lua) or deleted (a chain gone idle) before.
+-- The key of the drainers' `i`th alarm (keys.rs `ALARM_SECONDS`, `alarm_seconds` here,
+-- shortest first). Built when needed, not in `configure`: most calls never touch them.
+local function alarm_key(i)
+  return prefix .. KEY_ALARM .. alarm_seconds[i]
+end
+
+-- Sets the drainers' alarms to go off their lifetimes from now, unless renewed (drain.lua)
+-- or deleted (a chain gone idle) before.
 local function arm_alarms()
-  for i, key in ipairs(alarm_keys) do redis.call('SET', key, '1', 'PX', alarm_ms[i]) end
+  for i, s in ipairs(alarm_seconds) do redis.call('SET', alarm_key(i), '1', 'PX', s * 1000) end
 end
 
 -- Wakes the drainers (a tick on their channel, spin.toml) when tasks wait but no drainer
