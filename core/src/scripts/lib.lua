@@ -1,7 +1,6 @@
 -- Shared by every script (scripts.rs puts it before the scripts' bodies, after what it takes
 -- from Rust: the key words `KEY_*` of keys.rs, `DEFAULT_KIND`, the histograms' buckets and
--- `alarm_seconds`): the
--- configuration, and the functions that run tasks. Loaded once
+-- `alarm_seconds`): the configuration, and the functions that run tasks. Loaded once
 -- as a Redis Functions library (or sent with each script where Redis refuses functions), so
 -- the configuration is not read here but by `configure`, which every call runs first: ARGV[1..6].
 -- A script's own arguments start at ARGV[7].
