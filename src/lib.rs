@@ -54,16 +54,17 @@ pub mod queue;
 use task_core::{keys, ledger, policy, scripts, slot};
 
 /// The HTTP component: every route of `http::handle`. The entry points exist only in the
-/// `.wasm`: natively (clippy, the unit tests) a cdylib would export names such as
-/// `[async-lift]spin:redis/…`, which the native linker's version script cannot spell.
-#[cfg(target_arch = "wasm32")]
+/// `.wasm` and under clippy: a native cdylib (the unit tests) would export names such as
+/// `[async-lift]spin:redis/…`, which the native linker's version script cannot spell, and
+/// clippy does not link, so it lints them natively.
+#[cfg(any(target_arch = "wasm32", clippy))]
 #[spin_sdk::http_service]
 async fn handle(request: spin_sdk::http::Request) -> problem::HttpResponse {
     crate::http::handle(request).await
 }
 
 /// The drainer component: a tick or a lease-expiry notification wakes it.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", clippy))]
 #[spin_sdk::redis_subscriber]
 async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     drainer::on_message(message).await
