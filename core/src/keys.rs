@@ -70,6 +70,12 @@ pub mod word {
 /// all when the first runs low).
 pub const ALARM_SECONDS: [u32; 3] = [5, 60, 900];
 
+/// The word of the alarm that goes off `seconds` after its last renewal (`alarm:<seconds>`,
+/// as lib.lua's `alarm_key` builds it and spin.toml's triggers name it).
+pub fn alarm_word(seconds: u32) -> String {
+    format!("{}{seconds}", word::ALARM)
+}
+
 /// Key names under one configurable prefix (the `key_prefix` variable).
 #[derive(Clone, Debug)]
 pub struct Keys {

@@ -717,6 +717,16 @@ impl Redis {
         Some(secs * 1000 + micros / 1000)
     }
 
+    /// Waits (up to 5 s) until the drainer lease is gone: its holder died and it lapsed.
+    pub fn wait_for_the_lease_to_lapse(&self) {
+        let lease = app_key(task_core::keys::word::LEASE);
+        wait_until(
+            Duration::from_secs(5),
+            || "the dead leader's lease to lapse".into(),
+            || !self.query::<bool>(&["EXISTS", &lease]),
+        );
+    }
+
     /// How many entries the task log stream holds (0 while Redis does not answer).
     pub fn log_len(&self) -> usize {
         self.try_query(&["XLEN", "task_log"]).unwrap_or(0)

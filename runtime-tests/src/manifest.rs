@@ -387,12 +387,12 @@ mod tests {
     /// keys' words and `ALARM_SECONDS` of the core): one fact, in two files.
     #[test]
     fn the_drainer_listens_for_every_alarm() -> anyhow::Result<()> {
-        use task_core::keys::{ALARM_SECONDS, word};
+        use task_core::keys::{ALARM_SECONDS, alarm_word, word};
         let app = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../spin.toml"), None, &HashMap::new())?;
         let prefix = &app.components["drainer"].variables["key_prefix"];
         let keyspace = |word: &str| format!("__keyspace@0__:{prefix}{word}");
         let mut expected = vec![format!("{prefix}{}", word::TICK), keyspace(word::LEASE)];
-        expected.extend(ALARM_SECONDS.map(|s| keyspace(&format!("{}{s}", word::ALARM))));
+        expected.extend(ALARM_SECONDS.map(|s| keyspace(&alarm_word(s))));
         let mut heard: Vec<_> = app
             .redis_triggers
             .iter()

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
-use task_core::keys::{ALARM_SECONDS, word};
+use task_core::keys::{ALARM_SECONDS, alarm_word, word};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -376,14 +376,9 @@ fn replicas_killed_mid_delivery_lose_nothing() {
     let in_flight_when_killed: Vec<String> =
         backend.requests().iter().filter_map(|r| r.header("webhook-id").map(str::to_string)).collect();
     for s in ALARM_SECONDS {
-        let () = redis.query(&["DEL", &app_key(&format!("{}{s}", word::ALARM))]);
+        let () = redis.query(&["DEL", &app_key(&alarm_word(s))]);
     }
-    let lease = app_key(word::LEASE);
-    wait_until(
-        Duration::from_secs(5),
-        || "the dead leader's lease to lapse".into(),
-        || !redis.query::<bool>(&["EXISTS", &lease]),
-    );
+    redis.wait_for_the_lease_to_lapse();
     let fresh = replicas(&redis, &backend, &policies, 2);
     wait_until(
         Duration::from_secs(40),

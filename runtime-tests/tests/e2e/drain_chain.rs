@@ -5,7 +5,7 @@
 
 use crate::support::{Redis, app_key, app_prefix};
 use std::time::Duration;
-use task_core::keys::{ALARM_SECONDS, Keys, word};
+use task_core::keys::{ALARM_SECONDS, Keys, alarm_word, word};
 use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
 
 /// A Redis, the tick channel listened to (after `listen`), and the app's scripts run as its
@@ -66,7 +66,7 @@ impl Chain {
 
     /// The drainers' alarms: each key and its lifetime (s).
     fn alarms(&self) -> Vec<(String, i64)> {
-        ALARM_SECONDS.iter().map(|&s| (app_key(&format!("{}{s}", word::ALARM)), i64::from(s))).collect()
+        ALARM_SECONDS.iter().map(|&s| (app_key(&alarm_word(s)), i64::from(s))).collect()
     }
 
     /// The next tick's payload: a leader's token, or "" for a kick.

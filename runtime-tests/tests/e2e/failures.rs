@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, app_key, check, read_log, try_post_task, try_request, wait_until};
-use task_core::keys::{ALARM_SECONDS, word};
+use task_core::keys::{ALARM_SECONDS, alarm_word, word};
 use test_rng::XorShift;
 
 /// Waits until Redis's log stream holds `count` entries; fails the test, showing `host`'s
@@ -97,12 +97,7 @@ fn replicas_back_after_every_one_died_resume_with_no_request() {
     }
     let ran_before = redis.log_len();
     assert!(ran_before < total, "the queue drained before the kill");
-    let lease = app_key(word::LEASE);
-    wait_until(
-        Duration::from_secs(5),
-        || "the dead leader's lease to lapse".into(),
-        || !redis.query::<bool>(&["EXISTS", &lease]),
-    );
+    redis.wait_for_the_lease_to_lapse();
     // Started side by side, to be back before the 5 s alarm goes off.
     let fresh: Vec<Host> = std::thread::scope(|s| {
         let starting: Vec<_> = (0..2).map(|_| s.spawn(|| Host::start(&redis, &options))).collect();
@@ -112,7 +107,7 @@ fn replicas_back_after_every_one_died_resume_with_no_request() {
     let back = Instant::now();
     // On a machine too loaded to start them in time, the 5 s alarm went off unheard and the
     // 1 min one would wake them: it is brought forward to 1 s rather than waited for.
-    let alarm = |s: u32| app_key(&format!("{}{s}", word::ALARM));
+    let alarm = |s: u32| app_key(&alarm_word(s));
     let brought_forward = redis.query::<i64>(&["PTTL", &alarm(ALARM_SECONDS[0])]) < 0;
     if brought_forward {
         assert_eq!(redis.query::<i64>(&["PEXPIRE", &alarm(ALARM_SECONDS[1]), "1000"]), 1, "no alarm left pending");
