@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -268,8 +269,31 @@ impl Drop for TempDir {
     }
 }
 
-/// `spin-host` serving the app on a free port against `redis`, with a runtime config (the
-/// key-value store on the same Redis) written into `config_dir`, which the caller removes.
+/// The real Spin CLI the tests and the bench run instead of `spin-host`, when the environment
+/// variable `TASK_API_SPIN` names its binary (docs/testing.md, "Under the real Spin"). `spin up`
+/// takes the flags `spin-host` mirrors (`--from`, `--listen`, `--runtime-config-file`) and
+/// prints the same `Serving http://<addr>` line, so a replica is started and found alike.
+pub fn spin_cli() -> Option<PathBuf> {
+    std::env::var_os("TASK_API_SPIN").filter(|s| !s.is_empty()).map(PathBuf::from)
+}
+
+/// The runtime serving `manifest` on a free loopback port: `spin-host`, or `spin up`.
+fn runtime_command(manifest: &Path) -> Command {
+    let mut command = match spin_cli() {
+        Some(spin) => {
+            let mut command = Command::new(spin);
+            command.arg("up");
+            command
+        }
+        None => Command::new(host_binary()),
+    };
+    command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
+    command
+}
+
+/// `spin-host` (or `spin up`, see `spin_cli`) serving the app on a free port against `redis`,
+/// with a runtime config (the key-value store on the same Redis) written into `config_dir`,
+/// which the caller removes.
 pub fn host_command(redis: &Redis, config_dir: &Path) -> Command {
     let _ = std::fs::create_dir_all(config_dir);
     let runtime_config = config_dir.join("runtime-config.toml");
@@ -278,10 +302,10 @@ pub fn host_command(redis: &Redis, config_dir: &Path) -> Command {
         format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
     );
     assert!(written.is_ok(), "cannot write {}", runtime_config.display());
-    let mut command = Command::new(host_binary());
+    let mut command = runtime_command(Path::new("spin.toml"));
     command
         .current_dir(repo_root())
-        .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
+        .arg("--runtime-config-file")
         .arg(&runtime_config)
         .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
     command
@@ -295,7 +319,16 @@ impl Host {
         let n = HOSTS.fetch_add(1, Ordering::Relaxed);
         let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{n}", std::process::id()));
         let mut command = host_command(redis, &config_dir);
-        command.args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }]);
+        // A fault only the bundled host can inject: Spin's compare-and-swap is correct.
+        match (spin_cli(), options.lossy_cas) {
+            (None, lossy) => {
+                command.args(["--kv-cas", if lossy { "lossy" } else { "correct" }]);
+            }
+            (Some(_), false) => {}
+            (Some(_), true) => {
+                panic!("a lossy compare-and-swap is a fault of the bundled host only (unset TASK_API_SPIN)")
+            }
+        }
         for (name, value) in &options.variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
@@ -309,8 +342,7 @@ impl Host {
 
     /// The same, with application variables set (as `SPIN_VARIABLE_<NAME>`).
     pub fn start_manifest_with(manifest: &Path, variables: &[(&str, &str)]) -> Host {
-        let mut command = Command::new(host_binary());
-        command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
+        let mut command = runtime_command(manifest);
         for (name, value) in variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }
@@ -319,13 +351,14 @@ impl Host {
 
     /// Runs `command` and waits until it reports its address.
     fn spawn(mut command: Command, config_dir: TempDir) -> Host {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         // No backtrace captured for every error value, as `spin up` runs where RUST_BACKTRACE
         // is unset: wasmtime makes errors in the course of ordinary requests, and with
         // RUST_BACKTRACE=1 inherited each one walked the stack (measured: ~5% of the host's
         // CPU at saturation). A panic still prints its backtrace.
         command.env("RUST_LIB_BACKTRACE", "0");
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start spin-host: {e}"));
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(err) = child.stderr.take() {
             let sink = stderr.clone();
@@ -367,7 +400,7 @@ impl Host {
                         return host;
                     }
                 }
-                None => panic!("spin-host did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
+                None => panic!("{program} did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
             }
         }
     }
@@ -392,16 +425,21 @@ impl Host {
         }
     }
 
-    /// Kills the replica at once (SIGKILL).
+    /// Kills the replica at once (SIGKILL), every process of it.
     pub fn kill(&mut self) {
+        self.signal("-KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Sends the replica's process `signal` as `kill` spells it: `-STOP` pauses it (a replica
-    /// too busy to run anything for a while), `-CONT` resumes it.
+    /// Sends every process of the replica `signal` as `kill` spells it: `-STOP` pauses it (a
+    /// replica too busy to run anything for a while), `-CONT` resumes it. A replica is a process
+    /// group of its own: `spin up` runs each trigger type in a child process (`spin trigger
+    /// http`, `spin trigger redis`: up.rs `start_trigger_processes`), which a signal to `spin
+    /// up` alone would leave running, as a pod's or a unit's kill does not.
     pub fn signal(&self, signal: &str) {
-        send_signal(&self.child, signal);
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args([signal, "--", &group]).stderr(Stdio::null()).status();
     }
 
     /// Whether the process has exited, and how.
