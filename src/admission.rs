@@ -74,8 +74,9 @@ pub struct LaneNow {
 }
 
 pub enum Outcome {
-    /// A new task was stored (and run, if its slot was now).
-    Admitted { task: Task, lane: LaneNow },
+    /// A new task was stored (and run, if its slot was now). `wake_unheard`: it waits for the
+    /// drainers, whose wake-up reached no replica: the handler publishes again after answering.
+    Admitted { task: Task, lane: LaneNow, wake_unheard: bool },
     /// The Idempotency-Key named an earlier task: that one, as it is now.
     Replayed { task: Task, lane: LaneNow },
     /// The lane's queue is full (`max_backlog`).
@@ -300,7 +301,8 @@ async fn admit_in_one_script(
                     wait_if_due(store, clock, lane, task_id, slot, filed).await?
                 };
                 let task = new_task(new, task_id.clone(), slot, admitted.placement);
-                return Ok(Outcome::Admitted { task, lane: LaneNow { recent, tier, now: admitted.now } });
+                let lane = LaneNow { recent, tier, now: admitted.now };
+                return Ok(Outcome::Admitted { task, lane, wake_unheard: admitted.wake_unheard });
             }
             Admission::BacklogFull => return Ok(Outcome::BacklogFull),
             Admission::Costly { tier, quota, window_ms } => {
@@ -386,7 +388,8 @@ async fn admit_with_kv(
     };
     let admitted = wait_if_due(store, clock, lane, task_id, committed.slot, committed.admitted).await?;
     let task = new_task(new, task_id.clone(), committed.slot, admitted.placement);
-    Ok(Outcome::Admitted { task, lane: LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now } })
+    let lane = LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now };
+    Ok(Outcome::Admitted { task, lane, wake_unheard: admitted.wake_unheard })
 }
 
 /// One committed admission.
@@ -544,7 +547,7 @@ async fn commit_batch(
         cas_retries: committed.retries,
     };
     let filed = store.file(&file).await;
-    let Filed { placements, now, ran } = match filed {
+    let Filed { placements, now, ran, wake_unheard } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
         Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
@@ -558,7 +561,7 @@ async fn commit_batch(
         .zip(placements)
         .map(|(slot, placement)| Committed {
             slot,
-            admitted: Admitted { placement, now, ran: Vec::new() },
+            admitted: Admitted { placement, now, ran: Vec::new(), wake_unheard },
             recent: recent.clone(),
         })
         .collect())
@@ -599,6 +602,7 @@ async fn wait_if_due(
                 Placement::Queued { .. } => admitted.placement,
                 done => done,
             },
+            wake_unheard: admitted.wake_unheard,
             ..poked
         };
     }
@@ -853,7 +857,7 @@ mod tests {
     }
 
     fn filed(placement: Placement, now: i64) -> Admitted {
-        Admitted { placement, now, ran: Vec::new() }
+        Admitted { placement, now, ran: Vec::new(), wake_unheard: false }
     }
 
     fn admitted(slot: i64, placement: Placement, now: i64) -> Answer {
@@ -1005,7 +1009,7 @@ mod tests {
     }
 
     fn filed_all(placements: Vec<Placement>) -> Answer {
-        Answer::File(Ok(Filed { placements, now: 1_000, ran: Vec::new() }))
+        Answer::File(Ok(Filed { placements, now: 1_000, ran: Vec::new(), wake_unheard: false }))
     }
 
     fn admit_kv<'a>(

@@ -36,7 +36,7 @@ use crate::keys::is_task_id;
 use crate::log::print_log;
 use crate::queue::new_task_id;
 use crate::queue::{Drained, Queue, StoreError};
-use crate::scripts::{Claim, Ended, Outcome};
+use crate::scripts::{Claim, Ended, Outcome, Sweep, Wake};
 use futures::FutureExt;
 use futures::future::{Either, select};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -94,6 +94,36 @@ pub async fn on_message(message: Vec<u8>) -> anyhow::Result<()> {
     let queue = Queue::connect(&config).await.map_err(store_error)?;
     let courier = SpinCourier { config: &config };
     lead_or_stand_by(&queue, &SpinClock::default(), &courier, &new_task_id(), handoff).await.map_err(store_error)
+}
+
+/// After a wake-up nobody heard, the first wait before publishing again; it doubles up to
+/// `REWAKE_STEP_MAX`, for `REWAKE_FOR` in all.
+const REWAKE_FIRST: Duration = Duration::from_millis(20);
+const REWAKE_STEP_MAX: Duration = Duration::from_millis(500);
+const REWAKE_FOR: Duration = Duration::from_secs(5);
+
+/// An admission's wake-up reached no replica. Spin serves HTTP before its Redis trigger has
+/// subscribed (50–90 ms later under Spin 4.1, measured 2026-12-06: it runs the trigger in a
+/// process of its own), so a lone first task would wait for the next request, or for the
+/// alarms, which need keyspace events that the drainer switches on only once it has led.
+/// After the answer (Spin keeps a p3 HTTP instance until its spawned work has ended), this
+/// publishes again, at 20, 40, 80 ms and so on, until a drainer hears it or leads, for up to
+/// 5 s; and it switches the keyspace events on, so that the alarms the unheard wake-up set
+/// are the backstop after that.
+pub fn wake_until_heard(config: std::rc::Rc<Config>) {
+    spin_sdk::wasip3::spawn(async move {
+        let Ok(queue) = Queue::connect(&config).await else { return };
+        let _ = queue.enable_expiry_events().await;
+        let clock = SpinClock::default();
+        let mut wait = REWAKE_FIRST;
+        while clock.now() + wait <= REWAKE_FOR {
+            clock.sleep(wait).await;
+            match queue.run(&Sweep { probe: false }).await {
+                Ok(Wake::Unheard) | Err(_) => wait = (wait * 2).min(REWAKE_STEP_MAX),
+                Ok(Wake::Heard | Wake::Quiet) => return,
+            }
+        }
+    });
 }
 
 /// What the drainer asks of the store: the queue in Redis, or a script of answers in tests.

@@ -70,6 +70,6 @@ pub use script::{
     DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS, Script, is_function_missing, is_noscript, is_refusal, library, prelude,
 };
 pub use shared::{Admitted, Attempt, Completion, Earlier, Filed, Logged, Placement};
-pub use sweep::Sweep;
+pub use sweep::{Sweep, Wake};
 pub use unit_script::UnitScript;
 pub use user_state::{LaneState, ReadUserState, UserState};

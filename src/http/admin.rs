@@ -240,6 +240,6 @@ pub async fn health(config: &Loaded) -> Result<HttpResponse, Problem> {
     let queue = Queue::connect(configured(config)?).await?;
     // Redis answering the sweep is the health check; and so a probe doubles as the sweep
     // that restarts draining after every drainer was down.
-    queue.run(&crate::scripts::Sweep).await?;
+    queue.run(&crate::scripts::Sweep { probe: true }).await?;
     Ok(counted(json_response(StatusCode::OK, &json!({"status": "ok"}), HeaderMap::new())))
 }

@@ -41,7 +41,7 @@ pub(super) fn admission_response(
     outcome: Result<Outcome, AdmitError>,
 ) -> Result<HttpResponse, Problem> {
     match outcome {
-        Ok(Outcome::Admitted { task, lane }) => Ok(counted(task_response(config, task, &lane, false)?)),
+        Ok(Outcome::Admitted { task, lane, .. }) => Ok(counted(task_response(config, task, &lane, false)?)),
         Ok(Outcome::Replayed { task, lane }) => task_response(config, task, &lane, true),
         Ok(Outcome::BacklogFull) => Err(Problem::backlog_full(config.max_backlog, 1)),
         Ok(Outcome::TooCostly { window, tier }) => {

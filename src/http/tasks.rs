@@ -1,7 +1,7 @@
 //! `POST /api/v1/task`, `GET` and `DELETE /api/v1/task/{id}`, and the rules for a task's body.
 
 use super::answer::{Loaded, TaskView, admission_response, configured, counted, serialized_response};
-use crate::admission::{self, NewTask};
+use crate::admission::{self, NewTask, Outcome};
 use crate::auth::{Caller, Denied};
 use crate::deadline::with_deadline;
 use crate::keys::{LaneKey, UserKey, is_task_id};
@@ -18,10 +18,10 @@ use task_core::request::{
 /// A request body must arrive within this long.
 const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
-pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> Result<HttpResponse, Problem> {
+pub async fn create(request: Request, loaded: &Loaded, caller: &Caller) -> Result<HttpResponse, Problem> {
     let (parts, body) = read_request(request, MAX_BODY).await?;
     let idempotency_key = idempotency_key(&parts.headers).map_err(Problem::bad_request)?;
-    let config = configured(config)?;
+    let config = configured(loaded)?;
     let task = parse_task_body(&body, &config.policies).map_err(|e| match e {
         BodyError::Invalid(detail) => Problem::bad_request(detail),
         BodyError::PayloadTooLarge(bytes) => Problem::payload_too_large(bytes, MAX_PAYLOAD),
@@ -40,7 +40,11 @@ pub async fn create(request: Request, config: &Loaded, caller: &Caller) -> Resul
         payload: task.payload.as_deref(),
         idempotency_key: idempotency_key.as_deref(),
     };
-    admission_response(config, admission::admit(config, &new).await)
+    let outcome = admission::admit(config, &new).await;
+    if let (Ok(Outcome::Admitted { wake_unheard: true, .. }), Ok(loaded)) = (&outcome, loaded) {
+        crate::drainer::wake_until_heard(loaded.clone());
+    }
+    admission_response(config, outcome)
 }
 
 /// The head and JSON body of a request (every route with a body takes JSON): 415 for another

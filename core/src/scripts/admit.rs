@@ -125,7 +125,7 @@ impl Call for Admit<'_> {
                     slot,
                     ledger,
                     tier,
-                    filed: Admitted { placement, now: filed.now, ran: filed.ran },
+                    filed: Admitted { placement, now: filed.now, ran: filed.ran, wake_unheard: filed.wake_unheard },
                 })
             }
             other => Err(reply.fail(format_args!("admit answered {other:?}"))),
@@ -173,6 +173,7 @@ mod tests {
             text("filed"),
             Int(1_006),
             Int(1),
+            Int(1),
             text("queued"),
             Int(2),
         ];
@@ -186,8 +187,8 @@ mod tests {
             panic!("not admitted")
         };
         assert_eq!(
-            (slot, ledger.as_slice(), filed.now, filed.ran.len()),
-            (2_000, &b"v1 2 1000:a 2000:b*3"[..], 1_006, 1)
+            (slot, ledger.as_slice(), filed.now, filed.ran.len(), filed.wake_unheard),
+            (2_000, &b"v1 2 1000:a 2000:b*3"[..], 1_006, 1, true)
         );
         assert_eq!(tier.as_deref(), Some("pro"));
         assert!(matches!(filed.placement, Placement::Queued { position: 2 }));
@@ -210,7 +211,7 @@ mod tests {
         // A foreign value in the ledger's key is reported, not overwritten.
         assert!(read_reply(&CALL, &[text("corrupt"), text("hello")]).is_err());
         // An admission that filed no task, or two, is a bug.
-        let none = [text("admitted"), Int(2_000), text("v1 1 2000:b"), text(""), text("filed"), Int(1), Int(0)];
+        let none = [text("admitted"), Int(2_000), text("v1 1 2000:b"), text(""), text("filed"), Int(1), Int(0), Int(0)];
         assert!(read_reply(&CALL, &none).is_err());
     }
 

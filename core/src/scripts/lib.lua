@@ -369,19 +369,22 @@ end
 -- Wakes the drainers (a tick on their channel, spin.toml) when tasks wait but no drainer
 -- holds the lease; at most once per 200 ms, so a burst of requests publishes one wake-up,
 -- not one each (a chain going idle ends the 200 ms early: drain.lua). Publishing here saves
--- the caller a round trip. Returns 1 if it published.
+-- the caller a round trip. Returns 0 (none needed, or one went out within the 200 ms), 1 (a
+-- replica heard it) or 2 (none did: sweep.rs `Wake`).
 -- `waiting`: the caller knows tasks wait (it just queued one), so `due` needs no look.
 local function wake_drainer(waiting)
   if redis.call('EXISTS', lease_key) == 1 then return 0 end
   -- (An open claim with no drainer: its holder died, and someone must see it lapse.)
   if not waiting and redis.call('ZCARD', due_key) == 0 and redis.call('ZCARD', claims_key) == 0 then return 0 end
   if not redis.call('SET', kick_key, '1', 'NX', 'PX', 200) then return 0 end
-  -- A wake-up no replica heard (Spin may serve HTTP before its Redis trigger has subscribed)
-  -- holds back nothing: the next caller publishes again; and should nobody call, the
-  -- alarms wake the replicas that have subscribed by then.
+  -- A wake-up no replica heard (Spin serves HTTP before its Redis trigger has subscribed)
+  -- holds back nothing: the next caller publishes again, an admission's handler does so
+  -- after answering (admission.rs `Outcome::Admitted`), and should nobody call, the alarms
+  -- wake the replicas that have subscribed by then.
   if redis.call('PUBLISH', tick_channel, '') == 0 then
     redis.call('DEL', kick_key)
     arm_alarms()
+    return 2
   end
   return 1
 end
@@ -424,8 +427,8 @@ end
 -- spec (its policy), delivery (`Delivery::spec`, '' for none)}, in slot order; admissions
 -- can reach here in another order than they committed), runs what is due now, and wakes
 -- the drainer if nobody leads. A record keeps kind, cost and policy only where they differ
--- from the defaults. Returns `['filed', now, k, (status, completed_at | queue position)×k,
--- completions…]`.
+-- from the defaults. Returns `['filed', now, unheard (1: its wake-up reached no replica),
+-- k, (status, completed_at | queue position)×k, completions…]`.
 local function file_tasks(member, user, kind, now, tasks)
   local q = prefix .. KEY_QUEUE .. member
   -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
@@ -482,14 +485,14 @@ local function file_tasks(member, user, kind, now, tasks)
 
   local out = {}
   if new_head then run_due(member, now, out) end
-  if queued_now > 0 then wake_drainer(true) end
+  local woke = queued_now > 0 and wake_drainer(true) or 0
   -- `run_due` reports each task it ran as (id, user, slot, completed_at); all of them were
   -- ahead of any of ours it left queued.
   local ran, ran_count = {}, #out / 4
   for r = 1, #out, 4 do ran[out[r]] = out[r + 3] end
   for r = 1, #ran_now, 4 do ran[ran_now[r]] = ran_now[r + 3] end
   local inline, queued = 0, 0
-  local reply = {'filed', now, #entries}
+  local reply = {'filed', now, woke == 2 and 1 or 0, #entries}
   for _, e in ipairs(entries) do
     local completed = ran[e[1]]
     if completed then

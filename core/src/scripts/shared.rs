@@ -98,6 +98,8 @@ pub struct Admitted {
     pub now: i64,
     /// Tasks this call ran (ours, or the user's overdue ones).
     pub ran: Vec<Completion>,
+    /// The drainers' wake-up the call published reached no replica (`Filed::wake_unheard`).
+    pub wake_unheard: bool,
 }
 
 /// What an earlier request with the same Idempotency-Key left.
@@ -116,9 +118,13 @@ pub struct Filed {
     pub now: i64,
     /// Tasks the call ran (ours, or the user's overdue ones).
     pub ran: Vec<Completion>,
+    /// It queued a task and published the drainers' wake-up, but no replica's Redis trigger
+    /// had subscribed to hear it (Spin serves HTTP before it subscribes): the caller publishes
+    /// again later (`drainer::wake_until_heard`).
+    pub wake_unheard: bool,
 }
 
-/// `file_tasks` (lib.lua): `['filed', now, k, (status, completed_at | position)×k,
+/// `file_tasks` (lib.lua): `['filed', now, unheard, k, (status, completed_at | position)×k,
 /// completions…]`, for `tasks` tasks.
 pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpected> {
     match reply.text()?.as_str() {
@@ -126,12 +132,13 @@ pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpecte
         other => return Err(reply.fail(format_args!("filing answered {other:?}"))),
     }
     let now = reply.int()?;
+    let wake_unheard = reply.flag()?;
     let count = reply.int()?;
     if count != tasks as i64 {
         return Err(reply.fail(format_args!("filed {count} tasks of {tasks}")));
     }
     let placements = (0..tasks).map(|_| placement(reply)).collect::<Result<_, _>>()?;
-    Ok(Filed { placements, now, ran: completions(reply)? })
+    Ok(Filed { placements, now, ran: completions(reply)?, wake_unheard })
 }
 
 /// A `(status, completed_at | position)` pair.

@@ -6,7 +6,7 @@
 use crate::support::{Redis, app_key, app_prefix};
 use std::time::Duration;
 use task_core::keys::{ALARM_SECONDS, Keys, alarm_word, word};
-use task_core::scripts::{Call, Drain, Header, Sweep, UnitScript};
+use task_core::scripts::{Call, Drain, Header, Reply, Sweep, UnitScript, Wake, read_reply};
 
 /// A Redis, the tick channel listened to (after `listen`), and the app's scripts run as its
 /// calls do.
@@ -58,6 +58,13 @@ impl Chain {
             .unwrap_or_else(|e| panic!("EVAL: {e}"))
     }
 
+    /// `GET /healthz`'s sweep: how its wake-up went.
+    fn wake(&mut self) -> Wake {
+        let sweep = Sweep { probe: true };
+        let reply = Reply::Int(self.run(&sweep));
+        read_reply(&sweep, &[reply]).unwrap_or_else(|e| panic!("sweep: {e:?}"))
+    }
+
     fn command<T: redis::FromRedisValue>(&mut self, args: &[&str]) -> T {
         let mut cmd = redis::cmd(args[0]);
         cmd.arg(&args[1..]);
@@ -106,12 +113,12 @@ fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
     // A lane filed as due whose queue is empty: what the drainer finds when it looks is
     // nothing to run. `GET /healthz` (sweep.lua) wakes the drainers as an admission does.
     let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
-    assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
+    assert_eq!(chain.wake(), Wake::Heard, "tasks wait and nobody leads: a kick");
     assert_eq!(chain.tick(), "");
     // Hold the throttle open however slow this machine is: within it, no second kick (the
     // drainer woken by the first will look).
     let () = chain.command(&["PEXPIRE", &app_key(word::KICK), "60000"]);
-    assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
+    assert_eq!(chain.wake(), Wake::Quiet, "within the throttle, one kick is enough");
 
     let drain = Drain { token: "d1", handoff: "", lease_ttl_ms: 1_000, batch: 16, claim_limit: 16, outcomes: &[] };
     let reply: Vec<redis::Value> = chain.run(&drain);
@@ -119,7 +126,7 @@ fn a_chain_gone_idle_is_woken_by_the_next_task_at_once() {
     assert_eq!(chain.command::<i64>(&["EXISTS", &app_key(word::LEASE)]), 0, "the chain stopped");
 
     let () = chain.command(&["ZADD", &due, "0", "ghost:mail"]);
-    assert!(chain.run::<bool>(&Sweep), "the chain stopped: the next wake-up goes out at once");
+    assert_eq!(chain.wake(), Wake::Heard, "the chain stopped: the next wake-up goes out at once");
     assert_eq!(chain.tick(), "");
 }
 
@@ -131,20 +138,20 @@ fn a_wake_up_nobody_heard_does_not_hold_back_the_next() {
     let mut chain = Chain::unheard();
     let kick = app_key(word::KICK);
     let () = chain.command(&["ZADD", &app_key(word::DUE), "0", "ghost:mail"]);
-    assert!(chain.run::<bool>(&Sweep), "tasks wait and nobody leads: a kick");
+    assert_eq!(chain.wake(), Wake::Unheard, "tasks wait and nobody leads: a kick, unheard");
     assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 0, "nobody heard it: no throttle");
     // Should nobody call again, the alarms wake the replicas that have subscribed by then.
     for (key, ms) in chain.alarms() {
         assert!((ms * 1000 - 1000..=ms * 1000).contains(&chain.command::<i64>(&["PTTL", &key])), "{key}");
     }
-    assert!(chain.run::<bool>(&Sweep), "the next wake-up goes out at once");
+    assert_eq!(chain.wake(), Wake::Unheard, "the next wake-up goes out at once");
 
     // Heard, it throttles the next as before.
     chain.listen();
-    assert!(chain.run::<bool>(&Sweep));
+    assert_eq!(chain.wake(), Wake::Heard);
     assert_eq!(chain.tick(), "");
     assert_eq!(chain.command::<i64>(&["EXISTS", &kick]), 1);
-    assert!(!chain.run::<bool>(&Sweep), "within the throttle, one kick is enough");
+    assert_eq!(chain.wake(), Wake::Quiet, "within the throttle, one kick is enough");
 }
 
 /// A leader keeps the alarms from going off: it sets them when it takes the lease, renews
