@@ -25,8 +25,9 @@
 #   --probe-every SECS  TASK_API_PROBE_EVERY  seconds between /healthz probes (default 1; 0 = none)
 #   -- ARGS...                                passed on to `spin up` / `spin-host` (e.g. -- --kv-cas lossy);
 #                                             so is any argument this script does not know
-# Lines the script prints itself go to stderr and start with "start.sh:"; the runtime's stdout
-# (the task log lines) is passed through.
+# Lines the script prints itself go to stderr and start with "start.sh:"; the runtime's output
+# is passed through (the task log lines are on its stderr: where spin up 4.1 shows a component's
+# stdout, and the bundled host does too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,5 @@
 //! The task log's second copy: each completion's seed-format line on the component's stdout
-//! (Spin keeps it under `.spin/logs/`). The log stream in Redis, written by the same script
+//! (which `spin up` 4.1 shows on its stderr and keeps under `.spin/logs/`). The log stream in Redis, written by the same script
 //! that ran the task, is the source of truth.
 
 use crate::queue::Completion;

@@ -252,11 +252,12 @@ pub struct HostOptions {
 pub struct Host {
     child: Child,
     pub addr: String,
-    /// Every stdout line so far (the app's seed-format log lines among them).
-    pub stdout: Arc<Mutex<Vec<String>>>,
-    /// New stdout lines, as they come.
+    /// Every stderr line so far: the runtime's own and, as Spin 4.1 prints them, the
+    /// components' output, stdout and stderr alike (trigger/src/cli/stdio.rs: a followed
+    /// component's writes go to `stderr`), the app's seed-format log lines among them.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    /// New stderr lines, as they come.
     lines: Mutex<Receiver<String>>,
-    stderr: Arc<Mutex<Vec<String>>>,
     _config_dir: TempDir,
 }
 
@@ -360,22 +361,11 @@ impl Host {
         let program = command.get_program().to_string_lossy().into_owned();
         let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
         if let Some(err) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if let Ok(mut lines) = sink.lock() {
-                        lines.push(line);
-                    }
-                }
-            });
-        }
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (sender, lines) = channel();
-        if let Some(out) = child.stdout.take() {
-            let sink = stdout.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if let Ok(mut all) = sink.lock() {
                         all.push(line.clone());
                     }
@@ -385,35 +375,34 @@ impl Host {
                 }
             });
         }
-        let mut host =
-            Host { child, addr: String::new(), stdout, lines: Mutex::new(lines), stderr, _config_dir: config_dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let next = match host.lines.lock() {
-                Ok(lines) => lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok(),
-                Err(_) => None,
-            };
-            match next {
-                Some(line) => {
+        // Stdout says where the runtime serves (then only what else it says of itself).
+        let (served, addr) = channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if let Some(addr) = line.strip_prefix("Serving http://") {
-                        host.addr = addr.trim().to_string();
-                        return host;
+                        let _ = served.send(addr.trim().to_string());
                     }
                 }
-                None => panic!("{program} did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
-            }
+            });
         }
+        let mut host = Host { child, addr: String::new(), stderr, lines: Mutex::new(lines), _config_dir: config_dir };
+        match addr.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => host.addr = addr,
+            Err(_) => panic!("{program} did not report its address within 60 s\nstderr:\n{}", host.stderr_text()),
+        }
+        host
     }
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// Waits until `count` stdout lines satisfying `pred` have arrived since start (bounded).
+    /// Waits until `count` stderr lines satisfying `pred` have arrived since start (bounded).
     pub fn wait_for_lines(&self, count: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
-            let seen = self.stdout.lock().map(|l| l.iter().filter(|s| pred(s)).count()).unwrap_or(0);
+            let seen = self.stderr.lock().map(|l| l.iter().filter(|s| pred(s)).count()).unwrap_or(0);
             if seen >= count {
                 return seen;
             }

@@ -55,7 +55,10 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(component: Arc<ComponentConfig>, services: Arc<crate::Services>) -> Ctx {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build();
+        // Where Spin 4.1 puts a component's output: its stdout, like its stderr, on the
+        // runtime's stderr (trigger/src/cli/stdio.rs, a followed component; Spin also keeps a
+        // copy in `.spin/logs/`, which this host does not).
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stdout(std::io::stderr()).inherit_stderr().build();
         Ctx {
             table: ResourceTable::new(),
             wasi,

@@ -25,7 +25,7 @@ fn wait_for_log(redis: &Redis, host: &Host, count: usize, timeout: Duration) {
 /// The replica that printed the most recent completion: the drainer's current leader.
 fn latest_runner(hosts: &[Host], alive: &[usize]) -> usize {
     let last_time = |h: &Host| -> i64 {
-        h.stdout
+        h.stderr
             .lock()
             .ok()
             .and_then(|lines| lines.iter().rev().find_map(|l| check::parse_line(l)).map(|e| e.completed_at))
