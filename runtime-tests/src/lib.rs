@@ -57,6 +57,9 @@ pub struct HostConfig {
     /// Wasmtime's pooling allocator where the system allows it, as `spin up` does unless
     /// given `--disable-pooling`.
     pub pooling: bool,
+    /// Wasmtime's compilation cache (`~/.cache/wasmtime`), as `spin up` keeps it unless given
+    /// `--disable-cache` (trigger/src/cli.rs): a component compiled once starts in ms after.
+    pub cache: bool,
     /// How long the host waits at shutdown for what is running (`SHUTDOWN_GRACE` unless
     /// SPIN_HOST_SHUTDOWN_GRACE_MS says otherwise).
     pub shutdown_grace: Duration,
@@ -164,7 +167,7 @@ impl Shutdown {
 /// one line (`trigger::http`).
 pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
-    let engine = trigger::engine::engine(config.pooling)?;
+    let engine = trigger::engine::engine(config.pooling, config.cache)?;
     let linker = host::linker(&engine).map_err(trigger::wasm_error)?;
     let services = Arc::new(Services::new(config.cas_mode, &app.stores)?);
     let components = trigger::prepare_components(&engine, &linker, &app, services)?;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: spin-host [--from spin.toml] [--listen 127.0.0.1:3000] [--runtime-config-file FILE]
-                 [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling]
+                 [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling] [--disable-cache]
 Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.
 SPIN_HOST_SHUTDOWN_GRACE_MS: how long SIGINT/SIGTERM wait for requests and handlers (default 3000).";
 
@@ -123,6 +123,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
     let mut flag_vars = HashMap::new();
     let mut cas_mode = CasMode::Correct;
     let mut pooling = true;
+    // As Spin reads it (clap's bool from the environment): set and not false.
+    let mut cache = !std::env::var("DISABLE_WASMTIME_CACHE").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -142,6 +144,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
                 }
             }
             "--disable-pooling" => pooling = false,
+            "--disable-cache" => cache = false,
             "-h" | "--help" => return Err("help".to_string()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -162,5 +165,5 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         ),
         Err(_) => runtime_tests::SHUTDOWN_GRACE,
     };
-    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, shutdown_grace }, listen))
+    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, cache, shutdown_grace }, listen))
 }

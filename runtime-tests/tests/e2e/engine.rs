@@ -35,7 +35,7 @@ fn a_header_value_that_is_not_utf8_gets_an_empty_500_and_the_component_does_not_
 
 #[test]
 fn the_engine_interrupts_guest_code_at_its_epoch_deadline() {
-    let engine = runtime_tests::trigger::engine::engine(true).expect("building the engine");
+    let engine = runtime_tests::trigger::engine::engine(true, false).expect("building the engine");
     let module = wasmtime::Module::new(&engine, r#"(module (func (export "spin") (loop br 0)))"#).expect("compiling");
     let mut store = wasmtime::Store::new(&engine, ());
     // One tick: the ticker thread (10 ms, as Spin's) ends the endless loop.
