@@ -754,6 +754,21 @@ impl Redis {
         );
     }
 
+    /// Waits (up to 10 s) until `count` Redis triggers listen to the drainers' tick. A replica
+    /// serves HTTP some ms before its Redis trigger has subscribed, as under Spin (spin-host's
+    /// main.rs `supervise`); a test of the steady state starts after that.
+    pub fn wait_for_drainers(&self, count: usize) {
+        let tick = app_key(task_core::keys::word::TICK);
+        wait_until(
+            Duration::from_secs(10),
+            || format!("{count} drainers subscribed to {tick}"),
+            || {
+                let reply: Vec<redis::Value> = self.query(&["PUBSUB", "NUMSUB", &tick]);
+                matches!(reply.get(1), Some(redis::Value::Int(n)) if *n as usize >= count)
+            },
+        );
+    }
+
     /// How many entries the task log stream holds (0 while Redis does not answer).
     pub fn log_len(&self) -> usize {
         self.try_query(&["XLEN", "task_log"]).unwrap_or(0)

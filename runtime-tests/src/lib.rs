@@ -159,13 +159,42 @@ impl Shutdown {
     }
 }
 
-/// Loads the app, subscribes its Redis triggers, serves HTTP on `listener`, and prints
-/// `Serving http://<addr>` once both are ready. When `shutdown` resolves, or a Redis
-/// subscription drops (an error: the caller exits, as Spin does), it stops accepting
-/// connections and taking messages, waits up to `config.shutdown_grace` for what runs, and
-/// returns. Whatever still runs then is dropped with the runtime, each instance reported in
-/// one line (`trigger::http`).
-pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The app's trigger types, as `spin up` starts a process for each (`spin trigger http`,
+/// `spin trigger redis`: up.rs `start_trigger_processes`); `spin-host` does the same (main.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerType {
+    Http,
+    Redis,
+}
+
+impl TriggerType {
+    pub fn name(self) -> &'static str {
+        match self {
+            TriggerType::Http => "http",
+            TriggerType::Redis => "redis",
+        }
+    }
+
+    /// The trigger types `app` has, HTTP first.
+    pub fn of(app: &manifest::App) -> Vec<TriggerType> {
+        let http = (!app.http_routes.is_empty()).then_some(TriggerType::Http);
+        let redis = (!app.redis_triggers.is_empty()).then_some(TriggerType::Redis);
+        http.into_iter().chain(redis).collect()
+    }
+}
+
+/// Loads the app and runs its triggers of `only` (all of them for `None`): subscribes its
+/// Redis triggers, and serves HTTP on `listener` (which an HTTP trigger needs), printing
+/// `Serving http://<addr>` once it does. When `shutdown` resolves, or a Redis subscription
+/// drops (an error: the caller exits, as Spin does), it stops accepting connections and taking
+/// messages, waits up to `config.shutdown_grace` for what runs, and returns. Whatever still
+/// runs then is dropped with the runtime, each instance reported in one line (`trigger::http`).
+pub async fn run(
+    config: HostConfig,
+    only: Option<TriggerType>,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
     let engine = trigger::engine::engine(config.pooling, config.cache)?;
     let linker = host::linker(&engine).map_err(trigger::wasm_error)?;
@@ -176,12 +205,24 @@ pub async fn run(config: HostConfig, listener: TcpListener, shutdown: impl Futur
     let (work, mut all_done) = mpsc::channel::<()>(1);
     let stop_handle = Shutdown { stopping, work: work.downgrade() };
 
-    let mut subscriptions = trigger::redis::subscribe_all(&app, &components, &stop_handle).await?;
-    let addr = listener.local_addr().context("reading the listener's address")?;
-    let http = trigger::http::HttpTrigger::new(&app, &components, &stop_handle)?;
-    println!("Serving http://{addr}");
+    let runs = |t: TriggerType| only.is_none_or(|only| only == t) && TriggerType::of(&app).contains(&t);
+    let mut subscriptions = if runs(TriggerType::Redis) {
+        trigger::redis::subscribe_all(&app, &components, &stop_handle).await?
+    } else {
+        tokio::task::JoinSet::new()
+    };
+    let serving = match listener {
+        Some(listener) if runs(TriggerType::Http) => {
+            let addr = listener.local_addr().context("reading the listener's address")?;
+            let http = trigger::http::HttpTrigger::new(&app, &components, &stop_handle)?;
+            println!("Serving http://{addr}");
+            futures::future::Either::Left(async move { http.serve(listener).await })
+        }
+        Some(_) | None if runs(TriggerType::Http) => anyhow::bail!("an HTTP trigger needs a listener"),
+        _ => futures::future::Either::Right(std::future::pending()),
+    };
     let ended = tokio::select! {
-        result = http.serve(listener) => result,
+        result = serving => result,
         Some(result) = subscriptions.join_next() => match result {
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => Err(anyhow::anyhow!("a Redis subscription ended")),

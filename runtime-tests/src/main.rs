@@ -2,7 +2,7 @@
 //! the Spin CLI. See `runtime_tests` for what it implements.
 
 use runtime_tests::host::key_value::CasMode;
-use runtime_tests::{HostConfig, run};
+use runtime_tests::{HostConfig, TriggerType, run};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +11,12 @@ use std::time::Duration;
 const USAGE: &str = "usage: spin-host [--from spin.toml] [--listen 127.0.0.1:3000] [--runtime-config-file FILE]
                  [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling] [--disable-cache]
 Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.
-SPIN_HOST_SHUTDOWN_GRACE_MS: how long SIGINT/SIGTERM wait for requests and handlers (default 3000).";
+SPIN_HOST_SHUTDOWN_GRACE_MS: how long SIGINT/SIGTERM wait for requests and handlers (default 3000).
+Like `spin up`, it runs each of the app's trigger types in a process of its own: itself again,
+with `--trigger http` or `--trigger redis` added (`spin trigger <type>`).";
 
 fn main() -> ExitCode {
-    let (config, listen) = match parse_args(std::env::args().skip(1)) {
+    let (config, listen, trigger) = match parse_args(std::env::args().skip(1)) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("spin-host: {e}\n{USAGE}");
@@ -36,20 +38,85 @@ fn main() -> ExitCode {
         // Installed before the app loads, so that a signal while it compiles stops the host
         // once it is up rather than killing it half-started.
         let stop = stop_signal().map_err(|e| anyhow::anyhow!("cannot handle SIGINT/SIGTERM: {e}"))?;
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        run(config, listener, stop).await
+        let Some(only) = trigger else { return supervise(&config, stop).await };
+        let listener = match only {
+            TriggerType::Http => Some(
+                tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?,
+            ),
+            TriggerType::Redis => None,
+        };
+        run(config, Some(only), listener, stop).await.map(|()| ExitCode::SUCCESS)
     });
     // Bounded: a blocking task (a guest's stdout write) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         // 0 after SIGINT or SIGTERM, as `spin up` exits on Ctrl-C: the stop was asked for,
         // and a supervisor that restarts a runtime on failure must not take it for one.
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("spin-host: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `spin up` waits between starting two trigger processes (up.rs
+/// `MULTI_TRIGGER_START_OFFSET`).
+const TRIGGER_START_OFFSET: Duration = Duration::from_millis(20);
+
+/// `spin up`'s own part (up.rs `start_trigger_processes` and what follows): a process per
+/// trigger type of the app, this binary again with `--trigger <type>` added, HTTP first, 20 ms
+/// apart; each child's HTTP listener and Redis subscriber are its own, so the subscription
+/// comes some ms after `Serving`, as under Spin, where a first wake-up can go unheard. On
+/// SIGINT or SIGTERM each child gets SIGTERM (`kill_child_processes`). When the first child
+/// ends, so does this process: 0 if it succeeded, else its exit code (128 + a signal), and the
+/// others are killed (Spin's children are `kill_on_drop`).
+async fn supervise(config: &HostConfig, stop: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use std::os::unix::process::ExitStatusExt;
+    let app = runtime_tests::manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
+    let types = TriggerType::of(&app);
+    anyhow::ensure!(!types.is_empty(), "No triggers in app");
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (i, trigger) in types.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(TRIGGER_START_OFFSET).await;
+        }
+        let mut command = tokio::process::Command::new(&exe);
+        command.args(std::env::args_os().skip(1)).args(["--trigger", trigger.name()]).kill_on_drop(true);
+        children
+            .push(command.spawn().map_err(|e| anyhow::anyhow!("cannot start the {} trigger: {e}", trigger.name()))?);
+    }
+    let pids: Vec<String> = children.iter().filter_map(|c| c.id()).map(|id| id.to_string()).collect();
+    let terminate = || {
+        for pid in &pids {
+            let _ = std::process::Command::new("kill").args(["-TERM", pid]).status();
+        }
+    };
+    let mut exits: FuturesUnordered<_> = children.iter_mut().map(|child| child.wait()).collect();
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                terminate();
+            }
+            Some(status) = exits.next() => {
+                let status = status?;
+                if status.success() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if types.len() > 1 {
+                    println!("A trigger exited unexpectedly. Terminating.");
+                    terminate();
+                }
+                let code = status.code().or(status.signal().map(|s| 128 + s)).unwrap_or(1);
+                return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+            }
         }
     }
 }
@@ -116,13 +183,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AlertInDev {
     }
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, String), String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, String, Option<TriggerType>), String> {
     let mut manifest = PathBuf::from("spin.toml");
     let mut listen = "127.0.0.1:3000".to_string();
     let mut runtime_config = None;
     let mut flag_vars = HashMap::new();
     let mut cas_mode = CasMode::Correct;
     let mut pooling = true;
+    let mut trigger = None;
     // As Spin reads it (clap's bool from the environment): set and not false.
     let mut cache = !std::env::var("DISABLE_WASMTIME_CACHE").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
     while let Some(arg) = args.next() {
@@ -145,6 +213,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
             }
             "--disable-pooling" => pooling = false,
             "--disable-cache" => cache = false,
+            "--trigger" => {
+                trigger = match value("--trigger")?.as_str() {
+                    "http" => Some(TriggerType::Http),
+                    "redis" => Some(TriggerType::Redis),
+                    other => return Err(format!("--trigger is http or redis, not {other:?}")),
+                }
+            }
             "-h" | "--help" => return Err("help".to_string()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -165,5 +240,5 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         ),
         Err(_) => runtime_tests::SHUTDOWN_GRACE,
     };
-    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, cache, shutdown_grace }, listen))
+    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, cache, shutdown_grace }, listen, trigger))
 }
