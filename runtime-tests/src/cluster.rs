@@ -278,24 +278,27 @@ pub fn spin_cli() -> Option<PathBuf> {
     std::env::var_os("TASK_API_SPIN").filter(|s| !s.is_empty()).map(PathBuf::from)
 }
 
-/// The runtime serving `manifest` on a free loopback port: `spin-host`, or `spin up`.
-fn runtime_command(manifest: &Path) -> Command {
-    let mut command = match spin_cli() {
+/// The runtime the tests' replicas run: `spin-host`, or `spin up` (see `spin_cli`).
+fn runtime() -> Command {
+    match spin_cli() {
         Some(spin) => {
             let mut command = Command::new(spin);
             command.arg("up");
             command
         }
         None => Command::new(host_binary()),
-    };
-    command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
-    command
+    }
 }
 
-/// `spin-host` (or `spin up`, see `spin_cli`) serving the app on a free port against `redis`,
-/// with a runtime config (the key-value store on the same Redis) written into `config_dir`,
-/// which the caller removes.
+/// `spin-host` serving the app on a free port against `redis`, with a runtime config (the
+/// key-value store on the same Redis) written into `config_dir`, which the caller removes.
+/// (Always the bundled host: `Host::start` runs `spin up` instead under `TASK_API_SPIN`.)
 pub fn host_command(redis: &Redis, config_dir: &Path) -> Command {
+    app_command(Command::new(host_binary()), redis, config_dir)
+}
+
+/// `runtime` serving the app as `host_command` describes.
+fn app_command(mut runtime: Command, redis: &Redis, config_dir: &Path) -> Command {
     let _ = std::fs::create_dir_all(config_dir);
     let runtime_config = config_dir.join("runtime-config.toml");
     let written = std::fs::write(
@@ -303,13 +306,12 @@ pub fn host_command(redis: &Redis, config_dir: &Path) -> Command {
         format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n", redis.url()),
     );
     assert!(written.is_ok(), "cannot write {}", runtime_config.display());
-    let mut command = runtime_command(Path::new("spin.toml"));
-    command
+    runtime
         .current_dir(repo_root())
-        .arg("--runtime-config-file")
+        .args(["--from", "spin.toml", "--listen", "127.0.0.1:0", "--runtime-config-file"])
         .arg(&runtime_config)
         .env("SPIN_VARIABLE_REDIS_ADDRESS", redis.url());
-    command
+    runtime
 }
 
 impl Host {
@@ -319,16 +321,11 @@ impl Host {
         static HOSTS: AtomicUsize = AtomicUsize::new(0);
         let n = HOSTS.fetch_add(1, Ordering::Relaxed);
         let config_dir = std::env::temp_dir().join(format!("task-api-host-{}-{n}", std::process::id()));
-        let mut command = host_command(redis, &config_dir);
-        // A fault only the bundled host can inject: Spin's compare-and-swap is correct.
-        match (spin_cli(), options.lossy_cas) {
-            (None, lossy) => {
-                command.args(["--kv-cas", if lossy { "lossy" } else { "correct" }]);
-            }
-            (Some(_), false) => {}
-            (Some(_), true) => {
-                panic!("a lossy compare-and-swap is a fault of the bundled host only (unset TASK_API_SPIN)")
-            }
+        let mut command = app_command(runtime(), redis, &config_dir);
+        // A fault only the bundled host injects; under Spin the test runs on Spin's own
+        // compare-and-swap (its key-value store on Redis), which is the real thing.
+        if spin_cli().is_none() {
+            command.args(["--kv-cas", if options.lossy_cas { "lossy" } else { "correct" }]);
         }
         for (name, value) in &options.variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
@@ -343,7 +340,8 @@ impl Host {
 
     /// The same, with application variables set (as `SPIN_VARIABLE_<NAME>`).
     pub fn start_manifest_with(manifest: &Path, variables: &[(&str, &str)]) -> Host {
-        let mut command = runtime_command(manifest);
+        let mut command = runtime();
+        command.arg("--from").arg(manifest).args(["--listen", "127.0.0.1:0"]);
         for (name, value) in variables {
             command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
         }

@@ -170,6 +170,11 @@ fn main() {
     };
     if options.url.is_empty() {
         require_wasm();
+        // Every figure names the runtime it ran on.
+        match runtime_tests::cluster::spin_cli() {
+            Some(spin) => println!("runtime: spin up ({}, TASK_API_SPIN)", spin.display()),
+            None => println!("runtime: the bundled host (spin-host)"),
+        }
     }
     let mut rows = Vec::new();
     let mut ratio = None;
@@ -278,10 +283,11 @@ enum Ledger {
 
 impl Ledger {
     fn label(self) -> &'static str {
-        match self {
-            Ledger::Redis => "redis ledger",
-            Ledger::Kv => "kv ledger, correct CAS",
-            Ledger::KvLossy => "kv ledger, lossy CAS",
+        match (self, runtime_tests::cluster::spin_cli()) {
+            (Ledger::Redis, _) => "redis ledger",
+            (Ledger::Kv | Ledger::KvLossy, Some(_)) => "kv ledger, Spin's CAS",
+            (Ledger::Kv, None) => "kv ledger, correct CAS",
+            (Ledger::KvLossy, None) => "kv ledger, lossy CAS",
         }
     }
 }

@@ -15,7 +15,8 @@ const SCENARIOS: &[&str] = &[
     "admission, 1 replica",
     "admission, 3 replicas",
     "hot user, 3 replicas, redis ledger",
-    "hot user, 3 replicas, kv ledger, lossy CAS",
+    // (On the host's lossy compare-and-swap; under TASK_API_SPIN, Spin's own.)
+    "hot user, 3 replicas, kv ledger, ",
     "memory, 1 replica, 10 users x 3 tasks, no payload",
     "memory, 1 replica, 10 users x 3 tasks, a 2048 B payload",
     "keep-alive, app, 1 replica, POST /api/v1/task",
