@@ -19,6 +19,8 @@
 //!   the response body streamed, instances reused (128 requests, 16 at once, 1 s idle).
 //! - `trigger::redis`: subscribes to the manifest's channels; one message at a time per
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
+//! - `run` (here) runs one trigger type of the app; `spin-host` (main.rs) starts itself once
+//!   per trigger type, as `spin up` starts `spin trigger http` and `spin trigger redis`.
 //! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
 //!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
 //! - `backend`: a recording HTTP backend for the delivery tests and the bench.
