@@ -33,8 +33,15 @@ pub fn engine(pooling: bool, cache: bool) -> anyhow::Result<Engine> {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
     if cache {
-        // Wasmtime's default cache configuration, as Spin's `enable_cache(&None)`.
-        config.cache(Some(wasmtime::Cache::from_file(None).map_err(super::wasm_error)?));
+        // Wasmtime's default cache configuration, as Spin's `enable_cache(&None)`. Where it
+        // cannot be had (no home directory, say) Spin would refuse to start; the host warns
+        // and compiles every time instead, so that a test machine without one still runs.
+        match wasmtime::Cache::from_file(None) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => eprintln!("spin-host: no compilation cache ({e}); compiling on every start"),
+        }
     }
     if pooling && use_pooling()? {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()?));
