@@ -111,7 +111,26 @@ const REWAKE_FOR: Duration = Duration::from_secs(5);
 /// 5 s; and it switches the keyspace events on, so that the alarms the unheard wake-up set
 /// are the backstop after that.
 pub fn wake_until_heard(config: std::rc::Rc<Config>) {
+    thread_local! {
+        /// Whether this instance already publishes again: one loop is enough (every one looks
+        /// at the same lease and queue), and where no drainer ever subscribes (a deployment
+        /// without the Redis trigger) each admission would otherwise add a loop of its own.
+        static REWAKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    /// Ends this instance's loop however it returns.
+    struct Rewaking;
+    impl Drop for Rewaking {
+        fn drop(&mut self) {
+            REWAKING.set(false);
+        }
+    }
+    if REWAKING.replace(true) {
+        return;
+    }
+    // Made here and moved in, so that it ends the loop even if the task never runs.
+    let rewaking = Rewaking;
     spin_sdk::wasip3::spawn(async move {
+        let _rewaking = rewaking;
         let Ok(queue) = Queue::connect(&config).await else { return };
         let _ = queue.enable_expiry_events().await;
         let clock = SpinClock::default();
