@@ -1,6 +1,8 @@
 //! The benchmark (the performance targets in docs/numbers.md): starts its own redis-server and `spin-host` replicas on loopback,
-//! drives them, and prints a table. With `--url` it drives an app that is already running
-//! instead (under `spin up`, say), with `--redis` naming that app's Redis.
+//! drives them, and prints a table. With `TASK_API_SPIN=<spin binary>` the replicas it starts
+//! are `spin up` instead (every scenario, deliveries and pulls included; cluster.rs
+//! `spin_cli`). With `--url` it drives an app that is already running instead (under `spin
+//! up`, say), with `--redis` naming that app's Redis.
 //!
 //! ```text
 //! cargo build --target wasm32-wasip2 --release && cargo build -p runtime-tests --bins
