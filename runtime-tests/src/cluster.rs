@@ -231,6 +231,12 @@ fn send_signal(child: &Child, signal: &str) {
     let _ = Command::new("kill").args([signal, &child.id().to_string()]).stderr(Stdio::null()).status();
 }
 
+/// Sends `signal` to every process in the group `child` leads (started with `process_group(0)`).
+pub fn signal_group(child: &Child, signal: &str) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args([signal, "--", &group]).stderr(Stdio::null()).status();
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.signal("-CONT");
@@ -425,8 +431,7 @@ impl Host {
     /// http`, `spin trigger redis`: up.rs `start_trigger_processes`), which a signal to `spin
     /// up` alone would leave running, as a pod's or a unit's kill does not.
     pub fn signal(&self, signal: &str) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args([signal, "--", &group]).stderr(Stdio::null()).status();
+        signal_group(&self.child, signal);
     }
 
     /// Whether the process has exited, and how.

@@ -19,7 +19,7 @@
 //!   the response body streamed, instances reused (128 requests, 16 at once, 1 s idle).
 //! - `trigger::redis`: subscribes to the manifest's channels; one message at a time per
 //!   address, a fresh instance each; exits when the subscription drops, as Spin does.
-//! - `run` (here) runs one trigger type of the app; `spin-host` (main.rs) starts itself once
+//! - `run` (here) runs one `Trigger` of the app; `spin-host` (main.rs) starts itself once
 //!   per trigger type, as `spin up` starts `spin trigger http` and `spin trigger redis`.
 //! - `Shutdown` (here): on SIGINT/SIGTERM the host stops accepting and taking messages, lets
 //!   what runs finish (at most `SHUTDOWN_GRACE`), and exits 0, as `spin up` does on Ctrl-C.
@@ -185,18 +185,20 @@ impl TriggerType {
     }
 }
 
-/// Loads the app and runs its triggers of `only` (all of them for `None`): subscribes its
-/// Redis triggers, and serves HTTP on `listener` (which an HTTP trigger needs), printing
-/// `Serving http://<addr>` once it does. When `shutdown` resolves, or a Redis subscription
-/// drops (an error: the caller exits, as Spin does), it stops accepting connections and taking
-/// messages, waits up to `config.shutdown_grace` for what runs, and returns. Whatever still
-/// runs then is dropped with the runtime, each instance reported in one line (`trigger::http`).
-pub async fn run(
-    config: HostConfig,
-    only: Option<TriggerType>,
-    listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// What one `spin-host --trigger <type>` process runs: the app's HTTP trigger on a listener,
+/// or its Redis triggers.
+pub enum Trigger {
+    Http(TcpListener),
+    Redis,
+}
+
+/// Loads the app and runs its `trigger`: serves HTTP on the listener, printing `Serving
+/// http://<addr>`, or subscribes the Redis triggers. When `shutdown` resolves, or a Redis
+/// subscription drops (an error: the caller exits, as Spin does), it stops accepting
+/// connections and taking messages, waits up to `config.shutdown_grace` for what runs, and
+/// returns. Whatever still runs then is dropped with the runtime, each instance reported in
+/// one line (`trigger::http`).
+pub async fn run(config: HostConfig, trigger: Trigger, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
     let engine = trigger::engine::engine(config.pooling, config.cache)?;
     let linker = host::linker(&engine).map_err(trigger::wasm_error)?;
@@ -207,21 +209,17 @@ pub async fn run(
     let (work, mut all_done) = mpsc::channel::<()>(1);
     let stop_handle = Shutdown { stopping, work: work.downgrade() };
 
-    let runs = |t: TriggerType| only.is_none_or(|only| only == t) && TriggerType::of(&app).contains(&t);
-    let mut subscriptions = if runs(TriggerType::Redis) {
-        trigger::redis::subscribe_all(&app, &components, &stop_handle).await?
-    } else {
-        tokio::task::JoinSet::new()
-    };
-    let serving = match listener {
-        Some(listener) if runs(TriggerType::Http) => {
+    let (serving, mut subscriptions) = match trigger {
+        Trigger::Http(listener) => {
             let addr = listener.local_addr().context("reading the listener's address")?;
             let http = trigger::http::HttpTrigger::new(&app, &components, &stop_handle)?;
             println!("Serving http://{addr}");
-            futures::future::Either::Left(async move { http.serve(listener).await })
+            (futures::future::Either::Left(async move { http.serve(listener).await }), tokio::task::JoinSet::new())
         }
-        Some(_) | None if runs(TriggerType::Http) => anyhow::bail!("an HTTP trigger needs a listener"),
-        _ => futures::future::Either::Right(std::future::pending()),
+        Trigger::Redis => (
+            futures::future::Either::Right(std::future::pending()),
+            trigger::redis::subscribe_all(&app, &components, &stop_handle).await?,
+        ),
     };
     let ended = tokio::select! {
         result = serving => result,

@@ -2,7 +2,7 @@
 //! the Spin CLI. See `runtime_tests` for what it implements.
 
 use runtime_tests::host::key_value::CasMode;
-use runtime_tests::{HostConfig, TriggerType, run};
+use runtime_tests::{HostConfig, Trigger, TriggerType, run};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,15 +39,15 @@ fn main() -> ExitCode {
         // once it is up rather than killing it half-started.
         let stop = stop_signal().map_err(|e| anyhow::anyhow!("cannot handle SIGINT/SIGTERM: {e}"))?;
         let Some(only) = trigger else { return supervise(&config, stop).await };
-        let listener = match only {
-            TriggerType::Http => Some(
+        let trigger = match only {
+            TriggerType::Http => Trigger::Http(
                 tokio::net::TcpListener::bind(&listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?,
             ),
-            TriggerType::Redis => None,
+            TriggerType::Redis => Trigger::Redis,
         };
-        run(config, Some(only), listener, stop).await.map(|()| ExitCode::SUCCESS)
+        run(config, trigger, stop).await.map(|()| ExitCode::SUCCESS)
     });
     // Bounded: a blocking task (a guest's stdout write) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));

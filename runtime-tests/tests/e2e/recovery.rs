@@ -176,8 +176,7 @@ impl Supervisor {
     }
 
     fn signal_group(&self, signal: &str) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args([signal, "--", &group]).stderr(Stdio::null()).status();
+        support::signal_group(&self.child, signal);
     }
 }
 

@@ -113,8 +113,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ =
-            Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).stderr(Stdio::null()).status();
+        crate::support::signal_group(&self.child, "-KILL");
         let _ = self.child.wait();
     }
 }
