@@ -76,7 +76,9 @@ pub struct LaneNow {
 pub enum Outcome {
     /// A new task was stored (and run, if its slot was now). `wake_unheard`: it waits for the
     /// drainers, whose wake-up reached no replica: the handler publishes again after answering.
-    Admitted { task: Task, lane: LaneNow, wake_unheard: bool },
+    /// `started`: a task to deliver whose first attempt started (`Placement::Running`); the
+    /// handler makes it after answering.
+    Admitted { task: Task, lane: LaneNow, wake_unheard: bool, started: Option<scripts::Claim> },
     /// The Idempotency-Key named an earlier task: that one, as it is now.
     Replayed { task: Task, lane: LaneNow },
     /// The lane's queue is full (`max_backlog`).
@@ -293,7 +295,8 @@ async fn admit_in_one_script(
         match admission {
             Admission::Admitted { slot, ledger, tier, filed } => {
                 let recent = Ledger::decode(Some(&ledger))?.spent();
-                // A task to deliver runs in the drainer, never inline: nothing to wait for.
+                // A task to deliver is never run inline: it started (the handler delivers it)
+                // or waits for the drainers. Nothing to wait for.
                 let admitted = if delivery.is_some() {
                     print_log(&filed.ran);
                     filed
@@ -302,7 +305,8 @@ async fn admit_in_one_script(
                 };
                 let task = new_task(new, task_id.clone(), slot, admitted.placement);
                 let lane = LaneNow { recent, tier, now: admitted.now };
-                return Ok(Outcome::Admitted { task, lane, wake_unheard: admitted.wake_unheard });
+                let (wake_unheard, started) = (admitted.wake_unheard, admitted.started);
+                return Ok(Outcome::Admitted { task, lane, wake_unheard, started });
             }
             Admission::BacklogFull => return Ok(Outcome::BacklogFull),
             Admission::Costly { tier, quota, window_ms } => {
@@ -389,7 +393,7 @@ async fn admit_with_kv(
     let admitted = wait_if_due(store, clock, lane, task_id, committed.slot, committed.admitted).await?;
     let task = new_task(new, task_id.clone(), committed.slot, admitted.placement);
     let lane = LaneNow { recent: committed.recent, tier: prepared.tier, now: admitted.now };
-    Ok(Outcome::Admitted { task, lane, wake_unheard: admitted.wake_unheard })
+    Ok(Outcome::Admitted { task, lane, wake_unheard: admitted.wake_unheard, started: None })
 }
 
 /// One committed admission.
@@ -547,7 +551,8 @@ async fn commit_batch(
         cas_retries: committed.retries,
     };
     let filed = store.file(&file).await;
-    let Filed { placements, now, ran, wake_unheard } = match filed {
+    // (The `kv` ledger never delivers, so it starts no attempt: config.rs.)
+    let Filed { placements, now, ran, wake_unheard, .. } = match filed {
         Ok(filed) => filed,
         // The commit point: if Redis did not answer, the script may still have run.
         Err(StoreError::Unavailable(e)) => return Err(AdmitError::Uncertain(e)),
@@ -561,7 +566,7 @@ async fn commit_batch(
         .zip(placements)
         .map(|(slot, placement)| Committed {
             slot,
-            admitted: Admitted { placement, now, ran: Vec::new(), wake_unheard },
+            admitted: Admitted { placement, now, ran: Vec::new(), wake_unheard, started: None },
             recent: recent.clone(),
         })
         .collect())
@@ -629,12 +634,12 @@ async fn replay(
     {
         return Ok(Outcome::KeyReused);
     }
-    let placement = match (record.completed_at, record.cancelled_at) {
-        (Some(completed_at), _) => Placement::Completed { completed_at },
-        (None, Some(cancelled_at)) => Placement::Cancelled { cancelled_at },
-        (None, None) => {
-            Placement::Queued { position: store.position(&LaneKey::new(&request.user, &record.kind), task_id).await? }
-        }
+    let placement = match record {
+        TaskRecord { completed_at: Some(completed_at), .. } => Placement::Completed { completed_at },
+        TaskRecord { cancelled_at: Some(cancelled_at), .. } => Placement::Cancelled { cancelled_at },
+        TaskRecord { failed_at: Some(failed_at), .. } => Placement::Failed { failed_at },
+        TaskRecord { running_since: Some(since), .. } => Placement::Running { since },
+        _ => Placement::Queued { position: store.position(&LaneKey::new(&request.user, &record.kind), task_id).await? },
     };
     let recent = store.recent_slots(config.ledger, &request.ledger_key, ledger)?;
     let task = Task {
@@ -857,7 +862,7 @@ mod tests {
     }
 
     fn filed(placement: Placement, now: i64) -> Admitted {
-        Admitted { placement, now, ran: Vec::new(), wake_unheard: false }
+        Admitted { placement, now, ran: Vec::new(), wake_unheard: false, started: None }
     }
 
     fn admitted(slot: i64, placement: Placement, now: i64) -> Answer {
@@ -1009,7 +1014,7 @@ mod tests {
     }
 
     fn filed_all(placements: Vec<Placement>) -> Answer {
-        Answer::File(Ok(Filed { placements, now: 1_000, ran: Vec::new(), wake_unheard: false }))
+        Answer::File(Ok(Filed { placements, now: 1_000, ran: Vec::new(), wake_unheard: false, started: Vec::new() }))
     }
 
     fn admit_kv<'a>(

@@ -46,8 +46,8 @@ pub struct Config {
     /// The one `allowed_outbound_hosts` entry deliveries may use (the `delivery_hosts`
     /// variable); every kind's target is one it allows. Empty: no outbound HTTP.
     pub delivery_hosts: AllowedHosts,
-    /// The Standard Webhooks key deliveries are signed with (`delivery_secret`); the
-    /// drainer's only (`None` in the API, which delivers nothing).
+    /// The Standard Webhooks key deliveries are signed with (`delivery_secret`): the drainers
+    /// make deliveries, and so do admissions that start a first attempt.
     pub delivery_secret: Option<Secret>,
     /// What every script gets first (ARGV[1..6], `lib.lua`): key prefix, log key, task
     /// record lifetime, the default policy, and what a lane's completion history keeps.
@@ -126,7 +126,7 @@ impl Config {
                  deliveries and claims re-admit their retries through the ledger in Redis, so set ledger = redis"
             );
         }
-        let delivery_secret = match drainer_only(api, "delivery_secret").await?.trim() {
+        let delivery_secret = match get("delivery_secret").await?.trim() {
             "" => None,
             text => Some(Secret::parse(text).map_err(|e| anyhow::anyhow!("variable delivery_secret: {e}"))?),
         };
@@ -159,11 +159,6 @@ async fn get(name: &str) -> anyhow::Result<String> {
 /// A variable only the API is given; `unused` stands for it in the drainer.
 async fn api_only(api: bool, name: &str, unused: &str) -> anyhow::Result<String> {
     if api { get(name).await } else { Ok(unused.to_string()) }
-}
-
-/// A variable only the drainer is given; empty in the API.
-async fn drainer_only(api: bool, name: &str) -> anyhow::Result<String> {
-    if api { Ok(String::new()) } else { get(name).await }
 }
 
 fn quota(value: &str, name: &str) -> anyhow::Result<u32> {

@@ -29,6 +29,10 @@
 //!
 //! Running a task is atomic in Redis (`queue.rs`), so two leaders at once (one stalled past
 //! its TTL) cost only work, never a doubled task.
+//!
+//! One delivery attempt is not the drainers': the first of a task whose slot had come at
+//! admission, which the admission claims and its HTTP handler makes (`deliver_started`). The
+//! drainers watch its claim like their own, and retry it if it lapses.
 
 use crate::config::Config;
 use crate::deadline::SpinClock;
@@ -141,6 +145,32 @@ pub fn wake_until_heard(config: std::rc::Rc<Config>) {
                 Ok(Wake::Unheard) | Err(_) => wait = (wait * 2).min(REWAKE_STEP_MAX),
                 Ok(Wake::Heard | Wake::Quiet) => return,
             }
+        }
+    });
+}
+
+/// How often recording the outcome of an attempt an admission started is tried. Past that
+/// its claim stays open until it lapses, and the drainers make the attempt again.
+const SETTLE_TRIES: u32 = 3;
+const SETTLE_RETRY: Duration = Duration::from_millis(50);
+
+/// Makes the first attempt of a task its admission started (`Placement::Running`), after the
+/// answer (Spin keeps a p3 HTTP instance until its spawned work has ended), and records its
+/// outcome. A drainer would claim it only at its next call: in a burst, as late as the
+/// drainers run behind. Should this instance die first, the claim lapses and a drainer makes
+/// the attempt again, with the same `webhook-id`: at least once, as for the drainers' own.
+pub fn deliver_started(config: std::rc::Rc<Config>, claim: Claim) {
+    spin_sdk::wasip3::spawn(async move {
+        let outcome = SpinCourier { config: &config }.deliver(claim).await;
+        let clock = SpinClock::default();
+        for _ in 0..SETTLE_TRIES {
+            if let Ok(queue) = Queue::connect(&config).await
+                && let Ok(ran) = queue.run(&crate::scripts::Settle { outcomes: std::slice::from_ref(&outcome) }).await
+            {
+                print_log(&ran);
+                return;
+            }
+            clock.sleep(SETTLE_RETRY).await;
         }
     });
 }

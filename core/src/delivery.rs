@@ -15,6 +15,11 @@ pub const MAX_TIMEOUT_MS: u32 = 60_000;
 pub const DEFAULT_ATTEMPTS: u32 = 5;
 pub const MAX_ATTEMPTS: u32 = 20;
 pub const MAX_CONCURRENCY: u32 = 1_000;
+/// First attempts that admissions start and make themselves (`start_at_admission` in
+/// lib.lua), in flight at once across every replica; past it, admissions leave their tasks
+/// to the drainers. Each holds its Spin instance until it ends, and Spin 4.1 pools 1,000
+/// instances per process (crates/core/src/lib.rs), so a hanging backend cannot take them all.
+pub const ADMISSION_STARTS_MAX: u32 = 512;
 
 /// Where a kind's tasks are delivered, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,8 @@
 //!   `k` kind, `w` cost and `l` policy (each only when not the default), `c` completed-at,
 //!   `x` cancelled-at or `f` failed-at (kept a day once one is set); for a kind with a target
 //!   also `d` its delivery (`Delivery::spec`), `a` attempts claimed, `r` the start of the
-//!   attempt in flight, `m` its lane, `h` the attempts that ended (`read_task::attempts`);
+//!   attempt in flight, `m` its lane, `o` while that attempt is one its admission started,
+//!   `h` the attempts that ended (`read_task::attempts`);
 //!   for a pulled kind also `t` the open claim's token and `y` the last outcome's detail;
 //! - `idem:<u>:<key>` the task an Idempotency-Key names;
 //! - `tier:<u>` the user's tier (absent: the built-in one);
@@ -30,7 +31,8 @@
 //!   renewed it, and Redis's notification of that wakes the drainers (spin.toml);
 //! - `metrics`  hash of the counters behind `/metrics`;
 //! - `claims`   sorted set of the delivery attempts in flight (task id, scored by the instant
-//!   its claim lapses) and `inflight` hash of how many each lane has (lane → count);
+//!   its claim lapses), `inflight` hash of how many each lane has (lane → count), and
+//!   `started` how many of them admissions started (their records marked `o`);
 //! - `pull:<kind>` sorted set of a pulled kind's lanes (lane → earliest instant its head task
 //!   may start), which workers claim from instead of `due`, and `bell:<kind>` the list a
 //!   worker's long poll waits on (`BLPOP`): pushed when that set's soonest instant changes;
@@ -56,6 +58,7 @@ pub mod word {
     pub const USER_API_KEYS: &str = "apikeys:";
     pub const CLAIMS: &str = "claims";
     pub const IN_FLIGHT: &str = "inflight";
+    pub const STARTED: &str = "started";
     pub const PULL: &str = "pull:";
     pub const BELL: &str = "bell:";
     pub const WORKER_KEYS: &str = "workerkeys";

@@ -43,6 +43,7 @@ mod prepare;
 mod pull;
 mod read_task;
 mod report;
+mod settle;
 mod sweep;
 mod unit_script;
 mod user_state;
@@ -50,7 +51,7 @@ mod user_state;
 pub use admit::{Admission, Admit, AdmitPolicy};
 pub use call::{Call, read_reply};
 pub use cancel::{Cancel, Cancelled};
-pub use drain::{Claim, Drain, Drained, Ended, Outcome};
+pub use drain::{Drain, Drained, Ended, Outcome};
 pub use file::{File, TaskToFile};
 pub use header::{Header, TASK_TTL_MS};
 pub use key_create::KeyCreate;
@@ -69,7 +70,8 @@ pub use report::{Report, Reported};
 pub use script::{
     DELIVERY_BUCKETS_MS, LATENESS_BUCKETS_MS, Script, is_function_missing, is_noscript, is_refusal, library, prelude,
 };
-pub use shared::{Admitted, Attempt, Completion, Earlier, Filed, Logged, Placement};
+pub use settle::Settle;
+pub use shared::{Admitted, Attempt, Claim, Completion, Earlier, Filed, Logged, Placement};
 pub use sweep::{Sweep, Wake};
 pub use unit_script::UnitScript;
 pub use user_state::{LaneState, ReadUserState, UserState};

@@ -155,12 +155,25 @@ pub(super) fn task_response(
             body.cancelled_at = Some(cancelled_at);
             StatusCode::OK
         }
+        Placement::Failed { failed_at } => {
+            body.status = "failed";
+            body.failed_at = Some(failed_at);
+            StatusCode::OK
+        }
         Placement::Queued { position } => {
             let retry_after = ((task.slot - lane.now + 999) / 1000).max(1);
             insert(&mut headers, header::LOCATION, &format!("/api/v1/task/{}", task.task_id));
             insert(&mut headers, header::RETRY_AFTER, &retry_after.to_string());
             body.status = "queued";
             body.queue_position = Some(position);
+            StatusCode::ACCEPTED
+        }
+        // Its first attempt is being made: its outcome is known within the kind's timeout.
+        Placement::Running { since } => {
+            insert(&mut headers, header::LOCATION, &format!("/api/v1/task/{}", task.task_id));
+            insert(&mut headers, header::RETRY_AFTER, "1");
+            body.status = "running";
+            body.running_since = Some(since);
             StatusCode::ACCEPTED
         }
     };

@@ -40,9 +40,14 @@ pub async fn create(request: Request, loaded: &Loaded, caller: &Caller) -> Resul
         payload: task.payload.as_deref(),
         idempotency_key: idempotency_key.as_deref(),
     };
-    let outcome = admission::admit(config, &new).await;
-    if let (Ok(Outcome::Admitted { wake_unheard: true, .. }), Ok(loaded)) = (&outcome, loaded) {
-        crate::drainer::wake_until_heard(loaded.clone());
+    let mut outcome = admission::admit(config, &new).await;
+    if let (Ok(Outcome::Admitted { wake_unheard, started, .. }), Ok(loaded)) = (&mut outcome, loaded) {
+        if *wake_unheard {
+            crate::drainer::wake_until_heard(loaded.clone());
+        }
+        if let Some(claim) = started.take() {
+            crate::drainer::deliver_started(loaded.clone(), claim);
+        }
     }
     admission_response(config, outcome)
 }

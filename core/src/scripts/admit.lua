@@ -10,7 +10,8 @@
 -- the Redis clock (the task's arrival: one clock for every replica), the user's tier and so
 -- the lane's policy, the Idempotency-Key, the lane's backlog, the slot from the lane's
 -- ledger by the rule (`earliest`, which `runtime-tests/tests/lua_rule.rs` holds to slot.rs),
--- the new ledger, and the task filed (run at once if its slot is now). As one script it needs
+-- the new ledger, and the task filed (run at once if its slot is now; a task to deliver whose
+-- slot is now has its first attempt started, for the caller to make). As one script it needs
 -- no compare-and-set: no other admission can come between reading the lane's ledger and
 -- writing it.
 --
@@ -100,5 +101,6 @@ if cost ~= 1 then ledger = ledger .. '*' .. cost end
 redis.call('SET', ledger_key, ledger, 'PXAT', int(slot + keep_ms + 1000))
 
 local task = {id = id, slot = slot, idem = idem, payload = payload, cost = cost, spec = spec, delivery = delivery}
-local filed = file_tasks(member, user, kind, now, {task})
+-- (A task to deliver whose slot is now starts here, and the caller delivers it.)
+local filed = file_tasks(member, user, kind, now, {task}, {})
 return append({'admitted', slot, ledger, tier}, filed)

@@ -121,11 +121,20 @@ impl Call for Admit<'_> {
                 let (slot, ledger, tier) = (reply.int()?, reply.bytes()?.to_vec(), tier(reply)?);
                 let mut filed = filed(reply, 1)?;
                 let placement = filed.placements.pop().ok_or_else(|| reply.fail("admit placed no task"))?;
+                if filed.started.len() > 1 {
+                    return Err(reply.fail("admit started more attempts than it filed tasks"));
+                }
                 Ok(Admission::Admitted {
                     slot,
                     ledger,
                     tier,
-                    filed: Admitted { placement, now: filed.now, ran: filed.ran, wake_unheard: filed.wake_unheard },
+                    filed: Admitted {
+                        placement,
+                        now: filed.now,
+                        ran: filed.ran,
+                        wake_unheard: filed.wake_unheard,
+                        started: filed.started.pop(),
+                    },
                 })
             }
             other => Err(reply.fail(format_args!("admit answered {other:?}"))),
@@ -176,9 +185,33 @@ mod tests {
             Int(1),
             text("queued"),
             Int(2),
+            Int(1),
         ];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
         reply
+    }
+
+    #[test]
+    fn an_admission_that_started_its_attempt_brings_its_claim() {
+        let mut reply = vec![
+            text("admitted"),
+            Int(1_006),
+            text("v1 1 1006:a"),
+            text(""),
+            text("filed"),
+            Int(1_006),
+            Int(0),
+            Int(1),
+            text("running"),
+            Int(1_006),
+            Int(0),
+        ];
+        reply.extend(crate::scripts::drain::tests::a_claim());
+        let Ok(Admission::Admitted { filed, .. }) = read_reply(&CALL, &reply) else { panic!("not admitted") };
+        assert!(matches!(filed.placement, Placement::Running { since: 1_006 }));
+        assert_eq!(filed.started.map(|c| c.task_id), Some("t3".to_string()));
+        // A claim cut short.
+        assert!(read_reply(&CALL, &reply[..reply.len() - 1]).is_err());
     }
 
     #[test]
@@ -211,7 +244,17 @@ mod tests {
         // A foreign value in the ledger's key is reported, not overwritten.
         assert!(read_reply(&CALL, &[text("corrupt"), text("hello")]).is_err());
         // An admission that filed no task, or two, is a bug.
-        let none = [text("admitted"), Int(2_000), text("v1 1 2000:b"), text(""), text("filed"), Int(1), Int(0), Int(0)];
+        let none = [
+            text("admitted"),
+            Int(2_000),
+            text("v1 1 2000:b"),
+            text(""),
+            text("filed"),
+            Int(1),
+            Int(0),
+            Int(0),
+            Int(0),
+        ];
         assert!(read_reply(&CALL, &none).is_err());
     }
 

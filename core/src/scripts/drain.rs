@@ -4,7 +4,7 @@
 use crate::scripts::call::Call;
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{DRAIN, Script};
-use crate::scripts::shared::{Completion, completion};
+use crate::scripts::shared::{Claim, Completion, claim, counted_completions};
 
 /// Records `outcomes`, takes or renews the lease (`token`, or `handoff` it was handed), runs
 /// what is due for up to `batch` lanes, claiming about `claim_limit` delivery attempts at most,
@@ -16,27 +16,6 @@ pub struct Drain<'a> {
     pub batch: i64,
     pub claim_limit: i64,
     pub outcomes: &'a [Outcome],
-}
-
-/// A delivery attempt the drainer must make now, or a worker's claim (`pull.lua`): its start
-/// is counted and its claim is open.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub task_id: String,
-    pub user_id: String,
-    pub kind: String,
-    pub cost: u32,
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    pub slot: i64,
-    /// The claim's instant on Redis's clock: the attempt's start.
-    pub started_at: i64,
-    /// The payload's JSON text, as sent.
-    pub payload: Option<String>,
-    /// A worker's claim token, which its outcome brings back (`None` for the drainer's).
-    pub token: Option<String>,
-    /// Its start plus the kind's timeout; the claim lapses a margin later.
-    pub deadline: i64,
 }
 
 /// How a delivery attempt ended, as `settle` (lib.lua) records it.
@@ -51,6 +30,20 @@ pub struct Outcome {
     pub duration_ms: Option<u64>,
     /// The backend's `Retry-After`, in ms (0 for none).
     pub retry_after_ms: i64,
+}
+
+impl Outcome {
+    /// Its six arguments, as `settle` (lib.lua) takes them.
+    pub(crate) fn args(&self) -> [String; 6] {
+        [
+            self.task_id.clone(),
+            self.attempt.to_string(),
+            self.result.word().to_string(),
+            self.status.clone(),
+            self.duration_ms.map_or_else(String::new, |ms| ms.to_string()),
+            self.retry_after_ms.to_string(),
+        ]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,16 +103,7 @@ impl Call for Drain<'_> {
             self.batch.to_string(),
             self.claim_limit.to_string(),
         ];
-        for o in self.outcomes {
-            args.extend([
-                o.task_id.clone(),
-                o.attempt.to_string(),
-                o.result.word().to_string(),
-                o.status.clone(),
-                o.duration_ms.map_or_else(String::new, |ms| ms.to_string()),
-                o.retry_after_ms.to_string(),
-            ]);
-        }
+        args.extend(self.outcomes.iter().flat_map(Outcome::args));
         args
     }
 
@@ -143,27 +127,6 @@ impl Call for Drain<'_> {
             (other, _) => Err(reply.fail(format_args!("drain answered {other:?}"))),
         }
     }
-}
-
-/// A count, then that many completions.
-fn counted_completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpected> {
-    let n = reply.count()?;
-    (0..n).map(|_| completion(reply)).collect()
-}
-
-/// `(id, user, kind, cost, attempt, slot, started_at, payload or '', token or '', deadline)`.
-pub(crate) fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
-    let task_id = reply.text()?;
-    let user_id = reply.text()?;
-    let kind = reply.text()?;
-    let cost = u32::try_from(reply.int()?).map_err(|_| reply.fail("a cost out of range"))?;
-    let attempt = u32::try_from(reply.int()?).map_err(|_| reply.fail("an attempt number out of range"))?;
-    let slot = reply.int()?;
-    let started_at = reply.int()?;
-    let payload = Some(reply.text()?).filter(|p| !p.is_empty());
-    let token = Some(reply.text()?).filter(|t| !t.is_empty());
-    let deadline = reply.int()?;
-    Ok(Claim { task_id, user_id, kind, cost, attempt, slot, started_at, payload, token, deadline })
 }
 
 #[cfg(test)]

@@ -90,13 +90,22 @@ mod tests {
     fn filed_tasks_carry_their_placements_and_completions() {
         let lane = LaneKey("alice".into());
         let two = [task("a", 1_000), task("b", 2_000)];
-        let mut reply =
-            vec![text("filed"), Int(1_006), Int(0), Int(2), text("completed"), Int(1_005), text("queued"), Int(1)];
+        let mut reply = vec![
+            text("filed"),
+            Int(1_006),
+            Int(0),
+            Int(2),
+            text("completed"),
+            Int(1_005),
+            text("queued"),
+            Int(1),
+            Int(1),
+        ];
         reply.extend(completion("t1", "alice", 1_000, 1_005));
-        let Ok(Filed { placements, now, ran, wake_unheard }) = read_reply(&call(&two, &lane), &reply) else {
+        let Ok(Filed { placements, now, ran, wake_unheard, started }) = read_reply(&call(&two, &lane), &reply) else {
             panic!("not filed")
         };
-        assert!(!wake_unheard);
+        assert!(!wake_unheard && started.is_empty());
         assert!(matches!(
             placements[..],
             [Placement::Completed { completed_at: 1_005 }, Placement::Queued { position: 1 }]

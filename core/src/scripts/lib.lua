@@ -276,6 +276,43 @@ local function lane_busy(member, delivery)
   return delivery.concurrency > 0 and tonumber(redis.call('HGET', in_flight_key, member) or 0) >= delivery.concurrency
 end
 
+-- An admission whose task is to be delivered and may start now starts its first attempt
+-- itself (`start_at_admission`), and the HTTP handler that admitted it delivers it after
+-- answering, rather than filing it for a drainer's next call: in a burst the drainers run
+-- behind, and every later task of the lane inherits how late the first started. Such an
+-- attempt holds its Spin instance until it ends, so at most `ADMISSION_STARTS_MAX`
+-- (delivery.rs) are in flight at once across the replicas; past it, admissions file their
+-- tasks for the drainers as before.
+-- The count expires a while after the last start (longer than any attempt's claim), so that
+-- a count left wrong (a record removed before its outcome) mends itself.
+local ADMISSION_STARTS_TTL_MS = 120000
+
+-- Starts the first attempt of `task` (being filed by `file_tasks`, with its record's `fields`)
+-- at `now`, and returns true, if its kind is delivered rather than pulled, its lane has a
+-- place (`concurrency`), the rule allows a start now on the lane's history, and fewer than
+-- `ADMISSION_STARTS_MAX` admissions' attempts are in flight: writes the record (marked `o`,
+-- which `settle` counts off) and claims it into `claims`.
+local function start_at_admission(member, user, kind, task, fields, now, claims)
+  local delivery = delivery_of(task.delivery)
+  if delivery.pull or lane_busy(member, delivery) then return false end
+  local started = prefix .. KEY_STARTED
+  if tonumber(redis.call('GET', started) or 0) >= ADMISSION_STARTS_MAX then return false end
+  local windows = windows_of(task.spec)
+  local done = prefix .. KEY_DONE .. member
+  local completions = recent_completions(done, windows)
+  if earliest_start(completions, task.slot, windows, task.cost) > now then return false end
+  table.insert(fields, 'o')
+  table.insert(fields, '1')
+  redis.call('HSET', prefix .. KEY_TASK .. task.id, unpack(fields))
+  redis.call('INCR', started)
+  redis.call('PEXPIRE', started, ADMISSION_STARTS_TTL_MS)
+  local payload = nil
+  if task.payload ~= '' then payload = task.payload end
+  claim(member, done, {id = task.id, slot = task.slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
+    windows = windows, completions = completions, payload = payload, delivery = delivery}, now, claims)
+  return true
+end
+
 -- Files lane `member` under the instant its head task may start by the rule on its
 -- completions (for the drainer, or for the workers when pulled), or takes it out of both
 -- when it is empty: after its head changed without running anything (a cancel, at `now`).
@@ -425,11 +462,13 @@ end
 -- Files tasks of one lane (`member`: user `user`, kind `kind`; `tasks`: {id, slot, idem (''
 -- for none; it then names the task for a day), payload (JSON text, '' for none), cost,
 -- spec (its policy), delivery (`Delivery::spec`, '' for none)}, in slot order; admissions
--- can reach here in another order than they committed), runs what is due now, and wakes
--- the drainer if nobody leads. A record keeps kind, cost and policy only where they differ
--- from the defaults. Returns `['filed', now, unheard (1: its wake-up reached no replica),
--- k, (status, completed_at | queue position)×k, completions…]`.
-local function file_tasks(member, user, kind, now, tasks)
+-- can reach here in another order than they committed), runs what is due now, starts a
+-- task to deliver that may start now when the caller delivers it (`claims`: admit.lua's),
+-- and wakes the drainer if nobody leads (it also watches the claims lapse). A record keeps
+-- kind, cost and policy only where they differ from the defaults. Returns `['filed', now,
+-- unheard (1: its wake-up reached no replica), k, (status, completed_at | queue position |
+-- started_at)×k, n, completions×n, claims…]`.
+local function file_tasks(member, user, kind, now, tasks, claims)
   local q = prefix .. KEY_QUEUE .. member
   -- Each entry: task id, queue entry, and its 1-based queue position when it went to the tail
   -- (what RPUSH answers), or false.
@@ -439,8 +478,9 @@ local function file_tasks(member, user, kind, now, tasks)
   -- they were (every script that changes a head refiles the lane), so the common queued
   -- admission skips `run_due` and its half-dozen commands.
   local new_head = false
-  -- Completions of tasks that ran without being queued, and how many tasks were queued.
-  local ran_now, queued_now = {}, 0
+  -- Completions of tasks that ran without being queued, how many tasks were queued, and
+  -- the ids of those whose first attempt started here.
+  local ran_now, queued_now, started_now = {}, 0, {}
   for _, task in ipairs(tasks) do
     local id, slot, idem, payload = task.id, task.slot, task.idem, task.payload
     local slot_s = int(slot)
@@ -458,8 +498,12 @@ local function file_tasks(member, user, kind, now, tasks)
     -- and `run_due` would do, without their round of commands. (An empty queue is never
     -- filed in `due`: every script that empties one removes it.)
     local runs_now = false
-    -- (A task to deliver always waits for the drainer, which delivers it.)
-    if not tail and slot <= now and task.delivery == '' then
+    if not tail and slot <= now and task.delivery ~= '' then
+      if claims and start_at_admission(member, user, kind, task, fields, now, claims) then
+        started_now[id] = true
+        runs_now = true
+      end
+    elseif not tail and slot <= now then
       local windows = windows_of(task.spec)
       local done = prefix .. KEY_DONE .. member
       local completions = recent_completions(done, windows)
@@ -485,7 +529,7 @@ local function file_tasks(member, user, kind, now, tasks)
 
   local out = {}
   if new_head then run_due(member, now, out) end
-  local woke = queued_now > 0 and wake_drainer(true) or 0
+  local woke = (queued_now > 0 or next(started_now)) and wake_drainer(true) or 0
   -- `run_due` reports each task it ran as (id, user, slot, completed_at); all of them were
   -- ahead of any of ours it left queued.
   local ran, ran_count = {}, #out / 4
@@ -499,6 +543,11 @@ local function file_tasks(member, user, kind, now, tasks)
       inline = inline + 1
       table.insert(reply, 'completed')
       table.insert(reply, tonumber(completed))
+    elseif started_now[e[1]] then
+      -- (Answered 202, as a queued task is.)
+      queued = queued + 1
+      table.insert(reply, 'running')
+      table.insert(reply, now)
     else
       queued = queued + 1
       table.insert(reply, 'queued')
@@ -511,7 +560,8 @@ local function file_tasks(member, user, kind, now, tasks)
   end
   count_answer('inline', kind, inline)
   count_answer('queued', kind, queued)
-  return append(append(reply, ran_now), out)
+  table.insert(reply, #ran_now / 4 + #out / 4)
+  return append(append(append(reply, ran_now), out), claims or {})
 end
 
 -- A lane's ledger as ledger.rs `Ledger` writes it ('v1 <seq>', then ' <slot>:<tag>' per
@@ -568,7 +618,7 @@ end
 -- fewer in flight, is run again (`run_due`, with `claims`).
 local function settle(id, attempt, result, status, duration, retry_after, now, out, claims, detail)
   local key = prefix .. KEY_TASK .. id
-  local r = redis.call('HMGET', key, 'u', 's', 'k', 'w', 'l', 'd', 'a', 'm', 'r', 'p', 'h')
+  local r = redis.call('HMGET', key, 'u', 's', 'k', 'w', 'l', 'd', 'a', 'm', 'r', 'p', 'h', 'o')
   if not r[9] or r[7] ~= attempt then
     count('stale_outcomes', 1)
     return
@@ -577,6 +627,12 @@ local function settle(id, attempt, result, status, duration, retry_after, now, o
   redis.call('ZREM', claims_key, id)
   if redis.call('HINCRBY', in_flight_key, member, -1) <= 0 then redis.call('HDEL', in_flight_key, member) end
   redis.call('HDEL', key, 'r', 't')
+  if r[12] then
+    -- An attempt an admission started (`start_at_admission`): one fewer in flight.
+    local started = prefix .. KEY_STARTED
+    if redis.call('DECR', started) <= 0 then redis.call('DEL', started) end
+    redis.call('HDEL', key, 'o')
+  end
   local task = {id = id, slot = tonumber(r[2]), user = r[1] or '', kind = r[3] or DEFAULT_KIND,
     cost = tonumber(r[4]) or 1, spec = r[5] or default_spec, payload = r[10] or nil}
   -- The record keeps every attempt: '<started>,<status or error>,<duration ms>', ';' between.

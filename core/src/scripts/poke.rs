@@ -26,7 +26,13 @@ impl Call for Poke<'_> {
     /// `[status, completed_at | position, now, completions…]`.
     fn parse(&self, reply: &mut Cursor) -> Result<Admitted, Unexpected> {
         // Its wake-up is the admission's second: the first one's outcome is the one reported.
-        Ok(Admitted { placement: placement(reply)?, now: reply.int()?, ran: completions(reply)?, wake_unheard: false })
+        Ok(Admitted {
+            placement: placement(reply)?,
+            now: reply.int()?,
+            ran: completions(reply)?,
+            wake_unheard: false,
+            started: None,
+        })
     }
 }
 

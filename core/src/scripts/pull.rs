@@ -1,9 +1,9 @@
 //! `pull.lua`: a worker's claim of the due tasks of a pulled kind (`POST /api/v1/claims`).
 
 use crate::scripts::call::Call;
-use crate::scripts::drain::{Claim, claim};
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{PULL, Script};
+use crate::scripts::shared::{Claim, claim};
 
 /// Claims up to `max` tasks of `kind` that may start now; `nonce` (random) makes the claims'
 /// tokens. `last`: the caller's wait is over, so this reply is the answer (the script then

@@ -1,6 +1,7 @@
 //! The scripts' texts: each script is `lib.lua`, after what it takes from Rust, and its own
 //! body; they reach Redis as one Functions library or one by one (see `scripts`).
 
+use crate::delivery::ADMISSION_STARTS_MAX;
 use crate::keys::{ALARM_SECONDS, word};
 use crate::policy::DEFAULT_KIND;
 use std::sync::OnceLock;
@@ -68,9 +69,10 @@ pub static KEY_REVOKE: Script = Script::new("key_revoke", include_str!("key_revo
 pub static PULL: Script = Script::new("pull", include_str!("pull.lua"));
 pub static REPORT: Script = Script::new("report", include_str!("report.lua"));
 pub static HANDOVER: Script = Script::new("handover", include_str!("handover.lua"));
+pub static SETTLE: Script = Script::new("settle", include_str!("settle.lua"));
 
 /// Every script, in the library in this order.
-const ALL: [&Script; 20] = [
+const ALL: [&Script; 21] = [
     &PREPARE,
     &ADMIT,
     &FILE,
@@ -91,6 +93,7 @@ const ALL: [&Script; 20] = [
     &PULL,
     &REPORT,
     &HANDOVER,
+    &SETTLE,
 ];
 
 /// Numbers (a histogram's bounds, the alarms) as a Lua local, as both forms of the scripts
@@ -101,10 +104,11 @@ fn numbers_line(name: &str, numbers: &[i64]) -> String {
 }
 
 /// What the Lua knows by name from Rust: the key words (`keys::word`) and the default kind.
-const LUA_CONSTANTS: [(&str, &str); 16] = [
+const LUA_CONSTANTS: [(&str, &str); 17] = [
     ("KEY_LEDGER", word::LEDGER),
     ("KEY_CLAIMS", word::CLAIMS),
     ("KEY_IN_FLIGHT", word::IN_FLIGHT),
+    ("KEY_STARTED", word::STARTED),
     ("KEY_QUEUE", word::QUEUE),
     ("KEY_DONE", word::DONE),
     ("KEY_TASK", word::TASK),
@@ -121,14 +125,15 @@ const LUA_CONSTANTS: [(&str, &str); 16] = [
 ];
 
 /// What comes before `lib.lua` in both forms of the scripts: `LUA_CONSTANTS`, the histograms'
-/// buckets and the alarms, as Lua locals. (Every value is a key word or a kind name: no quote or
-/// backslash to escape.)
+/// buckets, the alarms and `ADMISSION_STARTS_MAX`, as Lua locals. (Every value is a key word,
+/// a kind name or a number: no quote or backslash to escape.)
 fn constants() -> String {
     let mut lines: Vec<String> =
         LUA_CONSTANTS.iter().map(|(name, value)| format!("local {name} = '{value}'")).collect();
     lines.push(numbers_line("lateness_buckets_ms", &LATENESS_BUCKETS_MS));
     lines.push(numbers_line("delivery_buckets_ms", &DELIVERY_BUCKETS_MS));
     lines.push(numbers_line("alarm_seconds", &ALARM_SECONDS.map(i64::from)));
+    lines.push(format!("local ADMISSION_STARTS_MAX = {ADMISSION_STARTS_MAX}"));
     lines.join("\n")
 }
 

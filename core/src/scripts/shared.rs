@@ -76,6 +76,27 @@ impl Completion {
     }
 }
 
+/// A delivery attempt the drainer must make now, or a worker's claim (`pull.lua`): its start
+/// is counted and its claim is open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub task_id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub cost: u32,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub slot: i64,
+    /// The claim's instant on Redis's clock: the attempt's start.
+    pub started_at: i64,
+    /// The payload's JSON text, as sent.
+    pub payload: Option<String>,
+    /// A worker's claim token, which its outcome brings back (`None` for the drainer's).
+    pub token: Option<String>,
+    /// Its start plus the kind's timeout; the claim lapses a margin later.
+    pub deadline: i64,
+}
+
 /// What became of an admitted task.
 #[derive(Debug)]
 pub enum Placement {
@@ -85,9 +106,18 @@ pub enum Placement {
     Queued {
         position: i64,
     },
+    /// A task to deliver whose first attempt its admission started (at `since`): the caller
+    /// delivers it (`Admitted::started`).
+    Running {
+        since: i64,
+    },
     /// Only ever found by a replayed request: a new task is never cancelled.
     Cancelled {
         cancelled_at: i64,
+    },
+    /// Only ever found by a replayed request: a task to deliver whose attempts all failed.
+    Failed {
+        failed_at: i64,
     },
 }
 
@@ -100,6 +130,8 @@ pub struct Admitted {
     pub ran: Vec<Completion>,
     /// The drainers' wake-up the call published reached no replica (`Filed::wake_unheard`).
     pub wake_unheard: bool,
+    /// The attempt the call started (`Placement::Running`), which the caller must make.
+    pub started: Option<Claim>,
 }
 
 /// What an earlier request with the same Idempotency-Key left.
@@ -122,10 +154,12 @@ pub struct Filed {
     /// had subscribed to hear it (Spin serves HTTP before it subscribes): the caller publishes
     /// again later (`drainer::wake_until_heard`).
     pub wake_unheard: bool,
+    /// The first attempts the call started (`Placement::Running`), which the caller must make.
+    pub started: Vec<Claim>,
 }
 
-/// `file_tasks` (lib.lua): `['filed', now, unheard, k, (status, completed_at | position)×k,
-/// completions…]`, for `tasks` tasks.
+/// `file_tasks` (lib.lua): `['filed', now, unheard, k, (status, completed_at | position |
+/// started_at)×k, n, completions×n, claims…]`, for `tasks` tasks.
 pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpected> {
     match reply.text()?.as_str() {
         "filed" => {}
@@ -138,7 +172,12 @@ pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpecte
         return Err(reply.fail(format_args!("filed {count} tasks of {tasks}")));
     }
     let placements = (0..tasks).map(|_| placement(reply)).collect::<Result<_, _>>()?;
-    Ok(Filed { placements, now, ran: completions(reply)?, wake_unheard })
+    let ran = counted_completions(reply)?;
+    let mut started = Vec::new();
+    while !reply.at_end() {
+        started.push(claim(reply)?);
+    }
+    Ok(Filed { placements, now, ran, wake_unheard, started })
 }
 
 /// A `(status, completed_at | position)` pair.
@@ -148,6 +187,7 @@ pub(crate) fn placement(reply: &mut Cursor) -> Result<Placement, Unexpected> {
     match status.as_str() {
         "completed" => Ok(Placement::Completed { completed_at: value }),
         "queued" => Ok(Placement::Queued { position: value }),
+        "running" => Ok(Placement::Running { since: value }),
         other => Err(reply.fail(format_args!("placement {other:?}"))),
     }
 }
@@ -160,6 +200,12 @@ pub(crate) fn completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpec
         ran.push(completion(reply)?);
     }
     Ok(ran)
+}
+
+/// A count, then that many completions.
+pub(crate) fn counted_completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpected> {
+    let n = reply.count()?;
+    (0..n).map(|_| completion(reply)).collect()
 }
 
 pub(crate) fn completion(reply: &mut Cursor) -> Result<Completion, Unexpected> {
@@ -175,6 +221,21 @@ pub(crate) fn completion(reply: &mut Cursor) -> Result<Completion, Unexpected> {
         delivery: None,
         detail: None,
     })
+}
+
+/// `(id, user, kind, cost, attempt, slot, started_at, payload or '', token or '', deadline)`.
+pub(crate) fn claim(reply: &mut Cursor) -> Result<Claim, Unexpected> {
+    let task_id = reply.text()?;
+    let user_id = reply.text()?;
+    let kind = reply.text()?;
+    let cost = u32::try_from(reply.int()?).map_err(|_| reply.fail("a cost out of range"))?;
+    let attempt = u32::try_from(reply.int()?).map_err(|_| reply.fail("an attempt number out of range"))?;
+    let slot = reply.int()?;
+    let started_at = reply.int()?;
+    let payload = Some(reply.text()?).filter(|p| !p.is_empty());
+    let token = Some(reply.text()?).filter(|t| !t.is_empty());
+    let deadline = reply.int()?;
+    Ok(Claim { task_id, user_id, kind, cost, attempt, slot, started_at, payload, token, deadline })
 }
 
 /// What an earlier request with the same Idempotency-Key left: '' (nothing), 'pending', or

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use support::{Host, HostOptions, Redis, app_key, check, read_log, request, wait_until};
+use task_core::delivery::ADMISSION_STARTS_MAX;
 use task_core::keys::{ALARM_SECONDS, alarm_word, word};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -37,8 +38,8 @@ fn replicas(redis: &Redis, backend: &Backend, policies: &str, count: usize) -> V
     (0..count).map(|_| Host::start(redis, &options)).collect()
 }
 
-/// Submits a task; it is always queued (a task to deliver is answered 202 even when due now).
-/// Its id and slot.
+/// Submits a task: answered 202, `running` when its admission started its first attempt,
+/// `queued` otherwise. Its id and slot.
 fn submit(host: &Host, body: &str) -> (String, i64) {
     let reply = host.post_task(body);
     assert_eq!(reply.status, 202, "{body}: {}", reply.body);
@@ -560,4 +561,110 @@ fn the_readmes_backend_verifies_and_prints_a_delivery() {
         || format!("task {id} completed: {}", task(&host, &id)),
         || task(&host, &id)["status"] == "completed",
     );
+}
+
+/// A task to deliver whose slot is now starts at its admission: the answer (202) says
+/// `running` since the start the windows count, the replica that admitted it makes that
+/// attempt (attempt 1 reaches the backend within the arrival tolerance of the start; had the
+/// handler not made it, only a drainer's attempt 2 would, after the claim lapsed), and the
+/// task completes with that start as its first attempt's. The lane's next task, a second
+/// later, is queued for the drainers and reaches the backend no earlier than its slot.
+#[test]
+fn a_task_due_at_admission_starts_there_and_its_admitter_delivers_it() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let policies = format!(r#"{{"kinds": {{"mail": {{"windows": ["1/1s"], "target": "{}"}}}}}}"#, backend.url("/ok"));
+    let hosts = replicas(&redis, &backend, &policies, 1);
+    let first = hosts[0].post_task(r#"{"user_id":"ann","kind":"mail"}"#);
+    assert_eq!(first.status, 202, "{}", first.body);
+    let answer = first.json();
+    let (id, slot) = (answer["task_id"].as_str().unwrap_or_default().to_string(), answer["slot"].as_i64());
+    assert_eq!(answer["status"], "running", "{answer}");
+    let since = answer["running_since"].as_i64().unwrap_or_else(|| panic!("no running_since: {answer}"));
+    assert_eq!(slot, Some(since), "{answer}");
+    assert_eq!(first.header("location"), Some(format!("/api/v1/task/{id}").as_str()));
+    let (second, second_slot) = submit(&hosts[0], r#"{"user_id":"ann","kind":"mail"}"#);
+    assert_eq!(task(&hosts[0], &second)["status"], "queued");
+    assert!(second_slot >= since + 1_000, "second slot {second_slot}, first started {since}");
+
+    let arrived = backend.wait_for(2, Duration::from_secs(20));
+    assert_eq!(arrived.len(), 2, "{}", stall_report(&redis, &hosts));
+    let of = |task_id: &str| arrived.iter().find(|r| r.header("webhook-id") == Some(task_id)).cloned();
+    let Some(made) = of(&id) else { panic!("the first task never arrived: {arrived:?}") };
+    assert_eq!(envelope(&made)["attempt"], 1);
+    // (Redis's clock counts whole ms: its start may read up to 1 ms before the true instant.)
+    let lag = made.at_ms - since as f64;
+    assert!((-1.0..ARRIVAL_TOLERANCE_MS).contains(&lag), "attempt 1 reached the backend {lag:.1} ms after its start");
+    let Some(next) = of(&second) else { panic!("the second task never arrived: {arrived:?}") };
+    assert!(next.at_ms >= second_slot as f64 - 1.0, "the second task arrived before its slot");
+
+    wait_until(
+        Duration::from_secs(10),
+        || "both tasks completed".into(),
+        || [&id, &second].iter().all(|t| task(&hosts[0], t)["status"] == "completed"),
+    );
+    assert_eq!(task(&hosts[0], &id)["attempts"][0]["started_at"].as_i64(), Some(since));
+    // Every attempt an admission started has been counted off again.
+    let started: Option<i64> = redis.query(&["GET", &app_key(word::STARTED)]);
+    assert_eq!(started, None);
+    let report = check::check(&read_log(&hosts[0]), check::Rule::default(), Some(&[id, second]));
+    assert!(report.is_clean(), "{}", report.problems());
+}
+
+/// At most `ADMISSION_STARTS_MAX` first attempts that admissions started are in flight at
+/// once, across the replicas: to a backend that never answers, exactly that many admissions
+/// of a burst from three replicas answer `running`, the others are queued for the drainers,
+/// and once every attempt has timed out the count is back to nothing.
+#[test]
+fn admissions_start_at_most_their_share_of_attempts_at_once() {
+    let redis = Redis::start();
+    let backend = Backend::start();
+    let policies = format!(
+        r#"{{"kinds": {{"stuck": {{"windows": ["1/1s"], "target": "{}", "timeout": "5s", "attempts": 1}}}}}}"#,
+        backend.url("/hang")
+    );
+    let hosts = replicas(&redis, &backend, &policies, 3);
+    let cap = ADMISSION_STARTS_MAX as usize;
+    let total = cap + 24;
+    let addrs: Vec<String> = hosts.iter().map(|h| h.addr.clone()).collect();
+    let answers: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            let (addrs, answers, next) = (&addrs, answers.clone(), next.clone());
+            scope.spawn(move || {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    let body = format!(r#"{{"user_id":"u{n}","kind":"stuck"}}"#);
+                    let reply = request(
+                        &addrs[n % 3],
+                        "POST",
+                        "/api/v1/task",
+                        &[("Content-Type", "application/json")],
+                        body.as_bytes(),
+                    );
+                    assert_eq!(reply.status, 202, "{}", reply.body);
+                    let json = reply.json();
+                    let answer = (json["task_id"].as_str().unwrap_or_default().to_string(), json["status"].to_string());
+                    answers.lock().unwrap_or_else(PoisonError::into_inner).push(answer);
+                }
+            });
+        }
+    });
+    let answers = answers.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let running = answers.iter().filter(|(_, status)| status == "\"running\"").count();
+    assert_eq!((running, answers.len()), (cap, total), "{answers:?}");
+    assert!(answers.iter().all(|(_, status)| status == "\"running\"" || status == "\"queued\""), "{answers:?}");
+    let started: Option<i64> = redis.query(&["GET", &app_key(word::STARTED)]);
+    assert_eq!(started, Some(cap as i64), "admissions' attempts in flight");
+    wait_until(
+        Duration::from_secs(40),
+        || "every attempt timed out and its task failed".into(),
+        || answers.iter().all(|(id, _)| task(&hosts[0], id)["status"] == "failed"),
+    );
+    let started: Option<i64> = redis.query(&["GET", &app_key(word::STARTED)]);
+    assert_eq!(started, None);
 }
