@@ -998,6 +998,17 @@ mod tests {
         assert_eq!(placement(outcome), shown(Placement::Queued { position: 4 }));
         assert!(store.calls().iter().any(|c| c.starts_with("position ") && c.ends_with(" t0")), "{:?}", store.calls());
 
+        // A task to deliver shows as it is: its attempt in flight, or failed (no position).
+        let running = TaskRecord { running_since: Some(960), ..record(1, None) };
+        let store = Scripted::new([earlier(), Answer::ReadTask(Some(running))]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), shown(Placement::Running { since: 960 }));
+        let failed = TaskRecord { failed_at: Some(990), ..record(1, None) };
+        let store = Scripted::new([earlier(), Answer::ReadTask(Some(failed))]);
+        let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
+        assert_eq!(placement(outcome), shown(Placement::Failed { failed_at: 990 }));
+        assert!(!store.calls().iter().any(|c| c.starts_with("position ")), "{:?}", store.calls());
+
         let store = Scripted::new([earlier(), Answer::ReadTask(Some(record(2, None)))]);
         let outcome = admit_redis(&store, &Manual::new(), &task(&user, Some("k")));
         assert_eq!(placement(outcome), Err("key reused".to_string()));

@@ -283,6 +283,7 @@ end
 -- attempt holds its Spin instance until it ends, so at most `ADMISSION_STARTS_MAX`
 -- (delivery.rs) are in flight at once across the replicas; past it, admissions file their
 -- tasks for the drainers as before.
+--
 -- The count expires a while after the last start (longer than any attempt's claim), so that
 -- a count left wrong (a record removed before its outcome) mends itself.
 local ADMISSION_STARTS_TTL_MS = 120000
