@@ -640,7 +640,7 @@ fn admissions_start_at_most_their_share_of_attempts_at_once() {
                     }
                     let body = format!(r#"{{"user_id":"u{n}","kind":"stuck"}}"#);
                     let reply = request(
-                        &addrs[n % 3],
+                        &addrs[n % addrs.len()],
                         "POST",
                         "/api/v1/task",
                         &[("Content-Type", "application/json")],
