@@ -4,7 +4,7 @@
 use crate::scripts::call::Call;
 use crate::scripts::reply::{Cursor, Unexpected};
 use crate::scripts::script::{DRAIN, Script};
-use crate::scripts::shared::{Claim, Completion, claim, counted_completions};
+use crate::scripts::shared::{Claim, Completion, claims, counted_completions};
 
 /// Records `outcomes`, takes or renews the lease (`token`, or `handoff` it was handed), runs
 /// what is due for up to `batch` lanes, claiming about `claim_limit` delivery attempts at most,
@@ -115,10 +115,7 @@ impl Call for Drain<'_> {
         let next_due_in_ms = reply.int()?;
         let more_due_now = reply.flag()?;
         let ran = counted_completions(reply)?;
-        let mut claims = Vec::new();
-        while !reply.at_end() {
-            claims.push(claim(reply)?);
-        }
+        let claims = claims(reply)?;
         match (state.as_str(), holder) {
             ("busy", Some(holder)) => Ok(Drained::Busy { holder, next_due_in_ms, more_due_now, ran, claims }),
             ("idle", _) if claims.is_empty() => Ok(Drained::Idle { ran }),

@@ -288,6 +288,20 @@ end
 -- a count left wrong (a record removed before its outcome) mends itself.
 local ADMISSION_STARTS_TTL_MS = 120000
 
+-- `task` (being filed by `file_tasks` in lane `member` of `user` and `kind`) as the executor
+-- takes it, and the lane's history (`done`), if the rule allows it to start at `now` on that
+-- history; nil otherwise.
+local function startable(member, user, kind, task, now)
+  local windows = windows_of(task.spec)
+  local done = prefix .. KEY_DONE .. member
+  local completions = recent_completions(done, windows)
+  if earliest_start(completions, task.slot, windows, task.cost) > now then return nil end
+  local ready = {id = task.id, slot = task.slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
+    windows = windows, completions = completions}
+  if task.payload ~= '' then ready.payload = task.payload end
+  return ready, done
+end
+
 -- Starts the first attempt of `task` (being filed by `file_tasks`, with its record's `fields`)
 -- at `now`, and returns true, if its kind is delivered rather than pulled, its lane has a
 -- place (`concurrency`), the rule allows a start now on the lane's history, and fewer than
@@ -298,19 +312,15 @@ local function start_at_admission(member, user, kind, task, fields, now, claims)
   if delivery.pull or lane_busy(member, delivery) then return false end
   local started = prefix .. KEY_STARTED
   if tonumber(redis.call('GET', started) or 0) >= ADMISSION_STARTS_MAX then return false end
-  local windows = windows_of(task.spec)
-  local done = prefix .. KEY_DONE .. member
-  local completions = recent_completions(done, windows)
-  if earliest_start(completions, task.slot, windows, task.cost) > now then return false end
+  local ready, done = startable(member, user, kind, task, now)
+  if not ready then return false end
   table.insert(fields, 'o')
   table.insert(fields, '1')
   redis.call('HSET', prefix .. KEY_TASK .. task.id, unpack(fields))
   redis.call('INCR', started)
   redis.call('PEXPIRE', started, ADMISSION_STARTS_TTL_MS)
-  local payload = nil
-  if task.payload ~= '' then payload = task.payload end
-  claim(member, done, {id = task.id, slot = task.slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
-    windows = windows, completions = completions, payload = payload, delivery = delivery}, now, claims)
+  ready.delivery = delivery
+  claim(member, done, ready, now, claims)
   return true
 end
 
@@ -505,14 +515,9 @@ local function file_tasks(member, user, kind, now, tasks, claims)
         runs_now = true
       end
     elseif not tail and slot <= now then
-      local windows = windows_of(task.spec)
-      local done = prefix .. KEY_DONE .. member
-      local completions = recent_completions(done, windows)
-      if earliest_start(completions, slot, windows, task.cost) <= now then
-        local ran = {id = id, slot = slot, user = user, kind = kind, cost = task.cost, spec = task.spec,
-          windows = windows, completions = completions}
-        if payload ~= '' then ran.payload = payload end
-        complete(done, ran, fields, now, ran_now)
+      local ready, done = startable(member, user, kind, task, now)
+      if ready then
+        complete(done, ready, fields, now, ran_now)
         runs_now = true
       end
     end

@@ -173,11 +173,7 @@ pub(crate) fn filed(reply: &mut Cursor, tasks: usize) -> Result<Filed, Unexpecte
     }
     let placements = (0..tasks).map(|_| placement(reply)).collect::<Result<_, _>>()?;
     let ran = counted_completions(reply)?;
-    let mut started = Vec::new();
-    while !reply.at_end() {
-        started.push(claim(reply)?);
-    }
-    Ok(Filed { placements, now, ran, wake_unheard, started })
+    Ok(Filed { placements, now, ran, wake_unheard, started: claims(reply)? })
 }
 
 /// A `(status, completed_at | position)` pair.
@@ -200,6 +196,15 @@ pub(crate) fn completions(reply: &mut Cursor) -> Result<Vec<Completion>, Unexpec
         ran.push(completion(reply)?);
     }
     Ok(ran)
+}
+
+/// The claims that end a reply (`claim` in lib.lua: `CLAIM_ITEMS` items each).
+pub(crate) fn claims(reply: &mut Cursor) -> Result<Vec<Claim>, Unexpected> {
+    let mut claims = Vec::new();
+    while !reply.at_end() {
+        claims.push(claim(reply)?);
+    }
+    Ok(claims)
 }
 
 /// A count, then that many completions.
