@@ -28,6 +28,7 @@ use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tracing::instrument;
 use wasmtime::component::Resource;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +211,7 @@ fn coin_flip() -> bool {
 }
 
 impl store::Host for Ctx {
+    #[instrument(name = "wasi_key_value.open", skip_all, fields(otel.kind = "client"))]
     async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
         if !self.component.key_value_stores.contains(&identifier) {
             return Ok(Err(Error::AccessDenied));
@@ -224,11 +226,13 @@ impl store::Host for Ctx {
 }
 
 impl store::HostBucket for Ctx {
+    #[instrument(name = "wasi_key_value.get", skip_all, fields(otel.kind = "client"))]
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.get(&key).await)
     }
 
+    #[instrument(name = "wasi_key_value.set", skip_all, fields(otel.kind = "client"))]
     async fn set(
         &mut self,
         bucket: Resource<Bucket>,
@@ -239,16 +243,19 @@ impl store::HostBucket for Ctx {
         Ok(backend.set(&key, &value).await)
     }
 
+    #[instrument(name = "wasi_key_value.delete", skip_all, fields(otel.kind = "client"))]
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.delete(&key).await)
     }
 
+    #[instrument(name = "wasi_key_value.exists", skip_all, fields(otel.kind = "client"))]
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
         let backend = self.table.get(&bucket)?.clone();
         Ok(backend.exists(&key).await)
     }
 
+    #[instrument(name = "wasi_key_value.list_keys", skip_all, fields(otel.kind = "client"))]
     async fn list_keys(
         &mut self,
         bucket: Resource<Bucket>,
@@ -265,6 +272,7 @@ impl store::HostBucket for Ctx {
 }
 
 impl atomics::Host for Ctx {
+    #[instrument(name = "spin_key_value.increment", skip_all, fields(otel.kind = "client"))]
     async fn increment(
         &mut self,
         bucket: Resource<Bucket>,
@@ -276,6 +284,7 @@ impl atomics::Host for Ctx {
     }
 
     /// factor-key-value host.rs `swap`.
+    #[instrument(name = "spin_key_value.swap", skip_all, fields(otel.kind = "client"))]
     async fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> wasmtime::Result<Result<(), CasError>> {
         let handle = self.table.delete(cas)?;
         let written = handle.swap(&value).await;
@@ -303,6 +312,7 @@ impl atomics::Host for Ctx {
 }
 
 impl atomics::HostCas for Ctx {
+    #[instrument(name = "wasi_key_value_cas.new", skip_all, fields(otel.kind = "client"))]
     async fn new(
         &mut self,
         bucket: Resource<Bucket>,
@@ -315,6 +325,7 @@ impl atomics::HostCas for Ctx {
         }
     }
 
+    #[instrument(name = "wasi_key_value_cas.current", skip_all, fields(otel.kind = "client"))]
     async fn current(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         Ok(self.table.get_mut(&cas)?.current().await)
     }

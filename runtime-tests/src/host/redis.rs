@@ -8,6 +8,7 @@ use super::Ctx;
 use super::spin::redis::redis::{self, Error, RedisParameter, RedisResult};
 use ::redis::AsyncConnectionConfig;
 use ::redis::aio::MultiplexedConnection;
+use tracing::instrument;
 use wasmtime::component::{Accessor, HasSelf, Resource};
 
 /// Spin's per-instance table of Redis connections holds this many (factor-outbound-redis
@@ -46,6 +47,7 @@ fn other_error(e: ::redis::RedisError) -> Error {
 }
 
 impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
+    #[instrument(name = "spin_outbound_redis.open_connection", skip_all, fields(otel.kind = "client", db.system.name = "redis"))]
     async fn open(
         accessor: &Accessor<U, Self>,
         address: String,
@@ -77,6 +79,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(Ok(rep))
     }
 
+    #[instrument(name = "spin_outbound_redis.publish", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "PUBLISH"))]
     async fn publish(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -87,6 +90,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(run(conn, ::redis::cmd("PUBLISH").arg(channel).arg(payload).clone()).await.map(|_| ()))
     }
 
+    #[instrument(name = "spin_outbound_redis.get", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "GET"))]
     async fn get(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -101,6 +105,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         })
     }
 
+    #[instrument(name = "spin_outbound_redis.set", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "SET"))]
     async fn set(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -111,6 +116,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(run(conn, ::redis::cmd("SET").arg(key).arg(value).clone()).await.map(|_| ()))
     }
 
+    #[instrument(name = "spin_outbound_redis.incr", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "INCRBY"))]
     async fn incr(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -120,6 +126,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(int_reply(run(conn, ::redis::cmd("INCR").arg(key).clone()).await))
     }
 
+    #[instrument(name = "spin_outbound_redis.del", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "DEL"))]
     async fn del(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -129,6 +136,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(int_reply(run(conn, ::redis::cmd("DEL").arg(keys).clone()).await).map(|n| n as u32))
     }
 
+    #[instrument(name = "spin_outbound_redis.sadd", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "SADD"))]
     async fn sadd(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -139,6 +147,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(int_reply(run(conn, ::redis::cmd("SADD").arg(key).arg(values).clone()).await).map(|n| n as u32))
     }
 
+    #[instrument(name = "spin_outbound_redis.smembers", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "SMEMBERS"))]
     async fn smembers(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -157,6 +166,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         }))
     }
 
+    #[instrument(name = "spin_outbound_redis.srem", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = "SREM"))]
     async fn srem(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,
@@ -167,6 +177,7 @@ impl<U> redis::HostConnectionWithStore<U> for HasSelf<Ctx> {
         Ok(int_reply(run(conn, ::redis::cmd("SREM").arg(key).arg(values).clone()).await).map(|n| n as u32))
     }
 
+    #[instrument(name = "spin_outbound_redis.execute", skip_all, fields(otel.kind = "client", db.system.name = "redis", otel.name = format!("{}", command)))]
     async fn execute(
         accessor: &Accessor<U, Self>,
         self_: Resource<Connection>,

@@ -7,6 +7,7 @@ use wasmtime::component::{Accessor, HasSelf};
 impl variables::Host for Ctx {}
 
 impl<U> variables::HostWithStore<U> for HasSelf<Ctx> {
+    #[tracing::instrument(name = "spin_variables.get", skip(accessor), fields(otel.kind = "client"))]
     async fn get(accessor: &Accessor<U, Self>, name: String) -> wasmtime::Result<Result<String, Error>> {
         Ok(accessor.with(|mut view| lookup(view.get(), &name)))
     }

@@ -128,9 +128,9 @@ impl HttpTrigger {
 
 /// One request inside Spin's per-request span (instrument.rs `http_span!`, server.rs
 /// `instrumented_service_fn`, `finalize_http_span`). Under the subscriber `spin-host` installs
-/// as Spin does (main.rs), RUST_LOG unset leaves these INFO spans and events disabled, but each
-/// still asks the filters when hit; what Spin computes eagerly (the method string, the span's
-/// name) is computed here too.
+/// as Spin does (main.rs), the spans are created in the registry though no layer records them,
+/// and the INFO events ask the filters when hit (RUST_LOG unset drops them); what Spin computes
+/// eagerly (the method string, the span's name) is computed here too.
 async fn handle(
     routes: &[(Route, ProxyHandler<Instances>)],
     client: SocketAddr,

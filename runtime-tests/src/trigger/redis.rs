@@ -12,6 +12,7 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Subscribes every address's channels, then returns the running listeners.
 pub async fn subscribe_all(
@@ -62,7 +63,15 @@ pub async fn subscribe_all(
                         );
                     }
                 });
-                futures::future::join_all(handlers).await;
+                // The span Spin's `#[instrument]` opens on each message (`handle_message`).
+                let span = tracing::info_span!(
+                    "spin_trigger_redis.handle_message",
+                    "otel.name" = format!("{channel} receive"),
+                    "otel.kind" = "consumer",
+                    "messaging.operation" = "receive",
+                    "messaging.system" = "redis"
+                );
+                futures::future::join_all(handlers).instrument(span).await;
             }
             if shutdown.is_stopping() {
                 return Ok(());
