@@ -153,7 +153,7 @@ fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
 ///   So every span Spin opens on a request, a message or a host call (its `#[instrument]`s,
 ///   mirrored where this host implements them) is created, entered, exited and closed in the
 ///   registry, though no layer records it. Left out until 2026-12-06, the host served a
-///   do-nothing component 1.2x faster than Spin; with it, within 5% (docs/numbers.md).
+///   do-nothing component 1.21x as fast as Spin; with it, 1.12x (docs/numbers.md).
 /// - The span-field directives make every callsite's interest "sometimes", and the alert
 ///   layer gives no level hint, so no level is switched off globally: each trace/debug/`log`
 ///   call in wasmtime, hyper and the rest asks the filters when it is hit.

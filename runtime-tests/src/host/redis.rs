@@ -2,7 +2,8 @@
 //! allowed-host check, a NEW connection for every `Connection::open` (`establish_connection`),
 //! owned by the resource and closed when the guest drops it or the instance ends, with the
 //! redis crate's defaults (no connection or response timeout); and Redis replies converted to
-//! `redis-result`s in one place (`flatten`).
+//! `redis-result`s in one place (`flatten`). Each call runs in the span Spin's `#[instrument]`
+//! opens for it (names and eager fields as there; see main.rs for what a span costs).
 
 use super::Ctx;
 use super::spin::redis::redis::{self, Error, RedisParameter, RedisResult};
