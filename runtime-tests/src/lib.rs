@@ -65,6 +65,9 @@ pub struct HostConfig {
     /// How long the host waits at shutdown for what is running (`SHUTDOWN_GRACE` unless
     /// SPIN_HOST_SHUTDOWN_GRACE_MS says otherwise).
     pub shutdown_grace: Duration,
+    /// Where components' output is logged (`--log-dir`, `SPIN_LOG_DIR`; by default
+    /// `.spin/logs` beside the manifest, as `spin up` keeps it); `None`: not logged to disk.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// Process-wide services shared by every instance: the key-value stores and the outbound
@@ -73,6 +76,8 @@ pub struct HostConfig {
 pub struct Services {
     pub cas_mode: CasMode,
     pub http: host::outbound_http::HttpClients,
+    /// Where each instance logs its component's output (`host::stdio`).
+    pub log_dir: Option<PathBuf>,
     stores: HashMap<String, Store>,
 }
 
@@ -88,7 +93,11 @@ enum Store {
 }
 
 impl Services {
-    fn new(cas_mode: CasMode, backends: &HashMap<String, StoreBackend>) -> anyhow::Result<Services> {
+    fn new(
+        cas_mode: CasMode,
+        backends: &HashMap<String, StoreBackend>,
+        log_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Services> {
         let mut stores = HashMap::new();
         for (label, backend) in backends {
             let store = match backend {
@@ -101,7 +110,7 @@ impl Services {
             };
             stores.insert(label.clone(), store);
         }
-        Ok(Services { cas_mode, http: Default::default(), stores })
+        Ok(Services { cas_mode, http: Default::default(), log_dir, stores })
     }
 
     /// The backend of the key-value store `label`.
@@ -202,7 +211,12 @@ pub async fn run(config: HostConfig, trigger: Trigger, shutdown: impl Future<Out
     let app = manifest::load(&config.manifest, config.runtime_config.as_deref(), &config.variables)?;
     let engine = trigger::engine::engine(config.pooling, config.cache)?;
     let linker = host::linker(&engine).map_err(trigger::wasm_error)?;
-    let services = Arc::new(Services::new(config.cas_mode, &app.stores)?);
+    // As each of Spin's trigger processes does (trigger/src/cli/stdio.rs `configure_app`).
+    if let Some(dir) = &config.log_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("Failed to create log dir {}", dir.display()))?;
+        eprintln!("Logging component stdio to {}", dir.join("").display());
+    }
+    let services = Arc::new(Services::new(config.cas_mode, &app.stores, config.log_dir.clone())?);
     let components = trigger::prepare_components(&engine, &linker, &app, services)?;
 
     let (stop, stopping) = watch::channel(false);

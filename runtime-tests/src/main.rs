@@ -4,13 +4,16 @@
 use runtime_tests::host::key_value::CasMode;
 use runtime_tests::{HostConfig, Trigger, TriggerType, run};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: spin-host [--from spin.toml] [--listen 127.0.0.1:3000] [--runtime-config-file FILE]
                  [--variable NAME=VALUE]... [--kv-cas correct|lossy] [--disable-pooling] [--disable-cache]
+                 [--log-dir DIR]
 Variables may also be set as SPIN_VARIABLE_<NAME> environment variables.
+Components' output goes to stderr and to DIR (SPIN_LOG_DIR; default .spin/logs beside the
+manifest; \"\" for none), as with `spin up`.
 SPIN_HOST_SHUTDOWN_GRACE_MS: how long SIGINT/SIGTERM wait for requests and handlers (default 3000).
 Like `spin up`, it runs each of the app's trigger types in a process of its own: itself again,
 with `--trigger http` or `--trigger redis` added (`spin trigger <type>`).";
@@ -199,6 +202,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
     let mut cas_mode = CasMode::Correct;
     let mut pooling = true;
     let mut trigger = None;
+    let mut log_dir = std::env::var_os("SPIN_LOG_DIR").map(PathBuf::from);
     // As Spin reads it (clap's bool from the environment): set and not false.
     let mut cache = !std::env::var("DISABLE_WASMTIME_CACHE").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
     while let Some(arg) = args.next() {
@@ -207,6 +211,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
             "--from" | "-f" => manifest = PathBuf::from(value("--from")?),
             "--listen" => listen = value("--listen")?,
             "--runtime-config-file" => runtime_config = Some(PathBuf::from(value("--runtime-config-file")?)),
+            "--log-dir" | "-L" => log_dir = Some(PathBuf::from(value("--log-dir")?)),
             "--variable" => {
                 let pair = value("--variable")?;
                 let (name, v) = pair.split_once('=').ok_or(format!("--variable takes NAME=VALUE, not {pair:?}"))?;
@@ -248,5 +253,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(HostConfig, Str
         ),
         Err(_) => runtime_tests::SHUTDOWN_GRACE,
     };
-    Ok((HostConfig { manifest, runtime_config, variables, cas_mode, pooling, cache, shutdown_grace }, listen, trigger))
+    // Spin's default for an app from a local manifest; an empty one turns logging to disk off.
+    let log_dir = match log_dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(dir),
+        None => Some(manifest.parent().unwrap_or(Path::new("")).join(".spin").join("logs")),
+    };
+    let config = HostConfig { manifest, runtime_config, variables, cas_mode, pooling, cache, shutdown_grace, log_dir };
+    Ok((config, listen, trigger))
 }

@@ -5,6 +5,7 @@
 pub mod key_value;
 pub mod outbound_http;
 pub mod redis;
+pub mod stdio;
 pub mod variables;
 
 use crate::manifest::ComponentConfig;
@@ -55,10 +56,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(component: Arc<ComponentConfig>, services: Arc<crate::Services>) -> Ctx {
-        // Where Spin 4.1 puts a component's output: its stdout, like its stderr, on the
-        // runtime's stderr (trigger/src/cli/stdio.rs, a followed component; Spin also keeps a
-        // copy in `.spin/logs/`, which this host does not).
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stdout(std::io::stderr()).inherit_stderr().build();
+        // Where Spin 4.1 puts a component's output: its log files, and its stdout, like its
+        // stderr, on the runtime's stderr (see `stdio`).
+        let log_dir = services.log_dir.as_deref();
+        let output = |suffix| stdio::Piped::new(stdio::ComponentOutput::open(log_dir, &component.id, suffix));
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stdout(output("stdout")).stderr(output("stderr")).build();
         Ctx {
             table: ResourceTable::new(),
             wasi,
